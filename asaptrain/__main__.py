@@ -1,0 +1,3 @@
+from asaptrain.cli import main
+
+main()

@@ -1,0 +1,76 @@
+"""The click groups every command module hangs its commands on.
+
+Command modules (``asaptrain/cli/*.py``) only parse, build a config and call the library.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+import click
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="asaptrain")
+def main() -> None:
+    """Train and compare ASAP-Net, pix2pixHD, DeblurGAN and their hybrid on Ray."""
+
+
+@main.group()
+def config() -> None:
+    """Show presets and resolved configs."""
+
+
+@main.group()
+def data() -> None:
+    """Convert datasets into Parquet shards, list and verify stores, preview blur."""
+
+
+@main.group()
+def models() -> None:
+    """Model summaries (parameters, GFLOPs)."""
+
+
+@main.group()
+def bench() -> None:
+    """Benchmarks: print numbers and write JSON."""
+
+
+@main.group()
+def jobs() -> None:
+    """Follow and stop Ray jobs submitted with `asaptrain submit`."""
+
+
+def preset_options(fn):
+    """--preset / --config / --set, shared by every command that builds a Config."""
+    fn = click.option("--set", "overrides", multiple=True, metavar="SECTION.FIELD=VALUE",
+                      help="Override one config field (repeatable), e.g. --set train.steps=100.")(fn)
+    fn = click.option("--config", "config_file", type=click.Path(dir_okay=False),
+                      help="A TOML config file (as written by `asaptrain config show`).")(fn)
+    fn = click.option("--preset", help="A named preset (see `asaptrain config presets`).")(fn)
+    return fn
+
+
+def store_options(fn):
+    """--store / --s3-endpoint, shared by every command that touches a store."""
+    fn = click.option("--s3-endpoint", default=None, metavar="URL",
+                      help="S3-compatible endpoint (MinIO, Ceph, R2); credentials come from AWS_* variables.")(fn)
+    fn = click.option("--store", default=None, metavar="URI",
+                      help="Store: a path, file://..., or s3://bucket/prefix [default: ./asaptrain-store].")(fn)
+    return fn
+
+
+def friendly_errors(fn):
+    """Turn the library's user-facing errors into one red line and exit code 2."""
+    from asaptrain.errors import UserError
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as exc:
+            click.secho(f"error: {exc}", fg="red", err=True)
+            sys.exit(2)
+
+    return wrapper

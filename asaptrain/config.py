@@ -1,0 +1,487 @@
+"""The typed config tree: one dataclass per section, TOML in and out, ``--set`` overrides.
+
+Every field has a one-line docstring (the string literal under it) that gives its unit.
+Validation happens once, here, at the edge: an unknown or ill-typed field is a
+:class:`ConfigError` naming the field and what it accepts.
+
+    cfg = load_config(preset="deblurgan-smoke", overrides=["train.steps=20"])
+    print(to_toml(cfg))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import tomli_w
+
+from asaptrain.errors import UserError
+
+ModelName = Literal["asapnet", "pix2pixhd", "deblurgan", "hybrid"]
+Task = Literal["labels2photo", "deblur"]
+Norm = Literal["none", "instance", "group", "spectral", "spectral_instance"]
+Padding = Literal["zero", "reflect", "replicate"]
+GanLoss = Literal["hinge", "lsgan", "wgan-gp"]
+Perceptual = Literal["none", "vgg19-multi", "vgg19-conv3_3"]
+Schedule = Literal["fixed", "linear", "cosine", "step", "band"]
+Precision = Literal["fp32", "bf16"]
+UseGpu = Literal["auto", "true", "false"]
+MlpInput = Literal["all", "all_but_last"]
+NonFinite = Literal["stop", "skip"]
+
+
+class ConfigError(UserError, ValueError):
+    """A config value that cannot be used; the message names the field."""
+
+
+@dataclass
+class DataConfig:
+    task: Task = "deblur"
+    """What the model learns: label map -> photo, or blurred photo -> sharp photo."""
+    dataset: str = "datasets/synth-photos"
+    """Shard directory: a URI, or a path relative to the store (``storage.store``)."""
+    crop_height: int = 256
+    """Training crop height in pixels."""
+    crop_width: int = 256
+    """Training crop width in pixels."""
+    load_height: int = 0
+    """Resize every image to this height (pixels) before cropping; 0 keeps the stored size."""
+    load_width: int = 0
+    """Resize every image to this width (pixels) before cropping; 0 keeps the stored size."""
+    flip: bool = True
+    """Random horizontal flips (probability 0.5)."""
+    num_labels: int = 35
+    """Label-map classes, one-hot channels (Cityscapes ids 0..34)."""
+    instance_edges: bool = False
+    """Add the instance-boundary channel to the generator's input (pix2pixHD, ASAP-Net)."""
+    shuffle_buffer_rows: int = 64
+    """Local shuffle buffer per worker, in rows (on top of the per-epoch file shuffle)."""
+    prefetch_batches: int = 2
+    """Batches each worker prefetches from Ray Data."""
+    max_bad_images: int = 10
+    """Undecodable images skipped (and named in the log) before the run stops."""
+    blur_noise_std: float = 0.0
+    """Gaussian noise added after blur, in [0, 1] image units; 0 disables."""
+    blur_jpeg_quality: int = 0
+    """JPEG-like re-quantization after blur, quality 1..100; 0 disables."""
+
+
+@dataclass
+class ModelConfig:
+    name: ModelName = "deblurgan"
+    """Which generator / discriminator pair to train."""
+    ngf: int = 64
+    """Generator base width, in channels."""
+    ndf: int = 64
+    """Discriminator base width, in channels."""
+    num_d: int = 1
+    """Discriminator scales (1 = single PatchGAN)."""
+    d_layers: int = 3
+    """Strided layers per discriminator scale."""
+    d_norm: Norm = "instance"
+    """Discriminator normalization."""
+    g_norm: Norm = "instance"
+    """Generator normalization (pix2pixHD, DeblurGAN; ASAP-Net uses ``lowres_norm``)."""
+    residual_blocks: int = 9
+    """Residual blocks in the generator trunk (pix2pixHD global, DeblurGAN)."""
+    downsamplings: int = 2
+    """Stride-2 convolutions in the generator encoder (pix2pixHD global: 4, DeblurGAN: 2)."""
+    local_enhancers: int = 0
+    """pix2pixHD local enhancers (1 for 1024x2048)."""
+    dropout: float = 0.0
+    """Dropout probability inside residual blocks (DeblurGAN option); 0 disables."""
+    residual: bool = True
+    """Global residual output: clamp(input + G(input)) (DeblurGAN, hybrid)."""
+    mlp_depth: int = 5
+    """ASAP-Net pixelwise MLP linear layers."""
+    mlp_width: int = 64
+    """ASAP-Net pixelwise MLP hidden width, in channels."""
+    tile_size: int = 16
+    """ASAP-Net tile S: pixels per MLP cell edge (the low-res grid is input / S)."""
+    lowres_downsample: int = 16
+    """ASAP-Net learned low-res downsampling factor (stride-2 convs = log2 of this)."""
+    lowres_max_channels: int = 1024
+    """ASAP-Net low-res stream's widest layer, in channels."""
+    lowres_blocks: int = 7
+    """ASAP-Net low-res conv-norm-ReLU blocks at the grid resolution."""
+    lowres_norm: Norm = "instance"
+    """ASAP-Net low-res stream normalization (instance can cause the droplet spot)."""
+    padding: Padding = "zero"
+    """Padding of the ASAP-Net low-res convolutions."""
+    mlp_input: MlpInput = "all"
+    """Which input channels reach the pixelwise MLP ("all_but_last": last one low-res only)."""
+    d_conditional: bool = True
+    """The discriminator sees the generator's input beside the image (pix2pix-style)."""
+
+
+@dataclass
+class LossConfig:
+    gan: GanLoss = "wgan-gp"
+    """Adversarial loss family."""
+    gan_weight: float = 1.0
+    """Weight of the generator's adversarial term."""
+    gp_weight: float = 10.0
+    """WGAN-GP gradient-penalty weight (lambda)."""
+    feature_matching_weight: float = 0.0
+    """Discriminator feature-matching L1 weight; 0 disables."""
+    perceptual: Perceptual = "vgg19-conv3_3"
+    """Perceptual loss: none, VGG19 relu1_1..relu5_1 L1, or VGG19 conv3_3 MSE."""
+    perceptual_weight: float = 100.0
+    """Weight of the perceptual loss."""
+    l1_weight: float = 0.0
+    """Pixel L1 content-loss weight; 0 disables."""
+    vgg_weights: str = ""
+    """VGG19 state dict (torchvision format): path or URI; empty = ``STORE/weights/vgg19.pth``."""
+
+
+@dataclass
+class OptimConfig:
+    g_lr: float = 1e-4
+    """Generator Adam learning rate."""
+    d_lr: float = 1e-4
+    """Discriminator Adam learning rate (TTUR when it differs from ``g_lr``)."""
+    beta1: float = 0.5
+    """Adam beta1."""
+    beta2: float = 0.999
+    """Adam beta2."""
+    d_steps: int = 5
+    """Discriminator (critic) updates per generator update."""
+    decay_start: float = 0.5
+    """Fraction of ``train.steps`` at which the linear decay to zero starts (1 = no decay)."""
+    ema_decay: float = 0.0
+    """Generator EMA decay per step; 0 disables the EMA."""
+
+
+@dataclass
+class CurriculumConfig:
+    kind: Schedule = "fixed"
+    """Blur-strength schedule over training steps."""
+    start: float = 0.5
+    """Blur strength at step 0 (after warm-up), in [0, 1]."""
+    end: float = 0.5
+    """Blur strength at the end of the ramp, in [0, 1]."""
+    warmup_steps: int = 0
+    """Steps held at ``start`` before the schedule moves."""
+    ramp_steps: int = 0
+    """Steps from start to end after warm-up; 0 = the rest of training."""
+    stages: int = 4
+    """Number of plateaus of the "step" schedule."""
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    """Generator updates to train for."""
+    batch_size: int = 16
+    """Global batch size, in images, split evenly across workers."""
+    seed: int = 0
+    """Seed for weights, data order and blur."""
+    precision: Precision = "fp32"
+    """Compute precision (bf16 = autocast)."""
+    channels_last: bool = False
+    """Use the channels_last memory format."""
+    compile: bool = False
+    """torch.compile the generator and discriminator."""
+    log_every: int = 10
+    """Steps between metric reports."""
+    checkpoint_every: int = 500
+    """Steps between checkpoints (also one at the end)."""
+    keep_checkpoints: int = 2
+    """Checkpoints kept per run (newest)."""
+    sample_every: int = 500
+    """Steps between sample grids."""
+    max_failures: int = 2
+    """Worker-group restarts from the latest checkpoint before the run fails."""
+    nonfinite: NonFinite = "stop"
+    """On a NaN/inf loss: stop the run naming the step and terms, or skip the step."""
+
+
+@dataclass
+class EvalConfig:
+    every: int = 500
+    """Steps between evaluations (also one at the end)."""
+    images: int = 16
+    """Images in the fixed validation subset."""
+    batch_size: int = 4
+    """Evaluation batch size per worker, in images."""
+    blur_strength: float = 0.5
+    """Blur strength of the validation inputs (deblurring), in [0, 1]."""
+    fid: bool = True
+    """Compute FID (needs Inception weights; reported missing otherwise)."""
+    inception_weights: str = ""
+    """Inception (pt_inception-2015-12-05) weights: path or URI; empty = ``STORE/weights/``."""
+
+
+@dataclass
+class ScalingConfig:
+    num_workers: int = 1
+    """Ray Train workers (one per GPU on GPU nodes)."""
+    use_gpu: UseGpu = "auto"
+    """Train on GPUs: auto uses them where the cluster has any."""
+    resources_per_worker: dict[str, float] = field(default_factory=dict)
+    """Ray resources per worker, e.g. {CPU = 4, GPU = 1}; empty = Ray's default."""
+    placement_strategy: str = "PACK"
+    """Ray placement strategy for the worker group (PACK, SPREAD, STRICT_PACK, STRICT_SPREAD)."""
+
+
+@dataclass
+class StorageConfig:
+    store: str = "./asaptrain-store"
+    """Store URI: a path, file://..., or s3://bucket/prefix."""
+    s3_endpoint: str = ""
+    """S3-compatible endpoint URL (MinIO, Ceph, R2); empty = AWS."""
+    region: str = ""
+    """S3 region; empty = AWS_REGION / AWS_DEFAULT_REGION or us-east-1."""
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+
+
+SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
+
+
+# ----------------------------------------------------------------------------- field docs
+
+
+def field_docs(section_cls: type) -> dict[str, str]:
+    """The one-line docstrings under each field of a section dataclass."""
+    src = inspect.getsource(section_cls)
+    return dict(re.findall(r"^\s+(\w+): [^\n]+\n\s+\"\"\"(.+?)\"\"\"", src, flags=re.M))
+
+
+# ----------------------------------------------------------------------------- coercion
+
+
+def _section_type(name: str) -> type:
+    return typing.get_type_hints(Config)[name]
+
+
+def _coerce(where: str, hint: Any, value: Any) -> Any:
+    """Check ``value`` against a field's type, converting the lossless cases (int -> float)."""
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        allowed = typing.get_args(hint)
+        if isinstance(value, bool) and all(isinstance(a, str) for a in allowed):
+            value = str(value).lower()  # use_gpu = true in TOML
+        if value not in allowed:
+            raise ConfigError(f"{where} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
+        return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a table like {{CPU = 4, GPU = 1}}; got {value!r}")
+        out = {}
+        for k, v in value.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ConfigError(f"{where}.{k} must be a number; got {v!r}")
+            out[str(k)] = float(v)
+        return out
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false; got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer; got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number; got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string; got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {hint} at {where}")
+
+
+def from_dict(raw: dict[str, Any], base: Config | None = None, source: str = "config") -> Config:
+    """Build a Config from nested dicts (a parsed TOML), on top of ``base`` (defaults if None)."""
+    cfg = dataclasses.replace(base) if base is not None else Config()
+    for section, values in raw.items():
+        if section not in SECTIONS:
+            raise ConfigError(f"{source}: unknown section [{section}]; sections are {', '.join(SECTIONS)}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: [{section}] must be a table")
+        sec_cls = _section_type(section)
+        hints = typing.get_type_hints(sec_cls)
+        current = dataclasses.replace(getattr(cfg, section))
+        for key, value in values.items():
+            if key not in hints:
+                raise ConfigError(
+                    f"{source}: unknown field {section}.{key}; {section} has {', '.join(hints)}"
+                )
+            setattr(current, key, _coerce(f"{section}.{key}", hints[key], value))
+        setattr(cfg, section, current)
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def to_toml(cfg: Config) -> str:
+    return tomli_w.dumps(to_dict(cfg))
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """``"train.lr=1e-4"`` -> ("train", "lr", 1e-4); values are TOML literals or bare strings."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise ConfigError(f"--set {text!r}: expected section.field=value, e.g. train.steps=100")
+    key, raw = text.split("=", 1)
+    section, name = key.strip().split(".", 1)
+    raw = raw.strip()
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # a bare word: a string such as wgan-gp or s3://bucket/x
+    return section, name, value
+
+
+def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Config:
+    raw: dict[str, dict[str, Any]] = {}
+    for text in overrides:
+        section, name, value = parse_override(text)
+        if section in SECTIONS and name in typing.get_type_hints(_section_type(section)):
+            hint = typing.get_type_hints(_section_type(section))[name]
+            if hint is str and not isinstance(value, str):
+                value = text.split("=", 1)[1].strip()  # dataset=123 stays a string
+        raw.setdefault(section, {})[name] = value
+    return validate(from_dict(raw, cfg, source="--set"))
+
+
+def load_toml(path: str | Path) -> Config:
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    return validate(from_dict(raw, source=str(path)))
+
+
+def load_config(
+    preset: str | None = None, config_file: str | Path | None = None, overrides: tuple[str, ...] | list[str] = ()
+) -> Config:
+    """The one way commands build a config: a preset or a TOML file, then ``--set`` overrides."""
+    from asaptrain.presets import get_preset
+
+    if preset and config_file:
+        raise ConfigError("give either --preset or --config, not both")
+    if config_file:
+        cfg = load_toml(config_file)
+    elif preset:
+        cfg = get_preset(preset)
+    else:
+        raise ConfigError("give --preset NAME or --config FILE (see `asaptrain config presets`)")
+    return apply_overrides(cfg, list(overrides)) if overrides else validate(cfg)
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise ConfigError(message)
+
+
+def validate(cfg: Config) -> Config:
+    """Cross-field checks; raises ConfigError naming the field. Returns ``cfg``."""
+    d, m, t, o, c, e, s = cfg.data, cfg.model, cfg.train, cfg.optim, cfg.curriculum, cfg.eval, cfg.scaling
+    for name in ("crop_height", "crop_width", "num_labels"):
+        _check(getattr(d, name) > 0, f"data.{name} must be > 0, got {getattr(d, name)}")
+    for name in ("load_height", "load_width", "max_bad_images", "shuffle_buffer_rows", "prefetch_batches"):
+        _check(getattr(d, name) >= 0, f"data.{name} must be >= 0, got {getattr(d, name)}")
+    _check(0 <= d.blur_jpeg_quality <= 100, f"data.blur_jpeg_quality must be in 0..100, got {d.blur_jpeg_quality}")
+    _check(d.blur_noise_std >= 0, f"data.blur_noise_std must be >= 0, got {d.blur_noise_std}")
+    want_task = "deblur" if m.name in ("deblurgan", "hybrid") else "labels2photo"
+    _check(d.task == want_task, f"data.task must be {want_task!r} for model.name={m.name!r}, got {d.task!r}")
+    for name in ("ngf", "ndf", "num_d", "d_layers", "mlp_depth", "mlp_width", "tile_size", "lowres_downsample"):
+        _check(getattr(m, name) > 0, f"model.{name} must be > 0, got {getattr(m, name)}")
+    _check(0 <= m.dropout < 1, f"model.dropout must be in [0, 1), got {m.dropout}")
+    for name in ("tile_size", "lowres_downsample"):
+        v = getattr(m, name)
+        _check(v & (v - 1) == 0 and v >= 2, f"model.{name} must be a power of two >= 2, got {v}")
+    if m.name in ("asapnet", "hybrid"):
+        _check(
+            m.tile_size % m.lowres_downsample == 0,
+            f"model.tile_size={m.tile_size} must be a multiple of model.lowres_downsample={m.lowres_downsample}",
+        )
+        for name, size in (("crop_height", d.crop_height), ("crop_width", d.crop_width)):
+            _check(
+                size % m.tile_size == 0,
+                f"data.{name}={size} must be a multiple of model.tile_size={m.tile_size}",
+            )
+    for name in ("g_lr", "d_lr"):
+        _check(getattr(o, name) > 0, f"optim.{name} must be > 0, got {getattr(o, name)}")
+    for name in ("beta1", "beta2"):
+        _check(0 <= getattr(o, name) < 1, f"optim.{name} must be in [0, 1), got {getattr(o, name)}")
+    _check(o.d_steps >= 1, f"optim.d_steps must be >= 1, got {o.d_steps}")
+    _check(0 <= o.decay_start <= 1, f"optim.decay_start must be in [0, 1], got {o.decay_start}")
+    _check(0 <= o.ema_decay < 1, f"optim.ema_decay must be in [0, 1), got {o.ema_decay}")
+    for name in ("start", "end"):
+        _check(0 <= getattr(c, name) <= 1, f"curriculum.{name} must be in [0, 1], got {getattr(c, name)}")
+    for name in ("warmup_steps", "ramp_steps"):
+        _check(getattr(c, name) >= 0, f"curriculum.{name} must be >= 0, got {getattr(c, name)}")
+    _check(c.stages >= 1, f"curriculum.stages must be >= 1, got {c.stages}")
+    for name in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints", "sample_every"):
+        _check(getattr(t, name) > 0, f"train.{name} must be > 0, got {getattr(t, name)}")
+    _check(t.max_failures >= 0, f"train.max_failures must be >= 0, got {t.max_failures}")
+    _check(s.num_workers >= 1, f"scaling.num_workers must be >= 1, got {s.num_workers}")
+    _check(
+        t.batch_size % s.num_workers == 0,
+        f"train.batch_size={t.batch_size} does not split evenly across scaling.num_workers="
+        f"{s.num_workers}; make the batch a multiple of the workers",
+    )
+    _check(
+        s.placement_strategy in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),
+        f"scaling.placement_strategy must be PACK, SPREAD, STRICT_PACK or STRICT_SPREAD, got {s.placement_strategy!r}",
+    )
+    for name in ("every", "images", "batch_size"):
+        _check(getattr(e, name) > 0, f"eval.{name} must be > 0, got {getattr(e, name)}")
+    _check(0 <= e.blur_strength <= 1, f"eval.blur_strength must be in [0, 1], got {e.blur_strength}")
+    _check(bool(cfg.storage.store), "storage.store must not be empty")
+    return cfg
+
+
+def literal_choices(hint: Any) -> tuple[str, ...]:
+    return typing.get_args(hint) if typing.get_origin(hint) is Literal else ()
+
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "ModelConfig",
+    "LossConfig",
+    "OptimConfig",
+    "CurriculumConfig",
+    "TrainConfig",
+    "EvalConfig",
+    "ScalingConfig",
+    "StorageConfig",
+    "load_config",
+    "load_toml",
+    "apply_overrides",
+    "from_dict",
+    "to_dict",
+    "to_toml",
+    "validate",
+    "field_docs",
+]
