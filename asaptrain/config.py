@@ -195,7 +195,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     """Checkpoints kept per run (newest)."""
     sample_every: int = 500
-    """Steps between sample grids."""
+    """Steps between sample grids (written with the evaluation at that step)."""
     max_failures: int = 2
     """Worker-group restarts from the latest checkpoint before the run fails."""
     nonfinite: NonFinite = "stop"

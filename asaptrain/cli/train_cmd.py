@@ -1,0 +1,140 @@
+"""`asaptrain train`, `asaptrain infer` and `asaptrain bench train` (also what jobs/train.py runs)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from asaptrain.cli.groups import bench, friendly_errors, main, preset_options, store_options
+from asaptrain.config import Config, apply_overrides, load_config, to_toml
+
+
+def build_train_config(preset, config_file, overrides, store=None, s3_endpoint=None, workers=None,
+                       gpus_per_worker=None, steps=None) -> Config:
+    """The resolved config of a train command: preset/file, then flags, then --set."""
+    flags = []
+    if store:
+        flags.append(f"storage.store={json.dumps(store)}")
+    if s3_endpoint:
+        flags.append(f"storage.s3_endpoint={json.dumps(s3_endpoint)}")
+    if workers is not None:
+        flags.append(f"scaling.num_workers={workers}")
+    if gpus_per_worker is not None:
+        flags.append(f"scaling.use_gpu={'true' if gpus_per_worker > 0 else 'false'}")
+        if gpus_per_worker > 0:
+            flags.append(f"scaling.resources_per_worker={{GPU = {gpus_per_worker}}}")
+    if steps is not None:
+        flags.append(f"train.steps={steps}")
+    cfg = load_config(preset, config_file)
+    return apply_overrides(cfg, flags + list(overrides))
+
+
+def run_options(fn):
+    fn = click.option("--dry-run", is_flag=True, help="Print the resolved config as TOML and exit.")(fn)
+    fn = click.option("--steps", type=click.IntRange(min=1), help="Generator updates (train.steps).")(fn)
+    fn = click.option("--gpus-per-worker", type=click.FloatRange(min=0),
+                      help="GPUs per worker; 0 forces CPU (sets scaling.use_gpu).")(fn)
+    fn = click.option("--workers", type=click.IntRange(min=1), help="Ray Train workers (scaling.num_workers).")(fn)
+    fn = click.option("--resume", metavar="NAME", help="Continue the run NAME from its latest checkpoint.")(fn)
+    fn = click.option("--name", metavar="NAME", help="Run name [default: PRESET-DATE-TIME-xxxx, always new].")(fn)
+    fn = store_options(fn)
+    fn = preset_options(fn)
+    return fn
+
+
+@main.command("train")
+@run_options
+@click.option("--progress/--no-progress", default=True, help="Show the rich progress bar.")
+@friendly_errors
+def train_cmd(preset, config_file, overrides, store, s3_endpoint, name, resume, workers, gpus_per_worker, steps,
+              dry_run, progress) -> None:
+    """Train one model under Ray Train (DDP across workers); writes STORE/runs/NAME/."""
+    cfg = build_train_config(preset, config_file, overrides, store, s3_endpoint, workers, gpus_per_worker, steps)
+    if dry_run:
+        click.echo(to_toml(cfg), nl=False)
+        return
+    from asaptrain.train.launch import fit
+
+    result = fit(cfg, preset=preset, name=name, resume=resume, progress=progress)
+    _print_result(result)
+    sys.exit(0 if result.status == "finished" else 1)
+
+
+def _print_result(result) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"run {result.name}", show_header=False)
+    table.add_row("status", f"[{'green' if result.status == 'finished' else 'red'}]{result.status}")
+    table.add_row("steps", str(result.steps))
+    ev = result.last_eval or {}
+    for key in ("psnr", "ssim", "input_psnr", "input_ssim", "fid"):
+        if ev.get(key) is not None:
+            table.add_row(key, f"{ev[key]:.4f}")
+    if ev.get("fid") is None and ev.get("fid_reason"):
+        table.add_row("fid", f"n/a: {ev['fid_reason']}")
+    table.add_row("files", result.uri)
+    if result.error:
+        table.add_row("error", result.error)
+    Console().print(table)
+
+
+@main.command("infer")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--run", "run_uri", required=True, metavar="URI", help="A run directory (STORE/runs/NAME).")
+@click.option("--checkpoint", metavar="DIR", help="A checkpoint directory inside the run [default: latest].")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--s3-endpoint", default=None, metavar="URL", help="S3-compatible endpoint of the run's store.")
+@click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--tile", default=1024, type=click.IntRange(min=64), help="Largest tile edge in pixels.")
+@friendly_errors
+def infer_cmd(inputs, run_uri, checkpoint, out_dir, s3_endpoint, device, tile) -> None:
+    """Run a trained generator on photos (deblurring) or label-id PNGs at their full size."""
+    from asaptrain.data.store import Store
+    from asaptrain.infer import infer_files
+
+    run_dir = Store.open(run_uri, s3_endpoint)
+    rel = f"{checkpoint.rstrip('/')}/state.pt" if checkpoint else None
+    for path in infer_files(run_dir, list(inputs), out_dir, rel, device, tile):
+        click.echo(path)
+
+
+@bench.command("train")
+@click.option("--preset", "presets", multiple=True,
+              help="Preset(s) to time [default: the four full presets].")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.FIELD=VALUE")
+@click.option("--batch", type=click.IntRange(min=1), help="Batch size [default: the preset's].")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "both"]), default="both")
+@click.option("--steps", default=20, type=click.IntRange(min=1), help="Timed steps per preset.")
+@click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the rows as JSON here.")
+@friendly_errors
+def bench_train_cmd(presets, overrides, batch, precision, steps, device, json_path) -> None:
+    """Training images/s and model FLOP utilization per preset (random data, one device)."""
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from asaptrain.bench_train import bench_preset
+
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+    presets = presets or ("asapnet-cityscapes", "pix2pixhd-cityscapes", "deblurgan-gopro", "hybrid-deblur")
+    rows = []
+    for name in presets:
+        for prec in (("fp32", "bf16") if precision == "both" else (precision,)):
+            cfg = load_config(name, overrides=[*overrides, f"train.precision={json.dumps(prec)}"])
+            row = bench_preset(cfg, dev, steps=steps, batch=batch)
+            rows.append({"preset": name, **row})
+    table = Table(title=f"training step, {rows[0]['gpu'] if rows else dev}")
+    for col in ("preset", "size", "batch", "precision", "ms/step", "images/s", "TFLOP/s", "MFU"):
+        table.add_column(col, justify="right" if col not in ("preset", "precision") else "left")
+    for r in rows:
+        table.add_row(r["preset"], f"{r['height']}x{r['width']}", str(r["batch"]), r["precision"],
+                      f"{r['ms_per_step']:.1f}", f"{r['images_per_s']:.1f}", f"{r['achieved_tflops']:.2f}",
+                      f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a")
+    Console().print(table)
+    if json_path:
+        with open(json_path, "w") as fh:
+            json.dump(rows, fh, indent=2)

@@ -1,0 +1,65 @@
+"""`asaptrain tune`: the hybrid sweep (also what jobs/tune_hybrid.py runs)."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from asaptrain.cli.groups import friendly_errors, main, preset_options, store_options
+
+
+def print_sweep(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    key = summary["metric"]
+    table = Table(title=f"sweep {summary['name']}: best {key} per trial")
+    for col in ("trial", key, "steps", "status", "config"):
+        table.add_column(col, overflow="fold")
+    best = summary.get("best") or {}
+    for row in sorted(summary["trials"], key=lambda r: -(r[f"best_{key}"] or -1e9)):
+        mark = "[bold green]" if row is best or row.get("trial") == best.get("trial") else ""
+        value = row[f"best_{key}"]
+        table.add_row(f"{mark}{row['trial']}", f"{value:.3f}" if value is not None else "-", str(row["steps"]),
+                      row["status"] + (f": {row['error']}" if row.get("error") else ""),
+                      json.dumps(row["params"], sort_keys=True)[:400])
+    console = Console()
+    console.print(table)
+    if summary.get("best_toml"):
+        console.print(f"best config: {summary['best_toml']}  (asaptrain train --config FILE)")
+
+
+@main.command("tune")
+@preset_options
+@store_options
+@click.option("--space", "space_file", type=click.Path(dir_okay=False), help="Search space TOML (narrows or replaces).")
+@click.option("--trials", default=8, type=click.IntRange(min=1), help="Number of trials.")
+@click.option("--gpus-per-trial", type=click.FloatRange(min=0), help="GPUs per trial (0 = CPU).")
+@click.option("--workers-per-trial", type=click.IntRange(min=1), help="Ray Train workers per trial.")
+@click.option("--steps", type=click.IntRange(min=1), help="Training steps per trial (train.steps).")
+@click.option("--metric", default="psnr", type=click.Choice(["psnr", "ssim"]), help="Validation metric to maximize.")
+@click.option("--grace-reports", default=1, type=click.IntRange(min=1), help="ASHA grace period, in reports.")
+@click.option("--search", default="auto", type=click.Choice(["auto", "optuna", "random"]),
+              help="Search algorithm (auto: Optuna when installed, else random).")
+@click.option("--name", metavar="NAME", help="Sweep name [default: sweep-DATE-TIME-xxxx].")
+@click.option("--resume", metavar="NAME", help="Continue an interrupted sweep; finished trials are kept.")
+@click.option("--progress/--no-progress", default=True)
+@friendly_errors
+def tune_cmd(preset, config_file, overrides, store, s3_endpoint, space_file, trials, gpus_per_trial,
+             workers_per_trial, steps, metric, grace_reports, search, name, resume, progress) -> None:
+    """Sweep the hybrid's hyperparameters and blur curriculum with Ray Tune + ASHA.
+
+    Writes STORE/sweeps/NAME/: sweep.json, best.toml (accepted by `asaptrain train --config`),
+    trials.png, and every trial's run under runs/.
+    """
+    from asaptrain.cli.train_cmd import build_train_config
+    from asaptrain.tune import load_space, sweep
+
+    cfg = build_train_config(preset or (None if config_file else "hybrid-deblur"), config_file, overrides, store,
+                             s3_endpoint, steps=steps)
+    space = load_space(space_file, cfg) if space_file else None
+    summary = sweep(cfg, trials=trials, name=name, resume=resume, space=space, metric=metric,
+                    grace_reports=grace_reports, search="random" if search == "random" else search,
+                    gpus_per_trial=gpus_per_trial, workers_per_trial=workers_per_trial, progress=progress)
+    print_sweep(summary)

@@ -1,0 +1,28 @@
+"""The data plane: stores (local or S3-compatible), Parquet shards, converters, blur, Ray Data.
+
+Submodules are imported on first use, so ``import asaptrain.data.blur`` (pure torch) does not
+pull in pyarrow or boto3:
+
+    from asaptrain.data import Store, ShardWriter, read_manifest, verify
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Store": "store", "StoreError": "store", "StoreNotFound": "store", "store_from_config": "store",
+    "resolve_dataset": "store", "create_bucket_for": "store",
+    "SCHEMA": "shards", "SCHEMA_VERSION": "shards", "ManifestError": "shards", "ShardWriter": "shards",
+    "read_manifest": "shards", "write_manifest": "shards", "shard_paths": "shards", "verify": "shards",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"asaptrain.data.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'asaptrain.data' has no attribute {name!r}")
+
+
+__all__ = sorted(_EXPORTS)

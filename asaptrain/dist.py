@@ -1,0 +1,76 @@
+"""Rank, world size, device and reductions: the one place that knows about distribution.
+
+Under Ray Train it reads ``ray.train.get_context()``; without Ray (tests, notebooks) it is a
+world of one. Nothing else in asaptrain reads RANK or touches process groups.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as torch_dist
+
+
+def _ray_context():
+    try:
+        import ray.train
+
+        return ray.train.get_context()
+    except Exception:  # not inside a Ray Train worker
+        return None
+
+
+def world_size() -> int:
+    return torch_dist.get_world_size() if torch_dist.is_available() and torch_dist.is_initialized() else 1
+
+
+def rank() -> int:
+    return torch_dist.get_rank() if torch_dist.is_available() and torch_dist.is_initialized() else 0
+
+
+def local_rank() -> int:
+    ctx = _ray_context() if world_size() > 1 else None
+    return ctx.get_local_rank() if ctx is not None else 0
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def print0(*args, **kwargs) -> None:
+    if is_main():
+        print(*args, **kwargs, flush=True)
+
+
+def device(use_gpu: bool) -> torch.device:
+    """This worker's device: its own GPU under Ray, else cuda:0 or the CPU."""
+    if not use_gpu or not torch.cuda.is_available():
+        return torch.device("cpu")
+    try:
+        import ray.train.torch
+
+        return ray.train.torch.get_device()
+    except Exception:
+        return torch.device("cuda", local_rank())
+
+
+def mean(value: torch.Tensor | float) -> float:
+    """Mean of a scalar across ranks (a no-op in a world of one)."""
+    t = torch.as_tensor(value, dtype=torch.float64)
+    if world_size() == 1:
+        return float(t)
+    backend = torch_dist.get_backend()
+    t = t.to("cuda" if backend == "nccl" else "cpu")
+    torch_dist.all_reduce(t)
+    return float(t) / world_size()
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        torch_dist.barrier()
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain module inside a DDP (or compiled) wrapper."""
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or model._orig_mod
+    return model

@@ -1,0 +1,130 @@
+"""Run a trained generator on a user's images at their full size.
+
+    asaptrain infer --run ./asaptrain-store/runs/NAME photo.png --out out/
+
+A run URI (its config.toml and latest checkpoint) or a checkpoint URI plus a config gives the
+generator; inputs are photos (deblurring) or label-id PNGs (label -> photo). Large images go
+through in overlapping tiles, blended with a linear ramp, so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from asaptrain.config import Config, from_dict, validate
+from asaptrain.errors import UserError
+from asaptrain.nets import build_generator
+from asaptrain.train.state import STATE_FILE, from_bytes
+
+
+class InferError(UserError):
+    """An input or checkpoint that inference cannot use."""
+
+
+def latest_checkpoint(run_dir) -> str:
+    """Relative path of the newest ``checkpoint_*/state.pt`` in a run directory store."""
+    names = sorted(p for p in run_dir.list("") if p.split("/")[-1].startswith("checkpoint_"))
+    names = [n for n in names if run_dir.exists(f"{n}/{STATE_FILE}")]
+    if not names:
+        raise InferError(f"no checkpoint in {run_dir.uri_for('')}: the run has not saved one yet")
+    return f"{names[-1]}/{STATE_FILE}"
+
+
+def load_generator(run_dir, checkpoint_rel: str | None = None, device: str = "cpu") -> tuple[Config, torch.nn.Module]:
+    """The run's config and its generator (EMA weights when the run kept an EMA)."""
+    import tomllib
+
+    if not run_dir.exists("config.toml"):
+        raise InferError(f"{run_dir.uri_for('config.toml')} is missing: is this a run directory?")
+    cfg = validate(from_dict(tomllib.loads(run_dir.read_text("config.toml")), source=run_dir.uri_for("config.toml")))
+    state = from_bytes(run_dir.read_bytes(checkpoint_rel or latest_checkpoint(run_dir)))
+    G = build_generator(cfg)
+    G.load_state_dict(state["ema"] if state.get("ema") is not None else state["generator"])
+    return cfg, G.to(device).eval()
+
+
+def _multiple(cfg: Config) -> int:
+    """Spatial sizes the generator accepts are multiples of this."""
+    if cfg.model.name in ("asapnet", "hybrid"):
+        return cfg.model.tile_size
+    return 2 ** (cfg.model.downsamplings + cfg.model.local_enhancers)
+
+
+def read_input(path: Path, cfg: Config) -> torch.Tensor:
+    """A (1, C, H, W) generator input in the model's convention."""
+    try:
+        image = Image.open(path)
+        image.load()
+    except Exception as exc:
+        raise InferError(f"cannot read {path}: {exc}") from None
+    if cfg.data.task == "labels2photo":
+        ids = torch.from_numpy(np.array(image.convert("L") if image.mode not in ("L", "P", "I;16", "I") else image))
+        ids = ids.long().clamp(0, cfg.data.num_labels - 1)
+        x = F.one_hot(ids, cfg.data.num_labels).permute(2, 0, 1).float()[None]
+        if cfg.data.instance_edges:  # no instance map given: no instance boundaries
+            x = torch.cat([x, torch.zeros_like(x[:, :1])], dim=1)
+        return x
+    rgb = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).float()[None]
+    return rgb / 127.5 - 1
+
+
+@torch.no_grad()
+def run_tiled(G: torch.nn.Module, x: torch.Tensor, multiple: int, tile: int = 1024, overlap: int = 64) -> torch.Tensor:
+    """G(x) for any size: reflect-pad to a multiple, and split into blended tiles when large."""
+    _, _, h, w = x.shape
+    ph, pw = (-h) % multiple, (-w) % multiple
+    xp = F.pad(x, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "replicate")
+    H, W = xp.shape[-2:]
+    if H <= tile and W <= tile:
+        return G(xp)[..., :h, :w]
+    tile = max(multiple, tile - tile % multiple)
+    overlap = min(overlap - overlap % multiple, tile // 2)
+    out = torch.zeros(1, 3, H, W, device=x.device)
+    weight = torch.zeros(1, 1, H, W, device=x.device)
+    stride = tile - overlap
+    tops = list(range(0, max(H - tile, 0) + 1, stride))
+    lefts = list(range(0, max(W - tile, 0) + 1, stride))
+    if tops[-1] + tile < H:
+        tops.append(H - tile)
+    if lefts[-1] + tile < W:
+        lefts.append(W - tile)
+    for top in tops:
+        for left in lefts:
+            th, tw = min(tile, H), min(tile, W)
+            piece = G(xp[..., top : top + th, left : left + tw])
+            ramp_h = torch.minimum(torch.arange(th, device=x.device) + 1, torch.arange(th, 0, -1, device=x.device))
+            ramp_w = torch.minimum(torch.arange(tw, device=x.device) + 1, torch.arange(tw, 0, -1, device=x.device))
+            mask = (ramp_h.clamp(max=overlap or 1)[:, None] * ramp_w.clamp(max=overlap or 1)[None]).float()[None, None]
+            out[..., top : top + th, left : left + tw] += piece.float() * mask
+            weight[..., top : top + th, left : left + tw] += mask
+    return (out / weight)[..., :h, :w]
+
+
+def infer_files(run_dir, inputs: list[str], out_dir: str, checkpoint_rel: str | None = None,
+                device: str = "auto", tile: int = 1024) -> list[str]:
+    """Write ``OUT/<stem>.png`` for every input; returns the written paths."""
+    dev = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+    cfg, G = load_generator(run_dir, checkpoint_rel, dev)
+    os.makedirs(out_dir, exist_ok=True)
+    written = []
+    for name in inputs:
+        path = Path(name)
+        x = read_input(path, cfg).to(dev)
+        y = run_tiled(G, x, _multiple(cfg), tile=tile)
+        rgb = ((y[0].float().clamp(-1, 1) + 1) * 127.5 + 0.5).byte().permute(1, 2, 0).cpu().numpy()
+        target = os.path.join(out_dir, f"{path.stem}.png")
+        buf = io.BytesIO()
+        Image.fromarray(rgb).save(buf, format="PNG")
+        tmp = target + ".part"
+        with open(tmp, "wb") as fh:
+            fh.write(buf.getvalue())
+        os.replace(tmp, target)
+        written.append(target)
+    return written

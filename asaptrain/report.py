@@ -1,0 +1,453 @@
+"""The aggregate report: every run under a store prefix -> report.md, report.json, PNGs.
+
+Reads the run directories the training engine writes (``runs/NAME/run.json``,
+``metrics.jsonl``, ``timing.json``, ``samples/STEP.png``), picks the latest finished run of
+each model for the quality tables (in the form of ASAP-Net's Tables 1 and 2: FID, PSNR,
+SSIM), compares inference speed only where two models were timed at the same resolution on
+the same GPU, and lists every run, including failed, running and incomplete ones.
+
+    report = aggregate(Store.open("s3://bucket/asap", s3_endpoint=url), "out/report")
+    print_report(report)
+
+Run by ``asaptrain aggregate`` and by the ``jobs/aggregate.py`` Ray job.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import os
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any
+
+# Models per task, in table order; the ratio pairs are (new model, baseline).
+TASK_MODELS = {"labels2photo": ("asapnet", "pix2pixhd"), "deblur": ("deblurgan", "hybrid")}
+TASK_TITLES = {"labels2photo": "Label map → photo (Cityscapes-style)", "deblur": "Deblurring"}
+SPEED_PAIRS = (("labels2photo", "asapnet", "pix2pixhd"), ("deblur", "hybrid", "deblurgan"))
+_MODEL_TASK = {m: t for t, ms in TASK_MODELS.items() for m in ms}
+_EVAL_KEYS = ("fid", "fid_reason", "psnr", "ssim", "input_psnr", "input_ssim")
+
+
+@dataclass
+class Run:
+    """One run directory as read from the store; ``problems`` names what is missing."""
+
+    name: str
+    info: dict[str, Any] = field(default_factory=dict)  # run.json
+    train: list[dict[str, Any]] = field(default_factory=list)  # kind == "train" records
+    evals: list[dict[str, Any]] = field(default_factory=list)  # kind == "eval" records
+    timing: dict[str, Any] | None = None
+    sample: str | None = None  # store path (rel) of the latest samples/STEP.png
+    sample_step: int | None = None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def model(self) -> str:
+        return str(self.info.get("model") or "unknown")
+
+    @property
+    def task(self) -> str:
+        return str(self.info.get("task") or _MODEL_TASK.get(self.model, "unknown"))
+
+    @property
+    def status(self) -> str:
+        return str(self.info.get("status") or "unknown")
+
+    @property
+    def when(self) -> str:
+        """Sort key for "latest": finish time, else start time (ISO strings)."""
+        return _iso(self.info.get("finished")) or _iso(self.info.get("started")) or ""
+
+
+def _iso(value: Any) -> str | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):  # epoch seconds
+        return dt.datetime.fromtimestamp(value, tz=dt.timezone.utc).isoformat()
+    return str(value) if value else None
+
+
+def _finite(value: Any) -> float | None:
+    """A metric as float, or None for missing / NaN / inf (never plotted or tabled as a number)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+# ----------------------------------------------------------------------------- reading runs
+
+
+def _names_under(store, rel: str) -> list[str]:
+    """Immediate child names of ``rel``, whether ``list`` gives root- or rel-relative paths."""
+    names = set()
+    prefix = rel.strip("/") + "/" if rel.strip("/") else ""
+    for entry in store.list(rel):
+        entry = entry.strip("/")
+        if prefix and entry.startswith(prefix):
+            entry = entry[len(prefix):]
+        head = entry.split("/", 1)[0]
+        if head and not head.startswith("."):
+            names.add(head)
+    return sorted(names)
+
+
+def _read(store, rel: str, how: str):
+    """``store.read_json``/``read_text`` that returns None for a missing file."""
+    if not store.exists(rel):
+        return None
+    return getattr(store, how)(rel)
+
+
+def load_run(store, prefix: str, name: str) -> Run:
+    """Read one run directory; unreadable or missing pieces become ``problems``, not errors."""
+    base = f"{prefix.strip('/')}/{name}" if prefix.strip("/") else name
+    run = Run(name=name)
+    try:
+        run.info = _read(store, f"{base}/run.json", "read_json") or {}
+    except ValueError as exc:
+        run.problems.append(f"run.json unreadable: {exc}")
+    if not run.info:
+        run.problems.append("no run.json")
+        run.info = {"name": name, **_from_config_toml(store, base)}
+    text = _read(store, f"{base}/metrics.jsonl", "read_text")
+    if text is None:
+        run.problems.append("no metrics.jsonl")
+    else:
+        bad = 0
+        for line in text.splitlines():
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                bad += 1  # a running job's last line may be half written
+                continue
+            (run.evals if rec.get("kind") == "eval" else run.train).append(rec)
+        if bad:
+            run.problems.append(f"{bad} unreadable metrics.jsonl line(s)")
+    if not run.evals:
+        run.problems.append("no eval")
+    try:
+        run.timing = _read(store, f"{base}/timing.json", "read_json")
+    except ValueError as exc:
+        run.problems.append(f"timing.json unreadable: {exc}")
+    if run.timing is None:
+        run.problems.append("no timing.json")
+    steps = {}  # step -> file name (the engine zero-pads: samples/00000500.png)
+    if store.exists(f"{base}/samples"):
+        for sample in _names_under(store, f"{base}/samples"):
+            stem = sample.removesuffix(".png")
+            if sample.endswith(".png") and stem.isdigit():
+                steps[int(stem)] = sample
+    if steps:
+        run.sample_step = max(steps)
+        run.sample = f"{base}/samples/{steps[run.sample_step]}"
+    else:
+        run.problems.append("no samples")
+    if run.status != "finished":
+        run.problems.insert(0, f"status {run.status}")
+    return run
+
+
+def _from_config_toml(store, base: str) -> dict[str, str]:
+    """Model and task from config.toml, for a run whose run.json is missing."""
+    try:
+        text = _read(store, f"{base}/config.toml", "read_text")
+        cfg = tomllib.loads(text) if text else {}
+    except (ValueError, tomllib.TOMLDecodeError):
+        return {}
+    out = {}
+    if cfg.get("model", {}).get("name"):
+        out["model"] = cfg["model"]["name"]
+    if cfg.get("data", {}).get("task"):
+        out["task"] = cfg["data"]["task"]
+    return out
+
+
+def load_runs(store, prefix: str = "runs") -> list[Run]:
+    """Every run directory directly under ``prefix``, sorted by name."""
+    if not store.exists(prefix):
+        return []
+    return [load_run(store, prefix, name) for name in _names_under(store, prefix)]
+
+
+# ----------------------------------------------------------------------------- building the report
+
+
+def latest_finished(runs: list[Run]) -> dict[str, Run]:
+    """The latest finished run of each model (by finish time, then name)."""
+    best: dict[str, Run] = {}
+    for run in runs:
+        if run.status == "finished":
+            cur = best.get(run.model)
+            if cur is None or (run.when, run.name) > (cur.when, cur.name):
+                best[run.model] = run
+    return best
+
+
+def _quality_row(model: str, run: Run | None, runs: list[Run]) -> dict[str, Any]:
+    row: dict[str, Any] = {"model": model, "run": None, "step": None, "note": None}
+    row.update({k: None for k in _EVAL_KEYS})
+    row["psnr_gain"] = row["ssim_gain"] = None
+    if run is None:
+        others = [r for r in runs if r.model == model]
+        row["note"] = (f"no finished run ({', '.join(f'{r.name}: {r.status}' for r in others)})"
+                       if others else "no run found")
+        return row
+    row["run"] = run.name
+    if not run.evals:
+        row["note"] = "run has no eval record"
+        return row
+    last = run.evals[-1]
+    row["step"] = last.get("step")
+    for key in _EVAL_KEYS:
+        row[key] = last.get(key) if key == "fid_reason" else _finite(last.get(key))
+    if row["fid"] is None and not row["fid_reason"]:
+        row["fid_reason"] = "not computed"
+    if row["psnr"] is not None and row["input_psnr"] is not None:
+        row["psnr_gain"] = row["psnr"] - row["input_psnr"]
+    if row["ssim"] is not None and row["input_ssim"] is not None:
+        row["ssim_gain"] = row["ssim"] - row["input_ssim"]
+    return row
+
+
+def _speed_rows(run: Run) -> list[dict[str, Any]]:
+    """One row per timed inference setting; ``ms`` in timing.json is per call of ``batch`` images."""
+    t = run.timing or {}
+    base = {"task": run.task, "model": run.model, "run": run.name, "gpu": t.get("gpu"),
+            "train_images_per_s": _finite(t.get("images_per_s")), "world_size": t.get("world_size"),
+            "train_batch_size": t.get("batch_size"), "train_height": t.get("height"),
+            "train_width": t.get("width")}
+    rows = []
+    for inf in t.get("inference") or []:
+        ms, batch = _finite(inf.get("ms")), inf.get("batch") or 1
+        rows.append({**base, "height": inf.get("height"), "width": inf.get("width"),
+                     "dtype": inf.get("dtype"), "batch": batch,
+                     "ms_per_image": None if ms is None else ms / batch})
+    if not rows:
+        rows.append({**base, "height": None, "width": None, "dtype": None, "batch": None,
+                     "ms_per_image": None})
+    return rows
+
+
+def _ratio(task: str, fast: str, slow: str, chosen: dict[str, Run]) -> dict[str, Any]:
+    """slow ms / fast ms at the largest resolution both were timed at on the same GPU and dtype."""
+    out = {"task": task, "fast": fast, "slow": slow, "ratio": None, "gpu": None, "height": None,
+           "width": None, "dtype": None, "fast_ms": None, "slow_ms": None, "reason": None}
+    missing = [m for m in (fast, slow) if m not in chosen]
+    if missing:
+        out["reason"] = f"no finished run of {' and '.join(missing)}"
+        return out
+    untimed = [m for m in (fast, slow) if not chosen[m].timing or not chosen[m].timing.get("inference")]
+    if untimed:
+        out["reason"] = f"no inference timing for {' and '.join(untimed)}"
+        return out
+
+    def keyed(model):
+        return {(r["gpu"], r["height"], r["width"], r["dtype"]): r["ms_per_image"]
+                for r in _speed_rows(chosen[model]) if r["ms_per_image"] is not None}
+
+    a, b = keyed(fast), keyed(slow)
+    common = sorted(set(a) & set(b), key=lambda k: ((k[1] or 0) * (k[2] or 0), k[3] == "fp32"))
+    if not common:
+        gpus_a, gpus_b = {k[0] for k in a}, {k[0] for k in b}
+        if not gpus_a & gpus_b:
+            out["reason"] = (f"timed on different GPUs ({fast}: {', '.join(map(str, sorted(gpus_a)))}; "
+                             f"{slow}: {', '.join(map(str, sorted(gpus_b)))})")
+        else:
+            def res(d):
+                return ", ".join(sorted({f"{k[1]}x{k[2]} {k[3]}" for k in d}))
+            out["reason"] = f"no common resolution and dtype ({fast}: {res(a)}; {slow}: {res(b)})"
+        return out
+    gpu, h, w, dtype = common[-1]
+    out.update(gpu=gpu, height=h, width=w, dtype=dtype, fast_ms=a[common[-1]], slow_ms=b[common[-1]])
+    if not a[common[-1]]:
+        out["reason"] = f"{fast} timed at 0 ms"
+        return out
+    out["ratio"] = b[common[-1]] / a[common[-1]]
+    return out
+
+
+def _run_summary(run: Run, used: bool) -> dict[str, Any]:
+    last = run.evals[-1] if run.evals else None
+    return {
+        "name": run.name, "model": run.model, "task": run.task, "status": run.status,
+        "preset": run.info.get("preset"), "steps": run.info.get("steps"),
+        "started": _iso(run.info.get("started")), "finished": _iso(run.info.get("finished")),
+        "gpu": (run.timing or {}).get("gpu") or run.info.get("gpu"),
+        "world_size": run.info.get("world_size"),
+        "last_step": run.train[-1].get("step") if run.train else None,
+        "last_eval": {k: last.get(k) for k in ("step", *_EVAL_KEYS)} if last else None,
+        "train_images_per_s": _finite((run.timing or {}).get("images_per_s")),
+        "sample": None, "problems": run.problems, "in_tables": used,
+    }
+
+
+def build_report(runs: list[Run], store_uri: str = "", prefix: str = "runs") -> dict[str, Any]:
+    """The report as plain data (what report.json holds), without plots or sample copies."""
+    chosen = latest_finished(runs)
+    tasks = {}
+    for task, models in TASK_MODELS.items():
+        extra = sorted({r.model for r in runs if r.task == task and r.model not in models})
+        tasks[task] = {"title": TASK_TITLES[task],
+                       "rows": [_quality_row(m, chosen.get(m), runs) for m in (*models, *extra)]}
+    for task in sorted({r.task for r in runs} - set(TASK_MODELS)):
+        models = sorted({r.model for r in runs if r.task == task})
+        tasks[task] = {"title": task, "rows": [_quality_row(m, chosen.get(m), runs) for m in models]}
+    speed_rows = [row for m, run in sorted(chosen.items()) for row in _speed_rows(run)]
+    used = {r.name for r in chosen.values()}
+    return {
+        "generated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "store": store_uri, "prefix": prefix,
+        "tasks": tasks,
+        "speed": {"rows": speed_rows,
+                  "ratios": [_ratio(t, f, s, chosen) for t, f, s in SPEED_PAIRS]},
+        "runs": [_run_summary(r, r.name in used) for r in runs],
+        "plots": {}, "samples": {},
+    }
+
+
+# ----------------------------------------------------------------------------- tables as text
+
+
+def _num(value: Any, digits: int, signed: bool = False) -> str:
+    if value is None:
+        return "—"
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def _fid(row: dict[str, Any]) -> str:
+    return _num(row["fid"], 2) if row["fid"] is not None else f"n/a ({row['fid_reason'] or 'no eval'})"
+
+
+def ratio_text(r: dict[str, Any]) -> str:
+    """One sentence on a speed ratio, or on why it was not computed."""
+    if r["ratio"] is None:
+        return f"{r['fast']} vs {r['slow']}: not computed — {r['reason']}"
+    return (f"{r['fast']} vs {r['slow']}: {r['ratio']:.2f}× the speed of {r['slow']} "
+            f"({r['fast_ms']:.2f} vs {r['slow_ms']:.2f} ms/image at {r['height']}x{r['width']}, "
+            f"{r['dtype']}, {r['gpu']})")
+
+
+def tables(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The report's tables as text cells: ``[{"title", "headers", "rows", "notes"}]``.
+
+    Markdown and the rich terminal view both render these, so they always agree.
+    """
+    out = []
+    for task, t in report["tasks"].items():
+        deblur = any(r["input_psnr"] is not None for r in t["rows"]) or task == "deblur"
+        headers = ["Model", "FID ↓", "PSNR (dB) ↑", "SSIM ↑"]
+        if deblur:
+            headers += ["Input PSNR", "Input SSIM", "PSNR gain", "SSIM gain"]
+        headers += ["Step", "Run"]
+        rows = []
+        for r in t["rows"]:
+            cells = [r["model"], _fid(r) if r["run"] and r["step"] is not None else "—",
+                     _num(r["psnr"], 2), _num(r["ssim"], 3)]
+            if deblur:
+                cells += [_num(r["input_psnr"], 2), _num(r["input_ssim"], 3),
+                          _num(r["psnr_gain"], 2, True), _num(r["ssim_gain"], 3, True)]
+            cells += [str(r["step"]) if r["step"] is not None else "—",
+                      r["run"] + (f" ({r['note']})" if r["note"] else "") if r["run"] else r["note"]]
+            rows.append(cells)
+        out.append({"title": f"{t['title']}: quality (last evaluation of the latest finished run)",
+                    "headers": headers, "rows": rows, "notes": []})
+    speed = report["speed"]
+    out.append({
+        "title": "Speed: inference at batch 1, training throughput",
+        "headers": ["Task", "Model", "GPU", "Resolution", "dtype", "Inference ms/image",
+                    "Train images/s", "Workers", "Run"],
+        "rows": [[r["task"], r["model"], str(r["gpu"] or "—"),
+                  f"{r['height']}x{r['width']}" if r["height"] else "—", r["dtype"] or "—",
+                  _num(r["ms_per_image"], 2), _num(r["train_images_per_s"], 1),
+                  str(r["world_size"] or "—"), r["run"]] for r in speed["rows"]],
+        "notes": [ratio_text(r) for r in speed["ratios"]],
+    })
+    out.append({
+        "title": "All runs",
+        "headers": ["Run", "Model", "Task", "Status", "Steps", "Last eval step", "PSNR", "Missing / notes"],
+        "rows": [[r["name"], r["model"], r["task"], r["status"] + (" *" if r["in_tables"] else ""),
+                  str(r["last_step"] if r["last_step"] is not None else "—"),
+                  str(r["last_eval"]["step"]) if r["last_eval"] else "—",
+                  _num(_finite((r["last_eval"] or {}).get("psnr")), 2),
+                  "; ".join(r["problems"]) or "—"] for r in report["runs"]],
+        "notes": ["* = the run used in the tables above (latest finished run of its model)."],
+    })
+    return out
+
+
+def _md_table(headers: list[str], rows: list[list[str]]) -> str:
+    def esc(cell: str) -> str:
+        return str(cell).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(map(esc, headers)) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(map(esc, row)) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """report.md: tables, speed ratios, plots and sample grids."""
+    parts = [f"# asaptrain report\n\nStore `{report['store']}`, prefix `{report['prefix']}`, "
+             f"{len(report['runs'])} run(s); generated {report['generated']}.\n"]
+    for table in tables(report):
+        parts.append(f"## {table['title']}\n\n{_md_table(table['headers'], table['rows'])}\n")
+        parts += [f"- {note}" for note in table["notes"]]
+        if table["notes"]:
+            parts.append("")
+    plots = report.get("plots") or {}
+    if plots:
+        parts.append("## Plots\n")
+        parts += [f"![{name}]({path})\n" for name, path in plots.items()]
+    if report.get("samples"):
+        parts.append("## Samples (rows: input | output | target; latest grid of each run)\n")
+        parts += [f"### {run}\n\n![{run}]({path})\n" for run, path in report["samples"].items()]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def _clean(obj: Any) -> Any:
+    """NaN/inf -> None so report.json stays strict JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def _out_store(out):
+    from asaptrain.data.store import Store
+
+    if not isinstance(out, (str, os.PathLike)):
+        return out
+    out = os.fspath(out)
+    return Store.open(out if "://" in out else os.path.abspath(out))
+
+
+def aggregate(store, out, prefix: str = "runs", plots: bool = True) -> dict[str, Any]:
+    """Read every run under ``prefix`` of ``store``; write report.md/.json, PNGs and samples to ``out``.
+
+    ``out`` is a Store or a local directory. Returns the report dict (as in report.json).
+    """
+    from asaptrain import plots as plotting
+
+    runs = load_runs(store, prefix)
+    report = build_report(runs, getattr(store, "uri", ""), prefix)
+    out = _out_store(out)
+    chosen = latest_finished(runs)
+    for summary, run in zip(report["runs"], runs):
+        if run.sample:  # every run's latest grid, so failed and running runs can be looked at too
+            dest = f"samples/{run.name}-{run.sample_step}.png"
+            out.write_bytes(dest, store.read_bytes(run.sample))
+            summary["sample"] = dest
+            report["samples"][run.name] = dest
+    if plots:
+        report["plots"] = plotting.write_all(report, chosen, out)
+    out.write_text("report.md", render_markdown(report))
+    out.write_text("report.json", json.dumps(_clean(report), indent=2, allow_nan=False) + "\n")
+    return report
+
+
+__all__ = ["Run", "load_run", "load_runs", "latest_finished", "build_report", "aggregate",
+           "tables", "render_markdown", "TASK_MODELS", "SPEED_PAIRS"]

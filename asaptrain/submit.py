@@ -1,0 +1,289 @@
+"""Submitting asaptrain's Ray jobs: entrypoint, runtime env without secrets, token auth, log following.
+
+A thin layer over ``ray.job_submission.JobSubmissionClient``. What this module adds:
+
+- the job names (``train``, ``tune``, ``aggregate``, ``experiment``) mapped to ``jobs/*.py``;
+- a ``runtime_env`` that ships the project directory (minus ``.git``, stores, wheels, outputs)
+  and only non-secret settings. Runtime-env values and entrypoints are job metadata, visible in
+  the dashboard and to anyone who can list jobs, so a secret there is refused, never sent:
+  S3 credentials reach the job from the cluster's own environment (instance role, node env,
+  or a Kubernetes Secret);
+- the Ray auth token (Ray 2.52+ token authentication; on by default for ``ray.init()``
+  clusters) presented as an ``Authorization: Bearer`` header. The job client only attaches it
+  itself when ``RAY_AUTH_MODE=token`` is set in the submitting shell; we look it up the way
+  Ray does (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH``, ``~/.ray/auth_token``) and pass it
+  explicitly. The token itself is never printed.
+
+Used by ``asaptrain submit`` and ``asaptrain jobs ...`` (``asaptrain/cli/jobs_cmd.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+import re
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+from asaptrain.errors import UserError
+
+JOB_SCRIPTS = {
+    "train": "jobs/train.py",
+    "tune": "jobs/tune_hybrid.py",
+    "aggregate": "jobs/aggregate.py",
+    "experiment": "jobs/experiment.py",
+}
+DEFAULT_ADDRESS = "http://127.0.0.1:8265"
+# gitignore-style patterns Ray's working_dir packaging skips (on top of .gitignore).
+EXCLUDES = [".git", ".venv", "/asaptrain-store", "/.whl", "*.whl", "/out", "/runs", "__pycache__",
+            ".pytest_cache", "*.egg-info"]
+# Names that carry credentials; any name matching _SECRET_WORDS is refused as well.
+SECRET_ENV_NAMES = ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN",
+                    "AWS_SECURITY_TOKEN", "RAY_AUTH_TOKEN")
+_SECRET_WORDS = re.compile(r"SECRET|PASSW(OR)?D|TOKEN|CREDENTIAL|PRIVATE|API_?KEY|ACCESS_?KEY", re.I)
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+
+
+class SubmitError(UserError):
+    """A job that cannot be submitted or followed as asked; the message says what to do."""
+
+
+# ----------------------------------------------------------------------------- what is sent
+
+
+def project_root() -> Path:
+    """The directory shipped as the job's working_dir: the one holding pyproject.toml and jobs/."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "pyproject.toml").is_file() or not (root / "jobs").is_dir():
+        raise SubmitError(f"{root} is not an asaptrain checkout (no pyproject.toml and jobs/); "
+                          "run `asaptrain submit` from an editable install (pip install -e .)")
+    return root
+
+
+def _secret_values() -> list[str]:
+    """Current values of the credential variables, to catch a secret passed under another name."""
+    return [v for n in SECRET_ENV_NAMES if len(v := os.environ.get(n, "")) >= 8]
+
+
+def check_no_secrets(env_vars: dict[str, str], args: list[str] | tuple[str, ...] = (),
+                     store: str | None = None) -> None:
+    """Raise SubmitError if a credential would become job metadata (env var, argument or URI)."""
+    values = _secret_values()
+    for name, value in env_vars.items():
+        if name.upper() in SECRET_ENV_NAMES or _SECRET_WORDS.search(name):
+            raise SubmitError(
+                f"refusing to put {name} into the job's runtime_env: runtime-env variables are job "
+                "metadata that anyone with dashboard access can read. Give the cluster its "
+                "credentials instead (node environment, instance role, or a Kubernetes Secret; see "
+                "k8s/secret-s3.example.yaml)")
+        if any(v in str(value) for v in values):
+            raise SubmitError(f"refusing to submit: runtime_env variable {name} holds the value of a "
+                              "credential variable; give the cluster its credentials instead")
+    for arg in args:
+        if any(v in arg for v in values):
+            raise SubmitError("refusing to submit: a job argument holds the value of a credential "
+                              "variable (job entrypoints are metadata); pass credentials to the cluster")
+    if store and "@" in urlsplit(store).netloc:
+        raise SubmitError(f"refusing to submit: the store URI carries credentials ({store.split('@')[-1]}); "
+                          "use s3://bucket/prefix and give the cluster its credentials")
+
+
+def build_runtime_env(root: Path | str | None = None, *, store: str | None = None,
+                      s3_endpoint: str | None = None, region: str | None = None,
+                      env: dict[str, str] | None = None) -> dict[str, Any]:
+    """The job's runtime_env: the project as working_dir and non-secret settings as env vars."""
+    env_vars = dict(env or {})
+    if store:
+        env_vars["ASAPTRAIN_STORE"] = store
+    if s3_endpoint:
+        env_vars["ASAPTRAIN_S3_ENDPOINT"] = s3_endpoint
+    if region:
+        env_vars["AWS_REGION"] = region
+    check_no_secrets(env_vars, store=store)
+    return {"working_dir": str(root if root is not None else project_root()),
+            "excludes": list(EXCLUDES), "env_vars": env_vars}
+
+
+def job_entrypoint(job: str, args: list[str] | tuple[str, ...] = (), *, store: str | None = None,
+                   s3_endpoint: str | None = None) -> str:
+    """``python jobs/X.py [--store URI] [--s3-endpoint URL] ARGS...`` as one shell-quoted line."""
+    if job not in JOB_SCRIPTS:
+        raise SubmitError(f"unknown job {job!r}; jobs are {', '.join(JOB_SCRIPTS)}")
+    argv = ["python", JOB_SCRIPTS[job]]
+    if store:
+        argv += ["--store", store]
+    if s3_endpoint:
+        argv += ["--s3-endpoint", s3_endpoint]
+    argv += list(args)
+    check_no_secrets({}, argv)
+    return shlex.join(argv)
+
+
+# ----------------------------------------------------------------------------- the client
+
+
+def resolve_address(address: str | None = None) -> str:
+    """--address, else RAY_API_SERVER_ADDRESS / RAY_ADDRESS (as `ray job` reads them), else local."""
+    address = address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS") \
+        or DEFAULT_ADDRESS
+    if "://" not in address:
+        address = f"http://{address}"
+    return address.rstrip("/")
+
+
+def _is_loopback(address: str) -> bool:
+    host = urlsplit(address).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def auth_token(address: str) -> str | None:
+    """The Ray auth token to present to ``address``, found as Ray finds it; None when none applies.
+
+    Order (Ray's): RAY_AUTH_TOKEN, then the file RAY_AUTH_TOKEN_PATH, then ~/.ray/auth_token.
+    The default file is sent to a loopback address (a local cluster, or a KubeRay head reached
+    with ``kubectl port-forward``) or when RAY_AUTH_MODE=token says the cluster wants it;
+    RAY_AUTH_MODE=disabled sends nothing.
+    """
+    mode = os.environ.get("RAY_AUTH_MODE", "").lower()
+    if mode == "disabled":
+        return None
+    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return os.environ["RAY_AUTH_TOKEN"].strip()
+    if os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        path = Path(os.environ["RAY_AUTH_TOKEN_PATH"]).expanduser()
+        try:
+            token = path.read_text().strip()
+        except OSError as exc:
+            raise SubmitError(f"RAY_AUTH_TOKEN_PATH={path} cannot be read ({exc.strerror}); "
+                              "fix the path or unset it") from None
+        if not token:
+            raise SubmitError(f"RAY_AUTH_TOKEN_PATH={path} is empty; run `ray get-auth-token` on the head node")
+        return token
+    default = Path.home() / ".ray" / "auth_token"
+    if default.is_file() and (mode == "token" or _is_loopback(address)):
+        return default.read_text().strip() or None
+    return None
+
+
+def auth_headers(address: str) -> dict[str, str]:
+    token = auth_token(address)
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def client(address: str | None = None):
+    """A JobSubmissionClient for ``address`` carrying the auth token; SubmitError when unreachable."""
+    from ray.job_submission import JobSubmissionClient
+
+    address = resolve_address(address)
+    try:
+        return JobSubmissionClient(address, headers=auth_headers(address))
+    except ConnectionError as exc:
+        raise SubmitError(f"no Ray dashboard answers at {address} ({str(exc).splitlines()[0]}); start a "
+                          "cluster (`ray start --head`, see cluster/local.md) or pass --address / set "
+                          "RAY_ADDRESS") from None
+    except RuntimeError as exc:
+        raise _auth_or_runtime(exc, address) from None
+
+
+def _auth_or_runtime(exc: Exception, address: str) -> SubmitError:
+    text = str(exc)
+    if "401" in text or "403" in text or "uthentication" in text:
+        return SubmitError(
+            f"the Ray cluster at {address} refused the request ({text.splitlines()[0]}). It uses token "
+            "authentication: put its token (`ray get-auth-token` on the head node) in ~/.ray/auth_token or "
+            "RAY_AUTH_TOKEN; for a non-local address also set RAY_AUTH_MODE=token")
+    return SubmitError(f"Ray job request to {address} failed: {text.splitlines()[0] if text else exc!r}")
+
+
+def _call(address: str, fn: Callable, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except RuntimeError as exc:
+        raise _auth_or_runtime(exc, address) from None
+
+
+def submit(job: str, args: list[str] | tuple[str, ...] = (), *, address: str | None = None,
+           store: str | None = None, s3_endpoint: str | None = None, region: str | None = None,
+           env: dict[str, str] | None = None, submission_id: str | None = None,
+           entrypoint_num_cpus: float | None = None, entrypoint_num_gpus: float | None = None,
+           job_client=None) -> str:
+    """Submit ``job`` with ``args``; returns the submission id. Secrets are refused before anything is sent."""
+    entrypoint = job_entrypoint(job, args, store=store, s3_endpoint=s3_endpoint)
+    runtime_env = build_runtime_env(store=store, s3_endpoint=s3_endpoint, region=region, env=env)
+    address = resolve_address(address)
+    job_client = job_client or client(address)
+    return _call(address, job_client.submit_job, entrypoint=entrypoint, runtime_env=runtime_env,
+                 submission_id=submission_id, entrypoint_num_cpus=entrypoint_num_cpus,
+                 entrypoint_num_gpus=entrypoint_num_gpus,
+                 metadata={"asaptrain_job": job})
+
+
+def status(job_id: str, address: str | None = None, job_client=None) -> str:
+    """The job's status name: PENDING, RUNNING, SUCCEEDED, FAILED or STOPPED."""
+    address = resolve_address(address)
+    job_client = job_client or client(address)
+    state = _call(address, job_client.get_job_status, job_id)
+    return str(getattr(state, "value", state))
+
+
+def wait_for_job(job_id: str, address: str | None = None, timeout_s: float = 600.0, poll_s: float = 1.0,
+                 job_client=None) -> str:
+    """Poll until the job reaches a terminal status; returns it. SubmitError after ``timeout_s``."""
+    address = resolve_address(address)
+    job_client = job_client or client(address)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        state = status(job_id, address, job_client)
+        if state in TERMINAL:
+            return state
+        if time.monotonic() > deadline:
+            raise SubmitError(f"job {job_id} still {state} after {timeout_s:.0f} s; "
+                              f"see `asaptrain jobs logs {job_id}`")
+        time.sleep(poll_s)
+
+
+def follow(job_id: str, address: str | None = None, write: Callable[[str], Any] = sys.stdout.write,
+           job_client=None) -> str:
+    """Stream the job's logs until it ends; returns its terminal status."""
+    address = resolve_address(address)
+    job_client = job_client or client(address)
+
+    async def tail() -> None:
+        async for chunk in job_client.tail_job_logs(job_id):
+            write(chunk)
+            if hasattr(sys.stdout, "flush"):
+                sys.stdout.flush()
+
+    try:
+        asyncio.run(tail())
+    except RuntimeError as exc:  # the log socket closed early (head restart, proxy timeout)
+        write(f"\n[asaptrain] log stream ended early ({str(exc).splitlines()[0]}); polling status\n")
+    return wait_for_job(job_id, address, timeout_s=float("inf"), job_client=job_client)
+
+
+def logs(job_id: str, address: str | None = None, job_client=None) -> str:
+    address = resolve_address(address)
+    job_client = job_client or client(address)
+    return _call(address, job_client.get_job_logs, job_id)
+
+
+def stop(job_id: str, address: str | None = None, job_client=None) -> bool:
+    """Ask Ray to stop the job; True if it was running."""
+    address = resolve_address(address)
+    job_client = job_client or client(address)
+    return bool(_call(address, job_client.stop_job, job_id))
+
+
+__all__ = ["JOB_SCRIPTS", "EXCLUDES", "SubmitError", "project_root", "check_no_secrets",
+           "build_runtime_env", "job_entrypoint", "resolve_address", "auth_token", "auth_headers",
+           "client", "submit", "status", "wait_for_job", "follow", "logs", "stop"]

@@ -1,0 +1,196 @@
+"""The GAN step as explicit phases around loss objects (StyleGAN3's ``accumulate_gradients``).
+
+One step = generator forward once, ``d_steps`` discriminator updates on the detached output,
+then one generator update through the discriminator. Each discriminator call sees real and
+fake (and, for WGAN-GP, the interpolates) concatenated into one batch: one forward per
+phase, which is also what DDP expects (no second forward before a backward).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from asaptrain.config import Config
+from asaptrain.errors import UserError
+
+
+class NonFiniteLoss(UserError):
+    """A loss or gradient became NaN/inf; the message names the step, phase and terms."""
+
+
+@dataclass
+class PhaseTimes:
+    """Milliseconds spent per part of a step (measured only on timed steps)."""
+
+    forward: float = 0.0
+    backward: float = 0.0
+    optimizer: float = 0.0
+
+
+@dataclass
+class StepResult:
+    losses: dict[str, torch.Tensor] = field(default_factory=dict)
+    skipped: bool = False
+    fake: torch.Tensor | None = None
+
+
+def _split(outs: list[list[torch.Tensor]], sizes: list[int]) -> list[list[list[torch.Tensor]]]:
+    """Split every tensor of multi-scale D outputs along the batch into ``sizes`` parts."""
+    parts = [[[] for _ in outs] for _ in sizes]
+    for s, scale in enumerate(outs):
+        for feat in scale:
+            for i, chunk in enumerate(torch.split(feat, sizes)):
+                parts[i][s].append(chunk)
+    return parts
+
+
+def gradient_penalty(interp_outs: list[list[torch.Tensor]], interp: torch.Tensor) -> torch.Tensor:
+    """WGAN-GP: mean over samples of (||grad_x D(x)|| - 1)^2 at the interpolates (all scales)."""
+    score = sum(scale[-1].float().sum() for scale in interp_outs)
+    (grad,) = torch.autograd.grad(score, interp, create_graph=True)
+    return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
+
+
+def _grads_finite(params: list[torch.nn.Parameter]) -> bool:
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return True
+    norms = torch._foreach_norm(grads)
+    return bool(torch.isfinite(torch.stack(norms)).all())
+
+
+class GanStep:
+    """Holds G, D, their optimizers and the losses; ``__call__`` runs one full step."""
+
+    def __init__(self, cfg: Config, generator, discriminator, g_opt, d_opt, gan_loss, perceptual, device):
+        self.cfg = cfg
+        self.G, self.D = generator, discriminator
+        self.g_opt, self.d_opt = g_opt, d_opt
+        self.gan_loss, self.perceptual = gan_loss, perceptual
+        self.device = device
+        self.wgan = cfg.loss.gan == "wgan-gp"
+        self.cuda = device.type == "cuda"
+        self.autocast = (
+            torch.autocast(device.type, dtype=torch.bfloat16)
+            if cfg.train.precision == "bf16"
+            else contextlib.nullcontext()
+        )
+        self.g_params = [p for p in generator.parameters() if p.requires_grad]
+        self.d_params = [p for p in discriminator.parameters() if p.requires_grad]
+
+    # ------------------------------------------------------------------ timing helpers
+    def _mark(self, timed: bool) -> float:
+        if timed and self.cuda:
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def _cond(self, x: torch.Tensor) -> torch.Tensor | None:
+        return x if self.cfg.model.d_conditional else None
+
+    def _run_d(self, images: torch.Tensor, cond: torch.Tensor | None):
+        with self.autocast:
+            return self.D(images, cond)
+
+    # ------------------------------------------------------------------ phases
+    def d_phase(self, x, fake, real, step: int, times: PhaseTimes, timed: bool) -> dict[str, torch.Tensor]:
+        t0 = self._mark(timed)
+        n = real.shape[0]
+        batch = [real, fake.detach()]
+        if self.wgan:
+            alpha = torch.rand(n, 1, 1, 1, device=real.device)
+            interp = (alpha * real + (1 - alpha) * fake.detach()).requires_grad_(True)
+            batch.append(interp)
+        cond = self._cond(x)
+        outs = self._run_d(torch.cat(batch), None if cond is None else torch.cat([cond] * len(batch)))
+        parts = _split(outs, [n] * len(batch))
+        terms = {"d_adv": self.gan_loss.d_loss(parts[0], parts[1])}
+        if self.wgan:
+            terms["d_gp"] = self.cfg.loss.gp_weight * gradient_penalty(parts[2], interp)
+        loss = sum(terms.values())
+        t1 = self._mark(timed)
+        self.d_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        t2 = self._mark(timed)
+        ok = self._check("D", step, terms, self.d_params)
+        if ok:
+            self.d_opt.step()
+        t3 = self._mark(timed)
+        times.forward += (t1 - t0) * 1000
+        times.backward += (t2 - t1) * 1000
+        times.optimizer += (t3 - t2) * 1000
+        terms["d"] = loss
+        return terms if ok else {}
+
+    def g_phase(self, x, fake, real, step: int, times: PhaseTimes, timed: bool) -> dict[str, torch.Tensor]:
+        t0 = self._mark(timed)
+        lc = self.cfg.loss
+        for p in self.d_params:
+            p.requires_grad_(False)
+        n = real.shape[0]
+        cond = self._cond(x)
+        need_real = lc.feature_matching_weight > 0
+        images = torch.cat([fake, real]) if need_real else fake
+        conds = None if cond is None else (torch.cat([cond, cond]) if need_real else cond)
+        outs = self._run_d(images, conds)
+        parts = _split(outs, [n, n]) if need_real else [outs]
+        terms = {"g_adv": lc.gan_weight * self.gan_loss.g_loss(parts[0])}
+        if need_real:
+            from asaptrain.losses import feature_matching
+
+            real_feats = [[f.detach() for f in scale] for scale in parts[1]]
+            terms["g_fm"] = lc.feature_matching_weight * feature_matching(real_feats, parts[0])
+        if self.perceptual is not None:
+            with self.autocast:
+                terms["g_perceptual"] = lc.perceptual_weight * self.perceptual(fake, real).float()
+        if lc.l1_weight > 0:
+            terms["g_l1"] = lc.l1_weight * (fake.float() - real.float()).abs().mean()
+        loss = sum(terms.values())
+        t1 = self._mark(timed)
+        self.g_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for p in self.d_params:
+            p.requires_grad_(True)
+        t2 = self._mark(timed)
+        ok = self._check("G", step, terms, self.g_params)
+        if ok:
+            self.g_opt.step()
+        t3 = self._mark(timed)
+        times.forward += (t1 - t0) * 1000
+        times.backward += (t2 - t1) * 1000
+        times.optimizer += (t3 - t2) * 1000
+        terms["g"] = loss
+        return terms if ok else {}
+
+    def _check(self, phase: str, step: int, terms: dict[str, torch.Tensor], params) -> bool:
+        """Decide on the (DDP-reduced, hence rank-identical) gradients; name the local terms."""
+        if _grads_finite(params):
+            return True
+        values = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
+        if self.cfg.train.nonfinite == "skip":
+            print(f"[asaptrain] step {step}: non-finite {phase} gradients ({values}); step skipped", flush=True)
+            return False
+        raise NonFiniteLoss(
+            f"step {step}: non-finite {phase} loss/gradients ({values}); lower optim.g_lr/optim.d_lr, "
+            f"try train.precision=fp32, or set train.nonfinite=skip to skip such steps"
+        )
+
+    def __call__(self, x: torch.Tensor, real: torch.Tensor, step: int, times: PhaseTimes, timed: bool) -> StepResult:
+        t0 = self._mark(timed)
+        with self.autocast:
+            fake = self.G(x)
+        fake = fake.float()
+        times.forward += (self._mark(timed) - t0) * 1000
+        result = StepResult(fake=fake)
+        for _ in range(self.cfg.optim.d_steps):
+            d_terms = self.d_phase(x, fake, real, step, times, timed)
+            if not d_terms:
+                result.skipped = True
+            result.losses.update(d_terms)
+        g_terms = self.g_phase(x, fake, real, step, times, timed)
+        result.skipped = result.skipped or not g_terms
+        result.losses.update(g_terms)
+        return result

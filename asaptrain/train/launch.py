@@ -1,0 +1,246 @@
+"""Run a training job on Ray Train: name the run, build the TorchTrainer, show progress.
+
+    result = fit(load_config(preset="deblurgan-smoke"), preset="deblurgan-smoke")
+
+The driver writes ``config.toml`` and ``run.json`` before the workers start, follows
+``progress.json`` with a rich progress bar while ``TorchTrainer.fit`` runs, and marks the run
+finished or failed at the end. Workers open the store themselves from its URI, with
+credentials from their own environment: no secret travels in the trainer's config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from asaptrain import dist
+from asaptrain.config import Config, from_dict, to_dict, validate
+from asaptrain.errors import UserError
+from asaptrain.train.run_files import RUNS_PREFIX, RunFiles, new_run_name
+from asaptrain.train.state import STATE_FILE, load_file
+
+
+class RunError(UserError):
+    """A run that cannot start or continue as asked (name taken, nothing to resume, ...)."""
+
+
+@dataclass
+class RunResult:
+    name: str
+    status: str
+    """finished or failed."""
+    uri: str
+    """Where the run's files are."""
+    steps: int
+    error: str | None = None
+    last_eval: dict | None = None
+
+
+class RayReporter:
+    """Every rank calls ``ray.train.report`` the same number of times; rank 0 adds checkpoints."""
+
+    def report(self, metrics: dict, state: dict | None) -> None:
+        import ray.train
+
+        if state is None:
+            ray.train.report(metrics)
+            return
+        tmp = tempfile.mkdtemp(prefix="asaptrain-ckpt-")
+        try:
+            torch.save(state, os.path.join(tmp, STATE_FILE))
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _worker(config: dict[str, Any]) -> None:
+    """The function every Ray Train worker runs."""
+    import ray.train
+    import ray.train.torch
+
+    from asaptrain.data.pipeline import iter_train_batches, to_model_batch, validation_set
+    from asaptrain.data.store import Store, resolve_dataset
+    from asaptrain.train.loop import train_loop
+
+    cfg = validate(from_dict(config["config"]))
+    store = Store.open(config["store"], config["s3_endpoint"] or None, config["region"] or None)
+    device = dist.device(config["use_gpu"])
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    main = dist.is_main()
+    checkpoint = None
+    latest = ray.train.get_checkpoint()
+    if latest is not None:
+        with latest.as_directory() as d:
+            checkpoint = load_file(os.path.join(d, STATE_FILE))
+    start_step = checkpoint["step"] if checkpoint else 0
+    per_worker = cfg.train.batch_size // dist.world_size()
+    batches = iter_train_batches(
+        ray.train.get_dataset_shard("train"), cfg, device, per_worker, epoch_seed=cfg.train.seed + start_step
+    )
+    val = validation_set(cfg, resolve_dataset(cfg.data.dataset, store), device) if main else None
+    train_loop(
+        cfg, batches, to_model_batch, device, RayReporter(),
+        run=RunFiles(store, config["name"], config["runs_prefix"]) if main else None,
+        val=val, checkpoint=checkpoint, store=store,
+        wrap=lambda m: ray.train.torch.prepare_model(m, move_to_device=False),
+    )
+
+
+def ensure_ray(address: str | None = None) -> None:
+    """Connect to the cluster (RAY_ADDRESS, or inside a Ray job) or start a local one."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address or os.environ.get("RAY_ADDRESS") or None, log_to_driver=True)
+
+
+def resolve_use_gpu(cfg: Config) -> bool:
+    import ray
+
+    if cfg.scaling.use_gpu == "auto":
+        return ray.cluster_resources().get("GPU", 0) > 0
+    return cfg.scaling.use_gpu == "true"
+
+
+def choose_name(
+    store, cfg: Config, preset: str | None, name: str | None, resume: str | None, prefix: str = RUNS_PREFIX
+) -> tuple[str, int]:
+    """The run's name and the step it resumes from (0 when new); guards against silent reuse.
+
+    Ray resumes any run whose (storage path, name) exists — even a finished one — so a name
+    that exists is only accepted through ``--resume``.
+    """
+    if resume:
+        files = RunFiles(store, resume, prefix)
+        if not files.exists():
+            raise RunError(f"cannot resume {resume!r}: no run at {files.dir.uri_for('run.json')}")
+        meta = files.read_run()
+        done = int(meta.get("steps_done") or 0)
+        if meta.get("status") == "finished" and done >= cfg.train.steps:
+            raise RunError(
+                f"run {resume!r} already finished {done} steps; resume with a larger --steps to train further"
+            )
+        return resume, done
+    if name:
+        if RunFiles(store, name, prefix).exists() or store.exists(f"{prefix}/{name}"):
+            raise RunError(
+                f"a run named {name!r} exists at {store.uri_for(prefix, name)}; pass --resume {name} to "
+                f"continue it, or choose another --name"
+            )
+        return name, 0
+    return new_run_name(preset or cfg.model.name), 0
+
+
+def fit(
+    cfg: Config,
+    *,
+    preset: str | None = None,
+    name: str | None = None,
+    resume: str | None = None,
+    progress: bool = True,
+    callbacks: list | None = None,
+    store=None,
+    runs_prefix: str = RUNS_PREFIX,
+) -> RunResult:
+    """Train ``cfg`` under Ray Train and return where the run is and how it ended."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from asaptrain.data.pipeline import train_dataset
+    from asaptrain.data.store import resolve_dataset, store_from_config
+
+    cfg = validate(cfg)
+    store = store or store_from_config(cfg.storage)
+    name, start = choose_name(store, cfg, preset, name, resume, runs_prefix)
+    ensure_ray()
+    use_gpu = resolve_use_gpu(cfg)
+    files = RunFiles(store, name, runs_prefix)
+    files.write_config(cfg)
+    meta = files.write_run(
+        name=name, preset=preset, model=cfg.model.name, task=cfg.data.task, status="running",
+        started=time.strftime("%Y-%m-%dT%H:%M:%S%z"), steps=cfg.train.steps, world_size=cfg.scaling.num_workers,
+        use_gpu=use_gpu, steps_done=start,
+    )
+    sc = cfg.scaling
+    storage_path, storage_fs = store.child(*runs_prefix.split("/")).ray_storage()
+    trainer = TorchTrainer(
+        _worker,
+        train_loop_config={
+            "config": to_dict(cfg), "name": name, "store": cfg.storage.store, "s3_endpoint": cfg.storage.s3_endpoint,
+            "region": cfg.storage.region, "use_gpu": use_gpu, "runs_prefix": runs_prefix,
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=sc.num_workers, use_gpu=use_gpu, resources_per_worker=sc.resources_per_worker or None,
+            placement_strategy=sc.placement_strategy,
+        ),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=storage_path, storage_filesystem=storage_fs,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+            callbacks=callbacks,
+        ),
+        datasets={"train": train_dataset(cfg, resolve_dataset(cfg.data.dataset, store))},
+    )
+    outcome: dict[str, Any] = {}
+
+    def run_fit() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except Exception as exc:  # reported below, with the run marked failed
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run_fit, name="asaptrain-fit", daemon=True)
+    thread.start()
+    if progress:
+        _follow(files, cfg.train.steps, thread)
+    thread.join()
+    error = outcome.get("error") or getattr(outcome.get("result"), "error", None)
+    evals = [r for r in files.read_metrics() if r.get("kind") == "eval"]
+    done = max((r["step"] for r in files.read_metrics()), default=start)
+    status = "failed" if error else "finished"
+    files.write_run(**{**meta, "status": status, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                       "steps_done": done, "error": _short(error)})
+    return RunResult(name=name, status=status, uri=files.dir.uri_for(""), steps=done, error=_short(error),
+                     last_eval=evals[-1] if evals else None)
+
+
+def _short(error: BaseException | None) -> str | None:
+    if error is None:
+        return None
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[-1] if text else ''}"[:2000]
+
+
+def _follow(files: RunFiles, steps: int, thread: threading.Thread) -> None:
+    """A rich progress bar fed by the run's progress.json until fit() returns."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
+               TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}")]
+    with Progress(*columns, refresh_per_second=2) as bar:
+        task = bar.add_task(files.name, total=steps, info="starting workers")
+        while thread.is_alive():
+            thread.join(timeout=1.0)
+            p = files.read_progress()
+            if not p:
+                continue
+            losses = "  ".join(f"{k[5:]} {v:.3g}" for k, v in p.items() if k.startswith("loss/") and k[5:] in ("d", "g"))
+            val = f"  val PSNR {p['val/psnr']:.2f}" if p.get("val/psnr") is not None else ""
+            bar.update(task, completed=p.get("step", 0), info=f"{p.get('images_per_s', 0):.1f} img/s  {losses}{val}")
+
+
+def with_overrides(cfg: Config, **sections: dict) -> Config:
+    """A copy of ``cfg`` with some fields replaced, e.g. ``with_overrides(cfg, train={"steps": 5})``."""
+    out = dataclasses.replace(cfg)
+    for section, values in sections.items():
+        setattr(out, section, dataclasses.replace(getattr(cfg, section), **values))
+    return validate(out)

@@ -1,0 +1,260 @@
+"""The per-worker training loop, the same with and without Ray.
+
+``train_loop(cfg, batches, ...)`` builds the run state, restores it from a checkpoint if one
+is given, and runs GAN steps until ``train.steps``. It reports through a small reporter
+(Ray's calls ``ray.train.report``; tests record into a list) and, on rank 0, writes the run's
+files. It reads no environment and touches no process group (``asaptrain.dist`` does).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+from asaptrain import dist
+from asaptrain.config import Config
+from asaptrain.curriculum import build_schedule
+from asaptrain.losses import build_gan_loss, build_perceptual
+from asaptrain.metrics import (
+    FidScorer,
+    device_name,
+    find_inception_weights,
+    inference_ms,
+    psnr_per_image,
+    ssim_per_image,
+    to_unit,
+)
+from asaptrain.nets import build_discriminator, build_generator, generator_in_channels
+from asaptrain.train.gan import GanStep, PhaseTimes
+from asaptrain.train.run_files import RunFiles
+from asaptrain.train.state import RunState, make_ema, update_ema
+from asaptrain.visual import training_samples
+
+
+class Reporter(Protocol):
+    def report(self, metrics: dict, state: dict | None) -> None:
+        """Called by every rank the same number of times; ``state`` only on checkpoints."""
+
+
+@dataclass
+class ListReporter:
+    """Records reports in memory (tests, notebooks)."""
+
+    reports: list[tuple[dict, bool]] = field(default_factory=list)
+    last_state: dict | None = None
+
+    def report(self, metrics: dict, state: dict | None) -> None:
+        self.reports.append((metrics, state is not None))
+        if state is not None:
+            self.last_state = state
+
+
+def lr_lambda(total_steps: int, decay_start: float) -> Callable[[int], float]:
+    """Constant, then linear decay to zero from ``decay_start * total_steps`` (the papers' schedule)."""
+    start = int(decay_start * total_steps)
+
+    def factor(step: int) -> float:
+        if step < start or total_steps <= start:
+            return 1.0
+        return max(0.0, 1.0 - (step - start) / (total_steps - start))
+
+    return factor
+
+
+def build_state(cfg: Config, device: torch.device, wrap: Callable[[torch.nn.Module], torch.nn.Module]) -> RunState:
+    torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+    G, D = build_generator(cfg).to(device), build_discriminator(cfg).to(device)
+    if cfg.train.channels_last:
+        G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
+    ema = make_ema(G) if cfg.optim.ema_decay > 0 else None
+    if cfg.train.compile:
+        G, D = torch.compile(G), torch.compile(D)
+    G, D = wrap(G), wrap(D)
+    o = cfg.optim
+    g_opt = torch.optim.Adam(G.parameters(), lr=o.g_lr, betas=(o.beta1, o.beta2))
+    d_opt = torch.optim.Adam(D.parameters(), lr=o.d_lr, betas=(o.beta1, o.beta2))
+    f = lr_lambda(cfg.train.steps, o.decay_start)
+    return RunState(
+        generator=G, discriminator=D, g_opt=g_opt, d_opt=d_opt,
+        g_sched=torch.optim.lr_scheduler.LambdaLR(g_opt, f), d_sched=torch.optim.lr_scheduler.LambdaLR(d_opt, f),
+        schedule=build_schedule(cfg.curriculum, cfg.train.steps), ema=ema,
+    )
+
+
+@torch.no_grad()
+def evaluate(cfg: Config, generator: torch.nn.Module, val: tuple[torch.Tensor, torch.Tensor], device, fid_weights):
+    """PSNR/SSIM (per-image means), the blurred input's PSNR/SSIM for deblurring, FID or its reason."""
+    x_all, y_all = val
+    was_training = generator.training
+    generator.eval()
+    psnr, ssim, in_psnr, in_ssim = [], [], [], []
+    fid = FidScorer(fid_weights[0], device) if (cfg.eval.fid and fid_weights[0]) else None
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16")
+    first = None
+    for i in range(0, x_all.shape[0], cfg.eval.batch_size):
+        x = x_all[i : i + cfg.eval.batch_size].to(device)
+        y = to_unit(y_all[i : i + cfg.eval.batch_size].to(device))
+        with autocast:
+            out = generator(x)
+        fake = to_unit(out)
+        if first is None:
+            first = (x.cpu(), out.float().cpu(), y_all[i : i + cfg.eval.batch_size])
+        psnr.append(psnr_per_image(fake, y))
+        ssim.append(ssim_per_image(fake, y))
+        if cfg.data.task == "deblur":
+            inp = to_unit(x[:, :3])
+            in_psnr.append(psnr_per_image(inp, y))
+            in_ssim.append(ssim_per_image(inp, y))
+        if fid is not None:
+            fid.update(y, fake)
+    generator.train(was_training)
+    record = {"psnr": float(torch.cat(psnr).mean()), "ssim": float(torch.cat(ssim).mean())}
+    record["input_psnr"] = float(torch.cat(in_psnr).mean()) if in_psnr else None
+    record["input_ssim"] = float(torch.cat(in_ssim).mean()) if in_ssim else None
+    if not cfg.eval.fid:
+        record["fid"], record["fid_reason"] = None, "disabled (eval.fid = false)"
+    elif fid is None:
+        record["fid"], record["fid_reason"] = None, fid_weights[1]
+    else:
+        res = fid.compute()
+        record["fid"], record["fid_reason"] = res.value, res.reason
+    return record, first
+
+
+def train_loop(
+    cfg: Config,
+    batches: Iterator[dict],
+    to_model_batch: Callable,
+    device: torch.device,
+    reporter: Reporter,
+    run: RunFiles | None = None,
+    val: tuple[torch.Tensor, torch.Tensor] | None = None,
+    checkpoint: dict | None = None,
+    wrap: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m,
+    store=None,
+) -> RunState:
+    """Train until ``cfg.train.steps``; ``run`` and ``val`` are used on rank 0 only."""
+    t = cfg.train
+    main = dist.is_main()
+    state = build_state(cfg, device, wrap)
+    if checkpoint is not None:
+        state.load_state_dict(checkpoint)
+        if main and run is not None:
+            run.truncate_after(state.step)
+    torch.manual_seed(t.seed * 1000 + dist.rank() + state.step)  # data/blur randomness per rank
+    blur_rng = torch.Generator(device=device).manual_seed(t.seed * 7919 + dist.rank() * 104729 + state.step)
+    step_fn = GanStep(
+        cfg, state.generator, state.discriminator, state.g_opt, state.d_opt,
+        build_gan_loss(cfg.loss), _perceptual_on(cfg, store, device), device,
+    )
+    fid_weights = find_inception_weights(cfg.eval.inception_weights, store) if (main and cfg.eval.fid) else (None, "")
+    world = dist.world_size()
+    per_worker = t.batch_size // world
+    times, data_wait_ms, timed_steps = PhaseTimes(), 0.0, 0
+    interval_start, interval_steps, rates = time.perf_counter(), 0, []
+    last_eval: dict = {}
+    losses: dict[str, float] = {}
+
+    def do_eval(step: int) -> None:
+        nonlocal last_eval
+        if not (main and val is not None):
+            return
+        record, first = evaluate(cfg, state.inference_generator(), val, device, fid_weights)
+        last_eval = record
+        if run is not None:
+            run.add_metrics({"step": step, "kind": "eval", **record})
+        if run is not None and (step % t.sample_every == 0 or step in (0, t.steps)):
+            x, out, y = first
+            run.write_samples(step, training_samples(x, out, y, cfg.data.task, cfg.data.num_labels))
+
+    if state.step == 0:
+        do_eval(0)
+    while state.step < t.steps:
+        step = state.step + 1
+        timed = step % t.log_every == 0 or step == 1
+        w0 = time.perf_counter()
+        batch = next(batches)
+        strength = state.schedule.strength(step)
+        x, y = to_model_batch(batch, cfg, strength, blur_rng)
+        if t.channels_last:
+            x, y = x.contiguous(memory_format=torch.channels_last), y.contiguous(memory_format=torch.channels_last)
+        if timed:
+            data_wait_ms += (time.perf_counter() - w0) * 1000
+        result = step_fn(x, y, step, times, timed)
+        timed_steps += timed
+        state.g_sched.step()
+        state.d_sched.step()
+        if state.ema is not None:
+            update_ema(state.ema, state.generator, cfg.optim.ema_decay)
+        state.step = step
+        interval_steps += 1
+        if result.losses:
+            losses = {f"loss/{k}": float(v) for k, v in result.losses.items()}
+        last = step == t.steps
+        if step % cfg.eval.every == 0 or last:
+            do_eval(step)
+        if step % t.log_every == 0 or last:
+            elapsed = time.perf_counter() - interval_start
+            rate = interval_steps * t.batch_size / max(elapsed, 1e-9)
+            rates.append(rate)
+            metrics = {
+                "step": step, "kind": "train", **losses, "lr/g": state.g_opt.param_groups[0]["lr"],
+                "lr/d": state.d_opt.param_groups[0]["lr"], "blur_strength": strength, "images_per_s": rate,
+                "skipped": result.skipped,
+            }
+            if main and run is not None:
+                run.add_metrics(metrics)
+                run.flush()
+                run.write_progress({"step": step, "steps": t.steps, "images_per_s": rate, **losses,
+                                    **{f"val/{k}": v for k, v in last_eval.items() if k in ("psnr", "ssim")}})
+            ckpt = step % t.checkpoint_every == 0 or last
+            report = dict(metrics)
+            report.pop("kind")
+            interval_start, interval_steps = time.perf_counter(), 0
+        elif step % t.checkpoint_every == 0:
+            ckpt, report = True, {"step": step}
+            if main and run is not None:
+                run.flush()
+        else:
+            continue
+        # Every report carries the latest validation numbers (Tune's schedulers need them in each).
+        report.update({f"val_{k}": v for k, v in last_eval.items() if isinstance(v, float)})
+        reporter.report(report, state.state_dict() if (ckpt and main) else None)
+    if main and run is not None:
+        run.flush()
+        steady = rates[1:] or rates
+        n = max(timed_steps, 1)
+        step_ms = {"data_wait": data_wait_ms / n, "forward": times.forward / n, "backward": times.backward / n,
+                   "optimizer": times.optimizer / n}
+        step_ms["total"] = sum(step_ms.values())
+        run.write_timing({
+            "images_per_s": sum(steady) / max(len(steady), 1), "step_ms": step_ms,
+            "data_wait_share": step_ms["data_wait"] / step_ms["total"] if step_ms["total"] else None,
+            "gpu": device_name(device), "gpu_count": world if device.type == "cuda" else 0, "world_size": world,
+            "batch_size": t.batch_size, "per_worker_batch": per_worker, "height": cfg.data.crop_height,
+            "width": cfg.data.crop_width, "precision": t.precision,
+            "inference": _inference_rows(cfg, state, device),
+        })
+    return state
+
+
+def _perceptual_on(cfg: Config, store, device):
+    module = build_perceptual(cfg.loss, store=store)
+    return module.to(device) if module is not None else None
+
+
+def _inference_rows(cfg: Config, state: RunState, device: torch.device) -> list[dict]:
+    G = state.inference_generator()
+    rows = []
+    dtypes = ["fp32", "bf16"] if device.type == "cuda" else ["fp32"]
+    for dtype in dtypes:
+        ms = inference_ms(G, generator_in_channels(cfg), cfg.data.crop_height, cfg.data.crop_width, device,
+                          bf16=dtype == "bf16", repeats=20 if device.type == "cuda" else 3, warmup=3 if device.type == "cuda" else 1)
+        rows.append({"height": cfg.data.crop_height, "width": cfg.data.crop_width, "batch": 1, "ms": ms,
+                     "dtype": dtype, "gpu": device_name(device)})
+    G.train()
+    return rows

@@ -1,0 +1,99 @@
+"""What a run writes into ``STORE/runs/NAME/``, and reading it back.
+
+Rank 0 writes; every write of a whole file is atomic in the store (temp name then move, or a
+single PUT), and ``metrics.jsonl`` is cut back to the restored step when a run resumes, so a
+restart after a failure never counts a step twice.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from typing import Any
+
+from asaptrain.config import Config, to_toml
+
+RUNS_PREFIX = "runs"
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe numbers (NaN/inf become None: JSON has no such values)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+class RunFiles:
+    """The files of one run in a store: ``RunFiles(store, name)``; paths relative to the run."""
+
+    def __init__(self, store, name: str, prefix: str = RUNS_PREFIX):
+        self.store = store
+        self.name = name
+        self.dir = store.child(*prefix.split("/"), name)
+        self._pending: list[str] = []
+
+    # ----------------------------------------------------------------------- metadata
+    def exists(self) -> bool:
+        return self.dir.exists("run.json")
+
+    def read_run(self) -> dict:
+        return self.dir.read_json("run.json")
+
+    def write_run(self, **fields: Any) -> dict:
+        meta = self.read_run() if self.exists() else {}
+        meta.update(fields)
+        self.dir.write_json("run.json", _clean(meta))
+        return meta
+
+    def write_config(self, cfg: Config) -> None:
+        self.dir.write_text("config.toml", to_toml(cfg))
+
+    # ----------------------------------------------------------------------- metrics
+    def add_metrics(self, record: dict) -> None:
+        self._pending.append(json.dumps(_clean(record), sort_keys=True))
+
+    def flush(self) -> None:
+        if self._pending:
+            self.dir.append_text("metrics.jsonl", "\n".join(self._pending) + "\n")
+            self._pending = []
+
+    def read_metrics(self) -> list[dict]:
+        if not self.dir.exists("metrics.jsonl"):
+            return []
+        return [json.loads(line) for line in self.dir.read_text("metrics.jsonl").splitlines() if line.strip()]
+
+    def truncate_after(self, step: int) -> None:
+        """Drop records past ``step`` (the checkpoint a resumed run continues from)."""
+        self._pending = []
+        if not self.dir.exists("metrics.jsonl"):
+            return
+        keep = [r for r in self.read_metrics() if r.get("step", 0) <= step]
+        self.dir.write_text("metrics.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in keep))
+
+    # ----------------------------------------------------------------------- the rest
+    def write_progress(self, progress: dict) -> None:
+        self.dir.write_json("progress.json", _clean({**progress, "time": time.time()}))
+
+    def read_progress(self) -> dict | None:
+        try:
+            return self.dir.read_json("progress.json") if self.dir.exists("progress.json") else None
+        except Exception:  # a half-visible object on a slow store: try again at the next poll
+            return None
+
+    def write_timing(self, timing: dict) -> None:
+        self.dir.write_json("timing.json", _clean(timing))
+
+    def write_samples(self, step: int, png: bytes) -> None:
+        self.dir.write_bytes(f"samples/{step:08d}.png", png)
+
+
+def new_run_name(prefix: str) -> str:
+    """A fresh name: ``PREFIX-YYYYmmdd-HHMMSS-xxxx``."""
+    import secrets
+
+    return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"

@@ -1,0 +1,352 @@
+"""The hybrid sweep: Ray Tune over Ray Train runs, ASHA early stopping, best config as TOML.
+
+    summary = sweep(load_config(preset="hybrid-smoke"), trials=4)
+
+Each trial is a Tune function that builds and fits a ``TorchTrainer`` (``train.launch.fit``)
+with ``TuneReportCallback``: every Train report becomes a Tune result, so ASHA sees the
+validation PSNR as training goes. Trial runs live under ``STORE/sweeps/NAME/runs/``; the sweep
+writes ``sweep.json`` (every trial), ``best.toml`` (a config ``asaptrain train --config``
+accepts unchanged) and ``trials.png`` (metric vs. step per trial) beside them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import threading
+import time
+import tomllib
+from typing import Any
+
+from asaptrain.config import Config, apply_overrides, from_dict, to_dict, to_toml, validate
+from asaptrain.errors import UserError
+from asaptrain.train.run_files import RunFiles, new_run_name
+
+SWEEPS_PREFIX = "sweeps"
+METRIC_KEYS = {"psnr": "val_psnr", "ssim": "val_ssim"}
+
+
+class SweepError(UserError):
+    """A sweep that cannot start or resume; the message says what to change."""
+
+
+def default_space(base: Config) -> dict[str, dict]:
+    """The search space around ``base``: ``{"section.field": {"choice"|"uniform"|"loguniform": [...]}}``."""
+    m, d = base.model, base.data
+    tiles = [s for s in (8, 16, 32) if s >= m.lowres_downsample and d.crop_height % s == 0 and d.crop_width % s == 0]
+    space: dict[str, dict] = {
+        "model.mlp_depth": {"choice": [3, 4, 5, 6]},
+        "model.mlp_width": {"choice": sorted({max(8, m.mlp_width // 2), m.mlp_width, m.mlp_width * 2})},
+        "model.tile_size": {"choice": tiles or [m.tile_size]},
+        "model.lowres_norm": {"choice": ["none", "spectral", "group", "instance"]},
+        "model.padding": {"choice": ["reflect", "replicate", "zero"]},
+        "model.residual": {"choice": [True, False]},
+        "optim.g_lr": {"loguniform": [3e-5, 3e-4]},
+        "optim.d_lr": {"loguniform": [3e-5, 4e-4]},
+        "optim.d_steps": {"choice": sorted({1, 2, base.optim.d_steps})},
+        "loss.gan_weight": {"loguniform": [0.1, 2.0]},
+        "loss.l1_weight": {"loguniform": [1.0, 100.0]},
+        "curriculum.kind": {"choice": ["fixed", "linear", "cosine", "step", "band"]},
+        "curriculum.start": {"uniform": [0.0, 0.4]},
+        "curriculum.end": {"uniform": [0.5, 1.0]},
+        "curriculum.warmup_steps": {"choice": [0, base.train.steps // 10]},
+    }
+    if base.loss.perceptual != "none":
+        space["loss.perceptual_weight"] = {"loguniform": [10.0, 200.0]}
+    return space
+
+
+def load_space(path: str, base: Config) -> dict[str, dict]:
+    """A TOML space file: ``mode = "narrow"`` (default: replace the listed keys) or ``"replace"``.
+
+        mode = "narrow"
+        [space]
+        "model.mlp_depth" = { choice = [4, 5] }
+        "optim.g_lr" = { loguniform = [1e-4, 2e-4] }
+    """
+    try:
+        raw = tomllib.loads(open(path).read())
+    except FileNotFoundError:
+        raise SweepError(f"search space file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SweepError(f"search space file {path} is not valid TOML: {exc}") from None
+    mode = raw.get("mode", "narrow")
+    if mode not in ("narrow", "replace"):
+        raise SweepError(f"{path}: mode must be 'narrow' or 'replace', got {mode!r}")
+    given = raw.get("space", {})
+    for key, spec in given.items():
+        _check_entry(path, key, spec, base)
+    return {**(default_space(base) if mode == "narrow" else {}), **given}
+
+
+def _check_entry(where: str, key: str, spec: Any, base: Config) -> None:
+    if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in ("choice", "uniform", "loguniform", "grid"):
+        raise SweepError(f"{where}: {key} must be one of {{choice = [...]}}, {{grid = [...]}}, "
+                         f"{{uniform = [lo, hi]}}, {{loguniform = [lo, hi]}}; got {spec!r}")
+    kind, values = next(iter(spec.items()))
+    probe = values[0] if kind in ("choice", "grid") else values[0]
+    try:
+        apply_overrides(base, [f"{key}={json.dumps(probe)}"])
+    except UserError as exc:
+        raise SweepError(f"{where}: {key}: {exc}") from None
+
+
+def to_tune(space: dict[str, dict]) -> dict[str, Any]:
+    from ray import tune
+
+    out = {}
+    for key, spec in space.items():
+        kind, values = next(iter(spec.items()))
+        out[key] = {
+            "choice": lambda v: tune.choice(v), "grid": lambda v: tune.grid_search(v),
+            "uniform": lambda v: tune.uniform(*v), "loguniform": lambda v: tune.loguniform(*v),
+        }[kind](values)
+    return out
+
+
+def trial_config(base: Config, params: dict[str, Any]) -> Config:
+    """``base`` with a trial's sampled values (dotted keys) applied and validated."""
+    return apply_overrides(base, [f"{k}={json.dumps(v)}" for k, v in sorted(params.items())])
+
+
+def dashboard_ok() -> bool:
+    """Whether Ray's state API (served by the dashboard) answers.
+
+    On Ray 2.60 a finished trial's placement group is freed through it; without it the next
+    trial waits forever for the resources the first one held.
+    """
+    try:
+        from ray.util.state import list_placement_groups
+
+        list_placement_groups(limit=1, timeout=10, raise_on_missing_output=False)
+        return True
+    except Exception:
+        return False
+
+
+def concurrent_trials(base: Config, use_gpu: bool) -> int:
+    """How many trials fit at once: the limiting resource / one trial's need (driver 1 CPU)."""
+    import ray
+
+    res = ray.cluster_resources()
+    per = base.scaling.resources_per_worker or {}
+    workers = base.scaling.num_workers
+    cpu_need = 1 + workers * per.get("CPU", 1)
+    fits = int(res.get("CPU", 1) // cpu_need)
+    if use_gpu:
+        fits = min(fits, int(res.get("GPU", 0) // (workers * per.get("GPU", 1))))
+    return max(1, fits)
+
+
+def _trial(params: dict[str, Any]) -> None:
+    """One Tune trial: a full Ray Train run of the hybrid with the trial's values."""
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from asaptrain.data.store import Store
+    from asaptrain.train.launch import fit
+
+    ctx = params.pop("__asaptrain__")
+    cfg = trial_config(validate(from_dict(ctx["base"])), params)
+    store = Store.open(cfg.storage.store, cfg.storage.s3_endpoint or None, cfg.storage.region or None)
+    result = fit(cfg, name=f"trial-{ray.tune.get_context().get_trial_id()}", progress=False, store=store,
+                 callbacks=[TuneReportCallback()], runs_prefix=ctx["runs_prefix"])
+    if result.status != "finished":
+        raise RuntimeError(f"trial run {result.name} failed: {result.error}")
+
+
+def sweep(
+    base: Config,
+    *,
+    trials: int = 8,
+    name: str | None = None,
+    resume: str | None = None,
+    space: dict[str, dict] | None = None,
+    metric: str = "psnr",
+    grace_reports: int = 1,
+    reduction_factor: float = 2,
+    search: str = "auto",
+    gpus_per_trial: float | None = None,
+    workers_per_trial: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Run (or resume) a sweep and write its results; returns the ``sweep.json`` content."""
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from asaptrain.data.store import store_from_config
+    from asaptrain.train.launch import ensure_ray, resolve_use_gpu
+
+    if metric not in METRIC_KEYS:
+        raise SweepError(f"--metric must be one of {', '.join(METRIC_KEYS)}, got {metric!r}")
+    flags = []
+    if workers_per_trial:
+        flags.append(f"scaling.num_workers={workers_per_trial}")
+    if gpus_per_trial is not None:
+        workers = workers_per_trial or base.scaling.num_workers
+        flags.append("scaling.use_gpu=" + ("true" if gpus_per_trial > 0 else "false"))
+        if gpus_per_trial > 0:
+            flags.append(f"scaling.resources_per_worker={{GPU = {gpus_per_trial / workers}}}")
+    base = apply_overrides(base, flags) if flags else validate(base)
+    store = store_from_config(base.storage)
+    name = resume or name or new_run_name("sweep")
+    sweep_dir = store.child(SWEEPS_PREFIX, name)
+    if resume and not sweep_dir.exists("space.json"):
+        raise SweepError(f"cannot resume sweep {resume!r}: nothing at {sweep_dir.uri_for('space.json')}")
+    if not resume and sweep_dir.exists("space.json"):
+        raise SweepError(f"a sweep named {name!r} exists at {sweep_dir.uri_for('')}; pass --resume {name} to continue it")
+    space = json.loads(sweep_dir.read_text("space.json")) if resume else (space or default_space(base))
+    sweep_dir.write_text("space.json", json.dumps(space, indent=2))
+    # Trials read the dataset from the main store, wherever their own runs go.
+    dataset = base.data.dataset if "://" in base.data.dataset or base.data.dataset.startswith("/") \
+        else store.uri_for(base.data.dataset)
+    trial_base = dataclasses.replace(base, data=dataclasses.replace(base.data, dataset=dataset))
+
+    ensure_ray()
+    use_gpu = resolve_use_gpu(base)
+    parallel = min(concurrent_trials(base, use_gpu), trials)
+    if parallel < trials and not dashboard_ok():
+        raise SweepError(
+            "Ray's dashboard (state API) is not answering, and trials must run in turn: on Ray 2.60 a finished "
+            "trial's placement group is freed through it, so the next trial would wait forever. Start Ray with "
+            "the dashboard (pip install 'ray[default]'; ray start --head --include-dashboard=true) and retry."
+        )
+    runs_prefix = f"{SWEEPS_PREFIX}/{name}/runs"
+    steps_per_report = base.train.log_every
+    max_t = max(1, math.ceil(base.train.steps / steps_per_report))
+    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=min(grace_reports, max_t),
+                              reduction_factor=reduction_factor)
+    search_alg = _search_alg(search, base.train.seed)
+    trainable = tune.with_parameters(_trial)
+    param_space = {**to_tune(space), "__asaptrain__": {"base": to_dict(trial_base), "runs_prefix": runs_prefix}}
+    storage_path, storage_fs = store.child(SWEEPS_PREFIX, name).ray_storage()
+    tune_path = os.path.join(storage_path, "tune")
+    if resume and tune.Tuner.can_restore(tune_path, storage_filesystem=storage_fs):
+        tuner = tune.Tuner.restore(tune_path, trainable=trainable, resume_errored=True, restart_errored=False,
+                                   storage_filesystem=storage_fs)
+    else:
+        tuner = tune.Tuner(
+            trainable, param_space=param_space,
+            tune_config=tune.TuneConfig(metric=METRIC_KEYS[metric], mode="max", scheduler=scheduler,
+                                        search_alg=search_alg, num_samples=trials, max_concurrent_trials=parallel),
+            run_config=tune.RunConfig(name="tune", storage_path=storage_path, storage_filesystem=storage_fs,
+                                      failure_config=tune.FailureConfig(max_failures=0)),
+        )
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["grid"] = tuner.fit()
+        except Exception as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True, name="asaptrain-sweep")
+    thread.start()
+    if progress:
+        _follow(store, runs_prefix, thread, base.train.steps)
+    thread.join()
+    if "error" in outcome:
+        raise SweepError(f"sweep {name} stopped: {outcome['error']}")
+    return write_results(store, name, base, outcome["grid"], metric, runs_prefix)
+
+
+def _search_alg(search: str, seed: int):
+    if search in ("auto", "optuna"):
+        try:
+            from ray.tune.search.optuna import OptunaSearch
+
+            import optuna  # noqa: F401
+
+            return OptunaSearch(seed=seed)
+        except ImportError:
+            if search == "optuna":
+                raise SweepError("--search optuna needs the optuna package (pip install optuna)") from None
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    return BasicVariantGenerator(random_state=seed)
+
+
+def write_results(store, name: str, base: Config, grid, metric: str, runs_prefix: str) -> dict:
+    key = METRIC_KEYS[metric]
+    rows = []
+    for res in grid:
+        params = {k: v for k, v in (res.config or {}).items() if k != "__asaptrain__"}
+        history = res.metrics_dataframe
+        best = float(history[key].max()) if history is not None and key in history else None
+        steps = int(history["step"].max()) if history is not None and "step" in history else 0
+        run_name = f"trial-{res.metrics.get('trial_id')}" if res.metrics else None
+        rows.append({
+            "trial": (res.metrics or {}).get("trial_id"), "run": run_name, "params": params,
+            f"best_{key}": best, "steps": steps, "status": "error" if res.error else
+            ("stopped early" if steps < base.train.steps else "finished"),
+            "error": str(res.error).strip().splitlines()[-1][:500] if res.error else None,
+        })
+    ok = [r for r in rows if r[f"best_{key}"] is not None and not (isinstance(r[f"best_{key}"], float) and math.isnan(r[f"best_{key}"]))]
+    best = max(ok, key=lambda r: r[f"best_{key}"]) if ok else None
+    sweep_dir = store.child(SWEEPS_PREFIX, name)
+    summary = {"name": name, "metric": key, "trials": rows, "best": best, "base_steps": base.train.steps,
+               "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if best is not None:
+        best_cfg = trial_config(base, best["params"])
+        sweep_dir.write_text("best.toml", to_toml(best_cfg))
+        summary["best_toml"] = sweep_dir.uri_for("best.toml")
+    sweep_dir.write_json("sweep.json", summary)
+    _plot(store, runs_prefix, sweep_dir, key)
+    return summary
+
+
+def _plot(store, runs_prefix: str, sweep_dir, key: str) -> None:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    runs_dir = store.child(*runs_prefix.split("/"))
+    for run in sorted({p.split("/")[0] for p in runs_dir.list("")}):
+        records = [r for r in RunFiles(store, run, runs_prefix).read_metrics() if r.get("kind") == "eval"]
+        if records:
+            ax.plot([r["step"] for r in records], [r.get(key[4:]) for r in records], marker="o", label=run)
+    ax.set_xlabel("step")
+    ax.set_ylabel(f"validation {key[4:].upper()}")
+    ax.set_title("sweep trials")
+    ax.grid(alpha=0.3)
+    if ax.lines:
+        ax.legend(fontsize=7)
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    sweep_dir.write_bytes("trials.png", buf.getvalue())
+
+
+def _follow(store, runs_prefix: str, thread: threading.Thread, steps: int) -> None:
+    """A live rich table of the trials' runs (step, validation PSNR) until the sweep returns."""
+    from rich.live import Live
+    from rich.table import Table
+
+    def table() -> Table:
+        t = Table(title="sweep trials")
+        for col in ("run", "step", "val PSNR", "img/s"):
+            t.add_column(col)
+        runs_dir = store.child(*runs_prefix.split("/"))
+        try:
+            names = sorted({p.split("/")[0] for p in runs_dir.list("")})
+        except Exception:
+            names = []
+        for run in names:
+            p = RunFiles(store, run, runs_prefix).read_progress() or {}
+            psnr = p.get("val/psnr")
+            t.add_row(run, f"{p.get('step', 0)}/{steps}", f"{psnr:.2f}" if psnr is not None else "-",
+                      f"{p.get('images_per_s', 0):.1f}")
+        return t
+
+    with Live(table(), refresh_per_second=1) as live:
+        while thread.is_alive():
+            thread.join(timeout=2.0)
+            live.update(table())
