@@ -118,6 +118,8 @@ class ModelConfig:
     """Which input channels reach the pixelwise MLP ("all_but_last": last one low-res only)."""
     d_conditional: bool = True
     """The discriminator sees the generator's input beside the image (pix2pix-style)."""
+    asap_init: Literal["auto", "xavier", "normal", "hyper"] = "auto"
+    """ASAP-Net/hybrid generator init: auto (asapnet xavier gain 0.02, hybrid hyper), xavier, normal N(0, 0.02), hyper (variance-preserving)."""
 
 
 @dataclass

@@ -64,6 +64,25 @@ def mean(value: torch.Tensor | float) -> float:
     return float(t) / world_size()
 
 
+def any_true(flag: torch.Tensor) -> bool:
+    """Whether a boolean tensor is true on any rank."""
+    if world_size() > 1:
+        flag = flag.to(torch.float32).reshape(1)
+        if torch_dist.get_backend() != "nccl":
+            flag = flag.cpu()
+        torch_dist.all_reduce(flag, op=torch_dist.ReduceOp.MAX)
+    return bool(flag.any())
+
+
+def gather(value: float) -> list[float]:
+    """One float from every rank, in rank order (every rank gets the list)."""
+    if world_size() == 1:
+        return [float(value)]
+    out: list = [None] * world_size()
+    torch_dist.all_gather_object(out, float(value))
+    return [float(v) for v in out]
+
+
 def barrier() -> None:
     if world_size() > 1:
         torch_dist.barrier()

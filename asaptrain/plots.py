@@ -1,8 +1,11 @@
-"""The report's figures: quality metrics and losses over training per task, and speed bars.
+"""How the report looks: its figures, and its tables as text cells that report.md and the
+terminal (rich) both render, so the two always agree.
 
-Figures are drawn with matplotlib's object API on the Agg canvas (no pyplot, no global
-backend switch, safe inside a Ray job with no display) and written as PNG bytes to a
-Store, so the report can live on S3 as well as on disk. Called by :func:`asaptrain.report.aggregate`.
+Figures (metrics and losses over training per task, speed bars) are drawn with matplotlib's
+object API on the Agg canvas (no pyplot, no global backend switch, safe inside a Ray job with
+no display) and written as PNG bytes to a Store, so the report can live on S3 as well as on
+disk. Called by :func:`asaptrain.report.aggregate`; the data comes from
+:func:`asaptrain.report.build_report`.
 """
 
 from __future__ import annotations
@@ -12,11 +15,13 @@ import math
 from typing import Any
 
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 # One colour per model in every figure, so a model is recognisable across them.
 MODEL_COLORS = {"asapnet": "#1f77b4", "pix2pixhd": "#ff7f0e", "deblurgan": "#2ca02c", "hybrid": "#d62728"}
-LOSS_KEYS = ("loss/d", "loss/g", "loss/g_adv", "loss/g_perceptual", "loss/g_l1", "loss/g_fm",
-             "blur_strength")
+# Panel order; any other "loss/..." term a run logs gets a panel too, after these.
+LOSS_KEYS = ("loss/d", "loss/d_adv", "loss/d_gp", "loss/g", "loss/g_adv", "loss/g_perceptual", "loss/g_l1",
+             "loss/g_fm")
 _DPI = 110
 
 
@@ -40,13 +45,16 @@ def _series(records: list[dict[str, Any]], key: str) -> tuple[list[float], list[
     return xs, ys
 
 
-def _smooth(ys: list[float], points: int) -> list[float]:
-    """Exponential moving average over roughly 1/20 of the curve: GAN losses are noisy."""
-    alpha = min(1.0, 20.0 / max(points, 1))
-    out, acc = [], None
+def _smooth(ys: list[float]) -> list[float]:
+    """Centred moving mean over ~1/25 of the curve (no lag, unlike an EMA): GAN losses are noisy."""
+    half = max(1, len(ys) // 50)
+    csum = [0.0]
     for y in ys:
-        acc = y if acc is None else alpha * y + (1 - alpha) * acc
-        out.append(acc)
+        csum.append(csum[-1] + y)
+    out = []
+    for i in range(len(ys)):
+        lo, hi = max(0, i - half), min(len(ys), i + half + 1)
+        out.append((csum[hi] - csum[lo]) / (hi - lo))
     return out
 
 
@@ -61,61 +69,95 @@ def metrics_figure(task: str, title: str, runs: dict[str, Any]) -> Figure | None
     panels = [("psnr", "PSNR (dB) ↑"), ("ssim", "SSIM ↑"), ("fid", "FID ↓")]
     if not any(run.evals for run in runs.values()):
         return None
-    fig = Figure(figsize=(13, 3.8), layout="constrained")
+    fig = Figure(figsize=(13, 4.2), layout="constrained")
     fig.suptitle(f"{title}: validation metrics over training")
+    legend: dict[str, Any] = {}
+    inputs = None
     for ax, (key, label) in zip(fig.subplots(1, 3), panels):
         drawn = False
-        for i, (model, run) in enumerate(sorted(runs.items())):
+        for i, (model, run) in enumerate(_ordered(runs)):
             xs, ys = _series(run.evals, key)
             if xs:
-                ax.plot(xs, ys, marker="o", ms=3, color=_color(model, i), label=f"{model} ({run.name})")
+                line, = ax.plot(xs, ys, marker="o", ms=4, color=_color(model, i))
+                legend.setdefault(_label(model, run), line)
                 drawn = True
             ixs, iys = _series(run.evals, f"input_{key}")
-            if ixs and model == sorted(runs)[0]:
-                ax.plot(ixs, iys, ls="--", color="grey", label="blurred input")
+            if ixs and i == 0:  # every model is evaluated on the same fixed blurred subset
+                inputs = ax.plot(ixs, iys, ls="--", marker="x", color="grey")[0]
                 drawn = True
         if not drawn:
             reasons = {r.evals[-1].get(f"{key}_reason") for r in runs.values() if r.evals}
             reasons.discard(None)
             ax.text(0.5, 0.5, f"no {key.upper()} values" + (f"\n({'; '.join(sorted(reasons))})" if reasons else ""),
                     ha="center", va="center", transform=ax.transAxes, color="grey", wrap=True)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        else:
+            _step_axis(ax)
         ax.set_title(label)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-        if drawn:
-            ax.legend(fontsize=8)
+    if inputs is not None:
+        legend["blurred input"] = inputs
+    if legend:
+        fig.legend(legend.values(), legend.keys(), loc="outside lower center", ncols=min(len(legend), 4),
+                   fontsize=9, frameon=False)
     return fig
+
+
+def _label(model: str, run: Any) -> str:
+    return f"{model} ({run.name}" + ("" if run.status == "finished" else f", {run.status}") + ")"
+
+
+def _ordered(runs: dict[str, Any]) -> list[tuple[str, Any]]:
+    """Models in table order (known models first), so colours and legends read the same way."""
+    order = list(MODEL_COLORS)
+    return sorted(runs.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order else 99, kv[0]))
+
+
+def _step_axis(ax) -> None:
+    ax.set_xlabel("step")
+    ax.set_xlim(left=0)  # training starts at 0: a lone late point is not stretched across the axis
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=6))
+    ax.grid(alpha=0.3)
 
 
 def losses_figure(task: str, title: str, runs: dict[str, Any]) -> Figure | None:
     """One panel per loss term (and blur strength): raw values faint, moving average solid."""
-    keys = [k for k in LOSS_KEYS if any(_series(r.train, k)[0] for r in runs.values())]
+    logged = {k for r in runs.values() for rec in r.train for k in rec if k.startswith("loss/")}
+    keys = [k for k in LOSS_KEYS if k in logged] + sorted(logged - set(LOSS_KEYS)) + ["blur_strength"]
+    keys = [k for k in keys if any(_series(r.train, k)[0] for r in runs.values())]
     if not keys:
         return None
     cols = min(3, len(keys))
     rows = math.ceil(len(keys) / cols)
     fig = Figure(figsize=(4.4 * cols, 3.2 * rows), layout="constrained")
-    fig.suptitle(f"{title}: training losses (faint: raw, solid: moving average)")
+    long = any(len(_series(r.train, k)[0]) > 20 for r in runs.values() for k in keys if k.startswith("loss/"))
+    fig.suptitle(f"{title}: training losses" + (" (faint: raw, solid: moving average)" if long else ""))
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    legend: dict[str, Any] = {}
     for ax, key in zip(axes, keys):
-        for i, (model, run) in enumerate(sorted(runs.items())):
+        for i, (model, run) in enumerate(_ordered(runs)):
             xs, ys = _series(run.train, key)
             if not xs:
                 continue
             c = _color(model, i)
-            ax.plot(xs, ys, color=c, alpha=0.25, lw=0.8)
-            ax.plot(xs, _smooth(ys, len(ys)), color=c, lw=1.6, label=model)
+            if len(xs) > 20 and key.startswith("loss/"):  # short curves and schedules: as they are
+                ax.plot(xs, ys, color=c, alpha=0.25, lw=0.8)
+                ys = _smooth(ys)
+            line, = ax.plot(xs, ys, color=c, lw=1.6, marker="o" if len(xs) <= 20 else None, ms=3)
+            legend.setdefault(_label(model, run), line)
         ax.set_title(key)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        _step_axis(ax)
     for ax in axes[len(keys):]:
         ax.set_visible(False)
+    fig.legend(legend.values(), legend.keys(), loc="outside lower center", ncols=min(len(legend), 4),
+               fontsize=9, frameon=False)
     return fig
 
 
-def _bars(ax, labels: list[str], values: list[float], colors: list[str], unit: str) -> None:
-    bars = ax.barh(range(len(values)), values, color=colors)
+def _bars(ax, labels: list[str], values: list[float], colors: list[str], unit: str,
+          hatches: list[str] | None = None) -> None:
+    bars = ax.barh(range(len(values)), values, color=colors, edgecolor="white",
+                   hatch=hatches)  # hatched = bf16, so the two precisions never read as two models
     ax.set_yticks(range(len(values)), labels, fontsize=8)
     ax.invert_yaxis()  # first row on top, as in the table
     top = max(values) if values else 1
@@ -124,6 +166,10 @@ def _bars(ax, labels: list[str], values: list[float], colors: list[str], unit: s
                 va="center", fontsize=8)
     ax.set_xlim(0, top * 1.25)
     ax.grid(axis="x", alpha=0.3)
+
+
+def _workers(n: Any) -> str:
+    return "? workers" if not n else f"{n} worker" + ("s" if n != 1 else "")
 
 
 def speed_figure(report: dict[str, Any]) -> Figure | None:
@@ -140,16 +186,18 @@ def speed_figure(report: dict[str, Any]) -> Figure | None:
     height = 1.2 + 0.35 * max(len(inf), len(train), 2)
     fig = Figure(figsize=(13, height), layout="constrained")
     ax1, ax2 = fig.subplots(1, 2)
-    ratios = [r for r in report["speed"]["ratios"] if r["ratio"] is not None]
-    fig.suptitle("Speed" + ("  —  " + ";  ".join(f"{r['fast']}: {r['ratio']:.2f}× {r['slow']}'s speed"
-                                                  for r in ratios) if ratios else ""))
+    said = [f"{r['fast']} {r['ratio']:.2f}× as fast as {r['slow']} ({r['height']}x{r['width']})"
+            if r["ratio"] is not None else f"{r['fast']} vs {r['slow']}: not compared"
+            for r in report["speed"]["ratios"]]
+    fig.suptitle("Speed  —  " + ";  ".join(said))
     models = sorted({r["model"] for r in rows})
     if inf:
         _bars(ax1, [f"{r['model']} {r['height']}x{r['width']} {r['dtype']}\n{r['gpu']}" for r in inf],
-              [r["ms_per_image"] for r in inf], [_color(r["model"], models.index(r["model"])) for r in inf], "ms")
+              [r["ms_per_image"] for r in inf], [_color(r["model"], models.index(r["model"])) for r in inf], "ms",
+              ["//" if r["dtype"] == "bf16" else "" for r in inf])
     ax1.set_title("Inference, batch 1 (ms/image, lower is better)")
     if train:
-        _bars(ax2, [f"{r['model']} ({r['world_size'] or '?'} workers)\n{r['gpu']}" for r in train],
+        _bars(ax2, [f"{r['model']} ({_workers(r['world_size'])})\n{r['gpu']}" for r in train],
               [r["train_images_per_s"] for r in train],
               [_color(r["model"], models.index(r["model"])) for r in train], "img/s")
     ax2.set_title("Training throughput (images/s, higher is better)")
@@ -174,4 +222,109 @@ def write_all(report: dict[str, Any], chosen: dict[str, Any], out) -> dict[str, 
     return written
 
 
-__all__ = ["metrics_figure", "losses_figure", "speed_figure", "write_all", "MODEL_COLORS"]
+# ----------------------------------------------------------------------------- tables as text
+
+
+def _fmt(value: Any, digits: int, signed: bool = False) -> str:
+    if value is None:
+        return "—"
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def _fid(row: dict[str, Any]) -> str:
+    return _fmt(row["fid"], 2) if row["fid"] is not None else f"n/a ({row['fid_reason'] or 'no eval'})"
+
+
+def ratio_text(r: dict[str, Any]) -> str:
+    """One sentence on a speed ratio (each shared GPU and resolution), or on why it was not computed."""
+    if r["ratio"] is None:
+        return f"{r['fast']} vs {r['slow']}: not computed — {r['reason']}"
+    groups: dict[tuple, list[str]] = {}
+    for x in r.get("settings") or [r]:
+        if x["ratio"]:
+            how = f"{x['ratio']:.2f}× as fast" if x["ratio"] >= 1 else f"{1 / x['ratio']:.2f}× slower"
+            groups.setdefault((x["gpu"], x["height"], x["width"]), []).append(
+                f"{how} in {x['dtype']} ({x['fast_ms']:.2f} vs {x['slow_ms']:.2f} ms/image)")
+    return "; ".join(f"{r['fast']} vs {r['slow']} on {gpu} at {h}x{w}: " + ", ".join(parts)
+                     for (gpu, h, w), parts in groups.items())
+
+
+def tables(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The report's tables as text cells: ``[{"title", "headers", "rows", "notes"}]``.
+
+    Markdown and the rich terminal view both render these, so they always agree.
+    """
+    out = []
+    for task, t in report["tasks"].items():
+        deblur = any(r["input_psnr"] is not None for r in t["rows"]) or task == "deblur"
+        headers = ["Model", "FID ↓", "PSNR (dB) ↑", "SSIM ↑"]
+        if deblur:
+            headers += ["Input PSNR", "Input SSIM", "PSNR gain", "SSIM gain"]
+        headers += ["Step", "Run"]
+        rows = []
+        for r in t["rows"]:
+            cells = [r["model"], _fid(r) if r["run"] and r["step"] is not None else "—",
+                     _fmt(r["psnr"], 2), _fmt(r["ssim"], 3)]
+            if deblur:
+                cells += [_fmt(r["input_psnr"], 2), _fmt(r["input_ssim"], 3),
+                          _fmt(r["psnr_gain"], 2, True), _fmt(r["ssim_gain"], 3, True)]
+            cells += [str(r["step"]) if r["step"] is not None else "—",
+                      r["run"] + (f" ({r['note']})" if r["note"] else "") if r["run"] else r["note"]]
+            rows.append(cells)
+        out.append({"title": f"{t['title']}: quality (last evaluation of the latest finished run)",
+                    "headers": headers, "rows": rows, "notes": []})
+    speed = report["speed"]
+    out.append({
+        "title": "Speed: inference at batch 1, training throughput",
+        "headers": ["Task", "Model", "GPU", "Resolution", "dtype", "Inference ms/image",
+                    "Train images/s", "Workers", "Run"],
+        "rows": [[r["task"], r["model"], str(r["gpu"] or "—"),
+                  f"{r['height']}x{r['width']}" if r["height"] else "—", r["dtype"] or "—",
+                  _fmt(r["ms_per_image"], 2), _fmt(r["train_images_per_s"], 1),
+                  str(r["world_size"] or "—"), r["run"]] for r in speed["rows"]],
+        "notes": [ratio_text(r) for r in speed["ratios"]],
+    })
+    out.append({
+        "title": "All runs",
+        "headers": ["Run", "Model", "Task", "Status", "In tables", "Last step", "Last eval step", "PSNR",
+                    "Missing / notes"],
+        "rows": [[r["name"], r["model"], r["task"], r["status"], "yes" if r["in_tables"] else "",
+                  str(r["last_step"] if r["last_step"] is not None else "—"),
+                  str(r["last_eval"]["step"]) if r["last_eval"] else "—",
+                  _fmt(_num((r["last_eval"] or {}).get("psnr")), 2),
+                  "; ".join(r["problems"]) or "—"] for r in report["runs"]],
+        "notes": ["In tables: the latest finished run of its model, used in the tables above."],
+    })
+    return out
+
+
+def _md_table(headers: list[str], rows: list[list[str]]) -> str:
+    def esc(cell: str) -> str:
+        return str(cell).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(map(esc, headers)) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(map(esc, row)) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """report.md: tables, speed ratios, plots and sample grids."""
+    parts = [f"# asaptrain report\n\nStore `{report['store']}`, prefix `{report['prefix']}`, "
+             f"{len(report['runs'])} run(s); generated {report['generated']}.\n"]
+    for table in tables(report):
+        parts.append(f"## {table['title']}\n\n{_md_table(table['headers'], table['rows'])}\n")
+        parts += [f"- {note}" for note in table["notes"]]
+        if table["notes"]:
+            parts.append("")
+    plots = report.get("plots") or {}
+    if plots:
+        parts.append("## Plots\n")
+        parts += [f"![{name}]({path})\n" for name, path in plots.items()]
+    if report.get("samples"):
+        parts.append("## Samples (rows: input | output | target; latest grid of each run)\n")
+        parts += [f"### {run}\n\n![{run}]({path})\n" for run, path in report["samples"].items()]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+__all__ = ["tables", "render_markdown", "ratio_text", "metrics_figure", "losses_figure", "speed_figure",
+           "write_all", "MODEL_COLORS"]

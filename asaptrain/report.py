@@ -145,7 +145,8 @@ def load_run(store, prefix: str, name: str) -> Run:
     else:
         run.problems.append("no samples")
     if run.status != "finished":
-        run.problems.insert(0, f"status {run.status}")
+        error = run.info.get("error")
+        run.problems.insert(0, f"status {run.status}" + (f" ({error})" if error else ""))
     return run
 
 
@@ -185,6 +186,16 @@ def latest_finished(runs: list[Run]) -> dict[str, Run]:
     return best
 
 
+def latest_per_model(runs: list[Run]) -> dict[str, Run]:
+    """What the plots show: the latest finished run of each model, else its latest run of any status
+    (so a long run can be watched while it trains)."""
+    best = latest_finished(runs)
+    for run in sorted(runs, key=lambda r: (r.when, r.name)):
+        if run.model not in best or best[run.model].status != "finished":
+            best[run.model] = run
+    return best
+
+
 def _quality_row(model: str, run: Run | None, runs: list[Run]) -> dict[str, Any]:
     row: dict[str, Any] = {"model": model, "run": None, "step": None, "note": None}
     row.update({k: None for k in _EVAL_KEYS})
@@ -212,7 +223,7 @@ def _quality_row(model: str, run: Run | None, runs: list[Run]) -> dict[str, Any]
 
 
 def _speed_rows(run: Run) -> list[dict[str, Any]]:
-    """One row per timed inference setting; ``ms`` in timing.json is per call of ``batch`` images."""
+    """One row per timed inference setting (timing.json's ``ms`` is already per image)."""
     t = run.timing or {}
     base = {"task": run.task, "model": run.model, "run": run.name, "gpu": t.get("gpu"),
             "train_images_per_s": _finite(t.get("images_per_s")), "world_size": t.get("world_size"),
@@ -220,10 +231,9 @@ def _speed_rows(run: Run) -> list[dict[str, Any]]:
             "train_width": t.get("width")}
     rows = []
     for inf in t.get("inference") or []:
-        ms, batch = _finite(inf.get("ms")), inf.get("batch") or 1
-        rows.append({**base, "height": inf.get("height"), "width": inf.get("width"),
-                     "dtype": inf.get("dtype"), "batch": batch,
-                     "ms_per_image": None if ms is None else ms / batch})
+        rows.append({**base, "gpu": inf.get("gpu") or t.get("gpu"), "height": inf.get("height"),
+                     "width": inf.get("width"), "dtype": inf.get("dtype"), "batch": inf.get("batch") or 1,
+                     "ms_per_image": _finite(inf.get("ms"))})
     if not rows:
         rows.append({**base, "height": None, "width": None, "dtype": None, "batch": None,
                      "ms_per_image": None})
@@ -233,7 +243,7 @@ def _speed_rows(run: Run) -> list[dict[str, Any]]:
 def _ratio(task: str, fast: str, slow: str, chosen: dict[str, Run]) -> dict[str, Any]:
     """slow ms / fast ms at the largest resolution both were timed at on the same GPU and dtype."""
     out = {"task": task, "fast": fast, "slow": slow, "ratio": None, "gpu": None, "height": None,
-           "width": None, "dtype": None, "fast_ms": None, "slow_ms": None, "reason": None}
+           "width": None, "dtype": None, "fast_ms": None, "slow_ms": None, "reason": None, "settings": []}
     missing = [m for m in (fast, slow) if m not in chosen]
     if missing:
         out["reason"] = f"no finished run of {' and '.join(missing)}"
@@ -259,12 +269,12 @@ def _ratio(task: str, fast: str, slow: str, chosen: dict[str, Run]) -> dict[str,
                 return ", ".join(sorted({f"{k[1]}x{k[2]} {k[3]}" for k in d}))
             out["reason"] = f"no common resolution and dtype ({fast}: {res(a)}; {slow}: {res(b)})"
         return out
-    gpu, h, w, dtype = common[-1]
-    out.update(gpu=gpu, height=h, width=w, dtype=dtype, fast_ms=a[common[-1]], slow_ms=b[common[-1]])
-    if not a[common[-1]]:
+    out["settings"] = [{"gpu": k[0], "height": k[1], "width": k[2], "dtype": k[3], "fast_ms": a[k],
+                        "slow_ms": b[k], "ratio": b[k] / a[k] if a[k] else None} for k in reversed(common)]
+    head = out["settings"][0]  # the largest shared resolution, fp32 before bf16
+    out.update(head)
+    if head["ratio"] is None:
         out["reason"] = f"{fast} timed at 0 ms"
-        return out
-    out["ratio"] = b[common[-1]] / a[common[-1]]
     return out
 
 
@@ -274,6 +284,7 @@ def _run_summary(run: Run, used: bool) -> dict[str, Any]:
         "name": run.name, "model": run.model, "task": run.task, "status": run.status,
         "preset": run.info.get("preset"), "steps": run.info.get("steps"),
         "started": _iso(run.info.get("started")), "finished": _iso(run.info.get("finished")),
+        "steps_done": run.info.get("steps_done"), "error": run.info.get("error"),
         "gpu": (run.timing or {}).get("gpu") or run.info.get("gpu"),
         "world_size": run.info.get("world_size"),
         "last_step": run.train[-1].get("step") if run.train else None,
@@ -294,7 +305,9 @@ def build_report(runs: list[Run], store_uri: str = "", prefix: str = "runs") -> 
     for task in sorted({r.task for r in runs} - set(TASK_MODELS)):
         models = sorted({r.model for r in runs if r.task == task})
         tasks[task] = {"title": task, "rows": [_quality_row(m, chosen.get(m), runs) for m in models]}
-    speed_rows = [row for m, run in sorted(chosen.items()) for row in _speed_rows(run)]
+    order = [m for ms in TASK_MODELS.values() for m in ms]
+    speed_rows = [row for m, run in sorted(chosen.items(), key=lambda kv: (
+        order.index(kv[0]) if kv[0] in order else len(order), kv[0])) for row in _speed_rows(run)]
     used = {r.name for r in chosen.values()}
     return {
         "generated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -305,104 +318,6 @@ def build_report(runs: list[Run], store_uri: str = "", prefix: str = "runs") -> 
         "runs": [_run_summary(r, r.name in used) for r in runs],
         "plots": {}, "samples": {},
     }
-
-
-# ----------------------------------------------------------------------------- tables as text
-
-
-def _num(value: Any, digits: int, signed: bool = False) -> str:
-    if value is None:
-        return "—"
-    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
-
-
-def _fid(row: dict[str, Any]) -> str:
-    return _num(row["fid"], 2) if row["fid"] is not None else f"n/a ({row['fid_reason'] or 'no eval'})"
-
-
-def ratio_text(r: dict[str, Any]) -> str:
-    """One sentence on a speed ratio, or on why it was not computed."""
-    if r["ratio"] is None:
-        return f"{r['fast']} vs {r['slow']}: not computed — {r['reason']}"
-    return (f"{r['fast']} vs {r['slow']}: {r['ratio']:.2f}× the speed of {r['slow']} "
-            f"({r['fast_ms']:.2f} vs {r['slow_ms']:.2f} ms/image at {r['height']}x{r['width']}, "
-            f"{r['dtype']}, {r['gpu']})")
-
-
-def tables(report: dict[str, Any]) -> list[dict[str, Any]]:
-    """The report's tables as text cells: ``[{"title", "headers", "rows", "notes"}]``.
-
-    Markdown and the rich terminal view both render these, so they always agree.
-    """
-    out = []
-    for task, t in report["tasks"].items():
-        deblur = any(r["input_psnr"] is not None for r in t["rows"]) or task == "deblur"
-        headers = ["Model", "FID ↓", "PSNR (dB) ↑", "SSIM ↑"]
-        if deblur:
-            headers += ["Input PSNR", "Input SSIM", "PSNR gain", "SSIM gain"]
-        headers += ["Step", "Run"]
-        rows = []
-        for r in t["rows"]:
-            cells = [r["model"], _fid(r) if r["run"] and r["step"] is not None else "—",
-                     _num(r["psnr"], 2), _num(r["ssim"], 3)]
-            if deblur:
-                cells += [_num(r["input_psnr"], 2), _num(r["input_ssim"], 3),
-                          _num(r["psnr_gain"], 2, True), _num(r["ssim_gain"], 3, True)]
-            cells += [str(r["step"]) if r["step"] is not None else "—",
-                      r["run"] + (f" ({r['note']})" if r["note"] else "") if r["run"] else r["note"]]
-            rows.append(cells)
-        out.append({"title": f"{t['title']}: quality (last evaluation of the latest finished run)",
-                    "headers": headers, "rows": rows, "notes": []})
-    speed = report["speed"]
-    out.append({
-        "title": "Speed: inference at batch 1, training throughput",
-        "headers": ["Task", "Model", "GPU", "Resolution", "dtype", "Inference ms/image",
-                    "Train images/s", "Workers", "Run"],
-        "rows": [[r["task"], r["model"], str(r["gpu"] or "—"),
-                  f"{r['height']}x{r['width']}" if r["height"] else "—", r["dtype"] or "—",
-                  _num(r["ms_per_image"], 2), _num(r["train_images_per_s"], 1),
-                  str(r["world_size"] or "—"), r["run"]] for r in speed["rows"]],
-        "notes": [ratio_text(r) for r in speed["ratios"]],
-    })
-    out.append({
-        "title": "All runs",
-        "headers": ["Run", "Model", "Task", "Status", "Steps", "Last eval step", "PSNR", "Missing / notes"],
-        "rows": [[r["name"], r["model"], r["task"], r["status"] + (" *" if r["in_tables"] else ""),
-                  str(r["last_step"] if r["last_step"] is not None else "—"),
-                  str(r["last_eval"]["step"]) if r["last_eval"] else "—",
-                  _num(_finite((r["last_eval"] or {}).get("psnr")), 2),
-                  "; ".join(r["problems"]) or "—"] for r in report["runs"]],
-        "notes": ["* = the run used in the tables above (latest finished run of its model)."],
-    })
-    return out
-
-
-def _md_table(headers: list[str], rows: list[list[str]]) -> str:
-    def esc(cell: str) -> str:
-        return str(cell).replace("|", "\\|")
-
-    lines = ["| " + " | ".join(map(esc, headers)) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(map(esc, row)) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def render_markdown(report: dict[str, Any]) -> str:
-    """report.md: tables, speed ratios, plots and sample grids."""
-    parts = [f"# asaptrain report\n\nStore `{report['store']}`, prefix `{report['prefix']}`, "
-             f"{len(report['runs'])} run(s); generated {report['generated']}.\n"]
-    for table in tables(report):
-        parts.append(f"## {table['title']}\n\n{_md_table(table['headers'], table['rows'])}\n")
-        parts += [f"- {note}" for note in table["notes"]]
-        if table["notes"]:
-            parts.append("")
-    plots = report.get("plots") or {}
-    if plots:
-        parts.append("## Plots\n")
-        parts += [f"![{name}]({path})\n" for name, path in plots.items()]
-    if report.get("samples"):
-        parts.append("## Samples (rows: input | output | target; latest grid of each run)\n")
-        parts += [f"### {run}\n\n![{run}]({path})\n" for run, path in report["samples"].items()]
-    return "\n".join(parts).rstrip() + "\n"
 
 
 def _clean(obj: Any) -> Any:
@@ -435,7 +350,6 @@ def aggregate(store, out, prefix: str = "runs", plots: bool = True) -> dict[str,
     runs = load_runs(store, prefix)
     report = build_report(runs, getattr(store, "uri", ""), prefix)
     out = _out_store(out)
-    chosen = latest_finished(runs)
     for summary, run in zip(report["runs"], runs):
         if run.sample:  # every run's latest grid, so failed and running runs can be looked at too
             dest = f"samples/{run.name}-{run.sample_step}.png"
@@ -443,11 +357,11 @@ def aggregate(store, out, prefix: str = "runs", plots: bool = True) -> dict[str,
             summary["sample"] = dest
             report["samples"][run.name] = dest
     if plots:
-        report["plots"] = plotting.write_all(report, chosen, out)
-    out.write_text("report.md", render_markdown(report))
+        report["plots"] = plotting.write_all(report, latest_per_model(runs), out)
+    out.write_text("report.md", plotting.render_markdown(report))
     out.write_text("report.json", json.dumps(_clean(report), indent=2, allow_nan=False) + "\n")
     return report
 
 
-__all__ = ["Run", "load_run", "load_runs", "latest_finished", "build_report", "aggregate",
-           "tables", "render_markdown", "TASK_MODELS", "SPEED_PAIRS"]
+__all__ = ["Run", "load_run", "load_runs", "latest_finished", "latest_per_model", "build_report", "aggregate",
+           "TASK_MODELS", "SPEED_PAIRS"]

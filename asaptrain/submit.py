@@ -42,11 +42,13 @@ DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 # gitignore-style patterns Ray's working_dir packaging skips (on top of .gitignore).
 EXCLUDES = [".git", ".venv", "/asaptrain-store", "/.whl", "*.whl", "/out", "/runs", "__pycache__",
             ".pytest_cache", "*.egg-info"]
-# Names that carry credentials; any name matching _SECRET_WORDS is refused as well.
+# Names that carry credentials; names with a secret-sounding part (_looks_secret) are refused too.
 SECRET_ENV_NAMES = ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN",
                     "AWS_SECURITY_TOKEN", "RAY_AUTH_TOKEN")
-_SECRET_WORDS = re.compile(r"SECRET|PASSW(OR)?D|TOKEN|CREDENTIAL|PRIVATE|API_?KEY|ACCESS_?KEY", re.I)
+_SECRET_PARTS = {"SECRET", "PASSWORD", "PASSWD", "PASS", "TOKEN", "CREDENTIAL", "CREDENTIALS", "PRIVATE", "APIKEY"}
+_SECRET_INFIXES = ("SECRET", "PASSWORD", "ACCESS_KEY", "API_KEY")
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+AGENT_RETRIES, AGENT_RETRY_S = 5, 3.0
 
 
 class SubmitError(UserError):
@@ -70,17 +72,24 @@ def _secret_values() -> list[str]:
     return [v for n in SECRET_ENV_NAMES if len(v := os.environ.get(n, "")) >= 8]
 
 
+def _looks_secret(name: str) -> bool:
+    """HF_TOKEN, WANDB_API_KEY, MINIO_ROOT_PASSWORD: yes; TOKENIZERS_PARALLELISM: no."""
+    upper = name.upper()
+    return (upper in SECRET_ENV_NAMES or any(part in _SECRET_PARTS for part in upper.split("_"))
+            or any(infix in upper for infix in _SECRET_INFIXES))
+
+
 def check_no_secrets(env_vars: dict[str, str], args: list[str] | tuple[str, ...] = (),
                      store: str | None = None) -> None:
     """Raise SubmitError if a credential would become job metadata (env var, argument or URI)."""
     values = _secret_values()
     for name, value in env_vars.items():
-        if name.upper() in SECRET_ENV_NAMES or _SECRET_WORDS.search(name):
+        if _looks_secret(name):
             raise SubmitError(
                 f"refusing to put {name} into the job's runtime_env: runtime-env variables are job "
                 "metadata that anyone with dashboard access can read. Give the cluster its "
                 "credentials instead (node environment, instance role, or a Kubernetes Secret; see "
-                "k8s/secret-s3.example.yaml)")
+                "k8s/examples/secret-s3.yaml)")
         if any(v in str(value) for v in values):
             raise SubmitError(f"refusing to submit: runtime_env variable {name} holds the value of a "
                               "credential variable; give the cluster its credentials instead")
@@ -102,6 +111,7 @@ def build_runtime_env(root: Path | str | None = None, *, store: str | None = Non
         env_vars["ASAPTRAIN_STORE"] = store
     if s3_endpoint:
         env_vars["ASAPTRAIN_S3_ENDPOINT"] = s3_endpoint
+        env_vars["AWS_ENDPOINT_URL_S3"] = s3_endpoint  # Store.open and boto3 both read it
     if region:
         env_vars["AWS_REGION"] = region
     check_no_secrets(env_vars, store=store)
@@ -110,11 +120,14 @@ def build_runtime_env(root: Path | str | None = None, *, store: str | None = Non
 
 
 def job_entrypoint(job: str, args: list[str] | tuple[str, ...] = (), *, store: str | None = None,
-                   s3_endpoint: str | None = None) -> str:
-    """``python jobs/X.py [--store URI] [--s3-endpoint URL] ARGS...`` as one shell-quoted line."""
+                   s3_endpoint: str | None = None, python: str = "python") -> str:
+    """``python jobs/X.py [--store URI] [--s3-endpoint URL] ARGS...`` as one shell-quoted line.
+
+    ``python`` is the interpreter as the cluster's nodes name it (their PATH, not this machine's).
+    """
     if job not in JOB_SCRIPTS:
         raise SubmitError(f"unknown job {job!r}; jobs are {', '.join(JOB_SCRIPTS)}")
-    argv = ["python", JOB_SCRIPTS[job]]
+    argv = [python, JOB_SCRIPTS[job]]
     if store:
         argv += ["--store", store]
     if s3_endpoint:
@@ -131,6 +144,8 @@ def resolve_address(address: str | None = None) -> str:
     """--address, else RAY_API_SERVER_ADDRESS / RAY_ADDRESS (as `ray job` reads them), else local."""
     address = address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS") \
         or DEFAULT_ADDRESS
+    if address == "auto":  # ray.init's "the local cluster": its dashboard is the default one
+        address = DEFAULT_ADDRESS
     if "://" not in address:
         address = f"http://{address}"
     return address.rstrip("/")
@@ -191,41 +206,60 @@ def client(address: str | None = None):
         raise SubmitError(f"no Ray dashboard answers at {address} ({str(exc).splitlines()[0]}); start a "
                           "cluster (`ray start --head`, see cluster/local.md) or pass --address / set "
                           "RAY_ADDRESS") from None
-    except RuntimeError as exc:
-        raise _auth_or_runtime(exc, address) from None
+    except _request_errors() as exc:
+        raise _explain(exc, address) from None
 
 
-def _auth_or_runtime(exc: Exception, address: str) -> SubmitError:
-    text = str(exc)
-    if "401" in text or "403" in text or "uthentication" in text:
+def _request_errors() -> tuple[type[BaseException], ...]:
+    from ray.exceptions import AuthenticationError
+
+    return (RuntimeError, AuthenticationError)
+
+
+def _explain(exc: BaseException, address: str) -> SubmitError:
+    """A job-client failure as one line that says what to do (auth, unknown job, other)."""
+    text = str(exc).strip().strip("'\"")
+    first = text.splitlines()[0] if text else repr(exc)
+    if type(exc).__name__ == "AuthenticationError" or re.search(r"\b40[13]\b", first):
         return SubmitError(
-            f"the Ray cluster at {address} refused the request ({text.splitlines()[0]}). It uses token "
-            "authentication: put its token (`ray get-auth-token` on the head node) in ~/.ray/auth_token or "
-            "RAY_AUTH_TOKEN; for a non-local address also set RAY_AUTH_MODE=token")
-    return SubmitError(f"Ray job request to {address} failed: {text.splitlines()[0] if text else exc!r}")
+            f"the Ray cluster at {address} refused the request ({first}). It uses token authentication: "
+            "put its token (`ray get-auth-token` on the head node) in ~/.ray/auth_token or RAY_AUTH_TOKEN; "
+            "for a non-local address also set RAY_AUTH_MODE=token")
+    if re.search(r"\b404\b", first) or "does not exist" in first:
+        return SubmitError(f"{first.split(': ', 1)[-1]} (at {address}); list jobs with "
+                           f"`ray job list --address {address}`")
+    return SubmitError(f"Ray job request to {address} failed: {first}")
 
 
 def _call(address: str, fn: Callable, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
-    except RuntimeError as exc:
-        raise _auth_or_runtime(exc, address) from None
+    except _request_errors() as exc:
+        raise _explain(exc, address) from None
 
 
 def submit(job: str, args: list[str] | tuple[str, ...] = (), *, address: str | None = None,
            store: str | None = None, s3_endpoint: str | None = None, region: str | None = None,
            env: dict[str, str] | None = None, submission_id: str | None = None,
            entrypoint_num_cpus: float | None = None, entrypoint_num_gpus: float | None = None,
-           job_client=None) -> str:
+           python: str = "python", job_client=None) -> str:
     """Submit ``job`` with ``args``; returns the submission id. Secrets are refused before anything is sent."""
-    entrypoint = job_entrypoint(job, args, store=store, s3_endpoint=s3_endpoint)
+    entrypoint = job_entrypoint(job, args, store=store, s3_endpoint=s3_endpoint, python=python)
     runtime_env = build_runtime_env(store=store, s3_endpoint=s3_endpoint, region=region, env=env)
     address = resolve_address(address)
     job_client = job_client or client(address)
-    return _call(address, job_client.submit_job, entrypoint=entrypoint, runtime_env=runtime_env,
-                 submission_id=submission_id, entrypoint_num_cpus=entrypoint_num_cpus,
-                 entrypoint_num_gpus=entrypoint_num_gpus,
-                 metadata={"asaptrain_job": job})
+    for attempt in range(AGENT_RETRIES):
+        try:
+            return job_client.submit_job(
+                entrypoint=entrypoint, runtime_env=runtime_env, submission_id=submission_id,
+                entrypoint_num_cpus=entrypoint_num_cpus, entrypoint_num_gpus=entrypoint_num_gpus,
+                metadata={"asaptrain_job": job})
+        except _request_errors() as exc:
+            # A head that has just started answers 500 "No available agent" for a few seconds.
+            if "No available agent" not in str(exc) or attempt == AGENT_RETRIES - 1:
+                raise _explain(exc, address) from None
+            time.sleep(AGENT_RETRY_S)
+    raise AssertionError("unreachable")
 
 
 def status(job_id: str, address: str | None = None, job_client=None) -> str:
@@ -252,22 +286,27 @@ def wait_for_job(job_id: str, address: str | None = None, timeout_s: float = 600
         time.sleep(poll_s)
 
 
-def follow(job_id: str, address: str | None = None, write: Callable[[str], Any] = sys.stdout.write,
+def follow(job_id: str, address: str | None = None, write: Callable[[str], Any] | None = None,
            job_client=None) -> str:
-    """Stream the job's logs until it ends; returns its terminal status."""
+    """Stream the job's logs (to ``write``, default stdout) until it ends; returns its terminal status."""
     address = resolve_address(address)
     job_client = job_client or client(address)
 
+    def echo(text: str) -> None:
+        if write is not None:
+            write(text)
+        else:  # looked up per call: click's test runner swaps sys.stdout
+            sys.stdout.write(text)
+            sys.stdout.flush()
+
     async def tail() -> None:
         async for chunk in job_client.tail_job_logs(job_id):
-            write(chunk)
-            if hasattr(sys.stdout, "flush"):
-                sys.stdout.flush()
+            echo(chunk)
 
     try:
         asyncio.run(tail())
     except RuntimeError as exc:  # the log socket closed early (head restart, proxy timeout)
-        write(f"\n[asaptrain] log stream ended early ({str(exc).splitlines()[0]}); polling status\n")
+        echo(f"\n[asaptrain] log stream ended early ({str(exc).splitlines()[0]}); polling status\n")
     return wait_for_job(job_id, address, timeout_s=float("inf"), job_client=job_client)
 
 

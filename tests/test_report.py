@@ -11,7 +11,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from asaptrain.data.store import Store
-from asaptrain.report import aggregate, build_report, load_runs, tables
+from asaptrain.plots import tables
+from asaptrain.report import aggregate, build_report, load_runs
 
 H100 = "NVIDIA H100 80GB HBM3"
 
@@ -36,7 +37,8 @@ def _eval(step, psnr, ssim, fid=None, reason=None, input_psnr=None, input_ssim=N
 def _timing(gpu, h, w, ms, images_per_s):
     return {"images_per_s": images_per_s, "step_ms": {"total": 100.0}, "gpu": gpu, "gpu_count": 1,
             "world_size": 1, "batch_size": 4, "height": h, "width": w,
-            "inference": [{"height": h, "width": w, "batch": 1, "ms": ms, "dtype": "fp32"}]}
+            "inference": [{"height": h, "width": w, "batch": 1, "ms": ms, "dtype": "fp32", "gpu": gpu},
+                          {"height": h, "width": w, "batch": 1, "ms": ms / 2, "dtype": "bf16", "gpu": gpu}]}
 
 
 def write_run(store, name, model, task, status, *, records=(), timing=None, samples=(), finished=None):
@@ -66,6 +68,8 @@ def make_runs(store):
               records=[*_train(steps, 0.5), _eval(40, 27.5, 0.85, None, "no Inception weights", 24.0, 0.75)],
               timing=_timing(H100, 256, 256, 8.0, 50.0), samples=[(40, "yellow")])
     write_run(store, "hybrid-failed", "hybrid", "deblur", "failed", records=_train(range(0, 11, 5), 0.7))
+    store.child("runs", "hybrid-failed").write_json("run.json", {
+        **store.child("runs", "hybrid-failed").read_json("run.json"), "error": "WorkerGroupError: OOM"})
     write_run(store, "hybrid-noeval", "hybrid", "deblur", "finished", finished="2026-11-03T12:00:00+00:00",
               records=_train(steps, 0.6), timing=_timing("NVIDIA A10G", 256, 256, 2.0, 90.0))
 
@@ -100,13 +104,14 @@ def test_report_tables_json_and_pngs(local_store, tmp_path):
     assert "no eval" in rows["hybrid"]["note"]
     # ratios: computed at a shared GPU + resolution, explained otherwise
     ratios = {r["fast"]: r for r in report["speed"]["ratios"]}
-    assert ratios["asapnet"]["ratio"] == pytest.approx(8.0)
+    assert ratios["asapnet"]["ratio"] == pytest.approx(8.0) and ratios["asapnet"]["dtype"] == "fp32"
+    assert [x["dtype"] for x in ratios["asapnet"]["settings"]] == ["fp32", "bf16"]
     assert ratios["hybrid"]["ratio"] is None and "different GPUs" in ratios["hybrid"]["reason"]
     assert "8.00×" in md and "not computed" in md
     # every run listed, with what it lacks
     runs = {r["name"]: r for r in report["runs"]}
     assert set(runs) == {"asapnet-a", "pix2pixhd-old", "pix2pixhd-b", "deblurgan-c", "hybrid-failed", "hybrid-noeval"}
-    assert "status failed" in runs["hybrid-failed"]["problems"]
+    assert "status failed (WorkerGroupError: OOM)" in runs["hybrid-failed"]["problems"]
     assert "no timing.json" in runs["hybrid-failed"]["problems"]
     assert runs["pix2pixhd-b"]["in_tables"] and not runs["pix2pixhd-old"]["in_tables"]
     on_disk = json.loads((out / "report.json").read_text())

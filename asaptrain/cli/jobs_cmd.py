@@ -42,15 +42,19 @@ def _parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--submission-id", default=None, help="Job id to use instead of Ray's random one.")
 @click.option("--entrypoint-gpus", type=click.FloatRange(min=0), default=None,
               help="GPUs reserved for the job's driver itself (Train workers reserve their own).")
+@click.option("--python", "python", default="python", show_default=True, metavar="EXE",
+              help="The interpreter as the cluster's nodes name it (e.g. /opt/venv/bin/python).")
 @click.option("--no-wait", is_flag=True, help="Print the submission id and return without following the logs.")
 @friendly_errors
 def submit_cmd(job, args, address, store, s3_endpoint, region, env_pairs, submission_id, entrypoint_gpus,
-               no_wait) -> None:
+               python, no_wait) -> None:
     """Submit JOB (train | tune | aggregate | experiment) to a Ray cluster and follow its logs.
 
-    Runs `python jobs/JOB.py [--store URI] [--s3-endpoint URL] ARGS...` with this project as the
-    working directory. Arguments after `--` go to the job script, e.g.
+    Runs `python jobs/SCRIPT.py [--store URI] [--s3-endpoint URL] ARGS...` (train.py,
+    tune_hybrid.py, aggregate.py, experiment.py) with this project as the working directory.
+    Arguments after `--` go to the job script, e.g.
 
+    \b
         asaptrain submit train --store s3://bucket/asap -- --preset deblurgan-smoke
 
     S3 credentials are never sent with the job (job metadata is readable by anyone with dashboard
@@ -60,7 +64,7 @@ def submit_cmd(job, args, address, store, s3_endpoint, region, env_pairs, submis
     address = sub.resolve_address(address)
     job_id = sub.submit(job, list(args), address=address, store=store, s3_endpoint=s3_endpoint,
                         region=region, env=_parse_env(env_pairs), submission_id=submission_id,
-                        entrypoint_num_gpus=entrypoint_gpus)
+                        entrypoint_num_gpus=entrypoint_gpus, python=python)
     click.echo(f"submitted {job_id} to {address}")
     if no_wait:
         click.echo(f"follow: asaptrain jobs logs {job_id} --follow --address {address}")

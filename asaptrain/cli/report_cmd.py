@@ -18,15 +18,19 @@ def print_report(report: dict, console=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from asaptrain.report import tables
+    from asaptrain.plots import tables
 
-    console = console or Console()
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # a Ray job's log or a pipe: 80 columns would fold every cell
+            console = Console(width=200)
+    text_columns = ("Model", "Run", "Task", "GPU", "Status", "In tables", "dtype", "Missing / notes")
     for spec in tables(report):
-        table = Table(title=spec["title"], title_justify="left", header_style="bold")
-        for i, header in enumerate(spec["headers"]):
-            numeric = header not in ("Model", "Run", "Task", "GPU", "Status", "dtype", "Missing / notes")
-            table.add_column(header, justify="right" if numeric and i else "left",
-                             overflow="fold")
+        console.print(f"[bold]{spec['title']}[/bold]", highlight=False)
+        table = Table(header_style="bold")
+        for header in spec["headers"]:
+            table.add_column(header, justify="left" if header in text_columns else "right",
+                             no_wrap=header in ("Model", "Task", "Status", "Resolution"), overflow="fold")
         for row in spec["rows"]:
             table.add_row(*row)
         console.print(table)

@@ -68,14 +68,12 @@ def _rand(shape, generator, device):
 def _trajectories(n: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
     """``n`` random camera paths at reference scale (60 px), shape (n, STEPS + 1, 2), in pixels."""
     ratio = REFERENCE_ITERS / STEPS
-    step = MAX_LENGTH_PX / STEPS
     centripetal = 0.7 * _rand(n, generator, device)
     big_shake_p = 0.2 * _rand(n, generator, device)
     shake = 10.0 * _rand(n, generator, device)
     angle = 2 * math.pi * _rand(n, generator, device)
-    choice = (torch.rand(n, generator=generator, device=device) * len(ANXIETY)).long().clamp_max(len(ANXIETY) - 1)
+    choice = (_rand(n, generator, device) * len(ANXIETY)).long().clamp_max(len(ANXIETY) - 1)
     anxiety = torch.tensor(ANXIETY, device=device)[choice]
-    # All randomness of the loop drawn at once: the loop below is arithmetic only.
     noise = torch.randn(STEPS, n, 2, generator=generator, device=device)
     jump_u = _rand((STEPS, n), generator, device)
     jump_angle = math.pi + _rand((STEPS, n), generator, device) - 0.5
@@ -83,24 +81,24 @@ def _trajectories(n: int, generator: torch.Generator | None, device: torch.devic
     # One simulated step stands for `ratio` reference steps: the gaussian direction noise is a
     # diffusion (scales with sqrt(ratio)), the centripetal pull and the big-shake rate are
     # drifts (scale with ratio). Distances are in reference pixels, as the pull depends on them.
-    noise_gain = (anxiety * shake * math.sqrt(ratio))[:, None]
-    pull_gain = (anxiety * centripetal * ratio)[:, None]
-    p_jump = (big_shake_p * anxiety * ratio).clamp(max=1.0)
-
-    v = torch.stack([torch.cos(angle), torch.sin(angle)], dim=-1)  # unit direction, (n, 2)
-    x = torch.zeros(n, 2, device=device)
-    path = [x]
+    # Positions and velocities are complex numbers; everything random is drawn above, and the
+    # big shake (v += 2·v·e^{i·angle}, a near-reversal) is folded into a per-step factor, so
+    # the sequential loop is a handful of batched ops per step.
+    kick = torch.view_as_complex(noise * (anxiety * shake * math.sqrt(ratio))[:, None])
+    jump = jump_u < (big_shake_p * anxiety * ratio).clamp(max=1.0)
+    factor = torch.where(jump, 1 + torch.polar(torch.full_like(jump_angle, 2.0), jump_angle),
+                         torch.ones((), dtype=torch.complex64, device=device))
+    pull = (anxiety * centripetal * ratio).to(torch.complex64)
+    v = torch.polar(torch.ones_like(angle), angle)
+    x = torch.zeros(n, dtype=torch.complex64, device=device)
+    path = torch.zeros(STEPS + 1, n, dtype=torch.complex64, device=device)
+    step = MAX_LENGTH_PX / STEPS
     for t in range(STEPS):
-        jump = jump_u[t] < p_jump
-        c, s = torch.cos(jump_angle[t]), torch.sin(jump_angle[t])
-        reversed_v = 2 * torch.stack([v[:, 0] * c - v[:, 1] * s, v[:, 0] * s + v[:, 1] * c], dim=-1)
-        dv = torch.where(jump[:, None], reversed_v, torch.zeros_like(v))
-        dv = dv + noise_gain * noise[t] - pull_gain * x
-        v = v + dv
-        v = v / v.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        v = torch.addcmul(kick[t], v, factor[t]) - pull * x
+        v = torch.sgn(v)  # unit speed: v / |v|
         x = x + step * v
-        path.append(x)
-    return torch.stack(path, dim=1)
+        path[t + 1] = x
+    return torch.view_as_real(path.T.contiguous())
 
 
 def _exposure_points(path: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
@@ -306,7 +304,7 @@ def sharp_test_image(height: int = 256, width: int = 256, seed: int = 0) -> torc
     ring = (torch.cos(r / 2.5) > 0).float()
     disc = r < min(height, width) * 0.3
     img = torch.where(disc[None], torch.stack([ring * 0.9, ring * 0.3 + 0.2, 0.8 - ring * 0.6]), img)
-    dots = torch.rand(height // 8, width // 8, generator=g) > 0.85
+    dots = torch.rand(-(-height // 8), -(-width // 8), generator=g) > 0.85
     dots = dots.repeat_interleave(8, 0).repeat_interleave(8, 1)[:height, :width] & ((xx % 8 < 3) & (yy % 8 < 3))
     return torch.where(dots[None], torch.tensor([1.0, 0.9, 0.1])[:, None, None], img).clamp(0, 1)
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from asaptrain import dist
 from asaptrain.config import Config
 from asaptrain.errors import UserError
 
@@ -55,12 +56,13 @@ def gradient_penalty(interp_outs: list[list[torch.Tensor]], interp: torch.Tensor
     return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
 
 
-def _grads_finite(params: list[torch.nn.Parameter]) -> bool:
+def _all_finite(loss: torch.Tensor, params: list[torch.nn.Parameter]) -> bool:
+    """Loss and gradients finite on every rank (one tiny all-reduce), so all ranks decide alike."""
     grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return True
-    norms = torch._foreach_norm(grads)
-    return bool(torch.isfinite(torch.stack(norms)).all())
+    bad = ~torch.isfinite(loss.detach().float())
+    if grads:
+        bad = bad | ~torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()
+    return not dist.any_true(bad)
 
 
 class GanStep:
@@ -115,7 +117,7 @@ class GanStep:
         self.d_opt.zero_grad(set_to_none=True)
         loss.backward()
         t2 = self._mark(timed)
-        ok = self._check("D", step, terms, self.d_params)
+        ok = self._check("D", step, terms, loss, self.d_params)
         if ok:
             self.d_opt.step()
         t3 = self._mark(timed)
@@ -155,7 +157,7 @@ class GanStep:
         for p in self.d_params:
             p.requires_grad_(True)
         t2 = self._mark(timed)
-        ok = self._check("G", step, terms, self.g_params)
+        ok = self._check("G", step, terms, loss, self.g_params)
         if ok:
             self.g_opt.step()
         t3 = self._mark(timed)
@@ -165,9 +167,9 @@ class GanStep:
         terms["g"] = loss
         return terms if ok else {}
 
-    def _check(self, phase: str, step: int, terms: dict[str, torch.Tensor], params) -> bool:
-        """Decide on the (DDP-reduced, hence rank-identical) gradients; name the local terms."""
-        if _grads_finite(params):
+    def _check(self, phase: str, step: int, terms: dict[str, torch.Tensor], loss, params) -> bool:
+        """Step only when loss and gradients are finite everywhere; otherwise name the terms."""
+        if _all_finite(loss, params):
             return True
         values = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
         if self.cfg.train.nonfinite == "skip":

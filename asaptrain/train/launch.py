@@ -67,7 +67,7 @@ def _worker(config: dict[str, Any]) -> None:
     import ray.train.torch
 
     from asaptrain.data.pipeline import iter_train_batches, to_model_batch, validation_set
-    from asaptrain.data.store import Store, resolve_dataset
+    from asaptrain.data.store import Store
     from asaptrain.train.loop import train_loop
 
     cfg = validate(from_dict(config["config"]))
@@ -83,10 +83,10 @@ def _worker(config: dict[str, Any]) -> None:
             checkpoint = load_file(os.path.join(d, STATE_FILE))
     start_step = checkpoint["step"] if checkpoint else 0
     per_worker = cfg.train.batch_size // dist.world_size()
-    batches = iter_train_batches(
-        ray.train.get_dataset_shard("train"), cfg, device, per_worker, epoch_seed=cfg.train.seed + start_step
+    batches = iter(iter_train_batches(
+        ray.train.get_dataset_shard("train"), cfg, device, per_worker, epoch_seed=cfg.train.seed + start_step)
     )
-    val = validation_set(cfg, resolve_dataset(cfg.data.dataset, store), device) if main else None
+    val = validation_set(cfg, store, device) if main else None
     train_loop(
         cfg, batches, to_model_batch, device, RayReporter(),
         run=RunFiles(store, config["name"], config["runs_prefix"]) if main else None,
@@ -156,7 +156,7 @@ def fit(
     from ray.train.torch import TorchTrainer
 
     from asaptrain.data.pipeline import train_dataset
-    from asaptrain.data.store import resolve_dataset, store_from_config
+    from asaptrain.data.store import store_from_config
 
     cfg = validate(cfg)
     store = store or store_from_config(cfg.storage)
@@ -188,7 +188,7 @@ def fit(
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
             callbacks=callbacks,
         ),
-        datasets={"train": train_dataset(cfg, resolve_dataset(cfg.data.dataset, store))},
+        datasets={"train": train_dataset(cfg, store)},
     )
     outcome: dict[str, Any] = {}
 

@@ -81,7 +81,7 @@ def build_state(cfg: Config, device: torch.device, wrap: Callable[[torch.nn.Modu
     return RunState(
         generator=G, discriminator=D, g_opt=g_opt, d_opt=d_opt,
         g_sched=torch.optim.lr_scheduler.LambdaLR(g_opt, f), d_sched=torch.optim.lr_scheduler.LambdaLR(d_opt, f),
-        schedule=build_schedule(cfg.curriculum, cfg.train.steps), ema=ema,
+        schedule=build_schedule(cfg.curriculum, cfg.train.steps, seed=cfg.train.seed), ema=ema,
     )
 
 
@@ -142,10 +142,11 @@ def train_loop(
     main = dist.is_main()
     state = build_state(cfg, device, wrap)
     if checkpoint is not None:
-        state.load_state_dict(checkpoint)
+        state.load_state_dict(checkpoint)  # also restores this process's RNG state
         if main and run is not None:
             run.truncate_after(state.step)
-    torch.manual_seed(t.seed * 1000 + dist.rank() + state.step)  # data/blur randomness per rank
+    else:
+        torch.manual_seed(t.seed * 1000 + dist.rank())  # dropout / penalty randomness differs per rank
     blur_rng = torch.Generator(device=device).manual_seed(t.seed * 7919 + dist.rank() * 104729 + state.step)
     step_fn = GanStep(
         cfg, state.generator, state.discriminator, state.g_opt, state.d_opt,
@@ -175,7 +176,7 @@ def train_loop(
         do_eval(0)
     while state.step < t.steps:
         step = state.step + 1
-        timed = step % t.log_every == 0 or step == 1
+        timed = step > 1 and (step % t.log_every == 0 or step == t.steps)  # step 1 is warm-up
         w0 = time.perf_counter()
         batch = next(batches)
         strength = state.schedule.strength(step)
@@ -193,7 +194,7 @@ def train_loop(
         state.step = step
         interval_steps += 1
         if result.losses:
-            losses = {f"loss/{k}": float(v) for k, v in result.losses.items()}
+            losses = {f"loss/{k}": float(v.detach()) for k, v in result.losses.items()}
         last = step == t.steps
         if step % cfg.eval.every == 0 or last:
             do_eval(step)
@@ -224,6 +225,9 @@ def train_loop(
         # Every report carries the latest validation numbers (Tune's schedulers need them in each).
         report.update({f"val_{k}": v for k, v in last_eval.items() if isinstance(v, float)})
         reporter.report(report, state.state_dict() if (ckpt and main) else None)
+    # A fingerprint of the weights on every rank: DDP replicas must stay identical.
+    checksums = dist.gather(sum(float(p.detach().double().sum()) for p in
+                                [*dist.unwrap(state.generator).parameters(), *dist.unwrap(state.discriminator).parameters()]))
     if main and run is not None:
         run.flush()
         steady = rates[1:] or rates
@@ -236,7 +240,7 @@ def train_loop(
             "data_wait_share": step_ms["data_wait"] / step_ms["total"] if step_ms["total"] else None,
             "gpu": device_name(device), "gpu_count": world if device.type == "cuda" else 0, "world_size": world,
             "batch_size": t.batch_size, "per_worker_batch": per_worker, "height": cfg.data.crop_height,
-            "width": cfg.data.crop_width, "precision": t.precision,
+            "width": cfg.data.crop_width, "precision": t.precision, "replica_checksums": checksums,
             "inference": _inference_rows(cfg, state, device),
         })
     return state

@@ -1,0 +1,256 @@
+"""`asaptrain data ls|verify|synth|cityscapes|gopro|folder` and `asaptrain bench ingest`.
+
+    asaptrain data synth --kind photos --count 500 --size 256x256 --out ./asaptrain-store/datasets/synth-photos
+    asaptrain data cityscapes --root /data/cityscapes --size 256x512 --out s3://bucket/datasets/cityscapes \\
+        --s3-endpoint http://minio:9000 --create-bucket --workers 8
+    asaptrain data verify s3://bucket/datasets/cityscapes --s3-endpoint http://minio:9000
+
+Converters resume: rerun the same command after an interruption and only missing shards are written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from asaptrain.cli.groups import bench, data, friendly_errors
+
+MAX_SKIPPED_SHOWN = 100
+
+
+def _parse_size(ctx, param, value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    try:
+        h, w = (int(v) for v in value.lower().split("x"))
+        if h < 1 or w < 1:
+            raise ValueError
+        return h, w
+    except ValueError:
+        raise click.BadParameter(f"expected HEIGHTxWIDTH in pixels, e.g. 256x512; got {value!r}") from None
+
+
+def _s3_endpoint_option(fn):
+    return click.option("--s3-endpoint", default=None, metavar="URL",
+                        help="S3-compatible endpoint (MinIO, Ceph, R2); credentials come from AWS_* variables "
+                             "or AWS_PROFILE.")(fn)
+
+
+def _convert_options(fn):
+    """Options every converter shares: where to write and how."""
+    fn = click.option("--create-bucket", is_flag=True, help="Create the S3 bucket if it does not exist.")(fn)
+    fn = click.option("--workers", type=click.IntRange(min=1), default=min(os.cpu_count() or 1, 8),
+                      show_default=True, help="Decode/encode worker processes.")(fn)
+    fn = click.option("--shard-mb", type=click.FloatRange(min=0.001), default=128.0, show_default=True,
+                      help="Target shard size in MB of encoded images.")(fn)
+    fn = _s3_endpoint_option(fn)
+    fn = click.option("--out", default=None, metavar="URI",
+                      help="Dataset directory to write: a path, file://... or s3://bucket/prefix "
+                           "[default: ./asaptrain-store/datasets/NAME, where the presets look].")(fn)
+    return fn
+
+
+def _run_conversion(plan, out: str | None, s3_endpoint: str | None, shard_mb: float, workers: int,
+                    create_bucket: bool, name: str) -> None:
+    from asaptrain.data.convert import convert
+    from asaptrain.data.store import DEFAULT_STORE, Store
+
+    store = Store.open(out or f"{DEFAULT_STORE}/datasets/{name}", s3_endpoint=s3_endpoint)
+    err = Console(stderr=True)
+    columns = (TextColumn("{task.description:>6}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err, transient=False) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(split: str, done: int, total: int) -> None:
+            if split not in tasks:
+                tasks[split] = bar.add_task(split, total=total)
+            bar.update(tasks[split], completed=done)
+
+        summary = convert(plan, store, target_bytes=int(shard_mb * 2**20), workers=workers, progress=progress,
+                          create_bucket=create_bucket)
+    _print_summary(summary)
+
+
+def _print_summary(summary) -> None:
+    console = Console()
+    table = Table(title=f"{summary.uri}  ({summary.task}, {summary.source})")
+    for col in ("split", "rows", "shards", "MB"):
+        table.add_column(col, justify="left" if col == "split" else "right")
+    for split, s in summary.splits.items():
+        table.add_row(split, str(s["rows"]), str(s["shards"]), f"{s['bytes'] / 1e6:.1f}")
+    console.print(table)
+    console.print(f"shards written {summary.written}, reused {summary.reused}, stale removed {summary.removed}; "
+                  f"{summary.seconds:.1f} s; manifest.json written")
+    for note in summary.notes:
+        console.print(f"note: {note}", soft_wrap=True)
+    if summary.skipped:
+        console.print(f"[yellow]skipped {len(summary.skipped)} files:[/yellow]")
+        for path, reason in summary.skipped[:MAX_SKIPPED_SHOWN]:
+            console.print(f"  {path}: {reason}", markup=False, highlight=False, soft_wrap=True)
+        if len(summary.skipped) > MAX_SKIPPED_SHOWN:
+            console.print(f"  ... and {len(summary.skipped) - MAX_SKIPPED_SHOWN} more "
+                          f"(each shard's list is in {summary.uri}/_parts/*.json)")
+    else:
+        console.print("skipped 0 files")
+
+
+@data.command("synth")
+@click.option("--kind", type=click.Choice(["scenes", "photos"]), required=True,
+              help="scenes: label maps + photos (labels2photo); photos: sharp images (deblur).")
+@click.option("--count", type=click.IntRange(min=1), default=200, show_default=True, help="Train samples.")
+@click.option("--val-count", type=click.IntRange(min=0), default=None, help="Val samples [default: count/10].")
+@click.option("--size", callback=_parse_size, default="128x256", show_default=True, metavar="HxW",
+              help="Image size in pixels.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same bytes.")
+@_convert_options
+@friendly_errors
+def synth_cmd(kind, count, val_count, size, seed, out, s3_endpoint, shard_mb, workers, create_bucket) -> None:
+    """Procedural street scenes or photos: everything runs with no download."""
+    from asaptrain.data.synth import synth_plan
+
+    _run_conversion(synth_plan(kind, count, size, seed, val_count), out, s3_endpoint, shard_mb, workers, create_bucket,
+                    f"synth-{kind}")
+
+
+@data.command("cityscapes")
+@click.option("--root", type=click.Path(file_okay=False), required=True,
+              help="Directory holding leftImg8bit/ and gtFine/ (official layout).")
+@click.option("--size", callback=_parse_size, default=None, metavar="HxW",
+              help="Resize (labels nearest, photos Lanczos); default keeps the source bytes.")
+@click.option("--splits", default="train,val", show_default=True,
+              help="Comma-separated splits (test's gtFine maps are placeholders).")
+@_convert_options
+@friendly_errors
+def cityscapes_cmd(root, size, splits, out, s3_endpoint, shard_mb, workers, create_bucket) -> None:
+    """Cityscapes label maps -> photos (labelIds kept exactly, instanceIds beside)."""
+    from asaptrain.data.sources import cityscapes_plan
+
+    wanted = tuple(s.strip() for s in splits.split(",") if s.strip())
+    bad = [s for s in wanted if s not in ("train", "val", "test")]
+    if bad:
+        raise click.BadParameter(f"unknown split(s) {bad}; use train, val, test", param_hint="--splits")
+    _run_conversion(cityscapes_plan(root, size, wanted), out, s3_endpoint, shard_mb, workers, create_bucket,
+                    "cityscapes")
+
+
+@data.command("gopro")
+@click.option("--root", type=click.Path(file_okay=False), required=True,
+              help="Directory holding train/ and test/ (SEQUENCE/blur, SEQUENCE/sharp).")
+@click.option("--size", callback=_parse_size, default=None, metavar="HxW", help="Resize both (Lanczos).")
+@_convert_options
+@friendly_errors
+def gopro_cmd(root, size, out, s3_endpoint, shard_mb, workers, create_bucket) -> None:
+    """GoPro blurred/sharp pairs; GoPro's test split becomes split 'val'."""
+    from asaptrain.data.sources import gopro_plan
+
+    _run_conversion(gopro_plan(root, size), out, s3_endpoint, shard_mb, workers, create_bucket, "gopro")
+
+
+@data.command("folder")
+@click.option("--root", type=click.Path(file_okay=False), required=True, help="Any tree of jpg/png/webp photos.")
+@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.05, show_default=True,
+              help="Share of images (by a hash of their path) in split 'val'.")
+@click.option("--size", callback=_parse_size, default=None, metavar="HxW", help="Resize every photo (Lanczos).")
+@_convert_options
+@friendly_errors
+def folder_cmd(root, val_fraction, size, out, s3_endpoint, shard_mb, workers, create_bucket) -> None:
+    """Sharp photos from any folder (blur is synthesized during training)."""
+    from asaptrain.data.sources import folder_plan
+
+    _run_conversion(folder_plan(root, val_fraction, size), out, s3_endpoint, shard_mb, workers, create_bucket,
+                    "folder")
+
+
+def _find_datasets(store) -> list[tuple[str, dict]]:
+    """(relative dir, manifest) of the dataset at ``store`` or up to two levels below it."""
+    from asaptrain.data.shards import MANIFEST, read_manifest
+
+    if store.exists(MANIFEST):
+        return [("", read_manifest(store))]
+    candidates = []
+    for rel in store.list():  # paths relative to the store root; datasets/ is where presets look
+        candidates += [rel] + (store.list(rel) if rel == "datasets" else [])
+    return [(rel, read_manifest(store.child(rel))) for rel in candidates if store.exists(f"{rel}/{MANIFEST}")]
+
+
+@data.command("ls")
+@click.argument("uri")
+@_s3_endpoint_option
+@friendly_errors
+def ls_cmd(uri, s3_endpoint) -> None:
+    """Rows and bytes per split of the dataset at URI (or of every dataset below it)."""
+    from asaptrain.data.store import Store, StoreError
+
+    store = Store.open(uri, s3_endpoint=s3_endpoint)
+    found = _find_datasets(store)
+    if not found:
+        raise StoreError(f"{store.uri_for()}: no manifest.json here or in the directories below it")
+    table = Table(title=store.uri_for())
+    for col in ("dataset", "task", "source", "split", "rows", "shards", "MB"):
+        table.add_column(col, justify="right" if col in ("rows", "shards", "MB") else "left",
+                         overflow="fold")
+    for rel, manifest in found:
+        for split, s in manifest["splits"].items():
+            table.add_row(rel or ".", manifest["task"], manifest.get("source", ""), split, str(s["rows"]),
+                          str(s["shards"]), f"{s['bytes'] / 1e6:.1f}")
+    Console().print(table)
+
+
+@data.command("verify")
+@click.argument("uri")
+@_s3_endpoint_option
+@click.option("--quick", is_flag=True, help="Check sizes and Parquet footers only, not sha256 (reads no shard whole).")
+@friendly_errors
+def verify_cmd(uri, s3_endpoint, quick) -> None:
+    """Check every shard against manifest.json (presence, size, sha256, Parquet footer); exit 1 on any problem."""
+    from asaptrain.data.shards import read_manifest, verify
+    from asaptrain.data.store import Store
+
+    store = Store.open(uri, s3_endpoint=s3_endpoint)
+    problems = verify(store, checksums=not quick)
+    if problems:
+        for problem in problems:
+            click.secho(f"problem: {problem}", fg="red", err=True)
+        click.echo(f"{len(problems)} problem(s) in {store.uri_for()}")
+        sys.exit(1)
+    manifest = read_manifest(store)
+    rows = sum(s["rows"] for s in manifest["splits"].values())
+    checked = "sizes and footers match" if quick else "all sha256 match"
+    click.echo(f"ok: {store.uri_for()}: {len(manifest['shards'])} shards, {rows} rows, {checked}")
+
+
+@bench.command("ingest")
+@click.argument("uri")
+@_s3_endpoint_option
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the numbers as JSON.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Read at most N rows.")
+@click.option("--threads", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default=True,
+              help="Decode threads of the threaded PIL pass.")
+@click.option("--decoders", default="pil,torchvision", show_default=True,
+              help="Comma-separated decoders to time (PIL is always timed: end-to-end uses it).")
+@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Passes per phase; the median is reported.")
+@friendly_errors
+def ingest_cmd(uri, s3_endpoint, json_path, limit, threads, decoders, repeats) -> None:
+    """Read-and-decode throughput (MB/s, images/s) of the dataset at URI."""
+    from asaptrain.bench_ingest import DECODERS, render, run
+    from asaptrain.data.store import Store
+
+    chosen = tuple(d.strip() for d in decoders.split(",") if d.strip())
+    unknown = sorted(set(chosen) - set(DECODERS))
+    if unknown:
+        raise click.BadParameter(f"unknown decoder(s) {unknown}; choose from {', '.join(DECODERS)}",
+                                 param_hint="--decoders")
+    result = run(Store.open(uri, s3_endpoint=s3_endpoint), limit=limit, threads=threads, decoders=chosen,
+                 repeats=repeats)
+    Console().print(render(result))
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(result, f, indent=1)
+        click.echo(f"wrote {json_path}")

@@ -1,0 +1,65 @@
+"""`asaptrain smoke` (the README's main command) and `asaptrain experiment` (the whole study)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from asaptrain.cli.groups import friendly_errors, main, store_options
+
+
+def _finish(outcome: dict) -> None:
+    from rich.console import Console
+
+    from asaptrain.cli.report_cmd import print_report
+    from asaptrain.cli.tune_cmd import print_sweep
+
+    console = Console()
+    if outcome["sweep"] and "trials" in outcome["sweep"]:
+        print_sweep(outcome["sweep"])
+    print_report(outcome["report"], console)
+    failed = [r for r in outcome["runs"] if r["status"] != "finished"]
+    for r in failed:
+        console.print(f"[red]{r['preset']}: {r['status']}: {r['error']}")
+    if outcome["sweep"] and outcome["sweep"].get("error"):
+        failed.append(outcome["sweep"])
+    console.print(f"[bold]report:[/bold] {outcome['report_uri']}   ({outcome['seconds']:.0f} s)")
+    sys.exit(1 if failed else 0)
+
+
+@main.command("smoke")
+@store_options
+@click.option("--steps", default=20, show_default=True, type=click.IntRange(min=2), help="Steps per run.")
+@click.option("--trials", default=2, show_default=True, type=click.IntRange(min=1), help="Sweep trials.")
+@click.option("--progress/--no-progress", default=True)
+@friendly_errors
+def smoke_cmd(store, s3_endpoint, steps, trials, progress) -> None:
+    """The whole pipeline on synthetic data, in minutes: convert, train the four *-smoke presets
+    under Ray Train, sweep the hybrid, aggregate, print the report."""
+    import ray
+
+    from asaptrain.config import StorageConfig
+    from asaptrain.experiment import run_study, smoke_plan
+    from asaptrain.train.launch import ensure_ray
+
+    ensure_ray()
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    plan = smoke_plan(store or StorageConfig().store, s3_endpoint, steps, trials, use_gpu=gpus > 0, gpus=gpus)
+    _finish(run_study(plan, progress=progress))
+
+
+@main.command("experiment")
+@store_options
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.FIELD=VALUE",
+              help="Override for every run, e.g. --set scaling.num_workers=8.")
+@click.option("--trials", default=16, show_default=True, type=click.IntRange(min=1), help="Sweep trials.")
+@click.option("--progress/--no-progress", default=True)
+@friendly_errors
+def experiment_cmd(store, s3_endpoint, overrides, trials, progress) -> None:
+    """The full study: train the four paper presets, sweep the hybrid, retrain its best config,
+    aggregate. Needs the converted datasets in the store (datasets/cityscapes, datasets/gopro)."""
+    from asaptrain.config import StorageConfig
+    from asaptrain.experiment import full_plan, run_study
+
+    _finish(run_study(full_plan(store or StorageConfig().store, s3_endpoint, list(overrides), trials), progress))

@@ -1,0 +1,425 @@
+"""The input pipeline: Parquet shards -> Ray Data -> decoded, cropped uint8 batches -> model tensors.
+
+Ray Data tasks (CPU) read only the columns the task needs, decode, resize, crop and flip, and
+hand over uint8 arrays; the training device does the rest (one-hot labels, synthetic blur,
+scaling to [-1, 1]), where it is cheap and a quarter of the bytes travel::
+
+    ds = train_dataset(cfg, store)                    # driver: TorchTrainer(datasets={"train": ds})
+    for batch in iter_train_batches(ray.train.get_dataset_shard("train"), cfg, device, batch_size):
+        x, y = to_model_batch(batch, cfg, schedule.strength(step))
+
+Dataset rows: ``target`` (H, W, 3) uint8; ``input`` (H, W) uint8 label ids (labels2photo) or
+(H, W, 3) uint8 stored blurred photo (absent when blur is synthesized); ``instance_edge``
+(H, W) uint8 0/1 with ``data.instance_edges``; ``key_id`` int64, a stable hash of the key
+(strings cannot reach ``iter_torch_batches``). torch is imported only where needed: decode
+tasks run numpy + PIL, so Ray's CPU workers skip torch's import (1.6 s, ~300 MB each).
+
+Randomness: shard files are shuffled per epoch from ``train.seed`` (Ray reseeds each
+execution); crops and flips draw from a generator keyed by (``train.seed``, the dataset's
+execution count, the row's key): reproducible for a seed, new every epoch. A restarted
+worker group re-executes the dataset, so its crops may differ from the lost run's.
+
+Bad data: an image that does not decode (or is smaller than the crop, or whose input and
+target sizes differ) is logged as a warning naming its shard and key, and skipped. Counts
+meet in one small Ray actor (``BadImageLog``, 0 CPUs) that a decode task calls only when it
+meets a bad image: the common path costs nothing, and ``data.max_bad_images`` holds across
+tasks, workers and epochs (an image counts once however often it is read). Past the limit
+the task raises :class:`DataError` listing every bad image, and the run stops.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import re
+import zlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterator
+
+import numpy as np
+import pyarrow.parquet as pq
+import ray
+from PIL import Image
+from ray.data import DataContext, FileShuffleConfig
+
+from asaptrain.config import Config
+from asaptrain.data.shards import read_manifest, shard_paths
+from asaptrain.data.store import resolve_dataset
+from asaptrain.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger("asaptrain.data")
+
+VAL_BLUR_SEED = 20180711
+"""Seed of the validation blur: fixed, so every run and model is scored on the same inputs."""
+MAP_BATCH_BYTES = 64 * 2**20
+"""Decoded bytes per ``map_batches`` call (its row count follows from the crop size)."""
+
+
+class DataError(UserError):
+    """Training data that cannot be used: the message names the shards and keys at fault."""
+
+
+class _BadImage(Exception):
+    pass
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+def key_id(key: str) -> int:
+    """A stable signed 64-bit id of a row key (the ``key_id`` column)."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little", signed=True)
+
+
+def _open(data: Any, what: str) -> Image.Image:
+    if data is None:
+        raise _BadImage(f"{what} is missing (NULL)")
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+        return img
+    except Exception as exc:  # PIL raises many types for damaged data
+        raise _BadImage(f"{what} does not decode ({type(exc).__name__}: {str(exc)[:80]})") from None
+
+
+def _nearest(a: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Nearest-neighbour resize of an (H, W) id map: ids never blend into other ids."""
+    rows = ((np.arange(height) + 0.5) * a.shape[0] / height).astype(np.int64)
+    cols = ((np.arange(width) + 0.5) * a.shape[1] / width).astype(np.int64)
+    return a[rows[:, None], cols[None, :]]
+
+
+def _edges(inst: np.ndarray) -> np.ndarray:
+    """pix2pixHD's instance boundaries: 1 where a pixel differs from a 4-neighbour."""
+    e = np.zeros(inst.shape, dtype=bool)
+    dx, dy = inst[:, 1:] != inst[:, :-1], inst[1:, :] != inst[:-1, :]
+    e[:, 1:] |= dx
+    e[:, :-1] |= dx
+    e[1:, :] |= dy
+    e[:-1, :] |= dy
+    return e.astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class Decoder:
+    """Turns one shard row into fixed-size uint8 arrays (the CPU half of the pipeline)."""
+
+    task: str
+    crop_height: int
+    crop_width: int
+    load_height: int = 0
+    load_width: int = 0
+    flip: bool = True
+    instance_edges: bool = False
+    stored_input: bool = False
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, cfg: Config, stored_input: bool) -> "Decoder":
+        d, labels = cfg.data, cfg.data.task == "labels2photo"
+        return cls(d.task, d.crop_height, d.crop_width, d.load_height, d.load_width, d.flip,
+                   d.instance_edges and labels, stored_input or labels, cfg.train.seed)
+
+    @property
+    def columns(self) -> list[str]:
+        return ["key", "target"] + ["input"] * self.stored_input + ["instance"] * self.instance_edges
+
+    def rng(self, epoch: int, key: str) -> np.random.Generator:
+        return np.random.default_rng((self.seed, epoch, zlib.crc32(key.encode())))
+
+    def row(self, row: dict[str, Any], rng: np.random.Generator | None) -> dict[str, np.ndarray]:
+        """Decode, resize, crop (random with ``rng``, centred without) and flip one row."""
+        target = _open(row["target"], "target")
+        w, h = target.size
+        lw, lh = self.load_width, self.load_height
+        if lw or lh:  # one of them set: keep the aspect ratio
+            w, h = lw or max(1, round(w * lh / h)), lh or max(1, round(h * lw / w))
+        ch, cw = self.crop_height, self.crop_width
+        if h < ch or w < cw:
+            raise _BadImage(f"{w}x{h} (after resizing) is smaller than the crop {cw}x{ch}: "
+                            "set data.load_width/load_height or a smaller crop")
+        top, left = (int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))) if rng \
+            else ((h - ch) // 2, (w - cw) // 2)
+        flip = rng is not None and self.flip and rng.random() < 0.5
+
+        def photo(img: Image.Image) -> np.ndarray:
+            img = img.convert("RGB") if img.mode != "RGB" else img
+            img = img.resize((w, h), Image.BICUBIC) if img.size != (w, h) else img
+            return np.asarray(img.crop((left, top, left + cw, top + ch)))
+
+        def ids(img: Image.Image, margin: int = 0) -> np.ndarray:
+            a = np.asarray(img)
+            if a.ndim != 2:
+                raise _BadImage(f"label/instance map has mode {img.mode}: store one id per pixel (labelIds PNG)")
+            a = _nearest(a, h, w) if a.shape != (h, w) else a
+            return a[max(top - margin, 0): top + ch + margin, max(left - margin, 0): left + cw + margin]
+
+        out = {"target": photo(target)}
+        if self.stored_input:
+            inp = _open(row.get("input"), "input")
+            if inp.size != target.size:
+                raise _BadImage(f"input {inp.size[0]}x{inp.size[1]} and target "
+                                f"{target.size[0]}x{target.size[1]} differ in size")
+            out["input"] = photo(inp) if self.task == "deblur" else np.clip(ids(inp), 0, 255).astype(np.uint8)
+        if self.instance_edges:
+            inst = ids(_open(row.get("instance"), "instance"), margin=1).astype(np.int64)
+            oy, ox = min(top, 1), min(left, 1)  # edges on the crop border see the pixel beyond it
+            out["instance_edge"] = _edges(inst)[oy: oy + ch, ox: ox + cw]
+        return {k: np.ascontiguousarray(v[:, ::-1] if flip else v) for k, v in out.items()}
+
+    def stack(self, rows: list[dict[str, np.ndarray]], ids: list[int]) -> dict[str, np.ndarray]:
+        """Rows -> one batch; zero rows (all bad) still give every column, with length 0."""
+        h, w = self.crop_height, self.crop_width
+        shapes = {"target": (h, w, 3), "input": (h, w, 3) if self.task == "deblur" else (h, w),
+                  "instance_edge": (h, w)}
+        names = ["target"] + ["input"] * self.stored_input + ["instance_edge"] * self.instance_edges
+        out = {k: np.stack([r[k] for r in rows]) if rows else np.zeros((0, *shapes[k]), np.uint8) for k in names}
+        out["key_id"] = np.asarray(ids, dtype=np.int64)
+        return out
+
+
+def _decode(decoder: Decoder, items, epoch: int | None, report, limit: int, want: int | None = None):
+    """Decode (shard, row) items into one batch (random crops for an ``epoch``, centred for None).
+
+    Bad rows are logged and handed to ``report``, which returns the list to fail with, or None.
+    """
+    rows, ids, bad = [], [], []
+    for shard, row in items:
+        if want is not None and len(rows) == want:
+            break
+        key = str(row["key"])
+        try:
+            rows.append(decoder.row(row, None if epoch is None else decoder.rng(epoch, key)))
+            ids.append(key_id(key))
+        except _BadImage as exc:
+            log.warning("skipping bad image: shard %s key %r: %s", shard, key, exc)
+            bad.append({"shard": shard, "key": key, "reason": str(exc)})
+    if bad and (over := report(bad)) is not None:
+        shown = "; ".join(f"{e['shard']} key {e['key']!r}: {e['reason']}" for e in over[:20])
+        more = f" (and {len(over) - 20} more)" if len(over) > 20 else ""
+        raise DataError(f"{len(over)} bad images, more than data.max_bad_images={limit}: {shown}{more}. "
+                        "Fix or reconvert those shards (`asaptrain data verify`), or raise data.max_bad_images")
+    return decoder.stack(rows, ids)
+
+
+def _stored_input(paths: list[str], fs) -> bool:
+    """Whether a deblur dataset stores blurred inputs (its first shard's input_format is set)."""
+    pf = pq.ParquetFile(paths[0], filesystem=fs)
+    fmt = pf.read_row_group(0, columns=["input_format"]).column(0) if pf.num_row_groups else None
+    return fmt is not None and fmt.null_count < len(fmt)
+
+
+# ----------------------------------------------------------------------------- Ray Data
+
+
+@ray.remote(num_cpus=0)
+class BadImageLog:
+    """Distinct bad images (by shard and key) seen by every decode task of one dataset."""
+
+    def __init__(self, limit: int):
+        self.limit, self.seen = limit, {}
+
+    def add(self, entries: list[dict[str, str]]) -> list[dict[str, str]] | None:
+        """Record entries; returns all recorded ones once past the limit, else None."""
+        for e in entries:
+            self.seen.setdefault((e["shard"], e["key"]), e)
+        return list(self.seen.values()) if len(self.seen) > self.limit else None
+
+    def entries(self) -> list[dict[str, str]]:
+        return list(self.seen.values())
+
+
+def new_bad_image_log(limit: int):
+    """A fresh bad-image counter actor (0 CPUs) allowing ``limit`` distinct bad images."""
+    return BadImageLog.remote(limit)
+
+
+def bad_images(bad_log) -> list[dict[str, str]]:
+    """The bad images a log has recorded: dicts with shard, key, reason."""
+    return ray.get(bad_log.entries.remote())
+
+
+def _decode_batch(batch: dict[str, np.ndarray], decoder: Decoder, bad_log, limit: int, scheme: str):
+    """The map_batches function: encoded rows in, decoded uint8 rows out, bad rows skipped."""
+
+    epoch = getattr(DataContext.get_current(), "_execution_idx", 0)  # counts this dataset's executions
+    items = ((scheme + str(batch["path"][i]), {c: batch[c][i] for c in decoder.columns})
+             for i in range(len(batch["key"])))
+    return _decode(decoder, items, epoch, lambda bad: ray.get(bad_log.add.remote(bad)), limit)
+
+
+def train_dataset(cfg: Config, store, bad_log=None, ds_store=None):
+    """A lazy Ray Dataset of decoded training rows of ``cfg.data.dataset`` (relative to ``store``).
+
+    ``ds_store`` gives the shard directory directly instead (a Store). ``bad_log``
+    (``new_bad_image_log``) lets the caller read the skipped images; by default each dataset
+    gets its own.
+    """
+
+    ds_store = ds_store or resolve_dataset(cfg.data.dataset, store)
+    paths = shard_paths(ds_store, "train")
+    decoder = Decoder.from_config(cfg, cfg.data.task == "deblur" and _stored_input(paths, ds_store.fs))
+    bad_log = bad_log if bad_log is not None else new_bad_image_log(cfg.data.max_bad_images)
+    ds = ray.data.read_parquet(paths, filesystem=ds_store.fs, columns=decoder.columns, include_paths=True,
+                               shuffle=FileShuffleConfig(seed=cfg.train.seed))
+    rows = max(1, min(256, MAP_BATCH_BYTES // (cfg.data.crop_height * cfg.data.crop_width * 8)))
+    return ds.map_batches(_decode_batch, batch_format="numpy", batch_size=rows, fn_kwargs={
+        "decoder": decoder, "bad_log": bad_log, "limit": cfg.data.max_bad_images,
+        "scheme": "s3://" if ds_store.is_s3 else ""})
+
+
+class TrainBatches:
+    """One worker's training batches, epoch after epoch (``epoch``, ``batch_in_epoch`` say where)."""
+
+    def __init__(self, ds_shard, cfg: Config, device, batch_size: int, epoch_seed: int = 0,
+                 start_epoch: int = 0, epochs: int | None = None):
+        import torch
+
+        self.ds, self.cfg, self.batch_size, self.epoch_seed = ds_shard, cfg, batch_size, epoch_seed
+        self.device = "auto" if isinstance(device, str) and device == "auto" else str(torch.device(device))
+        self.epoch, self.end, self.batch_in_epoch = start_epoch, None if epochs is None else start_epoch + epochs, 0
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        while self.end is None or self.epoch < self.end:
+            self.batch_in_epoch = 0
+            try:
+                for batch in self.ds.iter_torch_batches(
+                    batch_size=self.batch_size, prefetch_batches=self.cfg.data.prefetch_batches,
+                    local_shuffle_buffer_size=self.cfg.data.shuffle_buffer_rows or None,
+                    local_shuffle_seed=self.epoch_seed + self.epoch, drop_last=True, device=self.device,
+                ):
+                    self.batch_in_epoch += 1
+                    yield batch
+            except Exception as exc:
+                # Ray Data wraps a map task's exception in UserCodeException and only the text
+                # of a DataError reaches this process: recover it, so callers see a DataError.
+                found = re.search(r"DataError: (.+)", str(exc))
+                if found is None:
+                    raise
+                raise DataError(found.group(1)) from None
+            if self.batch_in_epoch == 0:
+                raise DataError(f"epoch {self.epoch} gave this worker no full batch of {self.batch_size} rows "
+                                f"from {self.cfg.data.dataset!r}: lower train.batch_size or add data")
+            self.epoch += 1
+
+
+def iter_train_batches(ds_shard, cfg: Config, device, batch_size: int, epoch_seed: int = 0,
+                       start_epoch: int = 0, epochs: int | None = None) -> TrainBatches:
+    """Batches of ``batch_size`` rows (dicts of tensors on ``device``) from a dataset or its shard
+    (``ray.train.get_dataset_shard``), re-iterated each epoch; endless unless ``epochs`` is set."""
+    return TrainBatches(ds_shard, cfg, device, batch_size, epoch_seed, start_epoch, epochs)
+
+
+# ----------------------------------------------------------------------------- model tensors
+
+
+def _unit(images: torch.Tensor) -> torch.Tensor:
+    """(B, H, W, 3) uint8 -> (B, 3, H, W) float32 in [-1, 1]."""
+    return images.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+
+
+def to_model_batch(batch: dict[str, torch.Tensor], cfg: Config, blur_strength: float | torch.Tensor | None,
+                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generator input ``x`` and target ``y`` (NCHW float32 in [-1, 1]) on the batch's device.
+
+    labels2photo: ``x`` is one-hot over ``data.num_labels`` channels (ids outside the range get
+    no channel: all zeros), plus the instance-edge channel last with ``data.instance_edges``.
+    deblur: ``x`` is the stored blurred photo when the dataset has one, else the target blurred
+    with fresh kernels at ``blur_strength`` (float or per-sample tensor), then noise/JPEG when
+    ``data.blur_noise_std`` / ``data.blur_jpeg_quality`` are set.
+    """
+    import torch
+
+    from asaptrain.data.blur import Degrade, apply_blur, random_kernels
+
+    d, y = cfg.data, _unit(batch["target"])
+    if d.task == "labels2photo":
+        ids = batch["input"].long()
+        onehot = torch.zeros(ids.shape[0], d.num_labels, *ids.shape[1:], device=ids.device)
+        onehot.scatter_(1, ids.clamp(0, d.num_labels - 1)[:, None], (ids < d.num_labels)[:, None].float())
+        if d.instance_edges:
+            onehot = torch.cat([onehot, batch["instance_edge"][:, None].float()], dim=1)
+        return onehot, y
+    if "input" in batch:
+        return _unit(batch["input"]), y
+    if blur_strength is None:
+        raise ValueError("to_model_batch needs a blur_strength: this dataset stores no blurred inputs")
+    sharp = batch["target"].permute(0, 3, 1, 2).float() / 255
+    kernels = random_kernels(sharp.shape[0], blur_strength, generator=generator, device=sharp.device)
+    blurred = apply_blur(sharp, kernels).clamp_(0, 1)
+    degrade = Degrade(d.blur_noise_std, d.blur_jpeg_quality)
+    return (degrade(blurred, generator) if degrade.enabled else blurred) * 2 - 1, y
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _shard_rows(fs, paths: list[str], columns: list[str], backwards: bool) -> Iterator[tuple[str, dict]]:
+    """(path, row) of the shards in order, or from the last row back; one row group in memory."""
+    order = (lambda seq: list(reversed(seq))) if backwards else list
+    for path in order(paths):
+        pf = pq.ParquetFile(path, filesystem=fs)
+        for g in order(range(pf.num_row_groups)):
+            for row in order(pf.read_row_group(g, columns=columns).to_pylist()):
+                yield path, row
+
+
+def validation_raw(cfg: Config, store, max_images: int | None = None) -> dict[str, torch.Tensor]:
+    """The fixed validation subset as uint8 CPU tensors (rows like ``train_dataset``'s).
+
+    ``eval.images`` rows (fewer with ``max_images``): the first of split "val", or the last of
+    "train" when there is no val split (validation then overlaps training: a warning says so).
+    Centre crops, no flips. Deblur rows without a stored blurred photo get ``input`` blurred
+    here, image i by a generator seeded from (VAL_BLUR_SEED, i) at ``eval.blur_strength``, and
+    rounded to uint8 like a stored one: every call, run and model sees the same inputs.
+    """
+    import torch
+
+    from asaptrain.data.blur import Degrade, apply_blur, random_kernels
+
+    ds_store = resolve_dataset(cfg.data.dataset, store)
+    has_val = read_manifest(ds_store)["splits"].get("val", {}).get("rows", 0) > 0
+    if not has_val:
+        log.warning("%s has no val split: validating on the last rows of train", ds_store.uri_for())
+    paths = shard_paths(ds_store, "val" if has_val else "train")
+    decoder = Decoder.from_config(cfg, cfg.data.task == "deblur" and _stored_input(paths, ds_store.fs))
+    items = ((ds_store.uri_for(p.rsplit("/", 1)[-1]), row)
+             for p, row in _shard_rows(ds_store.fs, paths, decoder.columns, backwards=not has_val))
+    limit, want = cfg.data.max_bad_images, min(cfg.eval.images, max_images or cfg.eval.images)
+    batch = _decode(decoder, items, None, lambda bad: bad if len(bad) > limit else None, limit, want=want)
+    if not len(batch["key_id"]):
+        raise DataError(f"no usable validation images in {ds_store.uri_for()}")
+    out = {k: torch.from_numpy(v if has_val else v[::-1].copy()) for k, v in batch.items()}
+    if "input" not in out:
+        degrade, blurred = Degrade(cfg.data.blur_noise_std, cfg.data.blur_jpeg_quality), []
+        for i, img in enumerate(out["target"]):
+            g = torch.Generator().manual_seed(VAL_BLUR_SEED * 1_000_003 + i)
+            b = apply_blur(img.permute(2, 0, 1)[None] / 255, random_kernels(1, cfg.eval.blur_strength, generator=g))
+            b = degrade(b.clamp(0, 1), g) if degrade.enabled else b.clamp(0, 1)
+            blurred.append((b[0].permute(1, 2, 0) * 255).round().to(torch.uint8))
+        out["input"] = torch.stack(blurred)
+    return out
+
+
+def validation_batches(cfg: Config, store, device=None, batch_size: int | None = None,
+                       max_images: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The subset of ``validation_set``, ``(x, y)`` per ``eval.batch_size`` images: for sets whose
+    one-hot inputs would not fit in memory at once (500 Cityscapes maps at 256x512: 9 GB)."""
+    raw = validation_raw(cfg, store, max_images)
+    step = batch_size or cfg.eval.batch_size
+    for i in range(0, len(raw["target"]), step):
+        yield to_model_batch({k: v[i: i + step].to(device or "cpu") for k, v in raw.items()}, cfg, None)
+
+
+def validation_set(cfg: Config, store, device=None, max_images: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x, y)`` of the fixed validation subset on ``device``, as ``to_model_batch`` makes them."""
+    return next(validation_batches(cfg, store, device, batch_size=2**31, max_images=max_images))
+
+
+__all__ = ["DataError", "Decoder", "train_dataset", "iter_train_batches", "TrainBatches", "to_model_batch",
+           "validation_set", "validation_batches", "validation_raw", "new_bad_image_log", "bad_images",
+           "key_id", "VAL_BLUR_SEED"]

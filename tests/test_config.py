@@ -1,0 +1,119 @@
+"""Config tree: presets, TOML round trip, --set overrides and their errors, `config show`."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from asaptrain.cli import main
+from asaptrain.config import (
+    Config,
+    ConfigError,
+    apply_overrides,
+    field_docs,
+    from_dict,
+    load_config,
+    load_toml,
+    to_toml,
+)
+from asaptrain.presets import PRESETS, SMOKE_PRESETS, get_preset
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_every_preset_validates_and_round_trips(name, tmp_path):
+    cfg = get_preset(name)
+    path = tmp_path / "c.toml"
+    path.write_text(to_toml(cfg))
+    assert load_toml(path) == cfg
+
+
+def test_every_field_has_a_docstring():
+    import dataclasses
+
+    for section in dataclasses.fields(Config):
+        docs = field_docs(section.type if isinstance(section.type, type) else type(getattr(Config(), section.name)))
+        names = [f.name for f in dataclasses.fields(getattr(Config(), section.name))]
+        assert set(names) <= set(docs), f"[{section.name}] fields without docstring: {set(names) - set(docs)}"
+
+
+def test_smoke_presets_are_tiny_and_cover_every_model():
+    models = {get_preset(n).model.name for n in SMOKE_PRESETS}
+    assert models == {"asapnet", "pix2pixhd", "deblurgan", "hybrid"}
+    for name in SMOKE_PRESETS:
+        cfg = get_preset(name)
+        assert cfg.train.steps <= 50 and cfg.data.crop_height * cfg.data.crop_width <= 64 * 128
+
+
+def test_paper_values_in_presets():
+    asap = get_preset("asapnet-cityscapes")
+    assert (asap.optim.g_lr, asap.optim.d_lr, asap.optim.beta1, asap.optim.beta2) == (1e-4, 4e-4, 0.0, 0.9)
+    assert asap.loss.gan == "hinge" and asap.model.tile_size == 16 and asap.train.batch_size == 32
+    deblur = get_preset("deblurgan-gopro")
+    assert deblur.loss.gan == "wgan-gp" and deblur.optim.d_steps == 5 and deblur.loss.perceptual_weight == 100
+    hybrid = get_preset("hybrid-deblur")
+    # The published hybrid's failure causes are all set to the sound choice.
+    assert hybrid.model.residual and hybrid.model.mlp_input == "all" and hybrid.model.tile_size <= 16
+    assert hybrid.model.lowres_norm in ("none", "spectral") and hybrid.model.padding == "reflect"
+
+
+def test_overrides_are_typed():
+    cfg = apply_overrides(get_preset("deblurgan-smoke"), ["train.steps=7", "optim.g_lr=3e-4", "loss.gan=hinge",
+                                                          "scaling.resources_per_worker={CPU = 2}", "train.compile=true"])
+    assert cfg.train.steps == 7 and cfg.optim.g_lr == 3e-4 and cfg.loss.gan == "hinge"
+    assert cfg.scaling.resources_per_worker == {"CPU": 2.0} and cfg.train.compile is True
+
+
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("train.steps=ten", ["train.steps", "integer"]),
+        ("loss.gan=bce", ["loss.gan", "'hinge'", "'lsgan'", "'wgan-gp'"]),
+        ("train.nosuch=1", ["unknown field train.nosuch", "steps"]),
+        ("nosuch.x=1", ["unknown section [nosuch]"]),
+        ("optim.g_lr=-1", ["optim.g_lr must be > 0"]),
+        ("train.batch_size=3", ["train.batch_size=3", "scaling.num_workers"]),
+        ("steps=3", ["section.field=value"]),
+    ],
+)
+def test_bad_overrides_name_the_field(override, words):
+    overrides = [override] if override != "train.batch_size=3" else ["scaling.num_workers=2", override]
+    with pytest.raises(ConfigError) as err:
+        apply_overrides(get_preset("deblurgan-smoke"), overrides)
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_model_task_mismatch_is_an_error():
+    with pytest.raises(ConfigError, match="data.task"):
+        from_dict({"model": {"name": "asapnet"}}, get_preset("deblurgan-smoke"))
+        load_config("deblurgan-smoke", overrides=["model.name=asapnet"])
+    with pytest.raises(ConfigError, match="data.task"):
+        load_config("deblurgan-smoke", overrides=["model.name=asapnet"])
+
+
+def test_unknown_preset_lists_the_presets():
+    with pytest.raises(ConfigError, match="hybrid-smoke"):
+        get_preset("nope")
+
+
+def test_config_show_cli(tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(main, ["config", "show", "hybrid-smoke", "--set", "train.steps=3"])
+    assert res.exit_code == 0, res.output
+    path = tmp_path / "hybrid.toml"
+    path.write_text(res.output + "# my note\n")
+    assert load_toml(path).train.steps == 3
+    again = runner.invoke(main, ["config", "show", "--config", str(path)])
+    assert again.exit_code == 0 and again.output == path.read_text()  # printed unchanged
+    bad = runner.invoke(main, ["config", "show", "hybrid-smoke", "--set", "loss.gan=x"])
+    assert bad.exit_code == 2 and "loss.gan must be one of" in bad.output
+
+
+def test_bad_toml_file_is_named(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("[train]\nsteps = 'x'\n")
+    with pytest.raises(ConfigError, match=r"train.steps must be an integer"):
+        load_toml(path)
+    path.write_text("[train\n")
+    with pytest.raises(ConfigError, match="bad.toml is not valid TOML"):
+        load_toml(path)

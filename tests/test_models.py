@@ -1,0 +1,303 @@
+"""The four generators and discriminators: shapes, gradients, parameter counts, ASAP-Net's fast
+pixelwise MLP against a per-pixel loop, and the hybrid against the published failure modes."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from asaptrain.config import ConfigError
+from asaptrain.models import (
+    ASAPNetConfig, ASAPNetGenerator, DeblurGANConfig, DeblurGANGenerator, HybridConfig, HybridGenerator,
+    Pix2PixHDConfig, ResnetBlock, asapnet_discriminator, deblurgan_discriminator, hybrid_discriminator, pix2pixhd_discriminator,
+    pix2pixhd_generator, published_failure, tile_coordinates,
+)
+from asaptrain.models.asapnet import TentDownsample
+from asaptrain.nets import (
+    build_discriminator, build_generator, discriminator_in_channels, generator_config, generator_in_channels,
+)
+from asaptrain.presets import SMOKE_PRESETS, get_preset
+
+TINY_LOWRES = dict(lowres_width=8, lowres_max_channels=16, lowres_blocks=1, mlp_width=8)
+
+
+def tiny_asap(**kw) -> ASAPNetConfig:
+    base = dict(in_channels=5, tile_size=8, lowres_downsample=4, mlp_depth=3, **TINY_LOWRES)
+    return ASAPNetConfig(**{**base, **kw})
+
+
+def tiny_hybrid(**kw) -> HybridConfig:
+    return dataclasses.replace(HybridConfig(tile_size=8, lowres_downsample=4, mlp_depth=3, **TINY_LOWRES), **kw)
+
+
+def tiny_generators():
+    yield "asapnet", ASAPNetGenerator(tiny_asap(mlp_input="all_but_last")), 5, 8
+    yield "hybrid", HybridGenerator(tiny_hybrid()), 3, 8
+    yield "pix2pixhd", pix2pixhd_generator(Pix2PixHDConfig(in_channels=5, ngf=4, downsamplings=2, residual_blocks=1)), 5, 4
+    yield "pix2pixhd-local", pix2pixhd_generator(Pix2PixHDConfig(
+        in_channels=5, ngf=4, downsamplings=2, residual_blocks=1, local_enhancers=1, local_residual_blocks=1)), 5, 8
+    yield "deblurgan", DeblurGANGenerator(DeblurGANConfig(ngf=4, residual_blocks=1, dropout=0.5)), 3, 4
+
+
+def tiny_discriminators():
+    yield "asapnet", asapnet_discriminator(5, ndf=4, num_d=2, n_layers=4), 5
+    yield "hybrid", hybrid_discriminator(True, ndf=4, num_d=2), 3
+    yield "pix2pixhd", pix2pixhd_discriminator(5, ndf=4, num_d=2, n_layers=3), 5
+    yield "deblurgan", deblurgan_discriminator(0, ndf=4), 0
+
+
+def random_input(b: int, c: int, h: int, w: int) -> torch.Tensor:
+    return torch.rand(b, c, h, w) * 2 - 1
+
+
+@pytest.mark.parametrize("name,G,cin,mult", list(tiny_generators()), ids=lambda v: v if isinstance(v, str) else "")
+def test_generator_shapes_and_gradients(name, G, cin, mult):
+    for b, (h, w) in ((1, (2 * mult, 4 * mult)), (3, (4 * mult, 2 * mult)), (2, (32, 64))):
+        y = G(random_input(b, cin, h, w))
+        assert y.shape == (b, 3, h, w), name
+        assert y.min() >= -1 and y.max() <= 1
+    G.zero_grad()
+    G(random_input(2, cin, 32, 32)).square().mean().backward()
+    for pname, p in G.named_parameters():
+        assert p.grad is not None, f"{name}: {pname} got no gradient"
+        assert torch.isfinite(p.grad).all()
+        if p.dim() > 1:  # conv biases right before instance norm get an exactly-zero gradient
+            assert p.grad.abs().sum() > 0, f"{name}: {pname} got a zero gradient"
+
+
+@pytest.mark.parametrize("name,D,cond", list(tiny_discriminators()), ids=lambda v: v if isinstance(v, str) else "")
+def test_discriminator_shapes_and_gradients(name, D, cond):
+    for b, (h, w) in ((1, (32, 32)), (2, (64, 32))):
+        outs = D(random_input(b, 3, h, w), random_input(b, cond, h, w) if cond else None)
+        assert len(outs) == D.cfg.num_d
+        for scale, feats in enumerate(outs):
+            assert len(feats) == D.cfg.strided + 2  # strided convs, one stride-1 conv, logits
+            assert feats[-1].shape[:2] == (b, 1)
+        if D.cfg.num_d > 1:
+            assert outs[1][-1].shape[-1] < outs[0][-1].shape[-1]
+    D.zero_grad()
+    outs = D(random_input(2, 3, 32, 32), random_input(2, cond, 32, 32) if cond else None)
+    sum(f.square().mean() for scale in outs for f in scale).backward()
+    for pname, p in D.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), f"{name}: {pname}"
+
+
+def test_conditional_discriminator_needs_cond_and_unconditional_ignores_it():
+    with pytest.raises(ValueError, match="cond"):
+        asapnet_discriminator(5, ndf=4)(random_input(1, 3, 32, 32))
+    D = deblurgan_discriminator(0, ndf=4)
+    x = random_input(1, 3, 32, 32)
+    assert torch.equal(D(x)[0][-1], D(x, random_input(1, 3, 32, 32))[0][-1])
+
+
+def _count(cfg) -> int:
+    with torch.device("meta"):
+        return sum(p.numel() for p in build_generator(cfg).parameters())
+
+
+def test_parameter_counts_match_the_papers():
+    asap = get_preset("asapnet-cityscapes")
+    assert generator_in_channels(asap) == 36 and discriminator_in_channels(asap) == 39
+    assert _count(asap) == pytest.approx(83.2e6, rel=0.02)
+    p2p = get_preset("pix2pixhd-cityscapes")
+    assert generator_in_channels(p2p) == 36
+    assert _count(p2p) == pytest.approx(182.55e6, rel=0.02)
+    # The paper's two-conv ResNet block (the reference code's one-conv block has 6.07 M).
+    assert _count(get_preset("deblurgan-gopro")) == pytest.approx(11.38e6, rel=0.01)
+    assert generator_config(asap).mlp_input == "all_but_last"
+
+
+def naive_asapnet(G: ASAPNetGenerator, x: torch.Tensor) -> torch.Tensor:
+    """Per-pixel loop: each pixel runs its cell's MLP on [input, sin/cos coordinates]."""
+    cfg, S = G.cfg, G.cfg.tile_size
+    params = G.lowres(x)  # (B, H/S, W/S, P)
+    xm = G.mlp_input(x)
+    B, _, H, W = x.shape
+    dims = G.mlp.dims
+    out = torch.zeros(B, cfg.out_channels, H, W, dtype=torch.float64)
+    for b in range(B):
+        for i in range(H):
+            for j in range(W):
+                feats = [xm[b, :, i, j].double()]
+                f = S
+                while f > 1:  # ASAP-Net's encoding over the whole image, not per tile
+                    ax, ay = 2 * math.pi * (j % f) / f, 2 * math.pi * (i % f) / f
+                    feats.append(torch.tensor([math.cos(ax), math.sin(ax), math.cos(ay), math.sin(ay)], dtype=torch.float64))
+                    f //= 2
+                h = torch.cat(feats)
+                p = params[b, i // S, j // S].double()
+                off = 0
+                for layer, (cin, cout) in enumerate(zip(dims, dims[1:])):
+                    w = p[off:off + cin * cout].view(cin, cout)
+                    off += cin * cout
+                    h = h @ w + p[off:off + cout]
+                    off += cout
+                    h = torch.nn.functional.leaky_relu(h, 0.01) if layer < len(dims) - 2 else torch.tanh(h)
+                out[b, :, i, j] = h
+    return out
+
+
+@pytest.mark.parametrize("mlp_input", ["all", "all_but_last"])
+def test_fast_pixelwise_mlp_equals_per_pixel_loop(mlp_input):
+    torch.manual_seed(0)
+    G = ASAPNetGenerator(tiny_asap(tile_size=4, lowres_downsample=2, mlp_input=mlp_input, init="hyper"))
+    with torch.no_grad():
+        G.lowres.head.weight.mul_(30)  # make the predicted MLPs far from trivial
+        x = random_input(2, 5, 8, 12)
+        fast = G(x).double()
+        assert fast.std() > 0.05
+        torch.testing.assert_close(fast, naive_asapnet(G, x), rtol=1e-4, atol=1e-5)
+
+
+def test_coordinates_are_the_periodic_encoding():
+    c = tile_coordinates(16)
+    assert c.shape == (16, 16, 16)  # 4 * log2(16) channels
+    assert torch.allclose(c[3, 5, :4], torch.tensor([math.cos(2 * math.pi * 5 / 16), math.sin(2 * math.pi * 5 / 16),
+                                                     math.cos(2 * math.pi * 3 / 16), math.sin(2 * math.pi * 3 / 16)]))
+    assert torch.allclose(c[0, 1, -4:], torch.tensor([-1.0, 0.0, 1.0, 0.0]), atol=1e-6)  # period 2
+
+
+def test_tent_downsample_shrinks_and_keeps_constants():
+    t = TentDownsample(4, 3)
+    y = t(torch.full((1, 3, 32, 48), 0.3))
+    assert y.shape == (1, 3, 8, 12)
+    assert torch.allclose(y, torch.full_like(y, 0.3), atol=1e-6)
+    G = ASAPNetGenerator(tiny_asap(tile_size=16, lowres_downsample=4))  # shrink by 4 first
+    assert G(random_input(1, 5, 32, 48)).shape == (1, 3, 32, 48)
+
+
+def test_channels_last_and_bf16_match_fp32():
+    G = HybridGenerator(tiny_hybrid(init="hyper", last_layer_scale=1.0)).eval()
+    x = random_input(2, 3, 32, 48)
+    ref = G(x)
+    torch.testing.assert_close(G(x.contiguous(memory_format=torch.channels_last)), ref, rtol=1e-4, atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = G(x)
+    assert (low.float() - ref).abs().max() < 0.05
+
+
+def test_hybrid_starts_as_identity_and_every_channel_matters():
+    torch.manual_seed(1)
+    G = HybridGenerator(tiny_hybrid())
+    x = random_input(2, 3, 32, 32) * 0.8  # stay off the clamp
+    y = G(x)
+    assert (y - x).abs().max() < 0.05, "with the residual on, G(x) ~ x at init"
+    delta = y - x
+    for c in range(3):
+        x2 = x.clone()
+        x2[:, c, 8:12, 8:12] += 0.1
+        changed = (G(x2) - x2 - delta)[:, :, 8:12, 8:12].abs().max()
+        assert changed > 1e-5, f"input channel {c} does not reach the learned part of the output"
+
+
+def _tile_spread(y: torch.Tensor, S: int) -> float:
+    """Largest difference between any tile and the first one."""
+    B, C, H, W = y.shape
+    tiles = y.reshape(B, C, H // S, S, W // S, S).permute(0, 2, 4, 1, 3, 5).reshape(B, -1, C, S, S)
+    return float((tiles - tiles[:, :1]).abs().max().detach())
+
+
+def test_hybrid_default_has_no_fixed_location_spot():
+    torch.manual_seed(2)
+    G = HybridGenerator(tiny_hybrid(last_layer_scale=1.0))
+    gray = torch.full((1, 3, 64, 64), 0.1)
+    assert _tile_spread(G(gray) - gray, 8) < 1e-5, "a constant image must give identical tiles"
+
+
+def test_published_failure_config_marks_the_border_on_a_constant_image():
+    torch.manual_seed(2)
+    bad = HybridGenerator(published_failure(tile_size=8, lowres_downsample=4, mlp_depth=3, **TINY_LOWRES))
+    gray = torch.full((1, 3, 64, 64), 0.1)
+    assert _tile_spread(bad(gray), 8) > 1e-3, "zero padding + instance norm make position-dependent tiles"
+
+
+def test_published_failure_config_drops_the_blue_channel():
+    torch.manual_seed(3)
+    cfg = published_failure(tile_size=8, lowres_downsample=4, mlp_depth=3, **TINY_LOWRES)
+    assert cfg.mlp_input == "all_but_last" and not cfg.residual
+    bad = HybridGenerator(cfg)
+    x = random_input(1, 3, 32, 32)
+    x2 = x.clone()
+    x2[:, 2] = random_input(1, 1, 32, 32)[:, 0]  # new blue channel, same red and green
+    assert torch.equal(bad.mlp_input(x), bad.mlp_input(x2)), "the MLPs never see blue"
+    params = bad.lowres(x)  # with the per-tile MLPs fixed, blue has no effect on any pixel
+    torch.testing.assert_close(bad.mlp(bad.mlp_input(x2), params), bad.mlp(bad.mlp_input(x), params))
+    good = HybridGenerator(tiny_hybrid())
+    p = good.lowres(x)
+    assert (good.mlp(good.mlp_input(x2), p) - good.mlp(good.mlp_input(x), p)).abs().max() > 1e-7
+
+
+def test_deblurgan_residual_output_and_dropout():
+    G = DeblurGANGenerator(DeblurGANConfig(ngf=4, residual_blocks=1, dropout=0.5)).eval()
+    x = random_input(1, 3, 16, 16)
+    torch.testing.assert_close(G(x), (x + G.head(G.trunk(x))).clamp(-1, 1))
+    assert any(isinstance(m, torch.nn.Dropout) for m in G.modules())
+    block = next(m for m in G.modules() if isinstance(m, ResnetBlock))
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in block.modules()) == 2, "the paper's block has two convs"
+
+
+@pytest.mark.parametrize("preset", SMOKE_PRESETS)
+def test_every_smoke_preset_builds_and_runs_through_nets(preset):
+    cfg = get_preset(preset)
+    G, D = build_generator(cfg), build_discriminator(cfg)
+    h, w = cfg.data.crop_height, cfg.data.crop_width
+    x = random_input(2, generator_in_channels(cfg), h, w)
+    y = G(x)
+    assert y.shape == (2, 3, h, w)
+    outs = D(y, x if cfg.model.d_conditional else None)
+    assert len(outs) == cfg.model.num_d and outs[0][-1].shape[1] == 1
+    assert D.scales[0].layers[0][0].in_channels == discriminator_in_channels(cfg)
+
+
+def test_nets_rejects_inconsistent_model_fields():
+    cfg = get_preset("asapnet-smoke")
+    cfg.data.instance_edges = False
+    with pytest.raises(ConfigError, match="mlp_input"):
+        build_generator(cfg)
+    cfg = get_preset("pix2pixhd-smoke")
+    cfg.model.residual = True
+    with pytest.raises(ConfigError, match="model.residual"):
+        build_generator(cfg)
+    cfg = get_preset("hybrid-smoke")
+    assert generator_config(cfg).init == "hyper" and generator_config(get_preset("asapnet-smoke")).init == "xavier"
+    cfg.model.asap_init = "normal"
+    assert generator_config(cfg).init == "normal"
+
+
+@pytest.mark.parametrize("S,depth,mlp_input", [(4, 3, "all"), (8, 5, "all_but_last"), (16, 2, "all")])
+def test_fused_triton_kernel_equals_batched_matmuls(monkeypatch, S, depth, mlp_input):
+    """The CUDA inference kernel, run by Triton's CPU interpreter (fp32), on NCHW and channels-last."""
+    pytest.importorskip("triton")
+    from asaptrain.models.pixel_mlp import build_kernel, launch_fused, mlp_bmm
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    kernel = build_kernel(fresh=True)
+    torch.manual_seed(0)
+    G = ASAPNetGenerator(tiny_asap(tile_size=S, lowres_downsample=2, mlp_depth=depth, mlp_input=mlp_input,
+                                   init="hyper", last_layer_scale=1.0))
+    with torch.no_grad():
+        G.lowres.head.weight.mul_(10)
+        x = random_input(2, 5, 2 * S, 3 * S)
+        params = G.lowres(x).flatten(0, 2)
+        want = mlp_bmm(G.mlp_input(x), params, G.mlp.coords, G.mlp.dims, S, torch.float32)
+        assert want.std() > 0.1
+        for layout in (x, x.contiguous(memory_format=torch.channels_last)):
+            got = launch_fused(G.mlp_input(layout), params, G.mlp.coords, G.mlp.dims, S, kernel=kernel)
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_op_falls_back_to_batched_matmuls_where_the_kernel_cannot_run():
+    from asaptrain.models.pixel_mlp import mlp_bmm, pixel_mlp_op
+
+    dims, S = [5 + 8, 8, 8, 3], 4
+    x = random_input(2, 5, 8, 12)
+    params = torch.randn(2 * 2 * 3, sum(a * b + b for a, b in zip(dims, dims[1:]))) * 0.3
+    coords = tile_coordinates(S)
+    with pytest.warns(RuntimeWarning, match="fused pixel-MLP kernel unusable"):
+        got = pixel_mlp_op(x, params, coords, dims, S)  # CPU tensors: no Triton driver
+    torch.testing.assert_close(got, mlp_bmm(x, params, coords, dims, S, torch.float32))
+    torch.library.opcheck(pixel_mlp_op, (x, params, coords, dims, S),
+                          test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
