@@ -26,6 +26,8 @@ from asaptrain.train.run_files import RunFiles, new_run_name
 
 SWEEPS_PREFIX = "sweeps"
 METRIC_KEYS = {"psnr": "val_psnr", "ssim": "val_ssim"}
+TRIAL_DRIVER_CPUS = 0.25
+"""CPUs held by a trial's driver, which only waits on its TorchTrainer (Ray's default is 1)."""
 
 
 class SweepError(UserError):
@@ -127,14 +129,15 @@ def dashboard_ok() -> bool:
 
 
 def concurrent_trials(base: Config, use_gpu: bool) -> int:
-    """How many trials fit at once: the limiting resource / one trial's need (driver 1 CPU)."""
+    """How many trials fit at once: the limiting resource / one trial's need."""
     import ray
 
     res = ray.cluster_resources()
     per = base.scaling.resources_per_worker or {}
     workers = base.scaling.num_workers
-    cpu_need = 1 + workers * per.get("CPU", 1)
-    fits = int(res.get("CPU", 1) // cpu_need)
+    cpu_need = TRIAL_DRIVER_CPUS + workers * per.get("CPU", 1)
+    # One CPU stays free for Ray Data's decode tasks, which every trial's workers wait on.
+    fits = int(max(res.get("CPU", 1) - 1, 0) // cpu_need)
     if use_gpu:
         fits = min(fits, int(res.get("GPU", 0) // (workers * per.get("GPU", 1))))
     return max(1, fits)
@@ -220,7 +223,7 @@ def sweep(
     scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=min(grace_reports, max_t),
                               reduction_factor=reduction_factor)
     search_alg = _search_alg(search, base.train.seed)
-    trainable = tune.with_parameters(_trial)
+    trainable = tune.with_resources(_trial, {"CPU": TRIAL_DRIVER_CPUS})
     param_space = {**to_tune(space), "__asaptrain__": {"base": to_dict(trial_base), "runs_prefix": runs_prefix}}
     storage_path, storage_fs = store.child(SWEEPS_PREFIX, name).ray_storage()
     tune_path = os.path.join(storage_path, "tune")

@@ -152,6 +152,16 @@ def test_fast_pixelwise_mlp_equals_per_pixel_loop(mlp_input):
         torch.testing.assert_close(fast, naive_asapnet(G, x), rtol=1e-4, atol=1e-5)
 
 
+def test_channel_padding_for_tensor_cores_changes_nothing():
+    from asaptrain.models.pixel_mlp import mlp_bmm
+
+    G = ASAPNetGenerator(tiny_asap(init="hyper", last_layer_scale=1.0))  # dims 5+12 -> 8 -> 8 -> 3: padded
+    x = random_input(2, 5, 16, 24)
+    params = G.lowres(x).flatten(0, 2)
+    args = (G.mlp_input(x), params, G.mlp.coords, G.mlp.dims, 8, torch.float32)
+    torch.testing.assert_close(mlp_bmm(*args, pad=True), mlp_bmm(*args, pad=False), rtol=1e-5, atol=1e-6)
+
+
 def test_coordinates_are_the_periodic_encoding():
     c = tile_coordinates(16)
     assert c.shape == (16, 16, 16)  # 4 * log2(16) channels
@@ -160,11 +170,16 @@ def test_coordinates_are_the_periodic_encoding():
     assert torch.allclose(c[0, 1, -4:], torch.tensor([-1.0, 0.0, 1.0, 0.0]), atol=1e-6)  # period 2
 
 
-def test_tent_downsample_shrinks_and_keeps_constants():
-    t = TentDownsample(4, 3)
+def test_tent_downsample_is_asapnets_tent_filter_and_keeps_constants():
+    t = TentDownsample(4)
     y = t(torch.full((1, 3, 32, 48), 0.3))
     assert y.shape == (1, 3, 8, 12)
     assert torch.allclose(y, torch.full_like(y, 0.3), atol=1e-6)
+    x = torch.rand(1, 2, 32, 48)
+    k = torch.tensor([1.0, 3, 5, 7, 7, 5, 3, 1]) / 32  # ASAP-Net's separable tent for factor 4
+    ref = torch.nn.functional.conv2d(x.reshape(2, 1, 32, 48), (k[:, None] * k[None, :])[None, None], stride=4,
+                                     padding=2).reshape(1, 2, 8, 12)
+    torch.testing.assert_close(t(x)[..., 1:-1, 1:-1], ref[..., 1:-1, 1:-1], rtol=1e-5, atol=1e-6)
     G = ASAPNetGenerator(tiny_asap(tile_size=16, lowres_downsample=4))  # shrink by 4 first
     assert G(random_input(1, 5, 32, 48)).shape == (1, 3, 32, 48)
 
@@ -290,12 +305,14 @@ def test_fused_triton_kernel_equals_batched_matmuls(monkeypatch, S, depth, mlp_i
 
 
 def test_fused_op_falls_back_to_batched_matmuls_where_the_kernel_cannot_run():
+    from asaptrain.models import pixel_mlp
     from asaptrain.models.pixel_mlp import mlp_bmm, pixel_mlp_op
 
     dims, S = [5 + 8, 8, 8, 3], 4
     x = random_input(2, 5, 8, 12)
     params = torch.randn(2 * 2 * 3, sum(a * b + b for a, b in zip(dims, dims[1:]))) * 0.3
     coords = tile_coordinates(S)
+    pixel_mlp._HEALTH.clear()
     with pytest.warns(RuntimeWarning, match="fused pixel-MLP kernel unusable"):
         got = pixel_mlp_op(x, params, coords, dims, S)  # CPU tensors: no Triton driver
     torch.testing.assert_close(got, mlp_bmm(x, params, coords, dims, S, torch.float32))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import threading
-from collections import Counter
 
 import numpy as np
 import pytest
@@ -86,23 +85,33 @@ def config(task="deblur", **data) -> Config:
     return cfg
 
 
-def consume_split(ds, n: int, epochs: int) -> list[Counter]:
-    """Key ids each epoch across ``n`` concurrent consumers of streaming_split (no rows dropped)."""
+def crop_of(target: torch.Tensor) -> tuple[int, int, bool]:
+    """(top, left, flipped) of a crop of ``coded_photo``."""
+    flipped = bool(target[0, 0, 0] > target[0, -1, 0])
+    left = int(target[0, -1 if flipped else 0, 0]) // 3
+    return int(target[0, 0, 1]) // 3, left, flipped
+
+
+def consume_split(ds, n: int, epochs: int) -> list[dict[int, list]]:
+    """Per epoch, key id -> crops seen across ``n`` concurrent consumers of streaming_split (no drop)."""
     its = ds.streaming_split(n, equal=True)
     seen = []
     for _ in range(epochs):
-        ids: list[list[int]] = [[] for _ in range(n)]
+        crops: list[list[tuple[int, tuple]]] = [[] for _ in range(n)]
 
         def run(i):
             for b in its[i].iter_torch_batches(batch_size=4, drop_last=False):
                 assert b["target"].shape[1:] == (*CROP, 3) and b["target"].dtype == torch.uint8
-                ids[i] += b["key_id"].tolist()
+                crops[i] += [(k, crop_of(t)) for k, t in zip(b["key_id"].tolist(), b["target"])]
 
         threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
         [t.start() for t in threads]
         [t.join() for t in threads]
-        assert all(ids), "each consumer gets rows"
-        seen.append(Counter(ids[0] + ids[1]))
+        assert all(crops), "each consumer gets rows"
+        epoch: dict[int, list] = {}
+        for k, c in crops[0] + crops[1]:
+            epoch.setdefault(k, []).append(c)
+        seen.append(epoch)
     return seen
 
 
@@ -117,9 +126,14 @@ def deblur_store(tmp_path_factory):
 
 def test_every_sample_once_per_epoch_across_two_consumers(ray_cluster, deblur_store):
     ds = train_dataset(config(), deblur_store)
-    expected = Counter(key_id(f"train-{i:03d}") for i in range(12))
-    for counts in consume_split(ds, 2, epochs=2):
-        assert counts == expected
+    expected = {key_id(f"train-{i:03d}") for i in range(12)}
+    epochs = consume_split(ds, 2, epochs=2)
+    for epoch in epochs:
+        assert set(epoch) == expected and all(len(c) == 1 for c in epoch.values())
+    assert epochs[0] != epochs[1]  # new crops every epoch
+    again = {int(k): [crop_of(t)] for b in train_dataset(config(), deblur_store).iter_torch_batches(batch_size=6)
+             for k, t in zip(b["key_id"], b["target"])}
+    assert again == epochs[0]  # the same seed gives the same crops
 
 
 def test_labels_on_s3_crops_ids_instances_and_one_hot(ray_cluster, s3_endpoint, s3_bucket):

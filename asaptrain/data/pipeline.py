@@ -166,7 +166,9 @@ class Decoder:
                                 f"{target.size[0]}x{target.size[1]} differ in size")
             out["input"] = photo(inp) if self.task == "deblur" else np.clip(ids(inp), 0, 255).astype(np.uint8)
         if self.instance_edges:
-            inst = ids(_open(row.get("instance"), "instance"), margin=1).astype(np.int64)
+            if row.get("instance") is None:
+                raise _BadImage("no instance map (NULL): set data.instance_edges = false for this dataset")
+            inst = ids(_open(row["instance"], "instance"), margin=1).astype(np.int64)
             oy, ox = min(top, 1), min(left, 1)  # edges on the crop border see the pixel beyond it
             out["instance_edge"] = _edges(inst)[oy: oy + ch, ox: ox + cw]
         return {k: np.ascontiguousarray(v[:, ::-1] if flip else v) for k, v in out.items()}
@@ -245,7 +247,6 @@ def bad_images(bad_log) -> list[dict[str, str]]:
 
 def _decode_batch(batch: dict[str, np.ndarray], decoder: Decoder, bad_log, limit: int, scheme: str):
     """The map_batches function: encoded rows in, decoded uint8 rows out, bad rows skipped."""
-
     epoch = getattr(DataContext.get_current(), "_execution_idx", 0)  # counts this dataset's executions
     items = ((scheme + str(batch["path"][i]), {c: batch[c][i] for c in decoder.columns})
              for i in range(len(batch["key"])))
@@ -259,7 +260,6 @@ def train_dataset(cfg: Config, store, bad_log=None, ds_store=None):
     (``new_bad_image_log``) lets the caller read the skipped images; by default each dataset
     gets its own.
     """
-
     ds_store = ds_store or resolve_dataset(cfg.data.dataset, store)
     paths = shard_paths(ds_store, "train")
     decoder = Decoder.from_config(cfg, cfg.data.task == "deblur" and _stored_input(paths, ds_store.fs))

@@ -84,26 +84,22 @@ class ASAPNetConfig:
 
 
 class TentDownsample(nn.Module):
-    """Fixed separable tent (bilinear, antialiased) filter, stride ``factor``, reflect padding.
+    """Fixed bilinear antialiased shrink by ``factor`` (a tent filter 2 x factor taps wide).
 
     Shrinks the input by S / lowres_downsample before the low-res stream, as ASAP-Net does
-    when its total downsampling exceeds the learned factor. A constant image stays constant.
+    when its total downsampling exceeds the learned factor. In the interior this is exactly
+    ASAP-Net's separable tent [1, 3, ..., 2f-1, 2f-1, ..., 3, 1]; at the border the filter is
+    renormalized instead of reflected, so a constant image stays constant. One fused kernel,
+    no padded copy of the full-resolution input.
     """
 
-    def __init__(self, factor: int, channels: int):
+    def __init__(self, factor: int):
         super().__init__()
-        ramp = torch.arange(1, 2 * factor, 2, dtype=torch.float32)
-        k = torch.cat([ramp, ramp.flip(0)])
-        k = k / k.sum()
-        self.factor, self.channels = factor, channels
-        self.register_buffer("kernel", k, persistent=False)
+        self.factor = factor
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f, c = self.factor, x.shape[1]
-        k = self.kernel.to(x.dtype)
-        x = F.pad(x, (f // 2,) * 4, mode="reflect")
-        x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), stride=(1, f), groups=c)
-        return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), stride=(f, 1), groups=c)
+        size = (x.shape[-2] // self.factor, x.shape[-1] // self.factor)
+        return F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
 
 
 class LowResStream(nn.Module):
@@ -112,7 +108,7 @@ class LowResStream(nn.Module):
     def __init__(self, cfg: ASAPNetConfig, num_params: int):
         super().__init__()
         shrink = cfg.tile_size // cfg.lowres_downsample
-        self.shrink = TentDownsample(shrink, cfg.in_channels) if shrink > 1 else nn.Identity()
+        self.shrink = TentDownsample(shrink) if shrink > 1 else nn.Identity()
         relu = lambda: nn.ReLU(True)  # noqa: E731
         kw = dict(padding_mode=cfg.padding, norm=cfg.lowres_norm, affine=True, act=None)
         width = cfg.lowres_width
@@ -125,8 +121,8 @@ class LowResStream(nn.Module):
         for _ in range(cfg.lowres_blocks):
             layers += conv_block(width, width, 3, **kw) + [relu()]
         self.body = nn.Sequential(*layers)
-        # A 1x1 conv applied channels-last: each cell's parameters come out contiguous, so the
-        # MLP's per-cell weight matrices are views (batch stride num_params), never copies.
+        # A 1x1 conv applied channels-last: each cell's parameters come out as one contiguous
+        # row, the layout both MLP paths read (no transpose of the largest low-res tensor).
         self.head = nn.Linear(width, num_params)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -8,8 +8,9 @@ and the sin/cos coordinates of its place in the tile. Two implementations, same 
 neither materializes per-pixel weights nor loops in Python over cells or pixels:
 
 * ``mlp_bmm`` (training, CPU): pixels gathered once into (B * cells, S*S, Cin); each layer is
-  one ``torch.baddbmm`` against the cells' weights. Channel counts are padded to multiples of
-  8 (zero rows / columns) so 16-bit GEMMs stay tensor-core aligned. Memory: pixels x width.
+  one ``torch.baddbmm`` against the cells' weights. On CUDA, channel counts are padded to
+  multiples of 8 (zero rows / columns) so 16-bit GEMMs stay tensor-core aligned. Memory:
+  pixels x width.
 * the fused Triton kernel (``triton_mlp.py``; CUDA, no gradient needed): each block of a
   tile's pixels stays in registers through all layers; only the input is read and the RGB
   written. Registered as ``torch.ops.asaptrain.pixel_mlp`` so torch.compile sees one opaque
@@ -66,13 +67,17 @@ def layer_params(params: torch.Tensor, dims: list[int]) -> list[tuple[torch.Tens
 
 
 def mlp_bmm(x: torch.Tensor, params: torch.Tensor, coords: torch.Tensor, dims: list[int], tile_size: int,
-            dtype: torch.dtype) -> torch.Tensor:
-    """Batched-matmul MLPs: x (B, C, H, W); params (B*cells, P); coords (S, S, K) -> (B, out, H, W)."""
+            dtype: torch.dtype, pad: bool | None = None) -> torch.Tensor:
+    """Batched-matmul MLPs: x (B, C, H, W); params (B*cells, P); coords (S, S, K) -> (B, out, H, W).
+
+    ``pad``: pad channel counts to multiples of 8 (default: on CUDA, where it keeps 16-bit
+    GEMMs tensor-core aligned; elsewhere, e.g. meta for FLOP counts, nominal sizes).
+    """
     B, C, H, W = x.shape
     S = tile_size
     hc, wc = H // S, W // S
     n, k = B * hc * wc, coords.shape[-1]
-    padded = [_ceil8(d) for d in dims]
+    padded = [_ceil8(d) for d in dims] if (x.is_cuda if pad is None else pad) else list(dims)
     # One gather that also casts: (B, C, hc, S, wc, S) -> (B, hc, wc, S, S, C), coordinates after.
     h = x.new_empty((B, hc, wc, S, S, padded[0]), dtype=dtype)
     h[..., :C].copy_(x.reshape(B, C, hc, S, wc, S).permute(0, 2, 4, 3, 5, 1))
@@ -140,11 +145,12 @@ def launch_fused(x: torch.Tensor, params: torch.Tensor, coords: torch.Tensor, di
     precision = "tf32" if x.is_cuda and torch.backends.cuda.matmul.allow_tf32 else "ieee"  # fp32 only
     y = torch.empty((B, dims[-1], H, W), device=x.device, dtype=params.dtype)
     block = min(128, S * S)
-    grid = (B * hc * wc, (S * S + block - 1) // block)
+    nblk = (S * S + block - 1) // block
+    grid = (B * hc * wc * nblk,)
     (kernel or build_kernel())[grid](
         x, params, coords, y, C, coords.shape[-1], hc, wc, params.shape[-1], *x.stride(), *y.stride(),
         S=S, WIDTH=dims[1], OUT=dims[-1], HIDDEN=len(dims) - 3, CIN_PAD=_pow2(dims[0]), W_PAD=_pow2(dims[1]),
-        OUT_PAD=_pow2(dims[-1]), BLOCK=block, PRECISION=precision, num_warps=4,
+        OUT_PAD=_pow2(dims[-1]), BLOCK=block, NBLK=nblk, PRECISION=precision, num_warps=4,
     )
     return y
 

@@ -26,14 +26,16 @@ def pixel_mlp_kernel(
     C, K, HC, WC, P,
     sxb, sxc, sxy, sxx, sob, soc, soy, sox,
     S: tl.constexpr, WIDTH: tl.constexpr, OUT: tl.constexpr, HIDDEN: tl.constexpr,
-    CIN_PAD: tl.constexpr, W_PAD: tl.constexpr, OUT_PAD: tl.constexpr, BLOCK: tl.constexpr,
+    CIN_PAD: tl.constexpr, W_PAD: tl.constexpr, OUT_PAD: tl.constexpr, BLOCK: tl.constexpr, NBLK: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    cell = tl.program_id(0)
+    # 1-D grid, a cell's pixel blocks adjacent: its weights stay hot in L2 across them.
+    pid = tl.program_id(0)
+    cell = pid // NBLK
     b = (cell // (HC * WC)).to(tl.int64)
     ci = (cell // WC) % HC
     cj = cell % WC
-    p = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)  # pixel index inside the tile
+    p = (pid % NBLK) * BLOCK + tl.arange(0, BLOCK)  # pixel index inside the tile
     pmask = p < S * S
     y = (ci * S + p // S).to(tl.int64)
     x = (cj * S + p % S).to(tl.int64)

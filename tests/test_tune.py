@@ -1,0 +1,89 @@
+"""The hybrid sweep under real Ray: 4 tiny trials on CPU, ASHA, best.toml that trains."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from asaptrain.config import apply_overrides, load_toml
+from asaptrain.data.convert import convert
+from asaptrain.data.store import Store
+from asaptrain.data.synth import synth_plan
+from asaptrain.presets import get_preset
+from asaptrain.train.launch import fit
+from asaptrain.tune import SweepError, default_space, load_space, sweep
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, ray_cluster):
+    s = Store.open(str(tmp_path_factory.mktemp("store")))
+    convert(synth_plan("photos", 16, (64, 64), seed=0, val_count=4), s.child("datasets", "synth-photos"))
+    return s
+
+
+def tiny(store):
+    return apply_overrides(get_preset("hybrid-smoke"), [
+        f"storage.store={json.dumps(store.uri)}", "train.steps=6", "train.log_every=1", "eval.every=1",
+        "train.checkpoint_every=6", "train.sample_every=6", "scaling.num_workers=1", "scaling.use_gpu=false",
+        "scaling.resources_per_worker={CPU = 0.5}", "eval.images=4"])
+
+
+def test_space_file_narrows_and_checks(tmp_path, store):
+    base = tiny(store)
+    path = tmp_path / "space.toml"
+    path.write_text('mode = "narrow"\n[space]\n"model.mlp_depth" = { choice = [3] }\n')
+    space = load_space(str(path), base)
+    assert space["model.mlp_depth"] == {"choice": [3]} and set(default_space(base)) <= set(space)
+    path.write_text('mode = "replace"\n[space]\n"optim.g_lr" = { loguniform = [1e-4, 1e-3] }\n')
+    assert list(load_space(str(path), base)) == ["optim.g_lr"]
+    path.write_text('[space]\n"model.nosuch" = { choice = [1] }\n')
+    with pytest.raises(SweepError, match="model.nosuch"):
+        load_space(str(path), base)
+    path.write_text('[space]\n"loss.gan" = { choice = ["bce"] }\n')
+    with pytest.raises(SweepError, match="loss.gan must be one of"):
+        load_space(str(path), base)
+
+
+def test_cpu_sweep_stops_early_and_best_config_trains(store):
+    base = tiny(store)
+    space = {
+        "optim.g_lr": {"choice": [1e-3, 3e-5]},
+        "model.mlp_width": {"choice": [8, 16]},
+        "curriculum.kind": {"choice": ["fixed", "linear"]},
+    }
+    summary = sweep(base, trials=4, name="cpu-sweep", space=space, grace_reports=1, reduction_factor=2,
+                    search="random", progress=False)
+    trials = summary["trials"]
+    assert len(trials) == 4
+    assert all(t["status"] != "error" for t in trials), trials
+    assert any(t["status"] == "stopped early" for t in trials), trials  # ASHA cut at least one
+    sweep_dir = store.child("sweeps", "cpu-sweep")
+    on_disk = sweep_dir.read_json("sweep.json")
+    assert on_disk["best"]["params"] == summary["best"]["params"]
+    assert sweep_dir.exists("trials.png")
+    best_path = sweep_dir.path("best.toml")
+    best = load_toml(best_path)
+    for key, value in summary["best"]["params"].items():
+        section, name = key.split(".")
+        assert getattr(getattr(best, section), name) == value
+    result = fit(apply_overrides(best, ["train.steps=2", "train.checkpoint_every=2", "eval.every=2"]),
+                 name="from-best", progress=False)
+    assert result.status == "finished", result.error
+    # An existing sweep name is refused unless resumed; resuming a finished sweep reruns nothing.
+    with pytest.raises(SweepError, match="--resume cpu-sweep"):
+        sweep(base, trials=4, name="cpu-sweep", space=space, progress=False)
+    again = sweep(base, trials=4, resume="cpu-sweep", progress=False)
+    assert sorted(t["trial"] for t in again["trials"]) == sorted(t["trial"] for t in trials)
+    assert [t["steps"] for t in sorted(again["trials"], key=lambda t: t["trial"])] == \
+        [t["steps"] for t in sorted(trials, key=lambda t: t["trial"])]
+
+
+def test_tune_cli_help():
+    from asaptrain.cli import main
+
+    res = CliRunner().invoke(main, ["tune", "--help"])
+    assert res.exit_code == 0 and "--gpus-per-trial" in res.output and "--resume" in res.output
