@@ -41,7 +41,9 @@ class GanLoss:
     def g_loss(self, fake_outs: Outs) -> torch.Tensor:
         raise NotImplementedError
 
-    def penalty(self, D: nn.Module, real: torch.Tensor, fake: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+    def penalty(
+        self, D: nn.Module, real: torch.Tensor, fake: torch.Tensor, cond: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Discriminator regularizer; zero for families without one."""
         return real.new_zeros(())
 
@@ -96,7 +98,9 @@ class WGANGP(GanLoss):
         fake = _logits(fake_outs)
         return -sum(f.mean() for f in fake) / len(fake)
 
-    def penalty(self, D: nn.Module, real: torch.Tensor, fake: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+    def penalty(
+        self, D: nn.Module, real: torch.Tensor, fake: torch.Tensor, cond: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         real, fake = real.detach().float(), fake.detach().float()
         alpha = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), device=real.device)
         interp = (alpha * real + (1 - alpha) * fake).requires_grad_(True)

@@ -222,6 +222,15 @@ def test_hybrid_default_has_no_fixed_location_spot():
     assert _tile_spread(G(gray) - gray, 8) < 1e-5, "a constant image must give identical tiles"
 
 
+def test_exact_default_hybrid_has_no_spot_and_starts_near_identity():
+    torch.manual_seed(4)
+    G = HybridGenerator()  # HybridConfig() as shipped: 81 M parameters, S = 16
+    gray = torch.full((1, 3, 64, 64), 0.1)
+    with torch.no_grad():
+        delta = G(gray) - gray
+    assert _tile_spread(delta, 16) < 1e-6 and delta.abs().max() < 0.05
+
+
 def test_published_failure_config_marks_the_border_on_a_constant_image():
     torch.manual_seed(2)
     bad = HybridGenerator(published_failure(tile_size=8, lowres_downsample=4, mlp_depth=3, **TINY_LOWRES))
@@ -318,3 +327,33 @@ def test_fused_op_falls_back_to_batched_matmuls_where_the_kernel_cannot_run():
     torch.testing.assert_close(got, mlp_bmm(x, params, coords, dims, S, torch.float32))
     torch.library.opcheck(pixel_mlp_op, (x, params, coords, dims, S),
                           test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
+
+
+def test_bench_helpers_and_a_tiny_cpu_run():
+    from asaptrain.bench_models import ROW_KEYS, bench_config, parse_variant, run_bench
+
+    assert parse_variant("bf16-cl-compile") == ("bf16", True, True) and parse_variant("fp32") == ("fp32", False, False)
+    with pytest.raises(ValueError):
+        parse_variant("fp16")
+    assert bench_config("asapnet", 256, 512).model.tile_size == 16  # ASAP-Net's 16-row grid
+    big = bench_config("asapnet", 1024, 2048).model
+    assert (big.tile_size, big.lowres_downsample) == (64, 16)
+    assert bench_config("pix2pixhd", 1024, 2048).model.local_enhancers == 1
+    assert bench_config("pix2pixhd", 72, 72) is None  # not a multiple of 16
+    rows = run_bench(device="cpu", models=["deblurgan"], sizes=[(16, 16)], batches=(1, 2), repeats=1, warmup=0)
+    assert len(rows) == 2 and all(set(ROW_KEYS) <= set(r) and r["ms"] > 0 and r["gpu"] == "cpu" for r in rows)
+
+
+def test_models_summary_cli_json():
+    import json
+
+    from click.testing import CliRunner
+
+    from asaptrain.cli import main
+
+    result = CliRunner().invoke(main, ["models", "summary", "--json", "--preset", "hybrid-smoke"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    assert [r["net"] for r in rows] == ["G", "D"]
+    assert all(r["preset"] == "hybrid-smoke" and r["params"] > 0 and r["gflops"] > 0 and r["height"] == 64
+               for r in rows)

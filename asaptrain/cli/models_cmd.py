@@ -75,7 +75,7 @@ def _parse_sizes(text: str | None) -> list[tuple[int, int]] | None:
 @friendly_errors
 def bench_models_cmd(json_file, sizes, device, repeats, warmup, big_batch, model_names, variants, quick) -> None:
     """Inference ms/image of each generator at its paper resolutions (batch 1 and --batch)."""
-    from asaptrain.bench_models import MODELS, parse_variant, run_bench, speedups
+    from asaptrain.bench_models import MODELS, parse_variant, resolve_device, run_bench, speedups
 
     variant_list = tuple(v for v in (variants or "").replace(" ", "").split(",") if v) or None
     for v in variant_list or ():
@@ -84,6 +84,8 @@ def bench_models_cmd(json_file, sizes, device, repeats, warmup, big_batch, model
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--variants") from None
     console = _console()
+    if resolve_device(device).type == "cpu" and not quick and not sizes:
+        console.print("[yellow]no GPU: the paper sizes take many minutes on a CPU; --quick runs tiny sizes[/yellow]")
     batches = (1, 2) if quick else (1, big_batch)
     rows = run_bench(device=device, models=model_names or MODELS, sizes=_parse_sizes(sizes), batches=batches,
                      variants=variant_list, repeats=repeats, warmup=warmup, quick=quick,

@@ -69,7 +69,8 @@ class ASAPNetConfig:
             if v < 2 or v & (v - 1):
                 raise ValueError(f"{name} must be a power of two >= 2, got {v}")
         if self.tile_size % self.lowres_downsample:
-            raise ValueError(f"tile_size={self.tile_size} must be a multiple of lowres_downsample={self.lowres_downsample}")
+            raise ValueError(f"tile_size={self.tile_size} must be a multiple of "
+                             f"lowres_downsample={self.lowres_downsample}")
         if self.lowres_norm not in NORMS:
             raise ValueError(f"lowres_norm must be one of {', '.join(NORMS)}, got {self.lowres_norm!r}")
         if self.mlp_input not in ("all", "all_but_last"):

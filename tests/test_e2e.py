@@ -1,0 +1,114 @@
+"""End to end, as a user runs it: a real Ray head on loopback, `asaptrain submit`, `asaptrain
+aggregate`, and the README's main command (`asaptrain smoke`) at its smallest settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",)}
+    env.update({"RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1", **extra})
+    return env
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    """`ray start --head --block` on 127.0.0.1 in its own process group; the dashboard URL."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    gcs, dash = _free_port(), _free_port()
+    log = open(tmp_path_factory.mktemp("head") / "head.log", "w")
+    head = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2", "--num-gpus=0",
+         "--include-dashboard=true", "--disable-usage-stats"],
+        stdout=log, stderr=subprocess.STDOUT, env=_env(), start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{dash}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", dash), timeout=1):
+                break
+        except OSError:
+            time.sleep(1)
+    else:
+        os.killpg(head.pid, signal.SIGTERM)
+        pytest.fail(f"the Ray head did not open its dashboard on {url}; see {log.name}")
+    time.sleep(3)  # the job agent starts after the dashboard
+    yield url
+    os.killpg(head.pid, signal.SIGTERM)
+    try:
+        head.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(head.pid, signal.SIGKILL)
+    log.close()
+
+
+def _run(args: list[str], timeout: int = 900, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "asaptrain"), *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=ROOT, env=_env(**env))
+
+
+def test_submit_train_job_then_aggregate(ray_head, tmp_path):
+    from asaptrain.data.convert import convert
+    from asaptrain.data.store import Store
+    from asaptrain.data.synth import synth_plan
+
+    store = Store.open(str(tmp_path / "store"))
+    convert(synth_plan("photos", 16, (64, 64), seed=0, val_count=4), store.child("datasets", "synth-photos"))
+    sets = ["--set", "train.checkpoint_every=2", "--set", "eval.every=2", "--set", "train.log_every=1",
+            "--set", "scaling.resources_per_worker={CPU = 0.5}", "--set", "scaling.use_gpu=false"]
+    res = _run(["submit", "train", "--address", ray_head, "--store", store.uri, "--python", sys.executable,
+                "--", "--preset", "deblurgan-smoke", "--name", "submitted", "--steps", "2", "--workers", "1",
+                "--no-progress", *sets])
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "SUCCEEDED" in res.stdout + res.stderr
+    run_dir = store.child("runs", "submitted")
+    assert run_dir.read_json("run.json")["status"] == "finished"
+    assert [r["step"] for r in map(json.loads, run_dir.read_text("metrics.jsonl").splitlines())
+            if r["kind"] == "train"] == [1, 2]
+    assert run_dir.exists("timing.json") and run_dir.list("samples")
+    out = tmp_path / "report"
+    agg = _run(["aggregate", "--store", store.uri, "--out", str(out)])
+    assert agg.returncode == 0, agg.stdout[-3000:] + agg.stderr[-3000:]
+    report = (out / "report.md").read_text()
+    assert "deblurgan" in report and "submitted" in report
+    assert json.loads((out / "report.json").read_text())["runs"]
+
+
+def test_readme_main_command_smoke(tmp_path):
+    """`asaptrain smoke` with the smallest settings that still run every step."""
+    store = tmp_path / "store"
+    res = _run(["smoke", "--store", str(store), "--steps", "2", "--trials", "2", "--no-progress"], timeout=1500)
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
+    report = (store / "reports" / "report.md").read_text()
+    for model in ("asapnet", "pix2pixhd", "deblurgan", "hybrid"):
+        assert model in report
+    assert (store / "reports" / "report.json").exists()
+    sweeps = list((store / "sweeps").iterdir())
+    assert len(sweeps) == 1 and (sweeps[0] / "best.toml").exists()
+    assert "report:" in res.stdout
