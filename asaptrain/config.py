@@ -83,7 +83,7 @@ class ModelConfig:
     num_d: int = 1
     """Discriminator scales (1 = single PatchGAN)."""
     d_layers: int = 3
-    """Strided layers per discriminator scale."""
+    """Layers per discriminator scale (pix2pixHD/DeblurGAN: stride-2 convs; ASAP-Net/hybrid: SPADE counting, one more)."""
     d_norm: Norm = "instance"
     """Discriminator normalization."""
     g_norm: Norm = "instance"
@@ -116,6 +116,8 @@ class ModelConfig:
     """Padding of the ASAP-Net low-res convolutions."""
     mlp_input: MlpInput = "all"
     """Which input channels reach the pixelwise MLP ("all_but_last": last one low-res only)."""
+    mlp_context: int = 1
+    """k (odd): each pixelwise MLP sees the k x k input patch around its pixel (1 = ASAP-Net)."""
     d_conditional: bool = True
     """The discriminator sees the generator's input beside the image (pix2pix-style)."""
     asap_init: Literal["auto", "xavier", "normal", "hyper"] = "auto"
@@ -414,6 +416,7 @@ def validate(cfg: Config) -> Config:
     _check(d.blur_noise_std >= 0, f"data.blur_noise_std must be >= 0, got {d.blur_noise_std}")
     want_task = "deblur" if m.name in ("deblurgan", "hybrid") else "labels2photo"
     _check(d.task == want_task, f"data.task must be {want_task!r} for model.name={m.name!r}, got {d.task!r}")
+    _check(m.mlp_context >= 1 and m.mlp_context % 2 == 1, f"model.mlp_context must be odd and >= 1, got {m.mlp_context}")
     for name in ("ngf", "ndf", "num_d", "d_layers", "mlp_depth", "mlp_width", "tile_size", "lowres_downsample"):
         _check(getattr(m, name) > 0, f"model.{name} must be > 0, got {getattr(m, name)}")
     _check(0 <= m.dropout < 1, f"model.dropout must be in [0, 1), got {m.dropout}")

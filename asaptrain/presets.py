@@ -96,13 +96,15 @@ def _hybrid_deblur() -> Config:
 
     Every cause of the published hybrid's failure is set to the sound choice: global residual
     on, every input channel reaches the MLP, S = 16, no activation normalization in the low-res
-    stream (instance norm is the droplet mechanism), reflection padding.
+    stream (instance norm is the droplet mechanism), reflection padding. And each pixel's MLP
+    sees its 3 x 3 neighbourhood: a function of one pixel's own colour cannot undo a blur.
     """
     cfg = _deblurgan_gopro()
     cfg.model = ModelConfig(
         name="hybrid", ndf=64, num_d=2, d_layers=4, d_norm="spectral_instance", residual=True,
         mlp_depth=5, mlp_width=64, tile_size=16, lowres_downsample=16, lowres_max_channels=1024,
         lowres_blocks=7, lowres_norm="none", padding="reflect", mlp_input="all", d_conditional=True,
+        mlp_context=3,
     )
     cfg.loss.l1_weight = 0.0
     cfg.train.batch_size = 16

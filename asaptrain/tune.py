@@ -42,6 +42,7 @@ def default_space(base: Config) -> dict[str, dict]:
         "model.mlp_depth": {"choice": [3, 4, 5, 6]},
         "model.mlp_width": {"choice": sorted({max(8, m.mlp_width // 2), m.mlp_width, m.mlp_width * 2})},
         "model.tile_size": {"choice": tiles or [m.tile_size]},
+        "model.mlp_context": {"choice": [1, 3, 5]},
         "model.lowres_norm": {"choice": ["none", "spectral", "group", "instance"]},
         "model.padding": {"choice": ["reflect", "replicate", "zero"]},
         "model.residual": {"choice": [True, False]},
@@ -222,7 +223,7 @@ def sweep(
     max_t = max(1, math.ceil(base.train.steps / steps_per_report))
     scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=min(grace_reports, max_t),
                               reduction_factor=reduction_factor)
-    search_alg = _search_alg(search, base.train.seed)
+    search_alg = _search_alg(search, base.train.seed, parallel)
     trainable = tune.with_resources(_trial, {"CPU": TRIAL_DRIVER_CPUS})
     param_space = {**to_tune(space), "__asaptrain__": {"base": to_dict(trial_base), "runs_prefix": runs_prefix}}
     storage_path, storage_fs = store.child(SWEEPS_PREFIX, name).ray_storage()
@@ -234,7 +235,7 @@ def sweep(
         tuner = tune.Tuner(
             trainable, param_space=param_space,
             tune_config=tune.TuneConfig(metric=METRIC_KEYS[metric], mode="max", scheduler=scheduler,
-                                        search_alg=search_alg, num_samples=trials, max_concurrent_trials=parallel),
+                                        search_alg=search_alg, num_samples=trials),
             run_config=tune.RunConfig(name="tune", storage_path=storage_path, storage_filesystem=storage_fs,
                                       failure_config=tune.FailureConfig(max_failures=0)),
         )
@@ -256,20 +257,27 @@ def sweep(
     return write_results(store, name, base, outcome["grid"], metric, runs_prefix)
 
 
-def _search_alg(search: str, seed: int):
+def _search_alg(search: str, seed: int, parallel: int):
+    """Optuna (when asked or installed) or random search, limited to ``parallel`` trials at once.
+
+    Tune ignores ``max_concurrent_trials`` for a BasicVariantGenerator passed in, so the limit
+    is given to the generator itself.
+    """
     if search in ("auto", "optuna"):
         try:
             from ray.tune.search.optuna import OptunaSearch
 
             import optuna  # noqa: F401
 
-            return OptunaSearch(seed=seed)
+            from ray.tune.search import ConcurrencyLimiter
+
+            return ConcurrencyLimiter(OptunaSearch(seed=seed), max_concurrent=parallel)
         except ImportError:
             if search == "optuna":
                 raise SweepError("--search optuna needs the optuna package (pip install optuna)") from None
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    return BasicVariantGenerator(random_state=seed)
+    return BasicVariantGenerator(random_state=seed, max_concurrent=parallel)
 
 
 def write_results(store, name: str, base: Config, grid, metric: str, runs_prefix: str) -> dict:

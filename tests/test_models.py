@@ -357,3 +357,25 @@ def test_models_summary_cli_json():
     assert [r["net"] for r in rows] == ["G", "D"]
     assert all(r["preset"] == "hybrid-smoke" and r["params"] > 0 and r["gflops"] > 0 and r["height"] == 64
                for r in rows)
+
+
+def test_hybrid_mlp_sees_its_neighbourhood():
+    """With mlp_context k, each pixel's MLP input is the k x k patch around it (reflect at borders)."""
+    import torch.nn.functional as F
+
+    from asaptrain.models.hybrid import HybridConfig, HybridGenerator
+
+    G = HybridGenerator(HybridConfig(tile_size=8, lowres_downsample=4, lowres_max_channels=16, lowres_blocks=1,
+                                     mlp_width=8, mlp_depth=2, mlp_context=3))
+    x = torch.rand(1, 3, 16, 16) * 2 - 1
+    m = G.mlp_input(x)
+    assert m.shape == (1, 27, 16, 16)
+    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    # channel c*9 + dy*3 + dx holds x[c] shifted by (dy-1, dx-1)
+    for c in range(3):
+        for dy in range(3):
+            for dx in range(3):
+                torch.testing.assert_close(m[0, c * 9 + dy * 3 + dx], padded[0, c, dy:dy + 16, dx:dx + 16])
+    assert G(x).shape == x.shape
+    with pytest.raises(ValueError, match="mlp_context"):
+        HybridConfig(mlp_context=2).asapnet()

@@ -58,6 +58,8 @@ class ASAPNetConfig:
     """all_but_last: the last input channel (instance edges) reaches the low-res stream only."""
     residual: bool = False
     """Output clamp(input + MLP output, -1, 1) (needs in_channels == out_channels)."""
+    mlp_context: int = 1
+    """k (odd): each MLP sees the k x k input patch around its pixel (1 = the pixel only, ASAP-Net)."""
     init: AsapInit = "xavier"
     """xavier gain 0.02 (ASAP-Net), normal N(0, 0.02) (the published hybrid), or hyper (see below)."""
     last_layer_scale: float = 0.01
@@ -80,6 +82,8 @@ class ASAPNetConfig:
         if self.residual and self.in_channels != self.out_channels:
             raise ValueError(f"residual output needs in_channels == out_channels, got {self.in_channels} "
                              f"and {self.out_channels}")
+        if self.mlp_context < 1 or self.mlp_context % 2 == 0:
+            raise ValueError(f"mlp_context must be an odd number >= 1, got {self.mlp_context}")
         if self.mlp_depth < 1 or self.mlp_width < 1 or self.lowres_blocks < 0:
             raise ValueError(f"mlp_depth and mlp_width must be >= 1, lowres_blocks >= 0: {self}")
 
@@ -140,7 +144,7 @@ class ASAPNetGenerator(nn.Module):
     def __init__(self, cfg: ASAPNetConfig):
         super().__init__()
         self.cfg = cfg
-        mlp_in = cfg.in_channels - (1 if cfg.mlp_input == "all_but_last" else 0)
+        mlp_in = (cfg.in_channels - (1 if cfg.mlp_input == "all_but_last" else 0)) * cfg.mlp_context**2
         self.mlp = PixelMLP(mlp_in, cfg.out_channels, cfg.mlp_width, cfg.mlp_depth, cfg.tile_size)
         self.lowres = LowResStream(cfg, self.mlp.num_params)
         if cfg.init == "hyper":
@@ -176,8 +180,16 @@ class ASAPNetGenerator(nn.Module):
                 w_rows[2 * i + 1].zero_()
 
     def mlp_input(self, x: torch.Tensor) -> torch.Tensor:
-        """The channels the pixelwise MLPs see (all, or all but the last)."""
-        return x[:, :-1] if self.cfg.mlp_input == "all_but_last" else x
+        """The channels the pixelwise MLPs see: all (or all but the last), and with
+        ``mlp_context`` k > 1 the k x k neighbourhood of each pixel (reflect-padded), so an MLP
+        can undo a blur, which a function of one pixel's own value cannot."""
+        x = x[:, :-1] if self.cfg.mlp_input == "all_but_last" else x
+        k = self.cfg.mlp_context
+        if k == 1:
+            return x
+        b, c, h, w = x.shape
+        patches = F.unfold(F.pad(x, (k // 2,) * 4, mode="reflect"), k)  # (B, C*k*k, H*W)
+        return patches.view(b, c * k * k, h, w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         S = self.cfg.tile_size

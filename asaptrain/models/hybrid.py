@@ -60,6 +60,8 @@ class HybridConfig:
     """Linear layers per pixelwise MLP."""
     mlp_width: int = 64
     """Hidden width of the pixelwise MLPs, in channels."""
+    mlp_context: int = 3
+    """k: each MLP sees the k x k patch around its pixel (deblurring needs neighbours; 1 = ASAP-Net)."""
     init: AsapInit = "hyper"
     """hyper (variance-preserving), xavier (ASAP-Net) or normal N(0, 0.02) (the published hybrid)."""
     last_layer_scale: float = 0.01
@@ -73,7 +75,7 @@ class HybridConfig:
 def published_failure(**overrides) -> HybridConfig:
     """The configuration of the published hybrid that failed (see the module docstring)."""
     cfg = HybridConfig(residual=False, mlp_input="all_but_last", tile_size=32, lowres_norm="spectral_instance",
-                       padding="zero", init="normal")
+                       padding="zero", init="normal", mlp_context=1)
     return dataclasses.replace(cfg, **overrides)
 
 
