@@ -50,7 +50,7 @@ def smoke_cfg(name: str, store: Store, *extra: str):
 
 
 @pytest.mark.parametrize("preset", SMOKE_PRESETS)
-def test_smoke_preset_trains_on_two_workers(preset, store):
+def test_smoke_preset_trains_on_two_workers(preset, store, tmp_path):
     result = fit(smoke_cfg(preset, store, *TWO_WORKERS), preset=preset, progress=False)
     assert result.status == "finished", result.error
     files = RunFiles(store, result.name)
@@ -74,6 +74,28 @@ def test_smoke_preset_trains_on_two_workers(preset, store):
     with Image.open(io.BytesIO(files.dir.read_bytes(samples[-1]))) as im:
         assert im.size[0] > cfg_width(preset) and im.size[1] > 3 * 64  # 3 rows: input, output, target
     assert any(p.startswith("checkpoint_") for p in files.dir.list(""))
+    if preset in ("deblurgan-smoke", "asapnet-smoke"):
+        check_infer(files, preset, tmp_path)
+
+
+def check_infer(files: RunFiles, preset: str, tmp_path) -> None:
+    """`asaptrain infer` on an odd-sized input, forced through several blended tiles."""
+    import numpy as np
+    from click.testing import CliRunner
+
+    from asaptrain.cli import main
+
+    src = tmp_path / "input.png"
+    rng = np.random.default_rng(0)
+    if preset.startswith("asapnet"):
+        Image.fromarray(rng.integers(0, 34, (70, 150), dtype=np.uint8), mode="L").save(src)
+    else:
+        Image.fromarray(rng.integers(0, 255, (70, 150, 3), dtype=np.uint8)).save(src)
+    res = CliRunner().invoke(main, ["infer", "--run", files.dir.uri, str(src), "--out", str(tmp_path / "out"),
+                                    "--tile", "64", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    with Image.open(tmp_path / "out" / "input.png") as out:
+        assert out.size == (150, 70) and out.mode == "RGB"
 
 
 def test_train_on_s3_store(s3_endpoint, s3_bucket, ray_cluster):
