@@ -182,7 +182,7 @@ def sweep(
     from ray.tune.schedulers import ASHAScheduler
 
     from asaptrain.data.store import store_from_config
-    from asaptrain.train.launch import ensure_ray, resolve_use_gpu
+    from asaptrain.train.launch import ensure_ray, pin_store, resolve_use_gpu
 
     if metric not in METRIC_KEYS:
         raise SweepError(f"--metric must be one of {', '.join(METRIC_KEYS)}, got {metric!r}")
@@ -194,7 +194,7 @@ def sweep(
         flags.append("scaling.use_gpu=" + ("true" if gpus_per_trial > 0 else "false"))
         if gpus_per_trial > 0:
             flags.append(f"scaling.resources_per_worker={{GPU = {gpus_per_trial / workers}}}")
-    base = apply_overrides(base, flags) if flags else validate(base)
+    base = pin_store(apply_overrides(base, flags) if flags else validate(base))
     store = store_from_config(base.storage)
     name = resume or name or new_run_name("sweep")
     sweep_dir = store.child(SWEEPS_PREFIX, name)

@@ -66,6 +66,9 @@ def ray_head(tmp_path_factory):
     except subprocess.TimeoutExpired:
         os.killpg(head.pid, signal.SIGKILL)
     log.close()
+    current = Path("/tmp/ray/ray_current_cluster")  # leave no pointer to the dead head behind
+    if current.exists() and current.read_text().strip().endswith(f":{gcs}"):
+        current.unlink()
 
 
 def _run(args: list[str], timeout: int = 900, **env: str) -> subprocess.CompletedProcess:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -95,12 +96,32 @@ def _worker(config: dict[str, Any]) -> None:
     )
 
 
+def _running_local_cluster() -> str | None:
+    """The address of a `ray start` cluster on this machine that answers, else None.
+
+    Ray's own ``ray.init()`` joins whatever /tmp/ray/ray_current_cluster names, and waits
+    forever when that cluster is gone (a head that was killed leaves the file behind).
+    """
+    path = os.path.join(os.environ.get("RAY_TMPDIR", "/tmp"), "ray", "ray_current_cluster")
+    try:
+        with open(path) as fh:
+            address = fh.read().strip()
+        host, _, port = address.rpartition(":")
+        socket.create_connection((host, int(port)), timeout=2).close()
+        return address
+    except (OSError, ValueError):
+        return None
+
+
 def ensure_ray(address: str | None = None) -> None:
-    """Connect to the cluster (RAY_ADDRESS, or inside a Ray job) or start a local one."""
+    """Connect to the cluster (``address``, RAY_ADDRESS, inside a Ray job, or a live local
+    `ray start` head), or start a local one."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init(address=address or os.environ.get("RAY_ADDRESS") or None, log_to_driver=True)
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or _running_local_cluster() or "local"
+    ray.init(address=address, log_to_driver=True)
 
 
 def resolve_use_gpu(cfg: Config) -> bool:
@@ -158,7 +179,7 @@ def fit(
     from asaptrain.data.pipeline import train_dataset
     from asaptrain.data.store import store_from_config
 
-    cfg = validate(cfg)
+    cfg = pin_store(validate(cfg))
     store = store or store_from_config(cfg.storage)
     name, start = choose_name(store, cfg, preset, name, resume, runs_prefix)
     ensure_ray()
@@ -236,6 +257,17 @@ def _follow(files: RunFiles, steps: int, thread: threading.Thread) -> None:
             losses = "  ".join(f"{k[5:]} {v:.3g}" for k, v in p.items() if k.startswith("loss/") and k[5:] in ("d", "g"))
             val = f"  val PSNR {p['val/psnr']:.2f}" if p.get("val/psnr") is not None else ""
             bar.update(task, completed=p.get("step", 0), info=f"{p.get('images_per_s', 0):.1f} img/s  {losses}{val}")
+
+
+def pin_store(cfg: Config) -> Config:
+    """``cfg`` with a relative local store made absolute: workers run in other directories."""
+    uri = cfg.storage.store
+    if "://" in uri and not uri.startswith("file://"):
+        return cfg
+    path = uri[len("file://"):] if uri.startswith("file://") else uri
+    if os.path.isabs(path):
+        return cfg
+    return dataclasses.replace(cfg, storage=dataclasses.replace(cfg.storage, store=os.path.abspath(path)))
 
 
 def with_overrides(cfg: Config, **sections: dict) -> Config:
