@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 
 from asaptrain.config import Config, apply_overrides, from_dict, to_dict
+from asaptrain.errors import UserError
 from asaptrain.presets import get_preset
 
 SMOKE_TRAIN = ("asapnet-smoke", "pix2pixhd-smoke", "deblurgan-smoke", "hybrid-smoke")
@@ -93,7 +94,12 @@ def run_study(plan: StudyPlan, progress: bool = True, console=None) -> dict:
     runs = []
     for preset in plan.presets:
         console.rule(f"[bold]train {preset}")
-        result = fit(apply_overrides(get_preset(preset), plan.overrides), preset=preset, progress=progress)
+        try:
+            result = fit(apply_overrides(get_preset(preset), plan.overrides), preset=preset, progress=progress)
+        except UserError as exc:  # e.g. its dataset is not in the store: say so, train the others
+            console.print(f"[red]{preset}: {exc}")
+            runs.append({"preset": preset, "name": None, "status": "failed", "error": str(exc)})
+            continue
         runs.append({"preset": preset, "name": result.name, "status": result.status, "error": result.error})
     summary = None
     if plan.sweep_preset:

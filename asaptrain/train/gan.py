@@ -171,7 +171,7 @@ class GanStep:
         """Step only when loss and gradients are finite everywhere; otherwise name the terms."""
         if _all_finite(loss, params):
             return True
-        values = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
+        values = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
         if self.cfg.train.nonfinite == "skip":
             print(f"[asaptrain] step {step}: non-finite {phase} gradients ({values}); step skipped", flush=True)
             return False

@@ -120,8 +120,16 @@ def ensure_ray(address: str | None = None) -> None:
 
     if ray.is_initialized():
         return
-    address = address or os.environ.get("RAY_ADDRESS") or _running_local_cluster() or "local"
-    ray.init(address=address, log_to_driver=True)
+    given = address or os.environ.get("RAY_ADDRESS")
+    found = None if given else _running_local_cluster()
+    try:
+        ray.init(address=given or found or "local", log_to_driver=True)
+    except ConnectionError:
+        if given or not found:
+            raise
+        # The local cluster went away between the check and the connect: start our own.
+        print(f"[asaptrain] the Ray cluster at {found} did not answer; starting a local one", flush=True)
+        ray.init(address="local", log_to_driver=True)
 
 
 def resolve_use_gpu(cfg: Config) -> bool:
