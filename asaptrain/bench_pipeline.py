@@ -16,6 +16,7 @@ both.
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import statistics
@@ -85,8 +86,13 @@ def run(uri: str, s3_endpoint: str | None = None, crops: list[tuple[int, int]] =
     ds_store = Store.open(uri, s3_endpoint=s3_endpoint)
     manifest = read_manifest(ds_store)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=False)
+    from asaptrain.train.launch import ensure_ray
+
+    ensure_ray()
+    # Ray Data decodes ahead while the warm-up batches are drawn: a timed window shorter than
+    # two passes over a small dataset would time a queue that is already full.
+    rows = manifest["splits"]["train"]["rows"]
+    batches = max(batches, math.ceil(2 * rows / batch))
     results = []
     for h, w in crops:
         cfg = Config(data=DataConfig(task=manifest["task"], dataset=uri, crop_height=h, crop_width=w),
