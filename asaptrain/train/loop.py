@@ -158,7 +158,7 @@ def train_loop(
     times, data_wait_ms, timed_steps = PhaseTimes(), 0.0, 0
     interval_start, interval_steps, rates = time.perf_counter(), 0, []
     last_eval: dict = {}
-    losses: dict[str, float] = {}
+    loss_tensors: dict[str, torch.Tensor] = {}  # read (a device sync) only when logging
 
     def do_eval(step: int) -> None:
         nonlocal last_eval
@@ -194,13 +194,14 @@ def train_loop(
         state.step = step
         interval_steps += 1
         if result.losses:
-            losses = {f"loss/{k}": float(v.detach()) for k, v in result.losses.items()}
+            loss_tensors = result.losses
         last = step == t.steps
+        train_elapsed = time.perf_counter() - interval_start  # before evaluation, which is not training
         if step % cfg.eval.every == 0 or last:
             do_eval(step)
         if step % t.log_every == 0 or last:
-            elapsed = time.perf_counter() - interval_start
-            rate = interval_steps * t.batch_size / max(elapsed, 1e-9)
+            losses = {f"loss/{k}": float(v.detach()) for k, v in loss_tensors.items()}
+            rate = interval_steps * t.batch_size / max(train_elapsed, 1e-9)
             rates.append(rate)
             metrics = {
                 "step": step, "kind": "train", **losses, "lr/g": state.g_opt.param_groups[0]["lr"],
