@@ -14,8 +14,11 @@ import io
 import math
 from typing import Any
 
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+try:  # figures need matplotlib; the tables (report.md, the terminal) do not
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+except ImportError:  # pragma: no cover - exercised on slim GPU images only
+    Figure = MaxNLocator = None
 
 # One colour per model in every figure, so a model is recognisable across them.
 MODEL_COLORS = {"asapnet": "#1f77b4", "pix2pixhd": "#ff7f0e", "deblurgan": "#2ca02c", "hybrid": "#d62728"}
@@ -207,6 +210,10 @@ def speed_figure(report: dict[str, Any]) -> Figure | None:
 def write_all(report: dict[str, Any], chosen: dict[str, Any], out) -> dict[str, str]:
     """Draw every figure the data allows; write PNGs to ``out`` (a Store); return name -> path."""
     written = {}
+    if Figure is None:
+        print("[asaptrain] matplotlib is not installed: the report has its tables but no figures "
+              "(pip install matplotlib)", flush=True)
+        return written
     for task, t in report["tasks"].items():
         runs = {m: r for m, r in chosen.items() if r.task == task}
         for kind, make in (("metrics", metrics_figure), ("losses", losses_figure)):

@@ -312,10 +312,14 @@ def write_results(store, name: str, base: Config, grid, metric: str, runs_prefix
 def _plot(store, runs_prefix: str, sweep_dir, key: str) -> None:
     import io
 
-    import matplotlib
+    try:
+        import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("[asaptrain] matplotlib is not installed: no trials.png (pip install matplotlib)", flush=True)
+        return
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     runs_dir = store.child(*runs_prefix.split("/"))
