@@ -207,25 +207,20 @@ def _missing_message(where: str) -> str:
     )
 
 
-def _read_weights(loss_cfg: Any, store: Any) -> tuple[bytes, str]:
+def _read_weights(loss_cfg: Any, store: Any, read_uri: Any = None) -> tuple[bytes, str]:
     """The weight file's bytes and a name for it in messages."""
     src = (loss_cfg.vgg_weights or "").strip()
     if src:
         if src.startswith("file://"):
             src = src[len("file://"):]
-        if "://" in src:  # s3://bucket/key: read through a Store (imported here: losses know no storage)
-            from asaptrain.data.store import Store
-
-            parent, _, name = src.rpartition("/")
-            endpoint = getattr(store, "endpoint", None) or os.environ.get("AWS_ENDPOINT_URL")
+        if "://" in src:  # s3://bucket/key: the caller's reader knows storage; losses do not
+            if read_uri is None:
+                raise WeightsError(f"{_missing_message(src)} (no reader for URIs was given)")
             try:
-                remote = Store.open(parent, s3_endpoint=endpoint, region=getattr(store, "region", None))
-                if not remote.exists(name):
-                    raise WeightsError(_missing_message(src))
-                return remote.read_bytes(name), src
-            except UserError as exc:
-                if isinstance(exc, WeightsError):
-                    raise
+                return read_uri(src), src
+            except WeightsError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a missing or unreadable object: say where
                 raise WeightsError(f"{_missing_message(src)} ({exc})") from None
         path = os.path.expanduser(src)
         if os.path.isfile(path):
@@ -270,14 +265,15 @@ def load_vgg19_features(data: bytes, where: str = "the weights file") -> nn.Sequ
     return features
 
 
-def build_perceptual(loss_cfg: Any, store: Any = None) -> PerceptualLoss | None:
+def build_perceptual(loss_cfg: Any, store: Any = None, read_uri: Any = None) -> PerceptualLoss | None:
     """The perceptual loss of ``cfg.loss``, or None when ``loss.perceptual == "none"``.
 
-    Weights come from ``loss.vgg_weights`` (a path, file:// or s3:// URI) or, when that is
-    empty, ``weights/vgg19.pth`` in ``store`` (any object with ``exists``/``read_bytes``).
+    Weights come from ``loss.vgg_weights`` (a path, or a URI read by ``read_uri(uri) -> bytes``)
+    or, when that is empty, ``weights/vgg19.pth`` in ``store`` (any object with
+    ``exists``/``read_bytes``).
     Missing weights raise :class:`WeightsError`; random VGG weights are never used.
     """
     if loss_cfg.perceptual == "none":
         return None
-    data, where = _read_weights(loss_cfg, store)
+    data, where = _read_weights(loss_cfg, store, read_uri)
     return PerceptualLoss(load_vgg19_features(data, where), loss_cfg.perceptual)

@@ -181,3 +181,24 @@ def test_perceptual_loss_with_random_weights_from_file_and_store(vgg_file, kind)
     assert from_store(fake, real).item() == pytest.approx(value.item(), rel=1e-5)
     loss.train()
     assert not loss.training  # the frozen VGG stays in eval mode
+
+
+def test_perceptual_weights_from_a_uri_go_through_the_callers_reader(vgg_file):
+    """losses.py knows no storage: a URI is read by the reader the training layer passes."""
+    uri = "s3://bucket/weights/vgg19.pth"
+    with pytest.raises(WeightsError, match="no reader"):
+        build_perceptual(cfg(vgg_weights=uri))
+    asked = []
+
+    def reader(u):
+        asked.append(u)
+        return vgg_file.read_bytes()
+
+    assert isinstance(build_perceptual(cfg(vgg_weights=uri), read_uri=reader), PerceptualLoss)
+    assert asked == [uri]
+
+    def missing(u):
+        raise FileNotFoundError(u)
+
+    with pytest.raises(WeightsError, match="s3://bucket/weights/vgg19.pth"):
+        build_perceptual(cfg(vgg_weights=uri), read_uri=missing)
