@@ -220,7 +220,8 @@ def sweep(
         )
     runs_prefix = f"{SWEEPS_PREFIX}/{name}/runs"
     steps_per_report = base.train.log_every
-    max_t = max(1, math.ceil(base.train.steps / steps_per_report))
+    # One past the last report: ASHA must never be the one to end a trial that is finishing.
+    max_t = max(1, math.ceil(base.train.steps / steps_per_report)) + 1
     scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=min(grace_reports, max_t),
                               reduction_factor=reduction_factor)
     search_alg = _search_alg(search, base.train.seed, parallel)
@@ -237,7 +238,8 @@ def sweep(
             tune_config=tune.TuneConfig(metric=METRIC_KEYS[metric], mode="max", scheduler=scheduler,
                                         search_alg=search_alg, num_samples=trials),
             run_config=tune.RunConfig(name="tune", storage_path=storage_path, storage_filesystem=storage_fs,
-                                      failure_config=tune.FailureConfig(max_failures=0)),
+                                      failure_config=tune.FailureConfig(max_failures=0),
+                                      callbacks=[_trial_callback(store, runs_prefix)]),
         )
     outcome: dict[str, Any] = {}
 
@@ -255,6 +257,50 @@ def sweep(
     if "error" in outcome:
         raise SweepError(f"sweep {name} stopped: {outcome['error']}")
     return write_results(store, name, base, outcome["grid"], metric, runs_prefix)
+
+
+def free_placement_group(run: RunFiles) -> bool:
+    """Remove the placement group a killed run left behind; True if one was removed.
+
+    Tune stops an early-stopped trial by killing its driver; on Ray 2.60 the Train
+    controller's own cleaner often exits before it registers the worker group, so the
+    group's resources stay reserved and the next trial's input pipeline waits forever.
+    """
+    import ray
+    from ray._raylet import PlacementGroupID
+    from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
+
+    if not run.dir.exists("placement_group.json"):
+        return False
+    group = PlacementGroup(PlacementGroupID(bytes.fromhex(run.dir.read_json("placement_group.json")["id"])))
+    if placement_group_table(group).get("state") in (None, "REMOVED"):
+        return False
+    remove_placement_group(group)
+    return bool(ray.is_initialized())
+
+
+def _trial_callback(store, runs_prefix: str):
+    from ray import tune
+
+    class FreeStoppedTrials(tune.Callback):
+        """After each trial: free what a killed trial left reserved, and mark it in run.json."""
+
+        def _done(self, trial, status: str) -> None:
+            run = RunFiles(store, f"trial-{trial.trial_id}", runs_prefix)
+            try:
+                if run.exists() and run.read_run().get("status") == "running":
+                    run.write_run(status=status)
+                free_placement_group(run)
+            except Exception as exc:  # cleanup must never stop the sweep
+                print(f"[asaptrain] cleanup after trial {trial.trial_id}: {exc}", flush=True)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self._done(trial, "stopped early")
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self._done(trial, "failed")
+
+    return FreeStoppedTrials()
 
 
 def _search_alg(search: str, seed: int, parallel: int):

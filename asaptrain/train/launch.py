@@ -66,6 +66,7 @@ def _worker(config: dict[str, Any]) -> None:
     """The function every Ray Train worker runs."""
     import ray.train
     import ray.train.torch
+    import ray.util
 
     from asaptrain.data.pipeline import iter_train_batches, to_model_batch, validation_set
     from asaptrain.data.store import Store
@@ -77,6 +78,11 @@ def _worker(config: dict[str, Any]) -> None:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     main = dist.is_main()
+    run_files = RunFiles(store, config["name"], config["runs_prefix"]) if main else None
+    if main:  # so whoever outlives a killed run (the sweep) can free the group's resources
+        group = ray.util.get_current_placement_group()
+        if group is not None:
+            run_files.dir.write_json("placement_group.json", {"id": group.id.hex()})
     checkpoint = None
     latest = ray.train.get_checkpoint()
     if latest is not None:
@@ -89,8 +95,7 @@ def _worker(config: dict[str, Any]) -> None:
     )
     val = validation_set(cfg, store, device) if main else None
     train_loop(
-        cfg, batches, to_model_batch, device, RayReporter(),
-        run=RunFiles(store, config["name"], config["runs_prefix"]) if main else None,
+        cfg, batches, to_model_batch, device, RayReporter(), run=run_files,
         val=val, checkpoint=checkpoint, store=store,
         wrap=lambda m: ray.train.torch.prepare_model(m, move_to_device=False),
     )

@@ -1,0 +1,32 @@
+"""Without Ray's dashboard a sweep whose trials run in turn would hang on Ray 2.60: it must say so."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from asaptrain.config import apply_overrides
+from asaptrain.presets import get_preset
+from asaptrain.tune import SweepError, dashboard_ok, sweep
+
+
+@pytest.fixture
+def ray_without_dashboard():
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": os.getcwd()}})
+    yield
+    ray.shutdown()
+
+
+def test_sweep_refuses_to_hang_without_the_dashboard(ray_without_dashboard, tmp_path):
+    assert not dashboard_ok()
+    cfg = apply_overrides(get_preset("hybrid-smoke"), [f"storage.store={json.dumps(str(tmp_path))}",
+                                                        "scaling.resources_per_worker={CPU = 0.5}"])
+    with pytest.raises(SweepError, match="dashboard"):
+        sweep(cfg, trials=3, progress=False)
