@@ -124,3 +124,14 @@ def test_channels_last_and_bf16_are_switches_not_changes():
     bf16 = train_loop(apply_overrides(cfg, ["train.precision=bf16"]), tensors(cfg), passthrough, CPU, rep)
     assert bf16.step == 2 and all(torch.isfinite(torch.tensor(v)) for k, v in rep.reports[-1][0].items()
                                   if k.startswith("loss/"))
+
+
+def test_generator_ema_is_kept_checkpointed_and_used_for_evaluation():
+    cfg = smoke("deblurgan-smoke", "optim.ema_decay=0.5", "train.steps=2", "optim.d_steps=1")
+    rep = ListReporter()
+    state = train_loop(cfg, tensors(cfg), passthrough, CPU, rep)
+    assert state.ema is not None and state.inference_generator() is state.ema
+    ema, live = dict(state.ema.named_parameters()), dict(state.generator.named_parameters())
+    assert any(not torch.equal(ema[k], live[k]) for k in live)  # an average, not a copy
+    saved = from_bytes(to_bytes(rep.last_state))
+    assert saved["ema"] is not None and set(saved["ema"]) == set(state.ema.state_dict())
