@@ -465,10 +465,6 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
-def literal_choices(hint: Any) -> tuple[str, ...]:
-    return typing.get_args(hint) if typing.get_origin(hint) is Literal else ()
-
-
 __all__ = [
     "Config",
     "ConfigError",

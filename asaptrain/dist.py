@@ -36,11 +36,6 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def print0(*args, **kwargs) -> None:
-    if is_main():
-        print(*args, **kwargs, flush=True)
-
-
 def device(use_gpu: bool) -> torch.device:
     """This worker's device: its own GPU under Ray, else cuda:0 or the CPU."""
     if not use_gpu or not torch.cuda.is_available():
@@ -51,17 +46,6 @@ def device(use_gpu: bool) -> torch.device:
         return ray.train.torch.get_device()
     except Exception:
         return torch.device("cuda", local_rank())
-
-
-def mean(value: torch.Tensor | float) -> float:
-    """Mean of a scalar across ranks (a no-op in a world of one)."""
-    t = torch.as_tensor(value, dtype=torch.float64)
-    if world_size() == 1:
-        return float(t)
-    backend = torch_dist.get_backend()
-    t = t.to("cuda" if backend == "nccl" else "cpu")
-    torch_dist.all_reduce(t)
-    return float(t) / world_size()
 
 
 def any_true(flag: torch.Tensor) -> bool:
@@ -81,11 +65,6 @@ def gather(value: float) -> list[float]:
     out: list = [None] * world_size()
     torch_dist.all_gather_object(out, float(value))
     return [float(v) for v in out]
-
-
-def barrier() -> None:
-    if world_size() > 1:
-        torch_dist.barrier()
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

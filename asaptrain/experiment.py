@@ -15,7 +15,7 @@ import json
 import time
 from dataclasses import dataclass, field
 
-from asaptrain.config import Config, apply_overrides, from_dict, to_dict
+from asaptrain.config import Config, apply_overrides, from_dict
 from asaptrain.errors import UserError
 from asaptrain.presets import get_preset
 
@@ -138,4 +138,4 @@ def full_plan(store_uri: str, s3_endpoint: str | None, overrides: list[str], tri
                      overrides=extra + list(overrides))
 
 
-__all__ = ["StudyPlan", "smoke_plan", "full_plan", "run_study", "ensure_synth", "to_dict"]
+__all__ = ["StudyPlan", "smoke_plan", "full_plan", "run_study", "ensure_synth"]

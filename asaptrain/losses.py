@@ -12,6 +12,7 @@ applied by the training step, not here. Pure torch; a store is only read when gi
 
 from __future__ import annotations
 
+import abc
 import io
 import os
 from typing import Any
@@ -29,17 +30,19 @@ def _logits(outs: Outs) -> list[torch.Tensor]:
     return [scale[-1].float() for scale in outs]
 
 
-class GanLoss:
+class GanLoss(abc.ABC):
     """Base: ``d_loss(real_outs, fake_outs)``, ``g_loss(fake_outs)``, optional ``penalty``."""
 
     name = "base"
     has_penalty = False
 
+    @abc.abstractmethod
     def d_loss(self, real_outs: Outs, fake_outs: Outs) -> torch.Tensor:
-        raise NotImplementedError
+        """Discriminator loss from its outputs on real and generated images."""
 
+    @abc.abstractmethod
     def g_loss(self, fake_outs: Outs) -> torch.Tensor:
-        raise NotImplementedError
+        """Generator adversarial loss from the discriminator's outputs on generated images."""
 
     def penalty(
         self, D: nn.Module, real: torch.Tensor, fake: torch.Tensor, cond: torch.Tensor | None = None,
@@ -104,8 +107,12 @@ class WGANGP(GanLoss):
         real, fake = real.detach().float(), fake.detach().float()
         alpha = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), device=real.device)
         interp = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
-        outs = D(interp, None if cond is None else cond.detach())
-        score = sum(logits.sum() for logits in _logits(outs))
+        return self.penalty_at(D(interp, None if cond is None else cond.detach()), interp)
+
+    def penalty_at(self, interp_outs: Outs, interp: torch.Tensor) -> torch.Tensor:
+        """The penalty from D's outputs at ``interp`` (which requires grad); the training step
+        uses this with the interpolates in the same D forward as real and fake."""
+        score = sum(logits.float().sum() for logits in _logits(interp_outs))
         (grad,) = torch.autograd.grad(score, interp, create_graph=True)
         return self.gp_weight * ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
 

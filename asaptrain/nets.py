@@ -63,7 +63,7 @@ def generator_config(cfg: Config):
             )
         if m.name == "hybrid":
             return HybridConfig(
-                channels=IMAGE_CHANNELS, residual=m.residual, mlp_input=m.mlp_input, tile_size=m.tile_size,
+                in_channels=IMAGE_CHANNELS, out_channels=IMAGE_CHANNELS, residual=m.residual, mlp_input=m.mlp_input, tile_size=m.tile_size,
                 lowres_downsample=m.lowres_downsample, lowres_max_channels=m.lowres_max_channels,
                 lowres_blocks=m.lowres_blocks, lowres_norm=m.lowres_norm, padding=m.padding, mlp_depth=m.mlp_depth,
                 mlp_width=m.mlp_width, init=_asap_init(cfg), mlp_context=m.mlp_context,

@@ -266,7 +266,6 @@ def free_placement_group(run: RunFiles) -> bool:
     controller's own cleaner often exits before it registers the worker group, so the
     group's resources stay reserved and the next trial's input pipeline waits forever.
     """
-    import ray
     from ray._raylet import PlacementGroupID
     from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
 
@@ -276,7 +275,7 @@ def free_placement_group(run: RunFiles) -> bool:
     if placement_group_table(group).get("state") in (None, "REMOVED"):
         return False
     remove_placement_group(group)
-    return bool(ray.is_initialized())
+    return True
 
 
 def _trial_callback(store, runs_prefix: str):

@@ -378,4 +378,4 @@ def test_hybrid_mlp_sees_its_neighbourhood():
                 torch.testing.assert_close(m[0, c * 9 + dy * 3 + dx], padded[0, c, dy:dy + 16, dx:dx + 16])
     assert G(x).shape == x.shape
     with pytest.raises(ValueError, match="mlp_context"):
-        HybridConfig(mlp_context=2).asapnet()
+        HybridConfig(mlp_context=2)

@@ -27,49 +27,30 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Literal
 
 from asaptrain.models.asapnet import ASAPNetConfig, ASAPNetGenerator, AsapInit, asapnet_discriminator
 from asaptrain.models.blocks import MultiscaleDiscriminator, NormKind, PaddingKind
 
 
 @dataclass
-class HybridConfig:
-    """The hybrid generator's hyperparameters; ASAP-Net's, with sound defaults for deblurring."""
+class HybridConfig(ASAPNetConfig):
+    """ASAP-Net's generator hyperparameters with the sound defaults for RGB -> RGB deblurring.
 
-    channels: int = 3
-    """Image channels in and out."""
+    Only the defaults differ from :class:`ASAPNetConfig` (whose fields document themselves):
+    residual output on, every channel reaches the MLPs, no low-res normalization (instance
+    norm can make a fixed-location spot), reflection padding (zero padding marks the frame),
+    the variance-preserving "hyper" init, and each MLP sees its pixel's 3 x 3 neighbourhood.
+    """
+
+    in_channels: int = 3
+    out_channels: int = 3
     residual: bool = True
-    """Output clamp(input + MLP output, -1, 1)."""
-    mlp_input: str = "all"
-    """Which input channels reach the pixelwise MLPs ("all_but_last" drops blue: the failure)."""
-    tile_size: int = 16
-    """S: pixels per MLP cell edge."""
-    lowres_downsample: int = 16
-    """Learned downsampling of the low-res stream."""
-    lowres_width: int = 64
-    """Width of the low-res stream's first convs, in channels."""
-    lowres_max_channels: int = 1024
-    """Width of the low-res blocks, in channels."""
-    lowres_blocks: int = 7
-    """conv-norm-ReLU blocks at grid resolution."""
+    mlp_input: Literal["all", "all_but_last"] = "all"
     lowres_norm: NormKind = "none"
-    """Low-res normalization (instance norm can make a fixed-location spot)."""
     padding: PaddingKind = "reflect"
-    """Low-res padding (zero padding marks the frame's border and corners)."""
-    mlp_depth: int = 5
-    """Linear layers per pixelwise MLP."""
-    mlp_width: int = 64
-    """Hidden width of the pixelwise MLPs, in channels."""
-    mlp_context: int = 3
-    """k: each MLP sees the k x k patch around its pixel (deblurring needs neighbours; 1 = ASAP-Net)."""
     init: AsapInit = "hyper"
-    """hyper (variance-preserving), xavier (ASAP-Net) or normal N(0, 0.02) (the published hybrid)."""
-    last_layer_scale: float = 0.01
-    """hyper init: scale of the predicted last MLP layer."""
-
-    def asapnet(self) -> ASAPNetConfig:
-        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "channels"}
-        return ASAPNetConfig(in_channels=self.channels, out_channels=self.channels, **fields)
+    mlp_context: int = 3
 
 
 def published_failure(**overrides) -> HybridConfig:
@@ -83,9 +64,7 @@ class HybridGenerator(ASAPNetGenerator):
     """ASAP-Net's generator on RGB input; ``HybridGenerator()`` is the sound default."""
 
     def __init__(self, cfg: HybridConfig | None = None):
-        cfg = cfg or HybridConfig()
-        super().__init__(cfg.asapnet())
-        self.hybrid_cfg = cfg
+        super().__init__(cfg or HybridConfig())
 
 
 def hybrid_discriminator(

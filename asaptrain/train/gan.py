@@ -49,13 +49,6 @@ def _split(outs: list[list[torch.Tensor]], sizes: list[int]) -> list[list[list[t
     return parts
 
 
-def gradient_penalty(interp_outs: list[list[torch.Tensor]], interp: torch.Tensor) -> torch.Tensor:
-    """WGAN-GP: mean over samples of (||grad_x D(x)|| - 1)^2 at the interpolates (all scales)."""
-    score = sum(scale[-1].float().sum() for scale in interp_outs)
-    (grad,) = torch.autograd.grad(score, interp, create_graph=True)
-    return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
-
-
 def _all_finite(loss: torch.Tensor, params: list[torch.nn.Parameter]) -> bool:
     """Loss and gradients finite on every rank (one tiny all-reduce), so all ranks decide alike."""
     grads = [p.grad for p in params if p.grad is not None]
@@ -111,7 +104,7 @@ class GanStep:
         parts = _split(outs, [n] * len(batch))
         terms = {"d_adv": self.gan_loss.d_loss(parts[0], parts[1])}
         if self.wgan:
-            terms["d_gp"] = self.cfg.loss.gp_weight * gradient_penalty(parts[2], interp)
+            terms["d_gp"] = self.gan_loss.penalty_at(parts[2], interp)
         loss = sum(terms.values())
         t1 = self._mark(timed)
         self.d_opt.zero_grad(set_to_none=True)

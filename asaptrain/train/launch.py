@@ -197,6 +197,9 @@ def fit(
     name, start = choose_name(store, cfg, preset, name, resume, runs_prefix)
     ensure_ray()
     use_gpu = resolve_use_gpu(cfg)
+    # Before anything is written: a missing or damaged dataset fails here, naming it, and
+    # leaves no half-started run behind.
+    dataset = train_dataset(cfg, store)
     files = RunFiles(store, name, runs_prefix)
     files.write_config(cfg)
     meta = files.write_run(
@@ -222,7 +225,7 @@ def fit(
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
             callbacks=callbacks,
         ),
-        datasets={"train": train_dataset(cfg, store)},
+        datasets={"train": dataset},
     )
     outcome: dict[str, Any] = {}
 
@@ -281,11 +284,3 @@ def pin_store(cfg: Config) -> Config:
     if os.path.isabs(path):
         return cfg
     return dataclasses.replace(cfg, storage=dataclasses.replace(cfg.storage, store=os.path.abspath(path)))
-
-
-def with_overrides(cfg: Config, **sections: dict) -> Config:
-    """A copy of ``cfg`` with some fields replaced, e.g. ``with_overrides(cfg, train={"steps": 5})``."""
-    out = dataclasses.replace(cfg)
-    for section, values in sections.items():
-        setattr(out, section, dataclasses.replace(getattr(cfg, section), **values))
-    return validate(out)

@@ -208,19 +208,19 @@ def train_loop(
                 "lr/d": state.d_opt.param_groups[0]["lr"], "blur_strength": strength, "images_per_s": rate,
                 "skipped": result.skipped,
             }
+            ckpt = step % t.checkpoint_every == 0 or last
             if main and run is not None:
                 run.add_metrics(metrics)
-                run.flush()
+                run.flush(durable=ckpt)
                 run.write_progress({"step": step, "steps": t.steps, "images_per_s": rate, **losses,
                                     **{f"val/{k}": v for k, v in last_eval.items() if k in ("psnr", "ssim")}})
-            ckpt = step % t.checkpoint_every == 0 or last
             report = dict(metrics)
             report.pop("kind")
             interval_start, interval_steps = time.perf_counter(), 0
         elif step % t.checkpoint_every == 0:
             ckpt, report = True, {"step": step}
             if main and run is not None:
-                run.flush()
+                run.flush(durable=True)
         else:
             continue
         # Every report carries the latest validation numbers (Tune's schedulers need them in each).
@@ -230,7 +230,7 @@ def train_loop(
     checksums = dist.gather(sum(float(p.detach().double().sum()) for p in
                                 [*dist.unwrap(state.generator).parameters(), *dist.unwrap(state.discriminator).parameters()]))
     if main and run is not None:
-        run.flush()
+        run.flush(durable=True)
         steady = rates[1:] or rates
         n = max(timed_steps, 1)
         step_ms = {"data_wait": data_wait_ms / n, "forward": times.forward / n, "backward": times.backward / n,

@@ -36,6 +36,7 @@ class RunFiles:
         self.name = name
         self.dir = store.child(*prefix.split("/"), name)
         self._pending: list[str] = []
+        self._lines: list[str] | None = None  # object stores: the file's lines, kept to rewrite it
 
     # ----------------------------------------------------------------------- metadata
     def exists(self) -> bool:
@@ -57,10 +58,22 @@ class RunFiles:
     def add_metrics(self, record: dict) -> None:
         self._pending.append(json.dumps(_clean(record), sort_keys=True))
 
-    def flush(self) -> None:
-        if self._pending:
+    def flush(self, durable: bool = False) -> None:
+        """Write pending records. A local file is appended to at every call; an object store can
+        only rewrite the whole object, so there records wait for a ``durable`` flush (the
+        checkpoints and the end), which keeps a long S3 run from re-uploading its history at
+        every log step. Records lost in a crash are after the last checkpoint: the resumed run
+        writes them again."""
+        if not self._pending or (self.dir.is_s3 and not durable):
+            return
+        if self.dir.is_s3:
+            if self._lines is None:
+                self._lines = self.dir.read_text("metrics.jsonl").splitlines() if self.dir.exists("metrics.jsonl") else []
+            self._lines += self._pending
+            self.dir.write_text("metrics.jsonl", "\n".join(self._lines) + "\n")
+        else:
             self.dir.append_text("metrics.jsonl", "\n".join(self._pending) + "\n")
-            self._pending = []
+        self._pending = []
 
     def read_metrics(self) -> list[dict]:
         if not self.dir.exists("metrics.jsonl"):
@@ -72,8 +85,9 @@ class RunFiles:
         self._pending = []
         if not self.dir.exists("metrics.jsonl"):
             return
-        keep = [r for r in self.read_metrics() if r.get("step", 0) <= step]
-        self.dir.write_text("metrics.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in keep))
+        keep = [json.dumps(r, sort_keys=True) for r in self.read_metrics() if r.get("step", 0) <= step]
+        self.dir.write_text("metrics.jsonl", "".join(line + "\n" for line in keep))
+        self._lines = keep
 
     # ----------------------------------------------------------------------- the rest
     def write_progress(self, progress: dict) -> None:
