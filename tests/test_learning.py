@@ -20,11 +20,14 @@ pytestmark = pytest.mark.slow
 def test_hybrid_smoke_deblurs_synthetic_photos(tmp_path, ray_cluster):
     store = Store.open(str(tmp_path / "store"))
     convert(synth_plan("photos", 48, (64, 64), seed=0, val_count=4), store.child("datasets", "synth-photos"))
-    # Train at the strength it is validated at, with the adversarial term small next to L1.
+    # Train at the strength it is validated at, with the adversarial term small next to L1, and
+    # decay the learning rate over the second half as the paper recipes do: the last evaluation
+    # then reflects what was learned rather than the noise of the last few steps (measured on
+    # 2 CPUs: +0.19 to +0.22 dB over 4 runs and 3 seeds; without the decay +0.09 to +0.18).
     cfg = apply_overrides(get_preset("hybrid-smoke"), [
         f"storage.store={json.dumps(store.uri)}", "train.steps=200", "train.log_every=50", "eval.every=50",
         "train.checkpoint_every=200", "train.sample_every=200", "curriculum.kind=fixed", "curriculum.start=0.5",
-        "eval.blur_strength=0.5", "optim.g_lr=5e-4", "optim.d_lr=5e-4", "loss.gan_weight=0.1",
+        "eval.blur_strength=0.5", "optim.g_lr=1e-3", "optim.d_lr=5e-4", "optim.decay_start=0.5", "loss.gan_weight=0.1",
         "scaling.num_workers=1", "scaling.use_gpu=false", "scaling.resources_per_worker={CPU = 1}",
     ])
     result = fit(cfg, name="learns", progress=False)
