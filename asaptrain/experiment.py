@@ -15,7 +15,8 @@ import json
 import time
 from dataclasses import dataclass, field
 
-from asaptrain.config import Config, apply_overrides, from_dict
+from asaptrain.config import Config
+from asaptrain.config_io import apply_overrides, from_dict
 from asaptrain.errors import UserError
 from asaptrain.presets import get_preset
 

@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from asaptrain.config import Config, from_dict, validate
+from asaptrain.config import Config, validate
+from asaptrain.config_io import from_dict
 from asaptrain.errors import UserError
 from asaptrain.nets import build_generator
 from asaptrain.train.state import STATE_FILE, from_bytes

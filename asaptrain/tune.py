@@ -17,101 +17,17 @@ import math
 import os
 import threading
 import time
-import tomllib
 from typing import Any
 
-from asaptrain.config import Config, apply_overrides, from_dict, to_dict, to_toml, validate
-from asaptrain.errors import UserError
+from asaptrain.config import Config, validate
+from asaptrain.config_io import apply_overrides, from_dict, to_dict, to_toml
+from asaptrain.sweep_space import SweepError, default_space, to_tune, trial_config
 from asaptrain.train.run_files import RunFiles, new_run_name
 
 SWEEPS_PREFIX = "sweeps"
 METRIC_KEYS = {"psnr": "val_psnr", "ssim": "val_ssim"}
 TRIAL_DRIVER_CPUS = 0.25
 """CPUs held by a trial's driver, which only waits on its TorchTrainer (Ray's default is 1)."""
-
-
-class SweepError(UserError):
-    """A sweep that cannot start or resume; the message says what to change."""
-
-
-def default_space(base: Config) -> dict[str, dict]:
-    """The search space around ``base``: ``{"section.field": {"choice"|"uniform"|"loguniform": [...]}}``."""
-    m, d = base.model, base.data
-    tiles = [s for s in (8, 16, 32) if s >= m.lowres_downsample and d.crop_height % s == 0 and d.crop_width % s == 0]
-    space: dict[str, dict] = {
-        "model.mlp_depth": {"choice": [3, 4, 5, 6]},
-        "model.mlp_width": {"choice": sorted({max(8, m.mlp_width // 2), m.mlp_width, m.mlp_width * 2})},
-        "model.tile_size": {"choice": tiles or [m.tile_size]},
-        "model.mlp_context": {"choice": [1, 3, 5]},
-        "model.lowres_norm": {"choice": ["none", "spectral", "group", "instance"]},
-        "model.padding": {"choice": ["reflect", "replicate", "zero"]},
-        "model.residual": {"choice": [True, False]},
-        "optim.g_lr": {"loguniform": [3e-5, 3e-4]},
-        "optim.d_lr": {"loguniform": [3e-5, 4e-4]},
-        "optim.d_steps": {"choice": sorted({1, 2, base.optim.d_steps})},
-        "loss.gan_weight": {"loguniform": [0.1, 2.0]},
-        "loss.l1_weight": {"loguniform": [1.0, 100.0]},
-        "curriculum.kind": {"choice": ["fixed", "linear", "cosine", "step", "band"]},
-        "curriculum.start": {"uniform": [0.0, 0.4]},
-        "curriculum.end": {"uniform": [0.5, 1.0]},
-        "curriculum.warmup_steps": {"choice": [0, base.train.steps // 10]},
-    }
-    if base.loss.perceptual != "none":
-        space["loss.perceptual_weight"] = {"loguniform": [10.0, 200.0]}
-    return space
-
-
-def load_space(path: str, base: Config) -> dict[str, dict]:
-    """A TOML space file: ``mode = "narrow"`` (default: replace the listed keys) or ``"replace"``.
-
-        mode = "narrow"
-        [space]
-        "model.mlp_depth" = { choice = [4, 5] }
-        "optim.g_lr" = { loguniform = [1e-4, 2e-4] }
-    """
-    try:
-        raw = tomllib.loads(open(path).read())
-    except FileNotFoundError:
-        raise SweepError(f"search space file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise SweepError(f"search space file {path} is not valid TOML: {exc}") from None
-    mode = raw.get("mode", "narrow")
-    if mode not in ("narrow", "replace"):
-        raise SweepError(f"{path}: mode must be 'narrow' or 'replace', got {mode!r}")
-    given = raw.get("space", {})
-    for key, spec in given.items():
-        _check_entry(path, key, spec, base)
-    return {**(default_space(base) if mode == "narrow" else {}), **given}
-
-
-def _check_entry(where: str, key: str, spec: Any, base: Config) -> None:
-    if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in ("choice", "uniform", "loguniform", "grid"):
-        raise SweepError(f"{where}: {key} must be one of {{choice = [...]}}, {{grid = [...]}}, "
-                         f"{{uniform = [lo, hi]}}, {{loguniform = [lo, hi]}}; got {spec!r}")
-    kind, values = next(iter(spec.items()))
-    probe = values[0] if kind in ("choice", "grid") else values[0]
-    try:
-        apply_overrides(base, [f"{key}={json.dumps(probe)}"])
-    except UserError as exc:
-        raise SweepError(f"{where}: {key}: {exc}") from None
-
-
-def to_tune(space: dict[str, dict]) -> dict[str, Any]:
-    from ray import tune
-
-    out = {}
-    for key, spec in space.items():
-        kind, values = next(iter(spec.items()))
-        out[key] = {
-            "choice": lambda v: tune.choice(v), "grid": lambda v: tune.grid_search(v),
-            "uniform": lambda v: tune.uniform(*v), "loguniform": lambda v: tune.loguniform(*v),
-        }[kind](values)
-    return out
-
-
-def trial_config(base: Config, params: dict[str, Any]) -> Config:
-    """``base`` with a trial's sampled values (dotted keys) applied and validated."""
-    return apply_overrides(base, [f"{k}={json.dumps(v)}" for k, v in sorted(params.items())])
 
 
 def dashboard_ok() -> bool:
@@ -177,7 +93,6 @@ def sweep(
     progress: bool = True,
 ) -> dict:
     """Run (or resume) a sweep and write its results; returns the ``sweep.json`` content."""
-    import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
@@ -310,11 +225,9 @@ def _search_alg(search: str, seed: int, parallel: int):
     """
     if search in ("auto", "optuna"):
         try:
-            from ray.tune.search.optuna import OptunaSearch
-
             import optuna  # noqa: F401
-
             from ray.tune.search import ConcurrencyLimiter
+            from ray.tune.search.optuna import OptunaSearch
 
             return ConcurrencyLimiter(OptunaSearch(seed=seed), max_concurrent=parallel)
         except ImportError:

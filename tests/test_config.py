@@ -6,16 +6,8 @@ import pytest
 from click.testing import CliRunner
 
 from asaptrain.cli import main
-from asaptrain.config import (
-    Config,
-    ConfigError,
-    apply_overrides,
-    field_docs,
-    from_dict,
-    load_config,
-    load_toml,
-    to_toml,
-)
+from asaptrain.config import Config, ConfigError, field_docs
+from asaptrain.config_io import apply_overrides, from_dict, load_config, load_toml, to_toml
 from asaptrain.presets import PRESETS, SMOKE_PRESETS, get_preset
 
 

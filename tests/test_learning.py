@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from asaptrain.config import apply_overrides
+from asaptrain.config_io import apply_overrides
 from asaptrain.data.convert import convert
 from asaptrain.data.store import Store
 from asaptrain.data.synth import synth_plan

@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from asaptrain.config import apply_overrides
+from asaptrain.config_io import apply_overrides
 from asaptrain.nets import generator_in_channels
 from asaptrain.presets import SMOKE_PRESETS, get_preset
 from asaptrain.train.gan import NonFiniteLoss

@@ -13,7 +13,7 @@ import time
 import pytest
 from PIL import Image
 
-from asaptrain.config import apply_overrides
+from asaptrain.config_io import apply_overrides
 from asaptrain.data.convert import convert
 from asaptrain.data.store import Store
 from asaptrain.data.synth import synth_plan

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from asaptrain.config import apply_overrides
+from asaptrain.config_io import apply_overrides
 from asaptrain.presets import get_preset
 from asaptrain.tune import SweepError, dashboard_ok, sweep
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import click
 
 from asaptrain.cli.groups import config, friendly_errors, preset_options
-from asaptrain.config import ConfigError, load_config, to_toml
+from asaptrain.config import ConfigError
+from asaptrain.config_io import load_config, to_toml
 from asaptrain.presets import PRESETS
 
 

@@ -8,7 +8,8 @@ import sys
 import click
 
 from asaptrain.cli.groups import bench, friendly_errors, main, preset_options, store_options
-from asaptrain.config import Config, apply_overrides, load_config, to_toml
+from asaptrain.config import Config
+from asaptrain.config_io import apply_overrides, load_config, to_toml
 
 
 def build_train_config(preset, config_file, overrides, store=None, s3_endpoint=None, workers=None,

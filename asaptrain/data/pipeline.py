@@ -1,7 +1,7 @@
 """The input pipeline: Parquet shards -> Ray Data -> decoded, cropped uint8 batches -> model tensors.
 
-Ray Data tasks (CPU) read only the columns the task needs, decode, resize, crop and flip, and
-hand over uint8 arrays; the training device does the rest (one-hot labels, synthetic blur,
+Ray Data tasks (CPU) read only the columns the task needs, decode, resize, crop and flip
+(``decode.py``), and hand over uint8 arrays; the training device does the rest (one-hot labels, synthetic blur,
 scaling to [-1, 1]), where it is cheap and a quarter of the bytes travel::
 
     ds = train_dataset(cfg, store)                    # driver: TorchTrainer(datasets={"train": ds})
@@ -29,24 +29,19 @@ the task raises :class:`DataError` listing every bad image, and the run stops.
 
 from __future__ import annotations
 
-import hashlib
-import io
 import logging
 import re
-import zlib
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import pyarrow.parquet as pq
 import ray
-from PIL import Image
 from ray.data import DataContext, FileShuffleConfig
 
 from asaptrain.config import Config
+from asaptrain.data.decode import DataError, Decoder, decode_rows, key_id
 from asaptrain.data.shards import read_manifest, shard_paths
 from asaptrain.data.store import resolve_dataset
-from asaptrain.errors import UserError
 
 if TYPE_CHECKING:
     import torch
@@ -57,155 +52,6 @@ VAL_BLUR_SEED = 20180711
 """Seed of the validation blur: fixed, so every run and model is scored on the same inputs."""
 MAP_BATCH_BYTES = 64 * 2**20
 """Decoded bytes per ``map_batches`` call (its row count follows from the crop size)."""
-
-
-class DataError(UserError):
-    """Training data that cannot be used: the message names the shards and keys at fault."""
-
-
-class _BadImage(Exception):
-    pass
-
-
-# ----------------------------------------------------------------------------- decoding
-
-
-def key_id(key: str) -> int:
-    """A stable signed 64-bit id of a row key (the ``key_id`` column)."""
-    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little", signed=True)
-
-
-def _open(data: Any, what: str) -> Image.Image:
-    if data is None:
-        raise _BadImage(f"{what} is missing (NULL)")
-    try:
-        img = Image.open(io.BytesIO(data))
-        img.load()
-        return img
-    except Exception as exc:  # PIL raises many types for damaged data
-        raise _BadImage(f"{what} does not decode ({type(exc).__name__}: {str(exc)[:80]})") from None
-
-
-def _nearest(a: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Nearest-neighbour resize of an (H, W) id map: ids never blend into other ids."""
-    rows = ((np.arange(height) + 0.5) * a.shape[0] / height).astype(np.int64)
-    cols = ((np.arange(width) + 0.5) * a.shape[1] / width).astype(np.int64)
-    return a[rows[:, None], cols[None, :]]
-
-
-def _edges(inst: np.ndarray) -> np.ndarray:
-    """pix2pixHD's instance boundaries: 1 where a pixel differs from a 4-neighbour."""
-    e = np.zeros(inst.shape, dtype=bool)
-    dx, dy = inst[:, 1:] != inst[:, :-1], inst[1:, :] != inst[:-1, :]
-    e[:, 1:] |= dx
-    e[:, :-1] |= dx
-    e[1:, :] |= dy
-    e[:-1, :] |= dy
-    return e.astype(np.uint8)
-
-
-@dataclass(frozen=True)
-class Decoder:
-    """Turns one shard row into fixed-size uint8 arrays (the CPU half of the pipeline)."""
-
-    task: str
-    crop_height: int
-    crop_width: int
-    load_height: int = 0
-    load_width: int = 0
-    flip: bool = True
-    instance_edges: bool = False
-    stored_input: bool = False
-    seed: int = 0
-
-    @classmethod
-    def from_config(cls, cfg: Config, stored_input: bool) -> "Decoder":
-        d, labels = cfg.data, cfg.data.task == "labels2photo"
-        return cls(d.task, d.crop_height, d.crop_width, d.load_height, d.load_width, d.flip,
-                   d.instance_edges and labels, stored_input or labels, cfg.train.seed)
-
-    @property
-    def columns(self) -> list[str]:
-        return ["key", "target"] + ["input"] * self.stored_input + ["instance"] * self.instance_edges
-
-    def rng(self, epoch: int, key: str) -> np.random.Generator:
-        return np.random.default_rng((self.seed, epoch, zlib.crc32(key.encode())))
-
-    def row(self, row: dict[str, Any], rng: np.random.Generator | None) -> dict[str, np.ndarray]:
-        """Decode, resize, crop (random with ``rng``, centred without) and flip one row."""
-        target = _open(row["target"], "target")
-        w, h = target.size
-        lw, lh = self.load_width, self.load_height
-        if lw or lh:  # one of them set: keep the aspect ratio
-            w, h = lw or max(1, round(w * lh / h)), lh or max(1, round(h * lw / w))
-        ch, cw = self.crop_height, self.crop_width
-        if h < ch or w < cw:
-            raise _BadImage(f"{w}x{h} (after resizing) is smaller than the crop {cw}x{ch}: "
-                            "set data.load_width/load_height or a smaller crop")
-        top, left = (int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))) if rng \
-            else ((h - ch) // 2, (w - cw) // 2)
-        flip = rng is not None and self.flip and rng.random() < 0.5
-
-        def photo(img: Image.Image) -> np.ndarray:
-            img = img.convert("RGB") if img.mode != "RGB" else img
-            img = img.resize((w, h), Image.BICUBIC) if img.size != (w, h) else img
-            return np.asarray(img.crop((left, top, left + cw, top + ch)))
-
-        def ids(img: Image.Image, margin: int = 0) -> np.ndarray:
-            a = np.asarray(img)
-            if a.ndim != 2:
-                raise _BadImage(f"label/instance map has mode {img.mode}: store one id per pixel (labelIds PNG)")
-            a = _nearest(a, h, w) if a.shape != (h, w) else a
-            return a[max(top - margin, 0): top + ch + margin, max(left - margin, 0): left + cw + margin]
-
-        out = {"target": photo(target)}
-        if self.stored_input:
-            inp = _open(row.get("input"), "input")
-            if inp.size != target.size:
-                raise _BadImage(f"input {inp.size[0]}x{inp.size[1]} and target "
-                                f"{target.size[0]}x{target.size[1]} differ in size")
-            out["input"] = photo(inp) if self.task == "deblur" else np.clip(ids(inp), 0, 255).astype(np.uint8)
-        if self.instance_edges:
-            if row.get("instance") is None:
-                raise _BadImage("no instance map (NULL): set data.instance_edges = false for this dataset")
-            inst = ids(_open(row["instance"], "instance"), margin=1).astype(np.int64)
-            oy, ox = min(top, 1), min(left, 1)  # edges on the crop border see the pixel beyond it
-            out["instance_edge"] = _edges(inst)[oy: oy + ch, ox: ox + cw]
-        return {k: np.ascontiguousarray(v[:, ::-1] if flip else v) for k, v in out.items()}
-
-    def stack(self, rows: list[dict[str, np.ndarray]], ids: list[int]) -> dict[str, np.ndarray]:
-        """Rows -> one batch; zero rows (all bad) still give every column, with length 0."""
-        h, w = self.crop_height, self.crop_width
-        shapes = {"target": (h, w, 3), "input": (h, w, 3) if self.task == "deblur" else (h, w),
-                  "instance_edge": (h, w)}
-        names = ["target"] + ["input"] * self.stored_input + ["instance_edge"] * self.instance_edges
-        out = {k: np.stack([r[k] for r in rows]) if rows else np.zeros((0, *shapes[k]), np.uint8) for k in names}
-        out["key_id"] = np.asarray(ids, dtype=np.int64)
-        return out
-
-
-def _decode(decoder: Decoder, items, epoch: int | None, report, limit: int, want: int | None = None):
-    """Decode (shard, row) items into one batch (random crops for an ``epoch``, centred for None).
-
-    Bad rows are logged and handed to ``report``, which returns the list to fail with, or None.
-    """
-    rows, ids, bad = [], [], []
-    for shard, row in items:
-        if want is not None and len(rows) == want:
-            break
-        key = str(row["key"])
-        try:
-            rows.append(decoder.row(row, None if epoch is None else decoder.rng(epoch, key)))
-            ids.append(key_id(key))
-        except _BadImage as exc:
-            log.warning("skipping bad image: shard %s key %r: %s", shard, key, exc)
-            bad.append({"shard": shard, "key": key, "reason": str(exc)})
-    if bad and (over := report(bad)) is not None:
-        shown = "; ".join(f"{e['shard']} key {e['key']!r}: {e['reason']}" for e in over[:20])
-        more = f" (and {len(over) - 20} more)" if len(over) > 20 else ""
-        raise DataError(f"{len(over)} bad images, more than data.max_bad_images={limit}: {shown}{more}. "
-                        "Fix or reconvert those shards (`asaptrain data verify`), or raise data.max_bad_images")
-    return decoder.stack(rows, ids)
 
 
 def _stored_input(paths: list[str], fs) -> bool:
@@ -250,7 +96,7 @@ def _decode_batch(batch: dict[str, np.ndarray], decoder: Decoder, bad_log, limit
     epoch = getattr(DataContext.get_current(), "_execution_idx", 0)  # counts this dataset's executions
     items = ((scheme + str(batch["path"][i]), {c: batch[c][i] for c in decoder.columns})
              for i in range(len(batch["key"])))
-    return _decode(decoder, items, epoch, lambda bad: ray.get(bad_log.add.remote(bad)), limit)
+    return decode_rows(decoder, items, epoch, lambda bad: ray.get(bad_log.add.remote(bad)), limit)
 
 
 def train_dataset(cfg: Config, store, bad_log=None, ds_store=None):
@@ -390,7 +236,7 @@ def validation_raw(cfg: Config, store, max_images: int | None = None) -> dict[st
     items = ((ds_store.uri_for(p.rsplit("/", 1)[-1]), row)
              for p, row in _shard_rows(ds_store.fs, paths, decoder.columns, backwards=not has_val))
     limit, want = cfg.data.max_bad_images, min(cfg.eval.images, max_images or cfg.eval.images)
-    batch = _decode(decoder, items, None, lambda bad: bad if len(bad) > limit else None, limit, want=want)
+    batch = decode_rows(decoder, items, None, lambda bad: bad if len(bad) > limit else None, limit, want=want)
     if not len(batch["key_id"]):
         raise DataError(f"no usable validation images in {ds_store.uri_for()}")
     out = {k: torch.from_numpy(v if has_val else v[::-1].copy()) for k, v in batch.items()}

@@ -23,7 +23,8 @@ from typing import Any
 import torch
 
 from asaptrain import dist
-from asaptrain.config import Config, from_dict, to_dict, validate
+from asaptrain.config import Config, validate
+from asaptrain.config_io import from_dict, to_dict
 from asaptrain.errors import UserError
 from asaptrain.train.run_files import RUNS_PREFIX, RunFiles, new_run_name
 from asaptrain.train.state import STATE_FILE, load_file
@@ -259,7 +260,14 @@ def _short(error: BaseException | None) -> str | None:
 
 def _follow(files: RunFiles, steps: int, thread: threading.Thread) -> None:
     """A rich progress bar fed by the run's progress.json until fit() returns."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
                TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}")]

@@ -12,7 +12,8 @@ import math
 import time
 from typing import Any
 
-from asaptrain.config import Config, to_toml
+from asaptrain.config import Config
+from asaptrain.config_io import to_toml
 
 RUNS_PREFIX = "runs"
 

@@ -1,0 +1,151 @@
+"""Configs in and out: TOML files, plain dicts, ``--set`` overrides, and presets.
+
+The one way commands build a config is :func:`load_config`: a preset or a TOML file, then
+overrides, then validation. Values are checked against the field types of ``config.py``
+(lossless conversions only, such as int -> float); an unknown or ill-typed field is a
+:class:`ConfigError` that names it and what it accepts::
+
+    cfg = load_config(preset="deblurgan-smoke", overrides=["train.steps=20"])
+    print(to_toml(cfg))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import tomli_w
+
+from asaptrain.config import SECTIONS, Config, ConfigError, validate
+
+
+def _section_type(name: str) -> type:
+    return typing.get_type_hints(Config)[name]
+
+
+def _coerce(where: str, hint: Any, value: Any) -> Any:
+    """Check ``value`` against a field's type, converting the lossless cases (int -> float)."""
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        allowed = typing.get_args(hint)
+        if isinstance(value, bool) and all(isinstance(a, str) for a in allowed):
+            value = str(value).lower()  # use_gpu = true in TOML
+        if value not in allowed:
+            raise ConfigError(f"{where} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
+        return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a table like {{CPU = 4, GPU = 1}}; got {value!r}")
+        out = {}
+        for k, v in value.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ConfigError(f"{where}.{k} must be a number; got {v!r}")
+            out[str(k)] = float(v)
+        return out
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false; got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer; got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number; got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string; got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {hint} at {where}")
+
+
+def from_dict(raw: dict[str, Any], base: Config | None = None, source: str = "config") -> Config:
+    """Build a Config from nested dicts (a parsed TOML), on top of ``base`` (defaults if None)."""
+    cfg = dataclasses.replace(base) if base is not None else Config()
+    for section, values in raw.items():
+        if section not in SECTIONS:
+            raise ConfigError(f"{source}: unknown section [{section}]; sections are {', '.join(SECTIONS)}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: [{section}] must be a table")
+        sec_cls = _section_type(section)
+        hints = typing.get_type_hints(sec_cls)
+        current = dataclasses.replace(getattr(cfg, section))
+        for key, value in values.items():
+            if key not in hints:
+                raise ConfigError(
+                    f"{source}: unknown field {section}.{key}; {section} has {', '.join(hints)}"
+                )
+            setattr(current, key, _coerce(f"{section}.{key}", hints[key], value))
+        setattr(cfg, section, current)
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """Nested plain dicts, one per section (what TOML and JSON take)."""
+    return dataclasses.asdict(cfg)
+
+
+def to_toml(cfg: Config) -> str:
+    """The whole config as TOML text, every field written out."""
+    return tomli_w.dumps(to_dict(cfg))
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """``"train.lr=1e-4"`` -> ("train", "lr", 1e-4); values are TOML literals or bare strings."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise ConfigError(f"--set {text!r}: expected section.field=value, e.g. train.steps=100")
+    key, raw = text.split("=", 1)
+    section, name = key.strip().split(".", 1)
+    raw = raw.strip()
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # a bare word: a string such as wgan-gp or s3://bucket/x
+    return section, name, value
+
+
+def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Config:
+    """``cfg`` with ``--set section.field=value`` overrides applied, then validated."""
+    raw: dict[str, dict[str, Any]] = {}
+    for text in overrides:
+        section, name, value = parse_override(text)
+        if section in SECTIONS and name in typing.get_type_hints(_section_type(section)):
+            hint = typing.get_type_hints(_section_type(section))[name]
+            if hint is str and not isinstance(value, str):
+                value = text.split("=", 1)[1].strip()  # dataset=123 stays a string
+        raw.setdefault(section, {})[name] = value
+    return validate(from_dict(raw, cfg, source="--set"))
+
+
+def load_toml(path: str | Path) -> Config:
+    """A validated config from a TOML file; errors name the file and the field."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    return validate(from_dict(raw, source=str(path)))
+
+
+def load_config(
+    preset: str | None = None, config_file: str | Path | None = None, overrides: tuple[str, ...] | list[str] = ()
+) -> Config:
+    """The one way commands build a config: a preset or a TOML file, then ``--set`` overrides."""
+    from asaptrain.presets import get_preset
+
+    if preset and config_file:
+        raise ConfigError("give either --preset or --config, not both")
+    if config_file:
+        cfg = load_toml(config_file)
+    elif preset:
+        cfg = get_preset(preset)
+    else:
+        raise ConfigError("give --preset NAME or --config FILE (see `asaptrain config presets`)")
+    return apply_overrides(cfg, list(overrides)) if overrides else validate(cfg)

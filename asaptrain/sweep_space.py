@@ -1,0 +1,104 @@
+"""The hybrid's search space: which config fields a sweep samples, and from what.
+
+A space maps dotted config keys to one sampler each, ``{"choice" | "grid": [...]}`` or
+``{"uniform" | "loguniform": [lo, hi]}``; ``default_space`` centres it on a base config, a TOML
+file narrows or replaces it (``load_space``), and every entry is checked against the config
+before a trial starts, so a typo fails at once with the field's name::
+
+    space = load_space("narrow.toml", base)      # or default_space(base)
+    cfg = trial_config(base, {"model.mlp_depth": 4, "optim.g_lr": 2e-4})
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from typing import Any
+
+from asaptrain.config import Config
+from asaptrain.config_io import apply_overrides
+from asaptrain.errors import UserError
+
+
+class SweepError(UserError):
+    """A sweep that cannot start or resume; the message says what to change."""
+
+
+def default_space(base: Config) -> dict[str, dict]:
+    """The search space around ``base``: ``{"section.field": {"choice"|"uniform"|"loguniform": [...]}}``."""
+    m, d = base.model, base.data
+    tiles = [s for s in (8, 16, 32) if s >= m.lowres_downsample and d.crop_height % s == 0 and d.crop_width % s == 0]
+    space: dict[str, dict] = {
+        "model.mlp_depth": {"choice": [3, 4, 5, 6]},
+        "model.mlp_width": {"choice": sorted({max(8, m.mlp_width // 2), m.mlp_width, m.mlp_width * 2})},
+        "model.tile_size": {"choice": tiles or [m.tile_size]},
+        "model.mlp_context": {"choice": [1, 3, 5]},
+        "model.lowres_norm": {"choice": ["none", "spectral", "group", "instance"]},
+        "model.padding": {"choice": ["reflect", "replicate", "zero"]},
+        "model.residual": {"choice": [True, False]},
+        "optim.g_lr": {"loguniform": [3e-5, 3e-4]},
+        "optim.d_lr": {"loguniform": [3e-5, 4e-4]},
+        "optim.d_steps": {"choice": sorted({1, 2, base.optim.d_steps})},
+        "loss.gan_weight": {"loguniform": [0.1, 2.0]},
+        "loss.l1_weight": {"loguniform": [1.0, 100.0]},
+        "curriculum.kind": {"choice": ["fixed", "linear", "cosine", "step", "band"]},
+        "curriculum.start": {"uniform": [0.0, 0.4]},
+        "curriculum.end": {"uniform": [0.5, 1.0]},
+        "curriculum.warmup_steps": {"choice": [0, base.train.steps // 10]},
+    }
+    if base.loss.perceptual != "none":
+        space["loss.perceptual_weight"] = {"loguniform": [10.0, 200.0]}
+    return space
+
+
+def load_space(path: str, base: Config) -> dict[str, dict]:
+    """A TOML space file: ``mode = "narrow"`` (default: replace the listed keys) or ``"replace"``.
+
+        mode = "narrow"
+        [space]
+        "model.mlp_depth" = { choice = [4, 5] }
+        "optim.g_lr" = { loguniform = [1e-4, 2e-4] }
+    """
+    try:
+        raw = tomllib.loads(open(path).read())
+    except FileNotFoundError:
+        raise SweepError(f"search space file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SweepError(f"search space file {path} is not valid TOML: {exc}") from None
+    mode = raw.get("mode", "narrow")
+    if mode not in ("narrow", "replace"):
+        raise SweepError(f"{path}: mode must be 'narrow' or 'replace', got {mode!r}")
+    given = raw.get("space", {})
+    for key, spec in given.items():
+        _check_entry(path, key, spec, base)
+    return {**(default_space(base) if mode == "narrow" else {}), **given}
+
+
+def _check_entry(where: str, key: str, spec: Any, base: Config) -> None:
+    if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in ("choice", "uniform", "loguniform", "grid"):
+        raise SweepError(f"{where}: {key} must be one of {{choice = [...]}}, {{grid = [...]}}, "
+                         f"{{uniform = [lo, hi]}}, {{loguniform = [lo, hi]}}; got {spec!r}")
+    kind, values = next(iter(spec.items()))
+    try:
+        apply_overrides(base, [f"{key}={json.dumps(values[0])}"])
+    except UserError as exc:
+        raise SweepError(f"{where}: {key}: {exc}") from None
+
+
+def to_tune(space: dict[str, dict]) -> dict[str, Any]:
+    """The space as Ray Tune search objects (``tune.choice`` and friends), keyed the same."""
+    from ray import tune
+
+    out = {}
+    for key, spec in space.items():
+        kind, values = next(iter(spec.items()))
+        out[key] = {
+            "choice": lambda v: tune.choice(v), "grid": lambda v: tune.grid_search(v),
+            "uniform": lambda v: tune.uniform(*v), "loguniform": lambda v: tune.loguniform(*v),
+        }[kind](values)
+    return out
+
+
+def trial_config(base: Config, params: dict[str, Any]) -> Config:
+    """``base`` with a trial's sampled values (dotted keys) applied and validated."""
+    return apply_overrides(base, [f"{k}={json.dumps(v)}" for k, v in sorted(params.items())])
