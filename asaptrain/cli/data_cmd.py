@@ -15,11 +15,10 @@ import os
 import sys
 
 import click
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from asaptrain.cli.groups import bench, data, friendly_errors
+from asaptrain.cli.groups import bench, data, friendly_errors, output_console
 
 MAX_SKIPPED_SHOWN = 100
 
@@ -62,7 +61,7 @@ def _run_conversion(plan, out: str | None, s3_endpoint: str | None, shard_mb: fl
     from asaptrain.data.store import DEFAULT_STORE, Store
 
     store = Store.open(out or f"{DEFAULT_STORE}/datasets/{name}", s3_endpoint=s3_endpoint)
-    err = Console(stderr=True)
+    err = output_console(stderr=True)
     columns = (TextColumn("{task.description:>6}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err, transient=False) as bar:
         tasks: dict[str, int] = {}
@@ -78,7 +77,7 @@ def _run_conversion(plan, out: str | None, s3_endpoint: str | None, shard_mb: fl
 
 
 def _print_summary(summary) -> None:
-    console = Console()
+    console = output_console()
     table = Table(title=f"{summary.uri}  ({summary.task}, {summary.source})")
     for col in ("split", "rows", "shards", "MB"):
         table.add_column(col, justify="left" if col == "split" else "right")
@@ -199,7 +198,7 @@ def ls_cmd(uri, s3_endpoint) -> None:
         for split, s in manifest["splits"].items():
             table.add_row(rel or ".", manifest["task"], manifest.get("source", ""), split, str(s["rows"]),
                           str(s["shards"]), f"{s['bytes'] / 1e6:.1f}")
-    Console().print(table)
+    output_console().print(table)
 
 
 @data.command("verify")
@@ -249,7 +248,7 @@ def ingest_cmd(uri, s3_endpoint, json_path, limit, threads, decoders, repeats) -
                                  param_hint="--decoders")
     result = run(Store.open(uri, s3_endpoint=s3_endpoint), limit=limit, threads=threads, decoders=chosen,
                  repeats=repeats)
-    Console().print(render(result))
+    output_console().print(render(result))
     if json_path:
         with open(json_path, "w") as f:
             json.dump(result, f, indent=1)

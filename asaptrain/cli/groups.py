@@ -11,6 +11,15 @@ import sys
 import click
 
 
+def output_console(stderr: bool = False):
+    """A rich console for tables: the terminal's width, or 200 columns in a Ray job's log or a
+    pipe, where rich's default of 80 folds every cell of a wide table into a column of letters."""
+    from rich.console import Console
+
+    console = Console(stderr=stderr)
+    return console if console.is_terminal else Console(stderr=stderr, width=200)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="asaptrain")
 def main() -> None:

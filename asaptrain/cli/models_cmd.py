@@ -10,13 +10,7 @@ from pathlib import Path
 
 import click
 
-from asaptrain.cli.groups import bench, friendly_errors, models
-
-
-def _console():
-    from rich.console import Console
-
-    return Console()
+from asaptrain.cli.groups import bench, friendly_errors, models, output_console
 
 
 @models.command("summary")
@@ -43,7 +37,7 @@ def summary_cmd(as_json: bool, presets: tuple[str, ...]) -> None:
     for r in rows:
         table.add_row(r["preset"], r["model"], r["net"], f"{r['params'] / 1e6:.2f}", f"{r['gflops']:.2f}",
                       f"{r['height']}x{r['width']}")
-    _console().print(table)
+    output_console().print(table)
 
 
 def _parse_sizes(text: str | None) -> list[tuple[int, int]] | None:
@@ -83,7 +77,7 @@ def bench_models_cmd(json_file, sizes, device, repeats, warmup, big_batch, model
             parse_variant(v)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--variants") from None
-    console = _console()
+    console = output_console()
     if resolve_device(device).type == "cpu" and not quick and not sizes:
         console.print("[yellow]no GPU: the paper sizes take many minutes on a CPU; --quick runs tiny sizes[/yellow]")
     batches = (1, 2) if quick else (1, big_batch)

@@ -10,7 +10,7 @@ import json
 
 import click
 
-from asaptrain.cli.groups import bench, data, friendly_errors
+from asaptrain.cli.groups import bench, data, friendly_errors, output_console
 
 PREVIEW_SIDE = 384
 """Longest side of a preview image, in pixels (larger --image files are shrunk to it)."""
@@ -120,13 +120,11 @@ def _crops(ctx, param, value: str):
 @friendly_errors
 def pipeline_cmd(uri, s3_endpoint, json_path, crops, batch, batches, warmup, strength, device) -> None:
     """Batches/s and images/s Ray Data delivers to one consumer, and the device cost per batch."""
-    from rich.console import Console
-
     from asaptrain.bench_pipeline import render, run
 
     result = run(uri, s3_endpoint=s3_endpoint, crops=crops, batch=batch, batches=batches, warmup=warmup,
                  strength=strength, device=device)
-    Console().print(render(result))
+    output_console().print(render(result))
     if json_path:
         with open(json_path, "w") as f:
             json.dump(result, f, indent=1)

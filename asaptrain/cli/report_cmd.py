@@ -10,20 +10,16 @@ import os
 
 import click
 
-from asaptrain.cli.groups import friendly_errors, main, store_options
+from asaptrain.cli.groups import friendly_errors, main, output_console, store_options
 
 
 def print_report(report: dict, console=None) -> None:
     """The report's tables (the same cells as report.md) as rich tables in the terminal."""
-    from rich.console import Console
     from rich.table import Table
 
     from asaptrain.plots import tables
 
-    if console is None:
-        console = Console()
-        if not console.is_terminal:  # a Ray job's log or a pipe: 80 columns would fold every cell
-            console = Console(width=200)
+    console = console or output_console()
     text_columns = ("Model", "Run", "Task", "GPU", "Status", "In tables", "dtype", "Missing / notes")
     for spec in tables(report):
         console.print(f"[bold]{spec['title']}[/bold]", highlight=False)

@@ -6,16 +6,14 @@ import sys
 
 import click
 
-from asaptrain.cli.groups import friendly_errors, main, store_options
+from asaptrain.cli.groups import friendly_errors, main, output_console, store_options
 
 
 def _finish(outcome: dict) -> None:
-    from rich.console import Console
-
     from asaptrain.cli.report_cmd import print_report
     from asaptrain.cli.tune_cmd import print_sweep
 
-    console = Console()
+    console = output_console()
     if outcome["sweep"] and "trials" in outcome["sweep"]:
         print_sweep(outcome["sweep"])
     print_report(outcome["report"], console)
@@ -46,7 +44,7 @@ def smoke_cmd(store, s3_endpoint, steps, trials, progress) -> None:
     ensure_ray()
     gpus = int(ray.cluster_resources().get("GPU", 0))
     plan = smoke_plan(store or StorageConfig().store, s3_endpoint, steps, trials, use_gpu=gpus > 0, gpus=gpus)
-    _finish(run_study(plan, progress=progress))
+    _finish(run_study(plan, progress=progress, console=output_console()))
 
 
 @main.command("experiment")
@@ -62,4 +60,5 @@ def experiment_cmd(store, s3_endpoint, overrides, trials, progress) -> None:
     from asaptrain.config import StorageConfig
     from asaptrain.experiment import full_plan, run_study
 
-    _finish(run_study(full_plan(store or StorageConfig().store, s3_endpoint, list(overrides), trials), progress))
+    _finish(run_study(full_plan(store or StorageConfig().store, s3_endpoint, list(overrides), trials), progress,
+                         console=output_console()))

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from asaptrain.cli.groups import bench, friendly_errors, main, preset_options, store_options
+from asaptrain.cli.groups import bench, friendly_errors, main, output_console, preset_options, store_options
 from asaptrain.config import Config
 from asaptrain.config_io import apply_overrides, load_config, to_toml
 
@@ -64,7 +64,6 @@ def train_cmd(preset, config_file, overrides, store, s3_endpoint, name, resume, 
 
 
 def _print_result(result) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"run {result.name}", show_header=False)
@@ -79,7 +78,7 @@ def _print_result(result) -> None:
     table.add_row("files", result.uri)
     if result.error:
         table.add_row("error", result.error)
-    Console().print(table)
+    output_console().print(table)
 
 
 @main.command("infer")
@@ -115,7 +114,6 @@ def infer_cmd(inputs, run_uri, checkpoint, out_dir, s3_endpoint, device, tile) -
 def bench_train_cmd(presets, overrides, batch, precision, steps, device, json_path) -> None:
     """Training images/s and model FLOP utilization per preset (random data, one device)."""
     import torch
-    from rich.console import Console
     from rich.table import Table
 
     from asaptrain.bench_train import bench_preset
@@ -135,7 +133,7 @@ def bench_train_cmd(presets, overrides, batch, precision, steps, device, json_pa
         table.add_row(r["preset"], f"{r['height']}x{r['width']}", str(r["batch"]), r["precision"],
                       f"{r['ms_per_step']:.1f}", f"{r['images_per_s']:.1f}", f"{r['achieved_tflops']:.2f}",
                       f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a")
-    Console().print(table)
+    output_console().print(table)
     if json_path:
         with open(json_path, "w") as fh:
             json.dump(rows, fh, indent=2)

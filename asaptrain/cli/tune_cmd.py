@@ -6,11 +6,10 @@ import json
 
 import click
 
-from asaptrain.cli.groups import friendly_errors, main, preset_options, store_options
+from asaptrain.cli.groups import friendly_errors, main, output_console, preset_options, store_options
 
 
 def print_sweep(summary: dict) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     key = summary["metric"]
@@ -24,7 +23,7 @@ def print_sweep(summary: dict) -> None:
         table.add_row(f"{mark}{row['trial']}", f"{value:.3f}" if value is not None else "-", str(row["steps"]),
                       row["status"] + (f": {row['error']}" if row.get("error") else ""),
                       json.dumps(row["params"], sort_keys=True)[:400])
-    console = Console()
+    console = output_console()
     console.print(table)
     if summary.get("best_toml"):
         console.print(f"best config: {summary['best_toml']}  (asaptrain train --config FILE)")
