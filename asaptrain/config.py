@@ -113,6 +113,8 @@ class ModelConfig:
     """Which input channels reach the pixelwise MLP ("all_but_last": last one low-res only)."""
     mlp_context: int = 1
     """k (odd): each pixelwise MLP sees the k x k input patch around its pixel (1 = ASAP-Net)."""
+    tile_blend: bool = False
+    """Each pixel mixes its 4 nearest tiles' MLPs, bilinearly: no tile seams (4x the MLP FLOPs)."""
     d_conditional: bool = True
     """The discriminator sees the generator's input beside the image (pix2pix-style)."""
     asap_init: Literal["auto", "xavier", "normal", "hyper"] = "auto"

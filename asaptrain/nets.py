@@ -59,7 +59,7 @@ def generator_config(cfg: Config):
                 lowres_downsample=m.lowres_downsample, lowres_max_channels=m.lowres_max_channels,
                 lowres_blocks=m.lowres_blocks, lowres_norm=m.lowres_norm, padding=m.padding, mlp_depth=m.mlp_depth,
                 mlp_width=m.mlp_width, mlp_input=m.mlp_input, residual=False, init=_asap_init(cfg),
-                mlp_context=m.mlp_context,
+                mlp_context=m.mlp_context, tile_blend=m.tile_blend,
             )
         if m.name == "hybrid":
             return HybridConfig(
@@ -67,6 +67,7 @@ def generator_config(cfg: Config):
                 lowres_downsample=m.lowres_downsample, lowres_max_channels=m.lowres_max_channels,
                 lowres_blocks=m.lowres_blocks, lowres_norm=m.lowres_norm, padding=m.padding, mlp_depth=m.mlp_depth,
                 mlp_width=m.mlp_width, init=_asap_init(cfg), mlp_context=m.mlp_context,
+                tile_blend=m.tile_blend,
             )
         if m.name == "pix2pixhd":
             return Pix2PixHDConfig(

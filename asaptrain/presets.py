@@ -104,7 +104,7 @@ def _hybrid_deblur() -> Config:
         name="hybrid", ndf=64, num_d=2, d_layers=4, d_norm="spectral_instance", residual=True,
         mlp_depth=5, mlp_width=64, tile_size=16, lowres_downsample=16, lowres_max_channels=1024,
         lowres_blocks=7, lowres_norm="none", padding="reflect", mlp_input="all", d_conditional=True,
-        mlp_context=3,
+        mlp_context=3, tile_blend=True,
     )
     cfg.loss.l1_weight = 0.0
     cfg.train.batch_size = 16

@@ -33,6 +33,7 @@ def default_space(base: Config) -> dict[str, dict]:
         "model.mlp_width": {"choice": sorted({max(8, m.mlp_width // 2), m.mlp_width, m.mlp_width * 2})},
         "model.tile_size": {"choice": tiles or [m.tile_size]},
         "model.mlp_context": {"choice": [1, 3, 5]},
+        "model.tile_blend": {"choice": [True, False]},
         "model.lowres_norm": {"choice": ["none", "spectral", "group", "instance"]},
         "model.padding": {"choice": ["reflect", "replicate", "zero"]},
         "model.residual": {"choice": [True, False]},

@@ -111,12 +111,31 @@ def test_parameter_counts_match_the_papers():
 
 
 def naive_asapnet(G: ASAPNetGenerator, x: torch.Tensor) -> torch.Tensor:
-    """Per-pixel loop: each pixel runs its cell's MLP on [input, sin/cos coordinates]."""
+    """Per-pixel loop: each pixel runs its cell's MLP on [input, sin/cos coordinates]; with
+    ``tile_blend``, the MLPs of the 4 cells whose centres surround it, mixed bilinearly."""
     cfg, S = G.cfg, G.cfg.tile_size
     params = G.lowres(x)  # (B, H/S, W/S, P)
     xm = G.mlp_input(x)
     B, _, H, W = x.shape
     dims = G.mlp.dims
+
+    def cell_mlp(h: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        off = 0
+        for layer, (cin, cout) in enumerate(zip(dims, dims[1:])):
+            w = p[off:off + cin * cout].view(cin, cout)
+            off += cin * cout
+            h = h @ w + p[off:off + cout]
+            off += cout
+            h = torch.nn.functional.leaky_relu(h, 0.01) if layer < len(dims) - 2 else torch.tanh(h)
+        return h
+
+    def neighbours(i: int, cells: int) -> list[tuple[int, float]]:
+        if not cfg.tile_blend:
+            return [(i // S, 1.0)]
+        u = (i + 0.5) / S - 0.5  # position in units of cells, 0 at the first cell's centre
+        lo = math.floor(u)
+        return [(min(max(lo, 0), cells - 1), 1 - (u - lo)), (min(max(lo + 1, 0), cells - 1), u - lo)]
+
     out = torch.zeros(B, cfg.out_channels, H, W, dtype=torch.float64)
     for b in range(B):
         for i in range(H):
@@ -128,22 +147,16 @@ def naive_asapnet(G: ASAPNetGenerator, x: torch.Tensor) -> torch.Tensor:
                     feats.append(torch.tensor([math.cos(ax), math.sin(ax), math.cos(ay), math.sin(ay)], dtype=torch.float64))
                     f //= 2
                 h = torch.cat(feats)
-                p = params[b, i // S, j // S].double()
-                off = 0
-                for layer, (cin, cout) in enumerate(zip(dims, dims[1:])):
-                    w = p[off:off + cin * cout].view(cin, cout)
-                    off += cin * cout
-                    h = h @ w + p[off:off + cout]
-                    off += cout
-                    h = torch.nn.functional.leaky_relu(h, 0.01) if layer < len(dims) - 2 else torch.tanh(h)
-                out[b, :, i, j] = h
+                out[b, :, i, j] = sum(wi * wj * cell_mlp(h, params[b, ci, cj].double())
+                                      for ci, wi in neighbours(i, H // S) for cj, wj in neighbours(j, W // S))
     return out
 
 
-@pytest.mark.parametrize("mlp_input", ["all", "all_but_last"])
-def test_fast_pixelwise_mlp_equals_per_pixel_loop(mlp_input):
+@pytest.mark.parametrize("mlp_input,blend", [("all", False), ("all_but_last", False), ("all", True)])
+def test_fast_pixelwise_mlp_equals_per_pixel_loop(mlp_input, blend):
     torch.manual_seed(0)
-    G = ASAPNetGenerator(tiny_asap(tile_size=4, lowres_downsample=2, mlp_input=mlp_input, init="hyper"))
+    G = ASAPNetGenerator(tiny_asap(tile_size=4, lowres_downsample=2, mlp_input=mlp_input, init="hyper",
+                                   tile_blend=blend))
     with torch.no_grad():
         G.lowres.head.weight.mul_(30)  # make the predicted MLPs far from trivial
         x = random_input(2, 5, 8, 12)
@@ -213,6 +226,28 @@ def _tile_spread(y: torch.Tensor, S: int) -> float:
     B, C, H, W = y.shape
     tiles = y.reshape(B, C, H // S, S, W // S, S).permute(0, 2, 4, 1, 3, 5).reshape(B, -1, C, S, S)
     return float((tiles - tiles[:, :1]).abs().max().detach())
+
+
+def _edge_jump(y: torch.Tensor, S: int) -> tuple[float, float]:
+    """Mean |step| between horizontal neighbours across tile edges, and elsewhere."""
+    steps = (y[..., 1:] - y[..., :-1]).abs().mean(dim=(0, 1, 2))
+    at_edge = (torch.arange(steps.numel()) + 1) % S == 0
+    return float(steps[at_edge].mean()), float(steps[~at_edge].mean())
+
+
+def test_tile_blend_removes_the_seams_at_tile_edges():
+    from asaptrain.models.pixel_mlp import PixelMLP
+
+    torch.manual_seed(3)
+    hard, soft = PixelMLP(3, 3, 16, 3, 8, blend=False), PixelMLP(3, 3, 16, 3, 8, blend=True)
+    x = torch.nn.functional.avg_pool2d(random_input(2, 3, 64, 64), 9, 1, 4, count_include_pad=False)  # smooth
+    params = torch.randn(2, 8, 8, hard.num_params) * 0.3  # a different MLP in every cell
+    edge, inside = _edge_jump(hard(x, params), 8)
+    assert edge > 1.5 * inside, "nearest cells: a step at every tile edge"
+    edge, inside = _edge_jump(soft(x, params), 8)
+    assert edge < 1.1 * inside, "blended cells: tile edges look like any other column"
+    same = params[:, :1, :1].expand_as(params)
+    torch.testing.assert_close(soft(x, same), hard(x, same))  # equal cells: blending changes nothing
 
 
 def test_hybrid_default_has_no_fixed_location_spot():

@@ -60,6 +60,8 @@ class ASAPNetConfig:
     """Output clamp(input + MLP output, -1, 1) (needs in_channels == out_channels)."""
     mlp_context: int = 1
     """k (odd): each MLP sees the k x k input patch around its pixel (1 = the pixel only, ASAP-Net)."""
+    tile_blend: bool = False
+    """Each pixel mixes its 4 nearest cells' MLPs, bilinearly: no seams at tile edges (4x MLP work)."""
     init: AsapInit = "xavier"
     """xavier gain 0.02 (ASAP-Net), normal N(0, 0.02) (the published hybrid), or hyper (see below)."""
     last_layer_scale: float = 0.01
@@ -145,7 +147,7 @@ class ASAPNetGenerator(nn.Module):
         super().__init__()
         self.cfg = cfg
         mlp_in = (cfg.in_channels - (1 if cfg.mlp_input == "all_but_last" else 0)) * cfg.mlp_context**2
-        self.mlp = PixelMLP(mlp_in, cfg.out_channels, cfg.mlp_width, cfg.mlp_depth, cfg.tile_size)
+        self.mlp = PixelMLP(mlp_in, cfg.out_channels, cfg.mlp_width, cfg.mlp_depth, cfg.tile_size, cfg.tile_blend)
         self.lowres = LowResStream(cfg, self.mlp.num_params)
         if cfg.init == "hyper":
             self._init_hyper()

@@ -16,6 +16,9 @@ lowres_norm         spectral + instance norm     none (instance norm is StyleGAN
                                                  "droplet" mechanism)
 padding             zero                         reflect (pix2pixHD's fix for its spot)
 init                every conv N(0, 0.02)        hyper: variance-preserving low-res convs
+tile_blend          off: each pixel uses its     on: each pixel mixes the MLPs of its 4
+                    tile's MLP, so every tile    nearest cells bilinearly; no seams
+                    edge is a step in the output (53 against 46 GFLOPs at 256 x 256)
 ==================  ===========================  =====================================
 
 With reflect padding and no activation norm, a constant image gives identical low-res
@@ -40,7 +43,8 @@ class HybridConfig(ASAPNetConfig):
     Only the defaults differ from :class:`ASAPNetConfig` (whose fields document themselves):
     residual output on, every channel reaches the MLPs, no low-res normalization (instance
     norm can make a fixed-location spot), reflection padding (zero padding marks the frame),
-    the variance-preserving "hyper" init, and each MLP sees its pixel's 3 x 3 neighbourhood.
+    the variance-preserving "hyper" init, each MLP sees its pixel's 3 x 3 neighbourhood, and
+    each pixel blends the MLPs of its 4 nearest cells (no seams at tile edges).
     """
 
     in_channels: int = 3
@@ -51,12 +55,13 @@ class HybridConfig(ASAPNetConfig):
     padding: PaddingKind = "reflect"
     init: AsapInit = "hyper"
     mlp_context: int = 3
+    tile_blend: bool = True
 
 
 def published_failure(**overrides) -> HybridConfig:
     """The configuration of the published hybrid that failed (see the module docstring)."""
     cfg = HybridConfig(residual=False, mlp_input="all_but_last", tile_size=32, lowres_norm="spectral_instance",
-                       padding="zero", init="normal", mlp_context=1)
+                       padding="zero", init="normal", mlp_context=1, tile_blend=False)
     return dataclasses.replace(cfg, **overrides)
 
 

@@ -4,8 +4,10 @@
     y = mlp(x, params)      # x (B, 35, H, W); params (B, H/16, W/16, mlp.num_params)
 
 Every pixel of a tile uses its cell's MLP (nearest, no interpolation) on its input channels
-and the sin/cos coordinates of its place in the tile. Two implementations, same maths, and
-neither materializes per-pixel weights nor loops in Python over cells or pixels:
+and the sin/cos coordinates of its place in the tile; with ``blend`` each pixel instead mixes
+the outputs of the MLPs of its 4 nearest cells, bilinearly in its position (see
+``PixelMLP.forward_blended``), so the output has no seam at tile edges. Two implementations,
+same maths, and neither materializes per-pixel weights nor loops in Python over cells or pixels:
 
 * ``mlp_bmm`` (training, CPU): pixels gathered once into (B * cells, S*S, Cin); each layer is
   one ``torch.baddbmm`` against the cells' weights. On CUDA, channel counts are padded to
@@ -221,9 +223,12 @@ class PixelMLP(nn.Module):
     output tanh.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, width: int, depth: int, tile_size: int):
+    def __init__(self, in_channels: int, out_channels: int, width: int, depth: int, tile_size: int,
+                 blend: bool = False):
         super().__init__()
         self.tile_size = tile_size
+        self.blend = blend
+        """Mix the 4 nearest cells' MLPs per pixel (no tile seams; 4x the MLP work)."""
         self.register_buffer("coords", tile_coordinates(tile_size), persistent=False)
         self.in_channels = in_channels
         self.dims = [in_channels + self.coords.shape[-1]] + [width] * (depth - 1) + [out_channels]
@@ -247,7 +252,43 @@ class PixelMLP(nn.Module):
             raise ValueError(f"params {tuple(params.shape)} / input {tuple(x.shape)} do not match this MLP "
                              f"({self.in_channels} inputs, tile {S}, {self.num_params} parameters per cell)")
         dtype = _compute_dtype(x)
-        params = params.to(dtype).reshape(B * hc * wc, self.num_params)
+        if self.blend:
+            return self.forward_blended(x, params.to(dtype), dtype)
+        return self._tiles(x, params.to(dtype).reshape(B * hc * wc, self.num_params), self.coords, dtype)
+
+    def _tiles(self, x: torch.Tensor, params: torch.Tensor, coords: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """One MLP per aligned S x S tile of ``x``; params (tiles, P) in ``dtype``."""
         if self._use_fused(x, params):
-            return pixel_mlp_op(x, params, self.coords, self.dims, S)
-        return mlp_bmm(x, params, self.coords, self.dims, S, dtype)
+            return pixel_mlp_op(x, params, coords, self.dims, self.tile_size)
+        return mlp_bmm(x, params, coords, self.dims, self.tile_size, dtype)
+
+    def forward_blended(self, x: torch.Tensor, params: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Each pixel's output mixes the MLPs of the 4 cells whose centres surround it.
+
+        Treat a cell's MLP as living at the cell's centre. On a grid shifted by S/2 every
+        shifted tile has the same 4 surrounding cells for all its pixels, so each of the 4
+        (top/bottom, left/right) choices is one ordinary tiled call on the input padded by S/2,
+        with the cells' parameters edge-replicated one cell outwards. The results are mixed
+        with bilinear weights (q + 1/2) / S at offset q in the shifted tile, and the padding is
+        cropped off. Within S/2 of the image border both neighbours on that side are the edge
+        cell. The coordinates are the pixel's own (the encoding is periodic in S), rolled by
+        S/2 to the shifted grid. The output is continuous across cell edges: a bilinear
+        interpolation of the cells' functions, which are continuous themselves.
+        """
+        B, C, H, W = x.shape
+        S, half = self.tile_size, self.tile_size // 2
+        hc, wc = H // S, W // S
+        grid = F.pad(params.permute(0, 3, 1, 2), (1, 1, 1, 1), mode="replicate")  # (B, P, hc + 2, wc + 2)
+        # Choice (a, b) = (lower, right) neighbour or not: shifted tile (t, u) uses cell (t + a - 1, u + b - 1).
+        cells = torch.cat([grid[:, :, a:a + hc + 1, b:b + wc + 1] for a in (0, 1) for b in (0, 1)])
+        cells = cells.permute(0, 2, 3, 1).reshape(4 * B * (hc + 1) * (wc + 1), self.num_params)
+        shifted = F.pad(x, (half, half, half, half), mode="replicate").repeat(4, 1, 1, 1)
+        coords = torch.roll(self.coords, shifts=(half, half), dims=(0, 1))
+        y = self._tiles(shifted, cells, coords, dtype).unflatten(0, (2, 2, B))  # (2, 2, B, out, H + S, W + S)
+        frac = ((torch.arange(S, device=x.device, dtype=torch.float32) + 0.5) / S)
+        wy = torch.stack([1 - frac, frac]).repeat(1, hc + 1)[:, half:half + H]  # (2, H)
+        wx = torch.stack([1 - frac, frac]).repeat(1, wc + 1)[:, half:half + W]  # (2, W)
+        y = y[..., half:half + H, half:half + W]
+        out = y[0, 0] * (wy[0, :, None] * wx[0]) + y[0, 1] * (wy[0, :, None] * wx[1])
+        out = out + y[1, 0] * (wy[1, :, None] * wx[0]) + y[1, 1] * (wy[1, :, None] * wx[1])
+        return out.to(y.dtype)
