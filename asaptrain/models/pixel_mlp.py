@@ -279,16 +279,17 @@ class PixelMLP(nn.Module):
         S, half = self.tile_size, self.tile_size // 2
         hc, wc = H // S, W // S
         grid = F.pad(params.permute(0, 3, 1, 2), (1, 1, 1, 1), mode="replicate")  # (B, P, hc + 2, wc + 2)
-        # Choice (a, b) = (lower, right) neighbour or not: shifted tile (t, u) uses cell (t + a - 1, u + b - 1).
-        cells = torch.cat([grid[:, :, a:a + hc + 1, b:b + wc + 1] for a in (0, 1) for b in (0, 1)])
-        cells = cells.permute(0, 2, 3, 1).reshape(4 * B * (hc + 1) * (wc + 1), self.num_params)
-        shifted = F.pad(x, (half, half, half, half), mode="replicate").repeat(4, 1, 1, 1)
+        shifted = F.pad(x, (half, half, half, half), mode="replicate")
         coords = torch.roll(self.coords, shifts=(half, half), dims=(0, 1))
-        y = self._tiles(shifted, cells, coords, dtype).unflatten(0, (2, 2, B))  # (2, 2, B, out, H + S, W + S)
-        frac = ((torch.arange(S, device=x.device, dtype=torch.float32) + 0.5) / S)
-        wy = torch.stack([1 - frac, frac]).repeat(1, hc + 1)[:, half:half + H]  # (2, H)
-        wx = torch.stack([1 - frac, frac]).repeat(1, wc + 1)[:, half:half + W]  # (2, W)
-        y = y[..., half:half + H, half:half + W]
-        out = y[0, 0] * (wy[0, :, None] * wx[0]) + y[0, 1] * (wy[0, :, None] * wx[1])
-        out = out + y[1, 0] * (wy[1, :, None] * wx[0]) + y[1, 1] * (wy[1, :, None] * wx[1])
+        frac = (torch.arange(S, device=x.device, dtype=torch.float32) + 0.5) / S
+        wy = torch.stack([1 - frac, frac]).repeat(1, hc + 1)[:, half:half + H, None]  # (2, H, 1)
+        wx = torch.stack([1 - frac, frac]).repeat(1, wc + 1)[:, None, half:half + W]  # (2, 1, W)
+        out = None
+        # a, b = 1: the lower / right neighbour, so shifted tile (t, u) uses cell (t + a - 1, u + b - 1).
+        for a in (0, 1):
+            for b in (0, 1):
+                cells = grid[:, :, a:a + hc + 1, b:b + wc + 1].permute(0, 2, 3, 1).reshape(-1, self.num_params)
+                y = self._tiles(shifted, cells, coords, dtype)[..., half:half + H, half:half + W]
+                term = y * (wy[a] * wx[b])
+                out = term if out is None else out + term
         return out.to(y.dtype)
