@@ -3,6 +3,7 @@
 #   models.json     inference ms/image per model and size (fp32, bf16, channels_last, compile)
 #   summary.json    parameters and GFLOPs per preset
 #   train.json      training images/s and model FLOP utilization per full preset
+#   train-hybrid-nearest.json  the hybrid without tile_blend (the cost of the seam-free mixing)
 #   pipeline-*.json images/s Ray Data delivers at 256x256 and 512x1024 crops, blur cost on the GPU
 #   runs/           two short real training runs (timing.json: data-wait share of the step)
 #   sweep.txt       a 4-trial hybrid sweep on the one GPU, and a DeblurGAN smoke run for the same steps
@@ -18,6 +19,9 @@ STEPS=${SWEEP_STEPS:-300}
 $A models summary --json > "$OUT/summary.json"
 $A bench models --json "$OUT/models.json" | tee "$OUT/models.txt"
 $A bench train --json "$OUT/train.json" | tee "$OUT/train.txt"
+# What the hybrid's seam-free blending costs: the same preset with each pixel on its own tile's MLP.
+$A bench train --preset hybrid-deblur --set model.tile_blend=false --json "$OUT/train-hybrid-nearest.json" \
+  | tee "$OUT/train-hybrid-nearest.txt"
 
 $A data synth --kind photos --count 512 --val-count 32 --size 720x1280 --out "$STORE/datasets/synth-photos"
 $A data synth --kind scenes --count 512 --val-count 32 --size 512x1024 --out "$STORE/datasets/synth-scenes"
