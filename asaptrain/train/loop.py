@@ -9,6 +9,7 @@ files. It reads no environment and touches no process group (``asaptrain.dist`` 
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -187,8 +188,12 @@ def train_loop(
             data_wait_ms += (time.perf_counter() - w0) * 1000
         result = step_fn(x, y, step, times, timed)
         timed_steps += timed
-        state.g_sched.step()
-        state.d_sched.step()
+        with warnings.catch_warnings():
+            # The schedule counts steps, skipped ones (non-finite losses) included: a skipped
+            # first step makes torch warn that the scheduler moved before its optimizer did.
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
+            state.g_sched.step()
+            state.d_sched.step()
         if state.ema is not None:
             update_ema(state.ema, state.generator, cfg.optim.ema_decay)
         state.step = step
