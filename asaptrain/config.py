@@ -188,7 +188,7 @@ class TrainConfig:
     channels_last: bool = False
     """Use the channels_last memory format."""
     compile: bool = False
-    """torch.compile the generator and discriminator."""
+    """torch.compile the generator and discriminator (D stays eager under WGAN-GP: double backward)."""
     log_every: int = 10
     """Steps between metric reports."""
     checkpoint_every: int = 500

@@ -11,7 +11,7 @@ from asaptrain.config_io import apply_overrides
 from asaptrain.nets import generator_in_channels
 from asaptrain.presets import SMOKE_PRESETS, get_preset
 from asaptrain.train.gan import NonFiniteLoss
-from asaptrain.train.loop import ListReporter, lr_lambda, train_loop
+from asaptrain.train.loop import ListReporter, build_state, lr_lambda, train_loop
 from asaptrain.train.state import from_bytes, to_bytes
 
 CPU = torch.device("cpu")
@@ -86,6 +86,15 @@ def test_resume_from_checkpoint_equals_uninterrupted_run():
         torch.testing.assert_close(a, b)
     for a, b in zip(resumed.discriminator.parameters(), full.discriminator.parameters()):
         torch.testing.assert_close(a, b)
+
+
+def test_compile_leaves_a_wgan_gp_discriminator_eager():
+    """WGAN-GP's penalty needs a double backward through D, which a compiled graph lacks."""
+    compiled = torch._dynamo.eval_frame.OptimizedModule
+    wgan = build_state(smoke("deblurgan-smoke", "train.compile=true"), CPU, lambda m: m)
+    assert isinstance(wgan.generator, compiled) and not isinstance(wgan.discriminator, compiled)
+    hinge = build_state(smoke("asapnet-smoke", "train.compile=true"), CPU, lambda m: m)
+    assert isinstance(hinge.generator, compiled) and isinstance(hinge.discriminator, compiled)
 
 
 def test_lr_schedule_constant_then_linear_to_zero():

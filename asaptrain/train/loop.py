@@ -73,7 +73,10 @@ def build_state(cfg: Config, device: torch.device, wrap: Callable[[torch.nn.Modu
         G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
     ema = make_ema(G) if cfg.optim.ema_decay > 0 else None
     if cfg.train.compile:
-        G, D = torch.compile(G), torch.compile(D)
+        G = torch.compile(G)
+        # WGAN-GP's penalty differentiates D's gradient (a double backward), which a compiled
+        # graph cannot do: D stays eager there.
+        D = D if cfg.loss.gan == "wgan-gp" else torch.compile(D)
     G, D = wrap(G), wrap(D)
     o = cfg.optim
     g_opt = torch.optim.Adam(G.parameters(), lr=o.g_lr, betas=(o.beta1, o.beta2))
@@ -143,7 +146,9 @@ def train_loop(
     main = dist.is_main()
     state = build_state(cfg, device, wrap)
     if checkpoint is not None:
-        state.load_state_dict(checkpoint)  # also restores this process's RNG state
+        state.load_state_dict(checkpoint)  # also restores the RNG state rank 0 saved
+        if dist.rank() != 0:  # the others draw anew from the step on, each still its own stream
+            torch.manual_seed(t.seed * 1000 + dist.rank() + 1_000_003 * state.step)
         if main and run is not None:
             run.truncate_after(state.step)
     else:

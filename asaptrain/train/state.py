@@ -46,7 +46,7 @@ class RunState:
             "step": self.step,
             "rng": {
                 "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,  # this rank's device
                 "python": list(random.getstate()[1]),
             },
             "extra": self.extra,
@@ -65,8 +65,11 @@ class RunState:
         self.step = int(state["step"])
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
-        if rng["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        cuda_state = rng.get("cuda")
+        if isinstance(cuda_state, list):  # older checkpoints held every visible device's state
+            cuda_state = cuda_state[0] if cuda_state else None
+        if cuda_state is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(cuda_state)
         random.setstate((3, tuple(rng["python"]), None))
         self.extra = dict(state.get("extra") or {})
 
