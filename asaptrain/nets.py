@@ -49,25 +49,17 @@ def generator_config(cfg: Config):
         raise ConfigError(f"model.residual=true needs an image input, but {m.name} maps label maps to photos; "
                           f"set model.residual=false")
     try:
-        if m.name == "asapnet":
-            if m.mlp_input == "all_but_last" and not d.instance_edges:
-                raise ConfigError("model.mlp_input='all_but_last' keeps the last input channel (the instance "
-                                  "edges) out of the MLPs, but data.instance_edges=false, so a label channel "
-                                  "would be dropped; set model.mlp_input=all or data.instance_edges=true")
-            return ASAPNetConfig(
-                in_channels=generator_in_channels(cfg), out_channels=IMAGE_CHANNELS, tile_size=m.tile_size,
-                lowres_downsample=m.lowres_downsample, lowres_max_channels=m.lowres_max_channels,
-                lowres_blocks=m.lowres_blocks, lowres_norm=m.lowres_norm, padding=m.padding, mlp_depth=m.mlp_depth,
-                mlp_width=m.mlp_width, mlp_input=m.mlp_input, residual=False, init=_asap_init(cfg),
-                mlp_context=m.mlp_context, tile_blend=m.tile_blend,
-            )
-        if m.name == "hybrid":
-            return HybridConfig(
-                in_channels=IMAGE_CHANNELS, out_channels=IMAGE_CHANNELS, residual=m.residual, mlp_input=m.mlp_input, tile_size=m.tile_size,
-                lowres_downsample=m.lowres_downsample, lowres_max_channels=m.lowres_max_channels,
-                lowres_blocks=m.lowres_blocks, lowres_norm=m.lowres_norm, padding=m.padding, mlp_depth=m.mlp_depth,
-                mlp_width=m.mlp_width, init=_asap_init(cfg), mlp_context=m.mlp_context,
-                tile_blend=m.tile_blend,
+        if m.name == "asapnet" and m.mlp_input == "all_but_last" and not d.instance_edges:
+            raise ConfigError("model.mlp_input='all_but_last' keeps the last input channel (the instance "
+                              "edges) out of the MLPs, but data.instance_edges=false, so a label channel "
+                              "would be dropped; set model.mlp_input=all or data.instance_edges=true")
+        if m.name in ("asapnet", "hybrid"):  # the same generator; the hybrid's class only changes defaults
+            return (HybridConfig if m.name == "hybrid" else ASAPNetConfig)(
+                in_channels=generator_in_channels(cfg), out_channels=IMAGE_CHANNELS, residual=m.residual,
+                tile_size=m.tile_size, lowres_downsample=m.lowres_downsample,
+                lowres_max_channels=m.lowres_max_channels, lowres_blocks=m.lowres_blocks,
+                lowres_norm=m.lowres_norm, padding=m.padding, mlp_depth=m.mlp_depth, mlp_width=m.mlp_width,
+                mlp_input=m.mlp_input, init=_asap_init(cfg), mlp_context=m.mlp_context, tile_blend=m.tile_blend,
             )
         if m.name == "pix2pixhd":
             return Pix2PixHDConfig(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import tomllib
+from pathlib import Path
 from typing import Any
 
 from asaptrain.config import Config
@@ -61,7 +62,7 @@ def load_space(path: str, base: Config) -> dict[str, dict]:
         "optim.g_lr" = { loguniform = [1e-4, 2e-4] }
     """
     try:
-        raw = tomllib.loads(open(path).read())
+        raw = tomllib.loads(Path(path).read_text())
     except FileNotFoundError:
         raise SweepError(f"search space file {path} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
@@ -70,6 +71,8 @@ def load_space(path: str, base: Config) -> dict[str, dict]:
     if mode not in ("narrow", "replace"):
         raise SweepError(f"{path}: mode must be 'narrow' or 'replace', got {mode!r}")
     given = raw.get("space", {})
+    if not isinstance(given, dict):
+        raise SweepError(f"{path}: [space] must be a table of \"section.field\" = {{choice = [...]}} entries")
     for key, spec in given.items():
         _check_entry(path, key, spec, base)
     return {**(default_space(base) if mode == "narrow" else {}), **given}
@@ -80,10 +83,20 @@ def _check_entry(where: str, key: str, spec: Any, base: Config) -> None:
         raise SweepError(f"{where}: {key} must be one of {{choice = [...]}}, {{grid = [...]}}, "
                          f"{{uniform = [lo, hi]}}, {{loguniform = [lo, hi]}}; got {spec!r}")
     kind, values = next(iter(spec.items()))
-    try:
-        apply_overrides(base, [f"{key}={json.dumps(values[0])}"])
-    except UserError as exc:
-        raise SweepError(f"{where}: {key}: {exc}") from None
+    if kind in ("choice", "grid"):
+        if not isinstance(values, list) or not values:
+            raise SweepError(f"{where}: {key}: {kind} needs a non-empty list of values, got {values!r}")
+    else:
+        numbers = isinstance(values, list) and len(values) == 2 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        if not numbers or not values[0] < values[1] or (kind == "loguniform" and values[0] <= 0):
+            raise SweepError(f"{where}: {key}: {kind} needs [lo, hi] with lo < hi"
+                             f"{' and lo > 0' if kind == 'loguniform' else ''}, got {values!r}")
+    for value in values:  # every value must be one the field accepts (both bounds of a range)
+        try:
+            apply_overrides(base, [f"{key}={json.dumps(value)}"])
+        except UserError as exc:
+            raise SweepError(f"{where}: {key}: {exc}") from None
 
 
 def to_tune(space: dict[str, dict]) -> dict[str, Any]:

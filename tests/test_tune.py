@@ -44,9 +44,14 @@ def test_space_file_narrows_and_checks(tmp_path, store):
     path.write_text('[space]\n"model.nosuch" = { choice = [1] }\n')
     with pytest.raises(SweepError, match="model.nosuch"):
         load_space(str(path), base)
-    path.write_text('[space]\n"loss.gan" = { choice = ["bce"] }\n')
+    path.write_text('[space]\n"loss.gan" = { choice = ["hinge", "bce"] }\n')  # every value is checked
     with pytest.raises(SweepError, match="loss.gan must be one of"):
         load_space(str(path), base)
+    for bad, says in (('{ choice = [] }', "non-empty list"), ('{ loguniform = [0.0, 1e-3] }', "lo > 0"),
+                      ('{ uniform = [1e-3, 1e-4] }', "lo < hi"), ('{ uniform = ["a", "b"] }', "lo < hi")):
+        path.write_text(f'[space]\n"optim.g_lr" = {bad}\n')
+        with pytest.raises(SweepError, match=f"{path}: optim.g_lr: .*{says}"):
+            load_space(str(path), base)
 
 
 def test_cpu_sweep_stops_early_and_best_config_trains(store):

@@ -292,4 +292,4 @@ class PixelMLP(nn.Module):
                 y = self._tiles(shifted, cells, coords, dtype)[..., half:half + H, half:half + W]
                 term = y * (wy[a] * wx[b])
                 out = term if out is None else out + term
-        return out.to(y.dtype)
+        return out.to(dtype)

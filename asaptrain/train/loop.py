@@ -8,6 +8,7 @@ files. It reads no environment and touches no process group (``asaptrain.dist`` 
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -193,10 +194,9 @@ def train_loop(
             data_wait_ms += (time.perf_counter() - w0) * 1000
         result = step_fn(x, y, step, times, timed)
         timed_steps += timed
-        with warnings.catch_warnings():
-            # The schedule counts steps, skipped ones (non-finite losses) included: a skipped
-            # first step makes torch warn that the scheduler moved before its optimizer did.
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
+        # The schedule counts steps, skipped ones (non-finite losses) included: after a skipped
+        # first step torch would warn that a scheduler moved before its optimizer did.
+        with _quiet_scheduler_order() if result.skipped else contextlib.nullcontext():
             state.g_sched.step()
             state.d_sched.step()
         if state.ema is not None:
@@ -255,6 +255,13 @@ def train_loop(
             "inference": _inference_rows(cfg, state, device),
         })
     return state
+
+
+@contextlib.contextmanager
+def _quiet_scheduler_order():
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
+        yield
 
 
 def _read_uri(uri: str, store) -> bytes:

@@ -65,11 +65,8 @@ class RunState:
         self.step = int(state["step"])
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
-        cuda_state = rng.get("cuda")
-        if isinstance(cuda_state, list):  # older checkpoints held every visible device's state
-            cuda_state = cuda_state[0] if cuda_state else None
-        if cuda_state is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state(cuda_state)
+        if rng["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(rng["cuda"])
         random.setstate((3, tuple(rng["python"]), None))
         self.extra = dict(state.get("extra") or {})
 
