@@ -15,10 +15,10 @@ import json
 import time
 from dataclasses import dataclass, field
 
-from asaptrain.config import Config
-from asaptrain.config_io import apply_overrides, from_dict
+from asaptrain.config.schema import Config
+from asaptrain.config.io import apply_overrides, from_dict
 from asaptrain.errors import UserError
-from asaptrain.presets import get_preset
+from asaptrain.config.presets import get_preset
 
 SMOKE_TRAIN = ("asapnet-smoke", "pix2pixhd-smoke", "deblurgan-smoke", "hybrid-smoke")
 FULL_TRAIN = ("asapnet-cityscapes", "pix2pixhd-cityscapes", "deblurgan-gopro", "hybrid-deblur")
@@ -80,9 +80,9 @@ def run_study(plan: StudyPlan, progress: bool = True, console=None) -> dict:
     from rich.console import Console
 
     from asaptrain.data.store import store_from_config
-    from asaptrain.report import aggregate
+    from asaptrain.report.aggregate import aggregate
     from asaptrain.train.launch import ensure_ray, fit
-    from asaptrain.tune import sweep
+    from asaptrain.sweep.tune import sweep
 
     console = console or Console()
     t0 = time.perf_counter()

@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from asaptrain.config import Config, validate
-from asaptrain.config_io import from_dict
+from asaptrain.config.schema import Config, validate
+from asaptrain.config.io import from_dict
 from asaptrain.errors import UserError
-from asaptrain.nets import build_generator
+from asaptrain.train.nets import build_generator
 from asaptrain.train.state import STATE_FILE, from_bytes
 
 

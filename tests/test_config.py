@@ -6,9 +6,9 @@ import pytest
 from click.testing import CliRunner
 
 from asaptrain.cli import main
-from asaptrain.config import Config, ConfigError, field_docs
-from asaptrain.config_io import apply_overrides, from_dict, load_config, load_toml, to_toml
-from asaptrain.presets import PRESETS, SMOKE_PRESETS, get_preset
+from asaptrain.config.schema import Config, ConfigError, field_docs
+from asaptrain.config.io import apply_overrides, from_dict, load_config, load_toml, to_toml
+from asaptrain.config.presets import PRESETS, SMOKE_PRESETS, get_preset
 
 
 @pytest.mark.parametrize("name", list(PRESETS))

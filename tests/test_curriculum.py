@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from asaptrain.config import ConfigError, CurriculumConfig
-from asaptrain.curriculum import build_schedule
+from asaptrain.config.schema import ConfigError, CurriculumConfig
+from asaptrain.train.curriculum import build_schedule
 
 
 def sched(kind, start=0.2, end=0.8, warmup=0, ramp=0, total=100, stages=4, seed=0):

@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from asaptrain.config_io import apply_overrides
+from asaptrain.config.io import apply_overrides
 from asaptrain.data.convert import convert
 from asaptrain.data.store import Store
 from asaptrain.data.synth import synth_plan
-from asaptrain.presets import get_preset
+from asaptrain.config.presets import get_preset
 from asaptrain.train.launch import fit
 from asaptrain.train.run_files import RunFiles
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from asaptrain.errors import UserError
-from asaptrain.losses import (
+from asaptrain.train.losses import (
     LSGAN, WGANGP, Hinge, PerceptualLoss, WeightsError, build_gan_loss, build_perceptual, feature_matching,
 )
 

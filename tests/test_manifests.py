@@ -215,7 +215,7 @@ def test_bucket_job_creates_the_bucket(s3_endpoint):
 
 
 def test_rayjob_entrypoints_name_real_scripts_flags_and_presets():
-    from asaptrain.presets import PRESETS
+    from asaptrain.config.presets import PRESETS
 
     for f, doc in _kind("RayJob"):
         argv = shlex.split(doc["spec"]["entrypoint"])

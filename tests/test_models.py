@@ -9,17 +9,17 @@ import math
 import pytest
 import torch
 
-from asaptrain.config import ConfigError
+from asaptrain.config.schema import ConfigError
 from asaptrain.models import (
     ASAPNetConfig, ASAPNetGenerator, DeblurGANConfig, DeblurGANGenerator, HybridConfig, HybridGenerator,
     Pix2PixHDConfig, ResnetBlock, asapnet_discriminator, deblurgan_discriminator, hybrid_discriminator, pix2pixhd_discriminator,
     pix2pixhd_generator, published_failure, tile_coordinates,
 )
 from asaptrain.models.asapnet import TentDownsample
-from asaptrain.nets import (
+from asaptrain.train.nets import (
     build_discriminator, build_generator, discriminator_in_channels, generator_config, generator_in_channels,
 )
-from asaptrain.presets import SMOKE_PRESETS, get_preset
+from asaptrain.config.presets import SMOKE_PRESETS, get_preset
 
 TINY_LOWRES = dict(lowres_width=8, lowres_max_channels=16, lowres_blocks=1, mlp_width=8)
 
@@ -345,7 +345,7 @@ def test_fused_triton_kernel_equals_batched_matmuls(monkeypatch, S, depth, mlp_i
         assert want.std() > 0.1
         for layout in (x, x.contiguous(memory_format=torch.channels_last)):
             got = launch_fused(G.mlp_input(layout), params, G.mlp.coords, G.mlp.dims, S, kernel=kernel)
-            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
 def test_fused_op_falls_back_to_batched_matmuls_where_the_kernel_cannot_run():
@@ -365,7 +365,7 @@ def test_fused_op_falls_back_to_batched_matmuls_where_the_kernel_cannot_run():
 
 
 def test_bench_helpers_and_a_tiny_cpu_run():
-    from asaptrain.bench_models import ROW_KEYS, bench_config, parse_variant, run_bench
+    from asaptrain.perf.models import ROW_KEYS, bench_config, parse_variant, run_bench
 
     assert parse_variant("bf16-cl-compile") == ("bf16", True, True) and parse_variant("fp32") == ("fp32", False, False)
     with pytest.raises(ValueError):

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from asaptrain.config import Config, CurriculumConfig, DataConfig, EvalConfig, TrainConfig
+from asaptrain.config.schema import Config, CurriculumConfig, DataConfig, EvalConfig, TrainConfig
 from asaptrain.data.pipeline import (
     DataError,
     bad_images,

@@ -11,7 +11,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from asaptrain.config import StorageConfig
+from asaptrain.config.schema import StorageConfig
 from asaptrain.data.store import Store, StoreError, StoreNotFound, resolve_dataset, retry, store_from_config
 
 SECRET = "known-secret-Zq81xPw"

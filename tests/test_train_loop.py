@@ -7,9 +7,9 @@ import itertools
 import pytest
 import torch
 
-from asaptrain.config_io import apply_overrides
-from asaptrain.nets import generator_in_channels
-from asaptrain.presets import SMOKE_PRESETS, get_preset
+from asaptrain.config.io import apply_overrides
+from asaptrain.train.nets import generator_in_channels
+from asaptrain.config.presets import SMOKE_PRESETS, get_preset
 from asaptrain.train.gan import NonFiniteLoss
 from asaptrain.train.loop import ListReporter, build_state, lr_lambda, train_loop
 from asaptrain.train.state import from_bytes, to_bytes
@@ -112,7 +112,7 @@ def test_nonfinite_loss_stops_and_names_the_step():
 def test_nonfinite_loss_skip_leaves_weights_untouched():
     cfg = smoke("deblurgan-smoke", "train.nonfinite=skip", "train.steps=2", "optim.d_steps=1")
     torch.manual_seed(cfg.train.seed)
-    from asaptrain.nets import build_generator
+    from asaptrain.train.nets import build_generator
 
     before = [p.clone() for p in build_generator(cfg).parameters()]
     state = train_loop(cfg, tensors(cfg, poison=True), passthrough, CPU, ListReporter())

@@ -13,11 +13,11 @@ import time
 import pytest
 from PIL import Image
 
-from asaptrain.config_io import apply_overrides
+from asaptrain.config.io import apply_overrides
 from asaptrain.data.convert import convert
 from asaptrain.data.store import Store
 from asaptrain.data.synth import synth_plan
-from asaptrain.presets import SMOKE_PRESETS, get_preset
+from asaptrain.config.presets import SMOKE_PRESETS, get_preset
 from asaptrain.train.launch import RunError, choose_name, fit
 from asaptrain.train.run_files import RunFiles
 

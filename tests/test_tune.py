@@ -7,14 +7,14 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from asaptrain.config_io import apply_overrides, load_toml
+from asaptrain.config.io import apply_overrides, load_toml
 from asaptrain.data.convert import convert
 from asaptrain.data.store import Store
 from asaptrain.data.synth import synth_plan
-from asaptrain.presets import get_preset
-from asaptrain.sweep_space import SweepError, default_space, load_space
+from asaptrain.config.presets import get_preset
+from asaptrain.sweep.space import SweepError, default_space, load_space
 from asaptrain.train.launch import fit
-from asaptrain.tune import sweep
+from asaptrain.sweep.tune import sweep
 
 pytestmark = pytest.mark.slow
 

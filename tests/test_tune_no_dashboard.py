@@ -7,9 +7,9 @@ import os
 
 import pytest
 
-from asaptrain.config_io import apply_overrides
-from asaptrain.presets import get_preset
-from asaptrain.tune import SweepError, dashboard_ok, sweep
+from asaptrain.config.io import apply_overrides
+from asaptrain.config.presets import get_preset
+from asaptrain.sweep.tune import SweepError, dashboard_ok, sweep
 
 
 @pytest.fixture

@@ -7,9 +7,9 @@ from pathlib import Path
 import click
 
 from asaptrain.cli.groups import config, friendly_errors, preset_options
-from asaptrain.config import ConfigError
-from asaptrain.config_io import load_config, to_toml
-from asaptrain.presets import PRESETS
+from asaptrain.config.schema import ConfigError
+from asaptrain.config.io import load_config, to_toml
+from asaptrain.config.presets import PRESETS
 
 
 @config.command("presets")

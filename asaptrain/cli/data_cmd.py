@@ -1,4 +1,4 @@
-"""`asaptrain data ls|verify|synth|cityscapes|gopro|folder` and `asaptrain bench ingest`.
+"""`asaptrain data ls|verify|synth|cityscapes|gopro|folder|blur-preview`.
 
     asaptrain data synth --kind photos --count 500 --size 256x256 --out ./asaptrain-store/datasets/synth-photos
     asaptrain data cityscapes --root /data/cityscapes --size 256x512 --out s3://bucket/datasets/cityscapes \\
@@ -10,7 +10,6 @@ Converters resume: rerun the same command after an interruption and only missing
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -18,7 +17,7 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from asaptrain.cli.groups import bench, data, friendly_errors, output_console
+from asaptrain.cli.groups import data, friendly_errors, output_console, s3_endpoint_option
 
 MAX_SKIPPED_SHOWN = 100
 
@@ -35,12 +34,6 @@ def _parse_size(ctx, param, value: str | None) -> tuple[int, int] | None:
         raise click.BadParameter(f"expected HEIGHTxWIDTH in pixels, e.g. 256x512; got {value!r}") from None
 
 
-def _s3_endpoint_option(fn):
-    return click.option("--s3-endpoint", default=None, metavar="URL",
-                        help="S3-compatible endpoint (MinIO, Ceph, R2); credentials come from AWS_* variables "
-                             "or AWS_PROFILE.")(fn)
-
-
 def _convert_options(fn):
     """Options every converter shares: where to write and how."""
     fn = click.option("--create-bucket", is_flag=True, help="Create the S3 bucket if it does not exist.")(fn)
@@ -48,7 +41,7 @@ def _convert_options(fn):
                       show_default=True, help="Decode/encode worker processes.")(fn)
     fn = click.option("--shard-mb", type=click.FloatRange(min=0.001), default=128.0, show_default=True,
                       help="Target shard size in MB of encoded images.")(fn)
-    fn = _s3_endpoint_option(fn)
+    fn = s3_endpoint_option(fn)
     fn = click.option("--out", default=None, metavar="URI",
                       help="Dataset directory to write: a path, file://... or s3://bucket/prefix "
                            "[default: ./asaptrain-store/datasets/NAME, where the presets look].")(fn)
@@ -180,7 +173,7 @@ def _find_datasets(store) -> list[tuple[str, dict]]:
 
 @data.command("ls")
 @click.argument("uri")
-@_s3_endpoint_option
+@s3_endpoint_option
 @friendly_errors
 def ls_cmd(uri, s3_endpoint) -> None:
     """Rows and bytes per split of the dataset at URI (or of every dataset below it)."""
@@ -203,7 +196,7 @@ def ls_cmd(uri, s3_endpoint) -> None:
 
 @data.command("verify")
 @click.argument("uri")
-@_s3_endpoint_option
+@s3_endpoint_option
 @click.option("--quick", is_flag=True, help="Check sizes and Parquet footers only, not sha256 (reads no shard whole).")
 @friendly_errors
 def verify_cmd(uri, s3_endpoint, quick) -> None:
@@ -224,32 +217,83 @@ def verify_cmd(uri, s3_endpoint, quick) -> None:
     click.echo(f"ok: {store.uri_for()}: {len(manifest['shards'])} shards, {rows} rows, {checked}")
 
 
-@bench.command("ingest")
-@click.argument("uri")
-@_s3_endpoint_option
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the numbers as JSON.")
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="Read at most N rows.")
-@click.option("--threads", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default=True,
-              help="Decode threads of the threaded PIL pass.")
-@click.option("--decoders", default="pil,torchvision", show_default=True,
-              help="Comma-separated decoders to time (PIL is always timed: end-to-end uses it).")
-@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
-              help="Passes per phase; the median is reported.")
-@friendly_errors
-def ingest_cmd(uri, s3_endpoint, json_path, limit, threads, decoders, repeats) -> None:
-    """Read-and-decode throughput (MB/s, images/s) of the dataset at URI."""
-    from asaptrain.bench_ingest import DECODERS, render, run
-    from asaptrain.data.store import Store
+PREVIEW_SIDE = 384
+"""Longest side of a preview image, in pixels (larger --image files are shrunk to it)."""
 
-    chosen = tuple(d.strip() for d in decoders.split(",") if d.strip())
-    unknown = sorted(set(chosen) - set(DECODERS))
-    if unknown:
-        raise click.BadParameter(f"unknown decoder(s) {unknown}; choose from {', '.join(DECODERS)}",
-                                 param_hint="--decoders")
-    result = run(Store.open(uri, s3_endpoint=s3_endpoint), limit=limit, threads=threads, decoders=chosen,
-                 repeats=repeats)
-    output_console().print(render(result))
-    if json_path:
-        with open(json_path, "w") as f:
-            json.dump(result, f, indent=1)
-        click.echo(f"wrote {json_path}")
+
+def _strengths(ctx, param, value: str) -> list[float]:
+    try:
+        values = [float(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected numbers like 0.2,0.5,0.9; got {value!r}") from None
+    if not values or any(not 0 <= v <= 1 for v in values):
+        raise click.BadParameter(f"strengths must be in [0, 1]; got {value!r}")
+    return values
+
+
+def _load_image(path: str | None):
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from asaptrain.data.blur import sharp_test_image
+
+    if path is None:
+        return sharp_test_image(256, 256)
+    try:
+        img = Image.open(path).convert("RGB")
+    except Exception as exc:  # PIL raises many types for files it cannot read
+        raise click.BadParameter(f"{path} is not an image PIL can read ({exc})", param_hint="--image") from None
+    img.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE), Image.BICUBIC)
+    return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 255
+
+
+@data.command("blur-preview")
+@click.option("--strength", "strengths", default="0.2,0.5,0.9", show_default=True, callback=_strengths,
+              help="Comma-separated blur strengths in [0, 1], one row each.")
+@click.option("--image", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="A sharp photo to blur [default: a built-in test pattern].")
+@click.option("--samples", type=click.IntRange(1, 8), default=3, show_default=True, help="Kernels per row.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Kernel seed.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="PNG to write.")
+@friendly_errors
+def blur_preview_cmd(strengths, image, samples, seed, out) -> None:
+    """A grid of random motion-blur kernels and the image blurred by each, per strength."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    from asaptrain.data.blur import apply_blur, kernel_spread, random_kernels
+
+    sharp = _load_image(image)
+    gen = torch.Generator().manual_seed(seed)
+    rows = [(s, random_kernels(samples, s, generator=gen)) for s in strengths]
+    side = max(k.shape[-1] for _, k in rows)  # one kernel scale for the whole figure
+    fig, axes = plt.subplots(len(rows), 1 + 2 * samples, figsize=(2.2 * (1 + 2 * samples), 2.4 * len(rows)),
+                             squeeze=False)
+    for r, (s, kernels) in enumerate(rows):
+        blurred = apply_blur(sharp[None].expand(samples, -1, -1, -1), kernels).clamp(0, 1)
+        axes[r, 0].imshow(sharp.permute(1, 2, 0).numpy())
+        axes[r, 0].set_title(f"sharp (mean {sharp.mean():.3f})", fontsize=8)
+        axes[r, 0].set_ylabel(f"strength {s:g}", fontsize=10)
+        spread = kernel_spread(kernels)
+        for i in range(samples):
+            mse = (blurred[i] - sharp).pow(2).mean().clamp_min(1e-10)
+            ax = axes[r, 1 + i]
+            ax.imshow(blurred[i].permute(1, 2, 0).numpy())
+            ax.set_title(f"PSNR {10 * torch.log10(1 / mse):.1f} dB, mean {blurred[i].mean():.3f}", fontsize=8)
+            k = kernels[i]
+            pad = (side - k.shape[-1]) // 2
+            ax = axes[r, 1 + samples + i]
+            ax.imshow(torch.nn.functional.pad(k, (pad, pad, pad, pad)).numpy(), cmap="magma")
+            ax.set_title(f"kernel {k.shape[-1]}px, RMS {spread[i]:.1f}px", fontsize=8)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle("random-trajectory motion blur (kernels sum to 1; kernels shown at one scale)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    click.echo(f"wrote {out}: {len(rows)} strengths x {samples} kernels")

@@ -61,10 +61,16 @@ def preset_options(fn):
     return fn
 
 
+def s3_endpoint_option(fn):
+    """--s3-endpoint alone, for commands that take a store URI as their argument."""
+    return click.option("--s3-endpoint", default=None, metavar="URL",
+                        help="S3-compatible endpoint (MinIO, Ceph, R2); credentials come from AWS_* variables "
+                             "or AWS_PROFILE.")(fn)
+
+
 def store_options(fn):
     """--store / --s3-endpoint, shared by every command that touches a store."""
-    fn = click.option("--s3-endpoint", default=None, metavar="URL",
-                      help="S3-compatible endpoint (MinIO, Ceph, R2); credentials come from AWS_* variables.")(fn)
+    fn = s3_endpoint_option(fn)
     fn = click.option("--store", default=None, metavar="URI",
                       help="Store: a path, file://..., or s3://bucket/prefix [default: ./asaptrain-store].")(fn)
     return fn

@@ -17,7 +17,7 @@ def print_report(report: dict, console=None) -> None:
     """The report's tables (the same cells as report.md) as rich tables in the terminal."""
     from rich.table import Table
 
-    from asaptrain.plots import tables
+    from asaptrain.report.plots import tables
 
     console = console or output_console()
     text_columns = ("Model", "Run", "Task", "GPU", "Status", "In tables", "dtype", "Missing / notes")
@@ -47,9 +47,9 @@ def print_report(report: dict, console=None) -> None:
 @friendly_errors
 def aggregate_cmd(store, s3_endpoint, prefix, out, no_plots, quiet) -> None:
     """Aggregate all runs into one report: quality tables, speed, plots and sample grids."""
-    from asaptrain.config import StorageConfig
+    from asaptrain.config.schema import StorageConfig
     from asaptrain.data.store import Store
-    from asaptrain.report import aggregate
+    from asaptrain.report.aggregate import aggregate
 
     uri = store or os.environ.get("ASAPTRAIN_STORE") or StorageConfig().store
     endpoint = s3_endpoint or os.environ.get("ASAPTRAIN_S3_ENDPOINT") or None

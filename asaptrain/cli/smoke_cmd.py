@@ -37,7 +37,7 @@ def smoke_cmd(store, s3_endpoint, steps, trials, progress) -> None:
     under Ray Train, sweep the hybrid, aggregate, print the report."""
     import ray
 
-    from asaptrain.config import StorageConfig
+    from asaptrain.config.schema import StorageConfig
     from asaptrain.experiment import run_study, smoke_plan
     from asaptrain.train.launch import ensure_ray
 
@@ -57,7 +57,7 @@ def smoke_cmd(store, s3_endpoint, steps, trials, progress) -> None:
 def experiment_cmd(store, s3_endpoint, overrides, trials, progress) -> None:
     """The full study: train the four paper presets, sweep the hybrid, retrain its best config,
     aggregate. Needs the converted datasets in the store (datasets/cityscapes, datasets/gopro)."""
-    from asaptrain.config import StorageConfig
+    from asaptrain.config.schema import StorageConfig
     from asaptrain.experiment import full_plan, run_study
 
     _finish(run_study(full_plan(store or StorageConfig().store, s3_endpoint, list(overrides), trials), progress,

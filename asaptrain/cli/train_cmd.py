@@ -1,4 +1,4 @@
-"""`asaptrain train`, `asaptrain infer` and `asaptrain bench train` (also what jobs/train.py runs)."""
+"""`asaptrain train`, and `asaptrain infer` (also what jobs/train.py runs)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import sys
 
 import click
 
-from asaptrain.cli.groups import bench, friendly_errors, main, output_console, preset_options, store_options
-from asaptrain.config import Config
-from asaptrain.config_io import apply_overrides, load_config, to_toml
+from asaptrain.cli.groups import friendly_errors, main, output_console, preset_options, s3_endpoint_option, store_options
+from asaptrain.config.schema import Config
+from asaptrain.config.io import apply_overrides, load_config, to_toml
 
 
 def build_train_config(preset, config_file, overrides, store=None, s3_endpoint=None, workers=None,
@@ -86,7 +86,7 @@ def _print_result(result) -> None:
 @click.option("--run", "run_uri", required=True, metavar="URI", help="A run directory (STORE/runs/NAME).")
 @click.option("--checkpoint", metavar="DIR", help="A checkpoint directory inside the run [default: latest].")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder.")
-@click.option("--s3-endpoint", default=None, metavar="URL", help="S3-compatible endpoint of the run's store.")
+@s3_endpoint_option
 @click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--tile", default=1024, type=click.IntRange(min=64), help="Largest tile edge in pixels.")
 @friendly_errors
@@ -99,41 +99,3 @@ def infer_cmd(inputs, run_uri, checkpoint, out_dir, s3_endpoint, device, tile) -
     rel = f"{checkpoint.rstrip('/')}/state.pt" if checkpoint else None
     for path in infer_files(run_dir, list(inputs), out_dir, rel, device, tile):
         click.echo(path)
-
-
-@bench.command("train")
-@click.option("--preset", "presets", multiple=True,
-              help="Preset(s) to time [default: the four full presets].")
-@click.option("--set", "overrides", multiple=True, metavar="SECTION.FIELD=VALUE")
-@click.option("--batch", type=click.IntRange(min=1), help="Batch size [default: the preset's].")
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "both"]), default="both")
-@click.option("--steps", default=20, type=click.IntRange(min=1), help="Timed steps per preset.")
-@click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]))
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the rows as JSON here.")
-@friendly_errors
-def bench_train_cmd(presets, overrides, batch, precision, steps, device, json_path) -> None:
-    """Training images/s and model FLOP utilization per preset (random data, one device)."""
-    import torch
-    from rich.table import Table
-
-    from asaptrain.bench_train import bench_preset
-
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
-    presets = presets or ("asapnet-cityscapes", "pix2pixhd-cityscapes", "deblurgan-gopro", "hybrid-deblur")
-    rows = []
-    for name in presets:
-        for prec in (("fp32", "bf16") if precision == "both" else (precision,)):
-            cfg = load_config(name, overrides=[*overrides, f"train.precision={json.dumps(prec)}"])
-            row = bench_preset(cfg, dev, steps=steps, batch=batch)
-            rows.append({"preset": name, **row})
-    table = Table(title=f"training step, {rows[0]['gpu'] if rows else dev}")
-    for col in ("preset", "size", "batch", "precision", "ms/step", "images/s", "TFLOP/s", "MFU"):
-        table.add_column(col, justify="right" if col not in ("preset", "precision") else "left")
-    for r in rows:
-        table.add_row(r["preset"], f"{r['height']}x{r['width']}", str(r["batch"]), r["precision"],
-                      f"{r['ms_per_step']:.1f}", f"{r['images_per_s']:.1f}", f"{r['achieved_tflops']:.2f}",
-                      f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a")
-    output_console().print(table)
-    if json_path:
-        with open(json_path, "w") as fh:
-            json.dump(rows, fh, indent=2)

@@ -53,8 +53,8 @@ def tune_cmd(preset, config_file, overrides, store, s3_endpoint, space_file, tri
     trials.png, and every trial's run under runs/.
     """
     from asaptrain.cli.train_cmd import build_train_config
-    from asaptrain.sweep_space import load_space
-    from asaptrain.tune import sweep
+    from asaptrain.sweep.space import load_space
+    from asaptrain.sweep.tune import sweep
 
     cfg = build_train_config(preset or (None if config_file else "hybrid-deblur"), config_file, overrides, store,
                              s3_endpoint, steps=steps)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from asaptrain.config import Config
+from asaptrain.config.schema import Config
 from asaptrain.errors import UserError
 
 log = logging.getLogger("asaptrain.data")

@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 import ray
 from ray.data import DataContext, FileShuffleConfig
 
-from asaptrain.config import Config
+from asaptrain.config.schema import Config
 from asaptrain.data.decode import DataError, Decoder, decode_rows, key_id
 from asaptrain.data.shards import read_manifest, shard_paths
 from asaptrain.data.store import resolve_dataset

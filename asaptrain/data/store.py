@@ -23,7 +23,7 @@ from typing import Any, Callable, TypeVar
 
 import pyarrow.fs as pafs
 
-from asaptrain.config import StorageConfig
+from asaptrain.config.schema import StorageConfig
 from asaptrain.data.s3 import (Credentials, StoreError, StoreNotFound, boto_client, connect, describe_error,
                                error_code, is_store_failure, retry, safe_url)
 

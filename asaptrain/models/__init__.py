@@ -1,6 +1,6 @@
 """The four generator / discriminator pairs as plain ``nn.Module``s (no Ray, no I/O).
 
-Each model takes its own small dataclass of hyperparameters; ``asaptrain.nets`` maps the
+Each model takes its own small dataclass of hyperparameters; ``asaptrain.train.nets`` maps the
 run's :class:`~asaptrain.config.Config` onto them. Images are NCHW in [-1, 1];
 ``D(image, cond=None)`` returns one list per scale of [features..., patch logits].
 """

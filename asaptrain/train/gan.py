@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from asaptrain import dist
-from asaptrain.config import Config
+from asaptrain.train import dist
+from asaptrain.config.schema import Config
 from asaptrain.errors import UserError
 
 
@@ -134,7 +134,7 @@ class GanStep:
         parts = _split(outs, [n, n]) if need_real else [outs]
         terms = {"g_adv": lc.gan_weight * self.gan_loss.g_loss(parts[0])}
         if need_real:
-            from asaptrain.losses import feature_matching
+            from asaptrain.train.losses import feature_matching
 
             real_feats = [[f.detach() for f in scale] for scale in parts[1]]
             terms["g_fm"] = lc.feature_matching_weight * feature_matching(real_feats, parts[0])

@@ -22,9 +22,9 @@ from typing import Any
 
 import torch
 
-from asaptrain import dist
-from asaptrain.config import Config, validate
-from asaptrain.config_io import from_dict, to_dict
+from asaptrain.train import dist
+from asaptrain.config.schema import Config, validate
+from asaptrain.config.io import from_dict, to_dict
 from asaptrain.errors import UserError
 from asaptrain.train.run_files import RUNS_PREFIX, RunFiles, new_run_name
 from asaptrain.train.state import STATE_FILE, load_file

@@ -3,7 +3,7 @@
 ``train_loop(cfg, batches, ...)`` builds the run state, restores it from a checkpoint if one
 is given, and runs GAN steps until ``train.steps``. It reports through a small reporter
 (Ray's calls ``ray.train.report``; tests record into a list) and, on rank 0, writes the run's
-files. It reads no environment and touches no process group (``asaptrain.dist`` does).
+files. It reads no environment and touches no process group (``asaptrain.train.dist`` does).
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from typing import Protocol
 
 import torch
 
-from asaptrain import dist
-from asaptrain.config import Config
-from asaptrain.curriculum import build_schedule
-from asaptrain.losses import build_gan_loss, build_perceptual
-from asaptrain.metrics import (
+from asaptrain.train import dist
+from asaptrain.config.schema import Config
+from asaptrain.train.curriculum import build_schedule
+from asaptrain.train.losses import build_gan_loss, build_perceptual
+from asaptrain.train.metrics import (
     FidScorer,
     device_name,
     find_inception_weights,
@@ -30,11 +30,11 @@ from asaptrain.metrics import (
     ssim_per_image,
     to_unit,
 )
-from asaptrain.nets import build_discriminator, build_generator, generator_in_channels
+from asaptrain.train.nets import build_discriminator, build_generator, generator_in_channels
 from asaptrain.train.gan import GanStep, PhaseTimes
 from asaptrain.train.run_files import RunFiles
 from asaptrain.train.state import RunState, make_ema, update_ema
-from asaptrain.visual import training_samples
+from asaptrain.train.visual import training_samples
 
 
 class Reporter(Protocol):

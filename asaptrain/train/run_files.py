@@ -12,8 +12,8 @@ import math
 import time
 from typing import Any
 
-from asaptrain.config import Config
-from asaptrain.config_io import to_toml
+from asaptrain.config.schema import Config
+from asaptrain.config.io import to_toml
 
 RUNS_PREFIX = "runs"
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from asaptrain.dist import unwrap
+from asaptrain.train.dist import unwrap
 
 STATE_FILE = "state.pt"
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from rich.table import Table
 
-from asaptrain.config import Config, DataConfig, TrainConfig
+from asaptrain.config.schema import Config, DataConfig, TrainConfig
 
 
 def parse_crops(text: str) -> list[tuple[int, int]]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from asaptrain.config import Config, ConfigError
+from asaptrain.config.schema import Config, ConfigError
 from asaptrain.models.asapnet import ASAPNetConfig, ASAPNetGenerator, asapnet_discriminator
 from asaptrain.models.deblurgan import DeblurGANConfig, DeblurGANGenerator, deblurgan_discriminator
 from asaptrain.models.hybrid import HybridConfig, HybridGenerator

@@ -14,10 +14,10 @@ import time
 
 import torch
 
-from asaptrain.config import Config
-from asaptrain.losses import build_gan_loss
-from asaptrain.metrics import device_name
-from asaptrain.nets import generator_in_channels
+from asaptrain.config.schema import Config
+from asaptrain.train.losses import build_gan_loss
+from asaptrain.train.metrics import device_name
+from asaptrain.train.nets import generator_in_channels
 from asaptrain.train.gan import GanStep, PhaseTimes
 from asaptrain.train.loop import build_state
 

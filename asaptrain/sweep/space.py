@@ -16,8 +16,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from asaptrain.config import Config
-from asaptrain.config_io import apply_overrides
+from asaptrain.config.schema import Config
+from asaptrain.config.io import apply_overrides
 from asaptrain.errors import UserError
 
 

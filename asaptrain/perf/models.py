@@ -22,8 +22,8 @@ from collections.abc import Callable
 
 import torch
 
-from asaptrain.config import Config
-from asaptrain.nets import build_generator, generator_in_channels
+from asaptrain.config.schema import Config
+from asaptrain.train.nets import build_generator, generator_in_channels
 
 LABEL_SIZES = ((256, 512), (512, 1024), (1024, 2048))
 PHOTO_SIZES = ((256, 256), (720, 1280))
@@ -48,7 +48,7 @@ def parse_variant(name: str) -> tuple[str, bool, bool]:
 
 def bench_config(model: str, height: int, width: int) -> Config | None:
     """The preset of ``model`` adapted to ``height`` x ``width``; None where the size does not fit."""
-    from asaptrain.presets import get_preset
+    from asaptrain.config.presets import get_preset
 
     cfg = get_preset(PRESET_OF[model])
     m = cfg.model

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from asaptrain.config import CurriculumConfig, ConfigError
+from asaptrain.config.schema import CurriculumConfig, ConfigError
 
 KINDS = ("fixed", "linear", "cosine", "step", "band")
 

@@ -14,8 +14,8 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from asaptrain.config import Config
-from asaptrain.nets import build_discriminator, build_generator, generator_in_channels
+from asaptrain.config.schema import Config
+from asaptrain.train.nets import build_discriminator, build_generator, generator_in_channels
 
 
 def count_params(module: nn.Module) -> int:
@@ -50,7 +50,7 @@ def summarize_config(cfg: Config, preset: str = "", height: int | None = None, w
 
 def summarize(presets: list[str] | None = None) -> list[dict]:
     """One row per preset and net ("G", "D"), at each preset's crop size."""
-    from asaptrain.presets import PRESETS, get_preset
+    from asaptrain.config.presets import PRESETS, get_preset
 
     rows = []
     for name in presets or list(PRESETS):

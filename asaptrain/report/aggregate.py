@@ -345,7 +345,7 @@ def aggregate(store, out, prefix: str = "runs", plots: bool = True) -> dict[str,
 
     ``out`` is a Store or a local directory. Returns the report dict (as in report.json).
     """
-    from asaptrain import plots as plotting
+    from asaptrain.report import plots as plotting
 
     runs = load_runs(store, prefix)
     report = build_report(runs, getattr(store, "uri", ""), prefix)

@@ -19,9 +19,9 @@ import threading
 import time
 from typing import Any
 
-from asaptrain.config import Config, validate
-from asaptrain.config_io import apply_overrides, from_dict, to_dict, to_toml
-from asaptrain.sweep_space import SweepError, default_space, to_tune, trial_config
+from asaptrain.config.schema import Config, validate
+from asaptrain.config.io import apply_overrides, from_dict, to_dict, to_toml
+from asaptrain.sweep.space import SweepError, default_space, to_tune, trial_config
 from asaptrain.train.run_files import RunFiles, new_run_name
 
 SWEEPS_PREFIX = "sweeps"

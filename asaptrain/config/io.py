@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import tomli_w
 
-from asaptrain.config import SECTIONS, Config, ConfigError, validate
+from asaptrain.config.schema import SECTIONS, Config, ConfigError, validate
 
 
 def _section_type(name: str) -> type:
@@ -138,7 +138,7 @@ def load_config(
     preset: str | None = None, config_file: str | Path | None = None, overrides: tuple[str, ...] | list[str] = ()
 ) -> Config:
     """The one way commands build a config: a preset or a TOML file, then ``--set`` overrides."""
-    from asaptrain.presets import get_preset
+    from asaptrain.config.presets import get_preset
 
     if preset and config_file:
         raise ConfigError("give either --preset or --config, not both")

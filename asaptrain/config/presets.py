@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-from asaptrain.config import (
+from asaptrain.config.schema import (
     Config,
     ConfigError,
     CurriculumConfig,

@@ -1,7 +1,7 @@
 """The typed config tree: one dataclass per section, and the cross-field checks.
 
 Every field has a one-line docstring (the string literal under it) that gives its unit.
-Validation happens once, at the edge (``config_io.load_config`` reads TOML and ``--set``
+Validation happens once, at the edge (``asaptrain.config.io.load_config`` reads TOML and ``--set``
 overrides, then calls :func:`validate`): an unknown or ill-typed field is a
 :class:`ConfigError` naming the field and what it accepts.
 

@@ -1,0 +1,1 @@
+"""The Ray Tune sweep of the hybrid (``tune``) and its search space (``space``)."""
