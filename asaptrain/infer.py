@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,17 +39,42 @@ def latest_checkpoint(run_dir) -> str:
     return f"{names[-1]}/{STATE_FILE}"
 
 
-def load_generator(run_dir, checkpoint_rel: str | None = None, device: str = "cpu") -> tuple[Config, torch.nn.Module]:
-    """The run's config and its generator (EMA weights when the run kept an EMA)."""
+@dataclass
+class GeneratorWeights:
+    """What a run's checkpoint holds for inference."""
+
+    cfg: Config
+    state_dict: dict
+    source: str
+    """"ema" (the run kept an EMA copy) or "generator"."""
+    checkpoint: str
+    """The checkpoint file, relative to the run directory."""
+    step: int
+    """Generator updates done when it was saved."""
+
+
+def load_weights(run_dir, checkpoint_rel: str | None = None) -> GeneratorWeights:
+    """The run's config and its generator's weights (the EMA copy when the run kept one)."""
     import tomllib
 
     if not run_dir.exists("config.toml"):
         raise InferError(f"{run_dir.uri_for('config.toml')} is missing: is this a run directory?")
     cfg = validate(from_dict(tomllib.loads(run_dir.read_text("config.toml")), source=run_dir.uri_for("config.toml")))
-    state = from_bytes(run_dir.read_bytes(checkpoint_rel or latest_checkpoint(run_dir)))
-    G = build_generator(cfg)
-    G.load_state_dict(state["ema"] if state.get("ema") is not None else state["generator"])
-    return cfg, G.to(device).eval()
+    rel = checkpoint_rel or latest_checkpoint(run_dir)
+    if not run_dir.exists(rel):
+        raise InferError(f"no checkpoint at {run_dir.uri_for(rel)}")
+    state = from_bytes(run_dir.read_bytes(rel))
+    ema = state.get("ema") is not None
+    return GeneratorWeights(cfg, state["ema"] if ema else state["generator"], "ema" if ema else "generator", rel,
+                            int(state.get("step") or 0))
+
+
+def load_generator(run_dir, checkpoint_rel: str | None = None, device: str = "cpu") -> tuple[Config, torch.nn.Module]:
+    """The run's config and its generator (EMA weights when the run kept an EMA)."""
+    weights = load_weights(run_dir, checkpoint_rel)
+    G = build_generator(weights.cfg)
+    G.load_state_dict(weights.state_dict)
+    return weights.cfg, G.to(device).eval()
 
 
 def _multiple(cfg: Config) -> int:
