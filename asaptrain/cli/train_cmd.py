@@ -48,17 +48,24 @@ def run_options(fn):
 @main.command("train")
 @run_options
 @click.option("--progress/--no-progress", default=True, help="Show the rich progress bar.")
+@click.option("--mlflow", "mlflow_uri", metavar="URI",
+              help="Also send the curves to this MLflow tracking server (needs asaptrain[mlflow]).")
+@click.option("--mlflow-experiment", default="asaptrain", show_default=True, metavar="NAME",
+              help="MLflow experiment (created when missing).")
 @friendly_errors
 def train_cmd(preset, config_file, overrides, store, s3_endpoint, name, resume, workers, gpus_per_worker, steps,
-              dry_run, progress) -> None:
-    """Train one model under Ray Train (DDP across workers); writes STORE/runs/NAME/."""
+              dry_run, progress, mlflow_uri, mlflow_experiment) -> None:
+    """Train one model under Ray Train (DDP across workers); writes STORE/runs/NAME/, TensorBoard
+    event files included (`tensorboard --logdir STORE/runs`)."""
     cfg = build_train_config(preset, config_file, overrides, store, s3_endpoint, workers, gpus_per_worker, steps)
     if dry_run:
         click.echo(to_toml(cfg), nl=False)
         return
+    from asaptrain.train.curves import MlflowTarget
     from asaptrain.train.launch import fit
 
-    result = fit(cfg, preset=preset, name=name, resume=resume, progress=progress)
+    mlflow = MlflowTarget(mlflow_uri, mlflow_experiment) if mlflow_uri else None
+    result = fit(cfg, preset=preset, name=name, resume=resume, progress=progress, mlflow=mlflow)
     _print_result(result)
     sys.exit(0 if result.status == "finished" else 1)
 

@@ -26,6 +26,7 @@ from asaptrain.train import dist
 from asaptrain.config.schema import Config, validate
 from asaptrain.config.io import from_dict, to_dict
 from asaptrain.errors import UserError
+from asaptrain.train.curves import MlflowTarget, attach_curves, check_mlflow
 from asaptrain.train.run_files import RUNS_PREFIX, RunFiles, new_run_name
 from asaptrain.train.state import STATE_FILE, load_file
 
@@ -84,6 +85,7 @@ def _worker(config: dict[str, Any]) -> None:
         group = ray.util.get_current_placement_group()
         if group is not None:
             run_files.dir.write_json("placement_group.json", {"id": group.id.hex()})
+        attach_curves(run_files, cfg, config["name"], MlflowTarget(**config["mlflow"]) if config.get("mlflow") else None)
     checkpoint = None
     latest = ray.train.get_checkpoint()
     if latest is not None:
@@ -185,8 +187,10 @@ def fit(
     callbacks: list | None = None,
     store=None,
     runs_prefix: str = RUNS_PREFIX,
+    mlflow: MlflowTarget | None = None,
 ) -> RunResult:
-    """Train ``cfg`` under Ray Train and return where the run is and how it ended."""
+    """Train ``cfg`` under Ray Train and return where the run is and how it ended; with
+    ``mlflow`` its curves also go to that tracking server."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -196,6 +200,8 @@ def fit(
     cfg = pin_store(validate(cfg))
     store = store or store_from_config(cfg.storage)
     name, start = choose_name(store, cfg, preset, name, resume, runs_prefix)
+    if mlflow is not None:
+        check_mlflow(mlflow)
     ensure_ray()
     use_gpu = resolve_use_gpu(cfg)
     # Before anything is written: a missing or damaged dataset fails here, naming it, and
@@ -215,6 +221,7 @@ def fit(
         train_loop_config={
             "config": to_dict(cfg), "name": name, "store": cfg.storage.store, "s3_endpoint": cfg.storage.s3_endpoint,
             "region": cfg.storage.region, "use_gpu": use_gpu, "runs_prefix": runs_prefix,
+            "mlflow": dataclasses.asdict(mlflow) if mlflow else None,
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=sc.num_workers, use_gpu=use_gpu, resources_per_worker=sc.resources_per_worker or None,

@@ -254,6 +254,7 @@ def train_loop(
             "width": cfg.data.crop_width, "precision": t.precision, "replica_checksums": checksums,
             "inference": _inference_rows(cfg, state, device),
         })
+        run.close()  # the curve sinks: last events uploaded, MLflow run ended
     return state
 
 

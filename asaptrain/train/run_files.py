@@ -2,7 +2,8 @@
 
 Rank 0 writes; every write of a whole file is atomic in the store (temp name then move, or a
 single PUT), and ``metrics.jsonl`` is cut back to the restored step when a run resumes, so a
-restart after a failure never counts a step twice.
+restart after a failure never counts a step twice. Curve sinks (``asaptrain.train.curves``:
+TensorBoard, MLflow) attached to it see every record, sample grid and flush as well.
 """
 
 from __future__ import annotations
@@ -38,6 +39,30 @@ class RunFiles:
         self.dir = store.child(*prefix.split("/"), name)
         self._pending: list[str] = []
         self._lines: list[str] | None = None  # object stores: the file's lines, kept to rewrite it
+        self._sinks: list = []
+        self._failed: set[int] = set()
+
+    # ----------------------------------------------------------------------- curve sinks
+    def attach(self, *sinks) -> None:
+        """Send what this run records to ``sinks`` too (see ``asaptrain.train.curves``)."""
+        self._sinks += sinks
+
+    def _to_sinks(self, method: str, *args) -> None:
+        # Curves are a view of the run, not the run: a sink that fails (a tracking server
+        # gone away) is reported once and never stops training.
+        for i, sink in enumerate(self._sinks):
+            try:
+                getattr(sink, method)(*args)
+            except Exception as exc:  # noqa: BLE001
+                if i not in self._failed:
+                    self._failed.add(i)
+                    print(f"[asaptrain] {type(sink).__name__}.{method} failed, curves may miss points: "
+                          f"{type(exc).__name__}: {str(exc)[:300]}", flush=True)
+
+    def close(self) -> None:
+        """Flush and close the attached sinks (the end of training)."""
+        self._to_sinks("close")
+        self._sinks = []
 
     # ----------------------------------------------------------------------- metadata
     def exists(self) -> bool:
@@ -58,6 +83,7 @@ class RunFiles:
     # ----------------------------------------------------------------------- metrics
     def add_metrics(self, record: dict) -> None:
         self._pending.append(json.dumps(_clean(record), sort_keys=True))
+        self._to_sinks("record", record)
 
     def flush(self, durable: bool = False) -> None:
         """Write pending records. A local file is appended to at every call; an object store can
@@ -65,6 +91,7 @@ class RunFiles:
         checkpoints and the end), which keeps a long S3 run from re-uploading its history at
         every log step. Records lost in a crash are after the last checkpoint: the resumed run
         writes them again."""
+        self._to_sinks("flush", durable)
         if not self._pending or (self.dir.is_s3 and not durable):
             return
         if self.dir.is_s3:
@@ -84,6 +111,7 @@ class RunFiles:
     def truncate_after(self, step: int) -> None:
         """Drop records past ``step`` (the checkpoint a resumed run continues from)."""
         self._pending = []
+        self._to_sinks("restart", step)
         if not self.dir.exists("metrics.jsonl"):
             return
         keep = [json.dumps(r, sort_keys=True) for r in self.read_metrics() if r.get("step", 0) <= step]
@@ -105,6 +133,7 @@ class RunFiles:
 
     def write_samples(self, step: int, png: bytes) -> None:
         self.dir.write_bytes(f"samples/{step:08d}.png", png)
+        self._to_sinks("image", step, png)
 
 
 def new_run_name(prefix: str) -> str:
