@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from asaptrain.cli.groups import bench, friendly_errors, output_console, s3_endpoint_option
-from asaptrain.config.io import load_config
+from asaptrain.config.io import load_config, replace
 
 
 def _parse_sizes(text: str | None) -> list[tuple[int, int]] | None:
@@ -142,7 +142,7 @@ def bench_train_cmd(presets, overrides, batch, precision, steps, device, json_pa
     rows = []
     for name in presets:
         for prec in (("fp32", "bf16") if precision == "both" else (precision,)):
-            cfg = load_config(name, overrides=[*overrides, f"train.precision={json.dumps(prec)}"])
+            cfg = replace(load_config(name, overrides=overrides), {"train.precision": prec})
             row = bench_preset(cfg, dev, steps=steps, batch=batch)
             rows.append({"preset": name, **row})
     table = Table(title=f"training step, {rows[0]['gpu'] if rows else dev}")
