@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
 import torch
@@ -222,7 +222,7 @@ def fit(
         train_loop_config={
             "config": to_dict(cfg), "name": name, "store": cfg.storage.store, "s3_endpoint": cfg.storage.s3_endpoint,
             "region": cfg.storage.region, "use_gpu": use_gpu, "runs_prefix": runs_prefix,
-            "mlflow": dataclasses.asdict(mlflow) if mlflow else None,
+            "mlflow": asdict(mlflow) if mlflow else None,
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=sc.num_workers, use_gpu=use_gpu, resources_per_worker=sc.resources_per_worker or None,
