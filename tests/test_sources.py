@@ -129,6 +129,33 @@ def test_folder_names_unreadable_files(tmp_path):
     assert {r["target_format"] for r in rows.values()} == {"png", "jpeg"}  # webp re-encoded as png
 
 
+
+def _bomb_png(path, side: int = 40_000) -> None:
+    """A PNG whose header claims side x side pixels (far past PIL's bomb limit) and holds no pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0))
+                     + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("size", [None, "16x32"])
+def test_decompression_bomb_is_skipped_and_named(tmp_path, size):
+    root = tmp_path / "photos"
+    rng = np.random.default_rng(5)
+    for i in range(3):
+        _save(root / f"img{i}.png", rng.integers(0, 256, (H, W, 3), dtype=np.uint8))
+    _bomb_png(root / "bomb.png")
+    args = ["data", "folder", "--root", str(root), "--out", str(tmp_path / "out"), "--val-fraction", "0",
+            "--workers", "1"] + (["--size", size] if size else [])
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "skipped 1 files" in result.output and "bomb.png" in result.output
+    assert read_manifest(Store.open(str(tmp_path / "out")))["splits"]["train"]["rows"] == 3
+
 def test_synth_scenes_follow_cityscapes_encoding():
     ids, instances, photo = street_scene(np.random.default_rng(3), 64, 128)
     assert ids.dtype == np.uint8 and photo.shape == (64, 128, 3)
