@@ -157,6 +157,12 @@ class Store:
             raise StoreNotFound(f"{self.uri_for(rel)} does not exist")
         return info.size
 
+    def sizes(self, rels: list[str]) -> dict[str, int | None]:
+        """Sizes in bytes of several files in one call (None for each that is absent)."""
+        infos = self._call(f"checking {len(rels)} files in {self.uri_for()}",
+                           lambda: self.fs.get_file_info([self.path(r) for r in rels]))
+        return {r: i.size if i.type == pafs.FileType.File else None for r, i in zip(rels, infos)}
+
     def read_bytes(self, rel: str) -> bytes:
         def read() -> bytes:
             with self.fs.open_input_stream(self.path(rel)) as f:
