@@ -27,7 +27,8 @@ from asaptrain.config.schema import Config, validate
 from asaptrain.config.io import from_dict, to_dict
 from asaptrain.errors import UserError
 from asaptrain.train.run_files import RUNS_PREFIX, RunFiles, new_run_name
-from asaptrain.train.state import STATE_FILE, load_file
+from asaptrain.train.resume import resume_step, worker_checkpoint
+from asaptrain.train.state import STATE_FILE
 
 
 class RunError(UserError):
@@ -84,11 +85,7 @@ def _worker(config: dict[str, Any]) -> None:
         group = ray.util.get_current_placement_group()
         if group is not None:
             run_files.dir.write_json("placement_group.json", {"id": group.id.hex()})
-    checkpoint = None
-    latest = ray.train.get_checkpoint()
-    if latest is not None:
-        with latest.as_directory() as d:
-            checkpoint = load_file(os.path.join(d, STATE_FILE))
+    checkpoint = worker_checkpoint(ray.train.get_checkpoint(), RunFiles(store, config["name"], config["runs_prefix"]).dir)
     start_step = checkpoint["step"] if checkpoint else 0
     per_worker = cfg.train.batch_size // dist.world_size()
     batches = iter(iter_train_batches(
@@ -196,6 +193,8 @@ def fit(
     cfg = pin_store(validate(cfg))
     store = store or store_from_config(cfg.storage)
     name, start = choose_name(store, cfg, preset, name, resume, runs_prefix)
+    if resume:  # the weights must fit the config before anything of the run is rewritten
+        start = resume_step(RunFiles(store, name, runs_prefix), cfg, start)
     ensure_ray()
     use_gpu = resolve_use_gpu(cfg)
     # Before anything is written: a missing or damaged dataset fails here, naming it, and
