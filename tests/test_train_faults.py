@@ -130,9 +130,10 @@ def local_store(tmp_path_factory, ray_cluster):
     return store
 
 
-def test_ctrl_c_marks_the_run_interrupted(local_store, tmp_path):
-    """The CLI in its own process: SIGINT (Ctrl-C) mid-run leaves run.json 'interrupted' with how to resume."""
-    env = {**os.environ, "PYTHONPATH": os.getcwd(), "RAY_ADDRESS": "local"}
+def test_ctrl_c_marks_the_run_interrupted(local_store, ray_cluster):
+    """The CLI in its own process (a driver of the test's cluster): SIGINT (Ctrl-C) mid-run leaves
+    run.json 'interrupted' with how to resume."""
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
     proc = subprocess.Popen([sys.executable, "-m", "asaptrain", "train", "--preset", "deblurgan-smoke", "--store",
                              local_store.uri, "--name", "ctrl-c", "--steps", "500", "--workers", "1",
                              "--gpus-per-worker", "0", "--no-progress", "--set", "train.log_every=1"],
