@@ -11,7 +11,7 @@ import torch
 
 from asaptrain.models import (
     ASAPNetConfig, ASAPNetGenerator, DeblurGANConfig, DeblurGANGenerator, HybridConfig, HybridGenerator,
-    Pix2PixHDConfig, ResnetBlock, asapnet_discriminator, deblurgan_discriminator, hybrid_discriminator, pix2pixhd_discriminator,
+    Pix2PixHDConfig, ResnetBlock, asapnet_discriminator, deblurgan_discriminator, pix2pixhd_discriminator,
     pix2pixhd_generator, published_failure, tile_coordinates,
 )
 from asaptrain.models.asapnet import TentDownsample
@@ -43,7 +43,7 @@ def tiny_generators():
 
 def tiny_discriminators():
     yield "asapnet", asapnet_discriminator(5, ndf=4, num_d=2, n_layers=4), 5
-    yield "hybrid", hybrid_discriminator(True, ndf=4, num_d=2), 3
+    yield "hybrid", asapnet_discriminator(3, ndf=4, num_d=2), 3
     yield "pix2pixhd", pix2pixhd_discriminator(5, ndf=4, num_d=2, n_layers=3), 5
     yield "deblurgan", deblurgan_discriminator(0, ndf=4), 0
 
