@@ -1,9 +1,10 @@
 """The typed config tree: one dataclass per section, and the cross-field checks.
 
 Every field has a one-line docstring (the string literal under it) that gives its unit.
-Validation happens once, at the edge (``asaptrain.config.io.load_config`` reads TOML and ``--set``
-overrides, then calls :func:`validate`): an unknown or ill-typed field is a
-:class:`ConfigError` naming the field and what it accepts.
+Validation happens where a config is loaded or changed (``asaptrain.config.io``: ``load_config``,
+``from_dict``, ``replace`` all call :func:`validate`): a bad value is a :class:`ConfigError`
+naming the field and what it accepts. The checks include what each model's own dataclass
+refuses, said in config fields (``_check_model``), so a config that validates also builds.
 
     cfg = validate(Config(train=TrainConfig(steps=20)))
 """
