@@ -1,4 +1,4 @@
-"""Triton kernels of the fused pixelwise MLP (see ``fused_mlp.py`` for how they are used).
+"""Triton kernels of the fused pixelwise MLP (see ``pixel_mlp.py`` for how they are used: ``launch_fused``).
 
 One program handles ``BLOCK`` pixels of one S x S tile: it loads their input channels (any
 strides) and tile coordinates, runs every layer with the cell's weights (row-major

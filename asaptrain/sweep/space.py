@@ -11,13 +11,12 @@ before a trial starts, so a typo fails at once with the field's name::
 
 from __future__ import annotations
 
-import json
 import tomllib
 from pathlib import Path
 from typing import Any
 
 from asaptrain.config.schema import Config
-from asaptrain.config.io import apply_overrides
+from asaptrain.config.io import replace
 from asaptrain.errors import UserError
 
 
@@ -94,7 +93,7 @@ def _check_entry(where: str, key: str, spec: Any, base: Config) -> None:
                              f"{' and lo > 0' if kind == 'loguniform' else ''}, got {values!r}")
     for value in values:  # every value must be one the field accepts (both bounds of a range)
         try:
-            apply_overrides(base, [f"{key}={json.dumps(value)}"])
+            replace(base, {key: value})
         except UserError as exc:
             raise SweepError(f"{where}: {key}: {exc}") from None
 
@@ -115,4 +114,4 @@ def to_tune(space: dict[str, dict]) -> dict[str, Any]:
 
 def trial_config(base: Config, params: dict[str, Any]) -> Config:
     """``base`` with a trial's sampled values (dotted keys) applied and validated."""
-    return apply_overrides(base, [f"{k}={json.dumps(v)}" for k, v in sorted(params.items())])
+    return replace(base, dict(sorted(params.items())), source="sweep")
