@@ -112,7 +112,7 @@ def when_step(files: RunFiles, step: int, action, timeout_s: float = 300) -> thr
             if p and p["step"] >= step:
                 action()
                 return
-            time.sleep(0.1)
+            time.sleep(0.25)
 
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
@@ -201,7 +201,8 @@ def test_s3_outage_is_ridden_out_or_ends_the_run_clearly_and_resume_loses_nothin
     store = Store.open(f"s3://{s3_bucket}/flaky", proxy.url)
     convert(synth_plan("photos", 16, (64, 64), seed=0, val_count=4), store.child("datasets", "synth-photos"))
     steps = 30
-    cfg = smoke_cfg(store, f"train.steps={steps}", "storage.outage_s=4", "train.max_failures=0")
+    cfg = smoke_cfg(store, f"train.steps={steps}", f"storage.s3_endpoint={json.dumps(proxy.url)}",
+                    "storage.outage_s=4", "train.max_failures=0")
     files = RunFiles(store, "outage")
     timeline: dict[str, float] = {}
 
