@@ -268,7 +268,7 @@ def test_hybrid_default_has_no_fixed_location_spot():
 
 def test_exact_default_hybrid_has_no_spot_and_starts_near_identity():
     torch.manual_seed(4)
-    G = HybridGenerator()  # HybridConfig() as shipped: 81 M parameters, S = 16
+    G = HybridGenerator()  # HybridConfig() as shipped: 5.9 M parameters, S = 16
     gray = torch.full((1, 3, 64, 64), 0.1)
     with torch.no_grad():
         delta = G(gray) - gray

@@ -118,18 +118,34 @@ def _hybrid_deblur() -> Config:
     return cfg
 
 
+SMOKE_WIDTH = 1 / 4
+"""Smoke presets: every channel count of the full preset times this (both models of a pair alike)."""
+SMOKE_DEPTH = 1 / 4
+"""Smoke presets: every block count (residual blocks, low-res blocks) times this, at least 1."""
+
+
 def _smoke(base: Callable[[], Config], crop: tuple[int, int], dataset: str) -> Config:
-    """Shrink a recipe until it trains in seconds on a CPU: same losses and phases, tiny nets."""
+    """The full recipe scaled down until it trains in seconds on a CPU: the same losses and
+    phases, every width and block count scaled by the same factors for every model, and the
+    same pixel geometry (strides, tile size, blend band, MLP depth), so the smoke models rank
+    by speed as the full ones do. Only the crop, steps and batch are the smoke run's own."""
     cfg = base()
     m = cfg.model
+
+    def width(n: int) -> int:
+        return max(1, round(n * SMOKE_WIDTH))
+
+    def depth(n: int) -> int:
+        return max(1, round(n * SMOKE_DEPTH)) if n else 0
+
     cfg.data = dataclasses.replace(
         cfg.data, dataset=dataset, crop_height=crop[0], crop_width=crop[1], load_height=0, load_width=0,
         shuffle_buffer_rows=16,
     )
     cfg.model = dataclasses.replace(
-        m, ngf=8, ndf=8, residual_blocks=2, mlp_width=16, mlp_depth=min(m.mlp_depth, 3), tile_size=8,
-        lowres_downsample=4, lowres_max_channels=32, lowres_blocks=2,
-        downsamplings=min(m.downsamplings, 2), num_d=min(m.num_d, 2), d_layers=min(m.d_layers, 3),
+        m, ngf=width(m.ngf), ndf=width(m.ndf), mlp_width=width(m.mlp_width), lowres_width=width(m.lowres_width),
+        lowres_max_channels=width(m.lowres_max_channels), residual_blocks=depth(m.residual_blocks),
+        lowres_blocks=depth(m.lowres_blocks),
     )
     cfg.loss = dataclasses.replace(cfg.loss, perceptual="none", l1_weight=max(cfg.loss.l1_weight, 10.0))
     cfg.optim = dataclasses.replace(cfg.optim, d_steps=min(cfg.optim.d_steps, 2), decay_start=1.0)
