@@ -4,7 +4,8 @@ Reads the run directories the training engine writes (``runs/NAME/run.json``,
 ``metrics.jsonl``, ``timing.json``, ``samples/STEP.png``), picks the latest finished run of
 each model for the quality tables (in the form of ASAP-Net's Tables 1 and 2: FID, PSNR,
 SSIM), compares inference speed only where two models were timed at the same resolution on
-the same GPU, and lists every run, including failed, running and incomplete ones.
+the same GPU, and lists every run, including failed, running and incomplete ones; and every sweep under ``sweeps/``: its
+trials' quality against ms/image beside DeblurGAN's reference run (``report/sweeps.py``).
 
     report = aggregate(Store.open("s3://bucket/asap", s3_endpoint=url), "out/report")
     print_report(report)
@@ -346,9 +347,11 @@ def aggregate(store, out, prefix: str = "runs", plots: bool = True) -> dict[str,
     ``out`` is a Store or a local directory. Returns the report dict (as in report.json).
     """
     from asaptrain.report import plots as plotting
+    from asaptrain.report.sweeps import copy_figures, load_sweeps
 
     runs = load_runs(store, prefix)
     report = build_report(runs, getattr(store, "uri", ""), prefix)
+    report["sweeps"] = load_sweeps(store)
     out = _out_store(out)
     for summary, run in zip(report["runs"], runs):
         if run.sample:  # every run's latest grid, so failed and running runs can be looked at too
@@ -358,6 +361,7 @@ def aggregate(store, out, prefix: str = "runs", plots: bool = True) -> dict[str,
             report["samples"][run.name] = dest
     if plots:
         report["plots"] = plotting.write_all(report, latest_per_model(runs), out)
+        report["plots"].update(copy_figures(store, out, report["sweeps"]))
     out.write_text("report.md", plotting.render_markdown(report))
     out.write_text("report.json", json.dumps(_clean(report), indent=2, allow_nan=False) + "\n")
     return report

@@ -14,6 +14,8 @@ import io
 import math
 from typing import Any
 
+from asaptrain.report.sweeps import sweep_tables
+
 try:  # figures need matplotlib; the tables (report.md, the terminal) do not
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
@@ -302,7 +304,7 @@ def tables(report: dict[str, Any]) -> list[dict[str, Any]]:
                   "; ".join(r["problems"]) or "—"] for r in report["runs"]],
         "notes": ["In tables: the latest finished run of its model, used in the tables above."],
     })
-    return out
+    return out + sweep_tables(report.get("sweeps") or [])
 
 
 def _md_table(headers: list[str], rows: list[list[str]]) -> str:
