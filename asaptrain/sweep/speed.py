@@ -132,45 +132,10 @@ def ensure_reference(store, base: Config, preset: str, progress: bool = True) ->
     return out
 
 
-def _compare_generators(named, size, dtype, batches, device, threads) -> list[dict]:
-    """Stand-in for perf.compare.compare_generators (same call and model rows) until it lands."""
-    import statistics
-    import time
-
-    import torch
-
-    from asaptrain.perf.flops import summarize_config
-    from asaptrain.perf.models import device_label, make_input
-    from asaptrain.train.nets import build_generator
-
-    torch.set_num_threads(threads)
-    dev = torch.device(device)
-    cfgs = [dataclasses.replace(c, data=dataclasses.replace(c.data, crop_height=size[0], crop_width=size[1]))
-            for _, c in named]
-    with torch.device(dev):
-        nets = [build_generator(c).eval() for c in cfgs]
-    xs = [make_input(c, batches[0], dev) for c in cfgs]
-    samples: list[list[float]] = [[] for _ in nets]
-    with torch.no_grad():
-        for net, x in zip(nets, xs):
-            net(x)
-        for _ in range(10):
-            for i, (net, x) in enumerate(zip(nets, xs)):
-                if dev.type == "cuda":
-                    torch.cuda.synchronize(dev)
-                t0 = time.perf_counter()
-                net(x)
-                if dev.type == "cuda":
-                    torch.cuda.synchronize(dev)
-                samples[i].append((time.perf_counter() - t0) * 1000)
-    return [{"kind": "model", "preset": n, "ms": statistics.median(s), "gflops": next(
-        r["gflops"] for r in summarize_config(c) if r["net"] == "G"), "device": device_label(dev),
-        "device_type": dev.type, "threads": threads, "torch": torch.__version__, "repeats": 10, "warmup": 1}
-        for (n, _), c, s in zip(named, cfgs, samples)]
-
-
 def _timing_task(named: list[tuple[str, Config]], size: tuple[int, int], device: str, threads: int) -> list[dict]:
-    return _compare_generators(named, size=size, dtype="fp32", batches=(1,), device=device, threads=threads)
+    from asaptrain.perf.compare import compare_generators
+
+    return compare_generators(named, size=size, dtype="fp32", batches=(1,), device=device, threads=threads)
 
 
 def time_trials(base: Config, trials: list[dict], reference: dict | None, use_gpu: bool) -> dict[str, Any]:
@@ -217,10 +182,16 @@ def time_trials(base: Config, trials: list[dict], reference: dict | None, use_gp
     first = next(iter(by_name.values()))
     speed.update({k: first.get(k) for k in ("device", "device_type", "threads", "torch", "cuda", "repeats",
                                              "warmup")})
+    # Spread of the per-round ratios (both generators of a round saw the same load).
+    spread = {r["a"]: (r["ratio_q1"], r["ratio_q3"]) for r in rows
+              if r.get("kind") == "ratio" and reference and r["b"] == reference["preset"]}
     for row in [*trials, *([reference] if reference else [])]:
         timed = by_name.get(row.get("trial") or row.get("preset"))
         if timed:
-            row.update(ms_per_image=timed["ms"], iqr_ms=timed.get("iqr_ms"), gflops=timed.get("gflops"))
+            row.update(ms_per_image=timed["ms"], iqr_ms=timed.get("iqr_ms"), gflops=timed.get("gflops"),
+                       pixel_path=timed.get("pixel_path"))
+        if row.get("trial") in spread:
+            row["speedup_q1"], row["speedup_q3"] = spread[row["trial"]]
     return speed
 
 
