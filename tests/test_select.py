@@ -124,3 +124,29 @@ def test_trials_png_and_the_report_show_every_trial_and_the_reference(sweep_json
     assert report["plots"]["sweep hand: quality against ms/image"] == "sweep-hand.png"
     w, h = Image.open(tmp_path / "report" / "sweep-hand.png").size
     assert w > 1000 and h > 400
+
+
+def test_reference_run_is_reused_only_when_it_trained_the_same_recipe(tmp_path):
+    from asaptrain.config.io import apply_overrides, to_toml
+    from asaptrain.data.store import Store
+    from asaptrain.sweep.speed import find_reference
+
+    store = Store.open(str(tmp_path / "store"))
+    base = apply_overrides(get_preset("hybrid-smoke"), [f"storage.store={json.dumps(store.uri)}"])
+    want = reference_config(base, "deblurgan-smoke")
+
+    def run(prefix, name, cfg, status="finished", finished="2026-12-01T10:00:00+0000"):
+        d = store.child(*prefix.split("/"), name)
+        d.write_json("run.json", {"status": status, "model": cfg.model.name, "steps_done": cfg.train.steps,
+                                  "finished": finished})
+        d.write_text("config.toml", to_toml(cfg))
+
+    # Other workers and log cadence: the same recipe. Other steps, model or status: not.
+    run("runs", "same-recipe", apply_overrides(want, ["scaling.num_workers=2", "train.log_every=1"]))
+    run("runs", "longer", apply_overrides(want, ["train.steps=40"]), finished="2026-12-01T12:00:00+0000")
+    run("runs", "failed", want, status="failed", finished="2026-12-01T12:00:00+0000")
+    run("runs", "hybrid", base, finished="2026-12-01T12:00:00+0000")
+    assert find_reference(store, want) == ("runs", "same-recipe")
+    run("sweeps/references", "newer", want, finished="2026-12-01T11:00:00+0000")
+    assert find_reference(store, want) == ("sweeps/references", "newer")
+    assert find_reference(store, apply_overrides(want, ["eval.images=8"])) is None
