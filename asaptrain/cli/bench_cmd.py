@@ -1,8 +1,9 @@
-"""`asaptrain bench models|compare|train|pipeline|ingest`: every benchmark command. Each prints a
+"""`asaptrain bench models|compare|quality|train|pipeline|ingest`: every benchmark command. Each prints a
 table and, with --json, writes its rows; the measuring lives in ``asaptrain.perf``.
 
     asaptrain bench models --quick
     asaptrain bench compare hybrid-deblur deblurgan-gopro --size 256x256 --json compare.json
+    asaptrain bench quality --seeds 0,1,2 --size 64 --steps 600 --json quality.json
     asaptrain bench train --preset hybrid-smoke --precision fp32 --device cpu
     asaptrain bench pipeline ./asaptrain-store/datasets/synth-photos --crops 256x256
     asaptrain bench ingest ./asaptrain-store/datasets/synth-photos --limit 200
@@ -131,6 +132,45 @@ def bench_compare_cmd(presets, config_files, size, dtype, big_batch, repeats, wa
         Path(json_file).parent.mkdir(parents=True, exist_ok=True)
         Path(json_file).write_text(json.dumps(rows, indent=2))
         console.print(f"wrote {len(rows)} rows to {json_file}")
+
+
+@bench.command("quality")
+@click.option("--store", default="./quality-store", show_default=True, help="Store for the dataset and the runs.")
+@click.option("--seeds", default="0,1,2", show_default=True, help="Comma list of seeds, one run per preset each.")
+@click.option("--size", type=click.IntRange(32), default=64, show_default=True, help="Square crop and image size, px.")
+@click.option("--steps", type=click.IntRange(1), default=600, show_default=True)
+@click.option("--preset", "presets", multiple=True, help="Presets to train [default: hybrid-smoke, deblurgan-smoke].")
+@click.option("--json", "json_file", type=click.Path(dir_okay=False), help="Also write runs and summary as JSON.")
+@friendly_errors
+def bench_quality_cmd(store, seeds, size, steps, presets, json_file) -> None:
+    """Validation PSNR/SSIM of the smoke hybrid and DeblurGAN, one recipe, several seeds (Ray, CPU)."""
+    from rich.table import Table
+
+    from asaptrain.perf.quality import PRESETS, run_quality
+
+    console = output_console()
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{seeds!r}: expected comma-separated integers", param_hint="--seeds") from None
+    rows, summary = run_quality(store, presets or PRESETS, seed_list, size, steps,
+                                log=lambda line: console.print(f"[dim]{line}[/dim]"))
+    table = Table(title=f"Quality at {size}x{size}, {steps} steps, {len(seed_list)} seed(s): mean ± sd")
+    for col in ("preset", "PSNR dB", "SSIM", "input PSNR", "input SSIM", "dark cast", "edge-step ratio", "spot ratio"):
+        table.add_column(col, justify="left" if col == "preset" else "right")
+
+    def cell(r, key, digits):
+        return f"{r[key]:.{digits}f} ± {r[key + '_sd']:.{digits}f}" if key in r else "-"
+
+    for r in summary:
+        table.add_row(r["preset"], cell(r, "psnr", 2), cell(r, "ssim", 3), cell(r, "input_psnr", 2),
+                      cell(r, "input_ssim", 3), cell(r, "dark_cast", 3), cell(r, "edge_step_ratio", 2),
+                      cell(r, "spot_ratio", 2))
+    console.print(table)
+    if json_file:
+        Path(json_file).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_file).write_text(json.dumps({"runs": rows, "summary": summary}, indent=2))
+        console.print(f"wrote {json_file}")
 
 
 def _crops(ctx, param, value: str):
