@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from asaptrain.config.schema import Config, validate
+from asaptrain.config.schema import Config
 from asaptrain.config.io import from_dict
 from asaptrain.errors import UserError
 from asaptrain.train.nets import build_generator
@@ -44,7 +44,7 @@ def load_generator(run_dir, checkpoint_rel: str | None = None, device: str = "cp
 
     if not run_dir.exists("config.toml"):
         raise InferError(f"{run_dir.uri_for('config.toml')} is missing: is this a run directory?")
-    cfg = validate(from_dict(tomllib.loads(run_dir.read_text("config.toml")), source=run_dir.uri_for("config.toml")))
+    cfg = from_dict(tomllib.loads(run_dir.read_text("config.toml")), source=run_dir.uri_for("config.toml"))
     state = from_bytes(run_dir.read_bytes(checkpoint_rel or latest_checkpoint(run_dir)))
     G = build_generator(cfg)
     G.load_state_dict(state["ema"] if state.get("ema") is not None else state["generator"])

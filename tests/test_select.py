@@ -150,3 +150,18 @@ def test_reference_run_is_reused_only_when_it_trained_the_same_recipe(tmp_path):
     run("sweeps/references", "newer", want, finished="2026-12-01T11:00:00+0000")
     assert find_reference(store, want) == ("sweeps/references", "newer")
     assert find_reference(store, apply_overrides(want, ["eval.images=8"])) is None
+
+
+@pytest.mark.parametrize("preset", ["hybrid-smoke", "hybrid-deblur"])
+def test_space_searches_lowres_and_mlp_width_and_depth(preset):
+    from asaptrain.sweep.space import default_space, trial_config
+
+    base = get_preset(preset)
+    space = default_space(base)
+    for key in ("model.lowres_width", "model.lowres_max_channels", "model.lowres_blocks", "model.mlp_width",
+                "model.mlp_depth"):
+        values = space[key]["choice"]
+        assert len(values) >= 2, (key, values)
+        section, field = key.split(".")
+        for value in values:  # every value builds a valid config
+            assert getattr(getattr(trial_config(base, {key: value}), section), field) == value

@@ -84,7 +84,7 @@ def tune_cmd(preset, config_file, overrides, store, s3_endpoint, space_file, tri
                              s3_endpoint, steps=steps)
     space = load_space(space_file, cfg) if space_file else None
     summary = sweep(cfg, trials=trials, name=name, resume=resume, space=space, metric=metric,
-                    grace_reports=grace_reports, search="random" if search == "random" else search,
-                    gpus_per_trial=gpus_per_trial, workers_per_trial=workers_per_trial, min_speedup=min_speedup,
-                    reference=reference, progress=progress)
+                    grace_reports=grace_reports, search=search, gpus_per_trial=gpus_per_trial,
+                    workers_per_trial=workers_per_trial, min_speedup=min_speedup, reference=reference,
+                    progress=progress)
     print_sweep(summary)

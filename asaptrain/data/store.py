@@ -23,11 +23,10 @@ from typing import Any, Callable, TypeVar
 
 import pyarrow.fs as pafs
 
-from asaptrain.config.schema import StorageConfig
+from asaptrain.config.schema import DEFAULT_STORE, StorageConfig
 from asaptrain.data.s3 import (Credentials, StoreError, StoreNotFound, boto_client, connect, describe_error,
                                error_code, is_store_failure, retry, safe_url)
 
-DEFAULT_STORE = "./asaptrain-store"
 SINGLE_PUT_BYTES = 5 * 2**20
 """S3 objects up to this size go up in one pyarrow PutObject; larger ones in one boto3 PUT."""
 
@@ -300,13 +299,31 @@ def store_from_config(storage: StorageConfig) -> Store:
     return Store.open(storage.store, s3_endpoint=storage.s3_endpoint or None, region=storage.region or None)
 
 
+def is_relative(uri: str) -> bool:
+    """A plain relative path: no scheme, not absolute (read against a store or the cwd)."""
+    return "://" not in uri and not os.path.isabs(uri)
+
+
+def absolute_uri(uri: str) -> str:
+    """``uri`` with a relative local path made absolute (other processes run elsewhere); others as is."""
+    if uri.startswith("file://"):
+        path = uri[len("file://"):]
+        return uri if os.path.isabs(path) else os.path.abspath(path)
+    return os.path.abspath(uri) if is_relative(uri) else uri
+
+
+def dataset_uri(dataset: str, store: Store) -> str:
+    """A dataset directory as a URI: a URI or absolute path as is, a relative path inside ``store``."""
+    return store.uri_for(dataset) if is_relative(dataset) else dataset
+
+
 def resolve_dataset(dataset: str, store: Store) -> Store:
     """A dataset directory: a URI or absolute path as is, a relative path inside ``store``."""
-    if "://" in dataset or os.path.isabs(dataset):
+    if not is_relative(dataset):
         return Store.open(dataset, s3_endpoint=store.endpoint if store.is_s3 else None,
                           region=store.region if store.is_s3 else None)
     return store.child(dataset)
 
 
 __all__ = ["Store", "StoreError", "StoreNotFound", "retry", "store_from_config",
-           "resolve_dataset", "DEFAULT_STORE"]
+           "resolve_dataset", "dataset_uri", "absolute_uri", "DEFAULT_STORE"]

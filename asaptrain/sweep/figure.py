@@ -14,11 +14,6 @@ from __future__ import annotations
 import io
 import math
 
-try:  # the sweep's tables and best.toml do not need matplotlib; the figure does
-    from matplotlib.figure import Figure
-except ImportError:  # pragma: no cover - exercised on slim images only
-    Figure = None
-
 _FRONT, _OTHER, _REFERENCE, _BEST = "#d62728", "#9e9e9e", "#2ca02c", "#ff7f0e"
 
 
@@ -26,7 +21,7 @@ def _num(v) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
-def speed_axes(ax, summary: dict) -> None:
+def _speed_axes(ax, summary: dict) -> None:
     """Draw the speed–quality plane of ``summary`` (sweep.json's content) on ``ax``."""
     key = summary["metric"]
     label = key.removeprefix("val_").upper()
@@ -76,13 +71,15 @@ def speed_axes(ax, summary: dict) -> None:
 
 def trials_png(summary: dict, histories: dict[str, list[dict]]) -> bytes | None:
     """The two-panel figure as PNG bytes; None when matplotlib is not installed."""
-    if Figure is None:
+    try:  # imported here: the sweep's tables and best.toml do not need matplotlib
+        from matplotlib.figure import Figure
+    except ImportError:  # pragma: no cover - exercised on slim images only
         print("[asaptrain] matplotlib is not installed: no trials.png (pip install matplotlib)", flush=True)
         return None
     key = summary["metric"].removeprefix("val_")
     fig = Figure(figsize=(13, 4.8), layout="constrained")
     left, right = fig.subplots(1, 2)
-    speed_axes(left, summary)
+    _speed_axes(left, summary)
     left.set_title("speed and quality per trial")
     for run, records in sorted(histories.items()):
         if records:
@@ -101,4 +98,4 @@ def trials_png(summary: dict, histories: dict[str, list[dict]]) -> bytes | None:
     return buf.getvalue()
 
 
-__all__ = ["speed_axes", "trials_png"]
+__all__ = ["trials_png"]

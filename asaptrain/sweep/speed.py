@@ -23,14 +23,13 @@ architecture, not on the weights' values, so each generator is built from its tr
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import tomllib
 from typing import Any
 
 from asaptrain.config.io import from_dict, to_dict
 from asaptrain.config.presets import get_preset
-from asaptrain.config.schema import Config, validate
+from asaptrain.config.schema import Config
 from asaptrain.errors import UserError
 from asaptrain.train.run_files import RUNS_PREFIX, RunFiles
 
@@ -67,12 +66,12 @@ def reference_config(base: Config, preset: str) -> Config:
     if ref.model.name != "deblurgan":
         raise UserError(f"--reference {preset}: the reference must be a DeblurGAN preset "
                         f"({', '.join(HYBRID_OF)}), not a {ref.model.name} one")
-    return validate(dataclasses.replace(base, model=ref.model, loss=ref.loss, optim=ref.optim,
-                                        curriculum=ref.curriculum))
+    theirs = to_dict(ref)
+    return from_dict({section: theirs[section] for section in ("model", "loss", "optim", "curriculum")}, base)
 
 
 def _recipe(cfg: Config, store) -> dict:
-    from asaptrain.data.store import resolve_dataset
+    from asaptrain.data.store import dataset_uri
 
     out = to_dict(cfg)
     for section, fields in _IGNORED.items():
@@ -80,7 +79,7 @@ def _recipe(cfg: Config, store) -> dict:
             out.pop(section)
         else:
             out[section] = {k: v for k, v in out[section].items() if k not in fields}
-    out["data"]["dataset"] = resolve_dataset(cfg.data.dataset, store).uri
+    out["data"]["dataset"] = dataset_uri(cfg.data.dataset, store)
     return out
 
 

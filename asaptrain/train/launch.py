@@ -10,21 +10,22 @@ credentials from their own environment: no secret travels in the trainer's confi
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import socket
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from asaptrain.train import dist
-from asaptrain.config.schema import Config, validate
-from asaptrain.config.io import from_dict, to_dict
+from asaptrain.config.schema import Config
+from asaptrain.config.io import from_dict, replace, to_dict
 from asaptrain.errors import UserError
 from asaptrain.train.run_files import RUNS_PREFIX, RunFiles, new_run_name
 from asaptrain.train.state import STATE_FILE, load_file
@@ -73,7 +74,7 @@ def _worker(config: dict[str, Any]) -> None:
     from asaptrain.data.store import Store
     from asaptrain.train.loop import train_loop
 
-    cfg = validate(from_dict(config["config"]))
+    cfg = from_dict(config["config"])
     store = Store.open(config["store"], config["s3_endpoint"] or None, config["region"] or None)
     device = dist.device(config["use_gpu"])
     if device.type == "cuda":
@@ -193,7 +194,7 @@ def fit(
     from asaptrain.data.pipeline import train_dataset
     from asaptrain.data.store import store_from_config
 
-    cfg = pin_store(validate(cfg))
+    cfg = pin_store(cfg)
     store = store or store_from_config(cfg.storage)
     name, start = choose_name(store, cfg, preset, name, resume, runs_prefix)
     ensure_ray()
@@ -228,20 +229,11 @@ def fit(
         ),
         datasets={"train": dataset},
     )
-    outcome: dict[str, Any] = {}
-
-    def run_fit() -> None:
-        try:
-            outcome["result"] = trainer.fit()
-        except Exception as exc:  # reported below, with the run marked failed
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=run_fit, name="asaptrain-fit", daemon=True)
-    thread.start()
-    if progress:
-        _follow(files, cfg.train.steps, thread)
-    thread.join()
-    error = outcome.get("error") or getattr(outcome.get("result"), "error", None)
+    try:
+        with _progress_bar(files, cfg.train.steps) if progress else nullcontext() as update:
+            error = getattr(run_polling(trainer.fit, update, every_s=1.0), "error", None)
+    except Exception as exc:  # reported below, with the run marked failed
+        error = exc
     evals = [r for r in files.read_metrics() if r.get("kind") == "eval"]
     done = max((r["step"] for r in files.read_metrics()), default=start)
     status = "failed" if error else "finished"
@@ -258,8 +250,37 @@ def _short(error: BaseException | None) -> str | None:
     return f"{type(error).__name__}: {text[-1] if text else ''}"[:2000]
 
 
-def _follow(files: RunFiles, steps: int, thread: threading.Thread) -> None:
-    """A rich progress bar fed by the run's progress.json until fit() returns."""
+T = TypeVar("T")
+
+
+def run_polling(work: Callable[[], T], poll: Callable[[], None] | None = None, every_s: float = 1.0) -> T:
+    """``work()`` in a thread while ``poll()`` runs every ``every_s`` seconds (a progress display);
+    returns what ``work`` returned, or raises what it raised.
+
+    ``fit()`` blocks for the whole run: the caller's thread stays free to show progress.
+    """
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = work()
+        except BaseException as exc:  # raised again in the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, name="asaptrain-driver", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(timeout=every_s)
+        if poll is not None:
+            poll()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+@contextmanager
+def _progress_bar(files: RunFiles, steps: int) -> Iterator[Callable[[], None]]:
+    """A rich progress bar; the function it yields updates it from the run's progress.json."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -273,22 +294,21 @@ def _follow(files: RunFiles, steps: int, thread: threading.Thread) -> None:
                TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}")]
     with Progress(*columns, refresh_per_second=2) as bar:
         task = bar.add_task(files.name, total=steps, info="starting workers")
-        while thread.is_alive():
-            thread.join(timeout=1.0)
+
+        def update() -> None:
             p = files.read_progress()
             if not p:
-                continue
+                return
             losses = "  ".join(f"{k[5:]} {v:.3g}" for k, v in p.items() if k.startswith("loss/") and k[5:] in ("d", "g"))
             val = f"  val PSNR {p['val/psnr']:.2f}" if p.get("val/psnr") is not None else ""
             bar.update(task, completed=p.get("step", 0), info=f"{p.get('images_per_s', 0):.1f} img/s  {losses}{val}")
 
+        yield update
+
 
 def pin_store(cfg: Config) -> Config:
     """``cfg`` with a relative local store made absolute: workers run in other directories."""
-    uri = cfg.storage.store
-    if "://" in uri and not uri.startswith("file://"):
-        return cfg
-    path = uri[len("file://"):] if uri.startswith("file://") else uri
-    if os.path.isabs(path):
-        return cfg
-    return dataclasses.replace(cfg, storage=dataclasses.replace(cfg.storage, store=os.path.abspath(path)))
+    from asaptrain.data.store import absolute_uri
+
+    uri = absolute_uri(cfg.storage.store)
+    return cfg if uri == cfg.storage.store else replace(cfg, {"storage.store": uri})

@@ -18,14 +18,14 @@ from asaptrain.config.io import to_toml
 RUNS_PREFIX = "runs"
 
 
-def _clean(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """JSON-safe numbers (NaN/inf become None: JSON has no such values)."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -49,7 +49,7 @@ class RunFiles:
     def write_run(self, **fields: Any) -> dict:
         meta = self.read_run() if self.exists() else {}
         meta.update(fields)
-        self.dir.write_json("run.json", _clean(meta))
+        self.dir.write_json("run.json", json_safe(meta))
         return meta
 
     def write_config(self, cfg: Config) -> None:
@@ -57,7 +57,7 @@ class RunFiles:
 
     # ----------------------------------------------------------------------- metrics
     def add_metrics(self, record: dict) -> None:
-        self._pending.append(json.dumps(_clean(record), sort_keys=True))
+        self._pending.append(json.dumps(json_safe(record), sort_keys=True))
 
     def flush(self, durable: bool = False) -> None:
         """Write pending records. A local file is appended to at every call; an object store can
@@ -92,7 +92,7 @@ class RunFiles:
 
     # ----------------------------------------------------------------------- the rest
     def write_progress(self, progress: dict) -> None:
-        self.dir.write_json("progress.json", _clean({**progress, "time": time.time()}))
+        self.dir.write_json("progress.json", json_safe({**progress, "time": time.time()}))
 
     def read_progress(self) -> dict | None:
         try:
@@ -101,7 +101,7 @@ class RunFiles:
             return None
 
     def write_timing(self, timing: dict) -> None:
-        self.dir.write_json("timing.json", _clean(timing))
+        self.dir.write_json("timing.json", json_safe(timing))
 
     def write_samples(self, step: int, png: bytes) -> None:
         self.dir.write_bytes(f"samples/{step:08d}.png", png)
