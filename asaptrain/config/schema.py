@@ -105,8 +105,10 @@ class ModelConfig:
     """ASAP-Net tile S: pixels per MLP cell edge (the low-res grid is input / S)."""
     lowres_downsample: int = 16
     """ASAP-Net learned low-res downsampling factor (stride-2 convs = log2 of this)."""
+    lowres_width: int = 64
+    """ASAP-Net low-res stream's first convs (before the last strided one), in channels."""
     lowres_max_channels: int = 1024
-    """ASAP-Net low-res stream's widest layer, in channels."""
+    """ASAP-Net low-res stream's widest layer (last strided conv and the blocks), in channels."""
     lowres_blocks: int = 7
     """ASAP-Net low-res conv-norm-ReLU blocks at the grid resolution."""
     lowres_norm: Norm = "instance"
@@ -118,7 +120,9 @@ class ModelConfig:
     mlp_context: int = 1
     """k (odd): each pixelwise MLP sees the k x k input patch around its pixel (1 = ASAP-Net)."""
     tile_blend: bool = False
-    """Each pixel mixes its 4 nearest tiles' MLPs, bilinearly: no tile seams (4x the MLP FLOPs)."""
+    """Mix neighbouring cells' MLPs near tile edges: no tile seams (see ``blend_band``)."""
+    blend_band: int = 0
+    """Pixels each side of a tile edge where two cells' MLPs mix; 0 = tile_size / 2 (bilinear, 4x the MLP FLOPs; tile_size / 4: 2.25x)."""
     d_conditional: bool = True
     """The discriminator sees the generator's input beside the image (pix2pix-style)."""
     asap_init: Literal["auto", "xavier", "normal", "hyper"] = "auto"
@@ -292,7 +296,8 @@ def validate(cfg: Config) -> Config:
     want_task = "deblur" if m.name in ("deblurgan", "hybrid") else "labels2photo"
     _check(d.task == want_task, f"data.task must be {want_task!r} for model.name={m.name!r}, got {d.task!r}")
     _check(m.mlp_context >= 1 and m.mlp_context % 2 == 1, f"model.mlp_context must be odd and >= 1, got {m.mlp_context}")
-    for name in ("ngf", "ndf", "num_d", "d_layers", "mlp_depth", "mlp_width", "tile_size", "lowres_downsample"):
+    for name in ("ngf", "ndf", "num_d", "d_layers", "mlp_depth", "mlp_width", "tile_size", "lowres_downsample",
+                 "lowres_width", "lowres_max_channels"):
         _check(getattr(m, name) > 0, f"model.{name} must be > 0, got {getattr(m, name)}")
     _check(0 <= m.dropout < 1, f"model.dropout must be in [0, 1), got {m.dropout}")
     for name in ("tile_size", "lowres_downsample"):
@@ -303,6 +308,8 @@ def validate(cfg: Config) -> Config:
             m.tile_size % m.lowres_downsample == 0,
             f"model.tile_size={m.tile_size} must be a multiple of model.lowres_downsample={m.lowres_downsample}",
         )
+        _check(0 <= m.blend_band <= m.tile_size // 2,
+               f"model.blend_band must be in 0..model.tile_size / 2 = {m.tile_size // 2}, got {m.blend_band}")
         for name, size in (("crop_height", d.crop_height), ("crop_width", d.crop_width)):
             _check(
                 size % m.tile_size == 0,
