@@ -1,9 +1,10 @@
 """The typed config tree: one dataclass per section, and the cross-field checks.
 
 Every field has a one-line docstring (the string literal under it) that gives its unit.
-Validation happens once, at the edge (``asaptrain.config.io.load_config`` reads TOML and ``--set``
-overrides, then calls :func:`validate`): an unknown or ill-typed field is a
-:class:`ConfigError` naming the field and what it accepts.
+Validation happens where a config is loaded or changed (``asaptrain.config.io``: ``load_config``,
+``from_dict``, ``replace`` all call :func:`validate`): a bad value is a :class:`ConfigError`
+naming the field and what it accepts. The checks include what each model's own dataclass
+refuses, said in config fields (``_check_model``), so a config that validates also builds.
 
     cfg = validate(Config(train=TrainConfig(steps=20)))
 """
@@ -29,6 +30,9 @@ Precision = Literal["fp32", "bf16"]
 UseGpu = Literal["auto", "true", "false"]
 MlpInput = Literal["all", "all_but_last"]
 NonFinite = Literal["stop", "skip"]
+
+DEFAULT_STORE = "./asaptrain-store"
+"""The embedded store: a directory under the current one."""
 
 
 class ConfigError(UserError, ValueError):
@@ -237,12 +241,14 @@ class ScalingConfig:
 
 @dataclass
 class StorageConfig:
-    store: str = "./asaptrain-store"
+    store: str = DEFAULT_STORE
     """Store URI: a path, file://..., or s3://bucket/prefix."""
     s3_endpoint: str = ""
     """S3-compatible endpoint URL (MinIO, Ceph, R2); empty = AWS."""
     region: str = ""
     """S3 region; empty = AWS_REGION / AWS_DEFAULT_REGION or us-east-1."""
+    outage_s: float = 60.0
+    """Seconds an S3 request keeps retrying an unreachable endpoint (backoff) before the run fails."""
 
 
 @dataclass
@@ -309,6 +315,7 @@ def validate(cfg: Config) -> Config:
                 size % m.tile_size == 0,
                 f"data.{name}={size} must be a multiple of model.tile_size={m.tile_size}",
             )
+    _check_model(cfg)
     for name in ("g_lr", "d_lr"):
         _check(getattr(o, name) > 0, f"optim.{name} must be > 0, got {getattr(o, name)}")
     for name in ("beta1", "beta2"):
@@ -324,6 +331,7 @@ def validate(cfg: Config) -> Config:
     for name in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints", "sample_every"):
         _check(getattr(t, name) > 0, f"train.{name} must be > 0, got {getattr(t, name)}")
     _check(t.max_failures >= 0, f"train.max_failures must be >= 0, got {t.max_failures}")
+    _check(0 <= cfg.storage.outage_s <= 3600, f"storage.outage_s must be in [0, 3600] seconds, got {cfg.storage.outage_s}")
     _check(s.num_workers >= 1, f"scaling.num_workers must be >= 1, got {s.num_workers}")
     _check(
         t.batch_size % s.num_workers == 0,
@@ -341,7 +349,29 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
+def _check_model(cfg: Config) -> None:
+    """What each model's own dataclass refuses, said in config fields (the models know no Config)."""
+    m, d = cfg.model, cfg.data
+    if d.task == "labels2photo":
+        _check(not m.residual, f"model.residual=true needs an image input, but {m.name} maps label maps to "
+                               f"photos; set model.residual=false")
+    if m.name == "asapnet" and m.mlp_input == "all_but_last":
+        _check(d.instance_edges, "model.mlp_input='all_but_last' keeps the last input channel (the instance "
+                                 "edges) out of the MLPs, but data.instance_edges=false, so a label channel "
+                                 "would be dropped; set model.mlp_input=all or data.instance_edges=true")
+    if m.name in ("asapnet", "hybrid"):
+        _check(m.lowres_blocks >= 0, f"model.lowres_blocks must be >= 0, got {m.lowres_blocks}")
+        _check(m.lowres_max_channels >= 1, f"model.lowres_max_channels must be >= 1, got {m.lowres_max_channels}")
+        _check(m.d_layers >= 2, f"model.d_layers must be >= 2 for {m.name} (SPADE counting: the last conv is "
+                                f"stride 1), got {m.d_layers}")
+    else:
+        for name in ("downsamplings", "residual_blocks"):
+            _check(getattr(m, name) >= 1, f"model.{name} must be >= 1, got {getattr(m, name)}")
+        _check(m.local_enhancers >= 0, f"model.local_enhancers must be >= 0, got {m.local_enhancers}")
+
+
 __all__ = [
+    "DEFAULT_STORE",
     "Config",
     "ConfigError",
     "DataConfig",

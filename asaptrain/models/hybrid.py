@@ -34,8 +34,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
-from asaptrain.models.asapnet import ASAPNetConfig, ASAPNetGenerator, AsapInit, asapnet_discriminator
-from asaptrain.models.blocks import MultiscaleDiscriminator, NormKind, PaddingKind
+from asaptrain.models.asapnet import ASAPNetConfig, ASAPNetGenerator, AsapInit
+from asaptrain.models.blocks import NormKind, PaddingKind
 
 
 @dataclass
@@ -78,11 +78,3 @@ class HybridGenerator(ASAPNetGenerator):
 
     def __init__(self, cfg: HybridConfig | None = None):
         super().__init__(cfg or HybridConfig())
-
-
-def hybrid_discriminator(
-    conditional: bool = True, ndf: int = 64, num_d: int = 2, n_layers: int = 4, norm: NormKind = "spectral_instance",
-    channels: int = 3,
-) -> MultiscaleDiscriminator:
-    """ASAP-Net's multiscale PatchGAN; conditional = it sees the blurred input beside the image."""
-    return asapnet_discriminator(channels if conditional else 0, ndf, num_d, n_layers, norm, image_channels=channels)
