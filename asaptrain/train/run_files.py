@@ -14,8 +14,13 @@ from typing import Any
 
 from asaptrain.config.schema import Config
 from asaptrain.config.io import to_toml
+from asaptrain.errors import UserError
 
 RUNS_PREFIX = "runs"
+
+
+class MetricsError(UserError):
+    """A ``metrics.jsonl`` damaged before its last line (a torn last line is only a crash's trace)."""
 
 
 def json_safe(value: Any) -> Any:
@@ -77,9 +82,22 @@ class RunFiles:
         self._pending = []
 
     def read_metrics(self) -> list[dict]:
+        """The records, without a torn last line: a crash mid-append leaves one, and the
+        resumed run writes its records again. Damage anywhere else is an error naming the line."""
         if not self.dir.exists("metrics.jsonl"):
             return []
-        return [json.loads(line) for line in self.dir.read_text("metrics.jsonl").splitlines() if line.strip()]
+        lines = [(n, line) for n, line in enumerate(self.dir.read_text("metrics.jsonl").splitlines(), 1) if line.strip()]
+        records = []
+        for i, (n, line) in enumerate(lines):
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                if i == len(lines) - 1:
+                    break
+                raise MetricsError(
+                    f"{self.dir.uri_for('metrics.jsonl')} line {n} is not JSON ({exc.msg}); fix or delete that line "
+                    "(later lines are intact)") from None
+        return records
 
     def truncate_after(self, step: int) -> None:
         """Drop records past ``step`` (the checkpoint a resumed run continues from)."""
