@@ -1,4 +1,5 @@
-"""Speed-aware choice of a sweep's best trial, and its front, on hand-made sweep.json content."""
+"""The sweep's speed axis without Ray: the choice of best.toml and the front from a hand-made sweep.json
+(fast enough, none fast enough), the DeblurGAN reference (scale, reuse), trials.png and the report, the space."""
 
 from __future__ import annotations
 
