@@ -48,14 +48,14 @@ def device(use_gpu: bool) -> torch.device:
         return torch.device("cuda", local_rank())
 
 
-def any_true(flag: torch.Tensor) -> bool:
-    """Whether a boolean tensor is true on any rank."""
+def max_over_ranks(flag: torch.Tensor) -> torch.Tensor:
+    """The elementwise maximum of a float tensor over all ranks, left on its device (not read)."""
     if world_size() > 1:
-        flag = flag.to(torch.float32).reshape(1)
-        if torch_dist.get_backend() != "nccl":
-            flag = flag.cpu()
+        on = flag.device
+        flag = flag if torch_dist.get_backend() == "nccl" else flag.cpu()
         torch_dist.all_reduce(flag, op=torch_dist.ReduceOp.MAX)
-    return bool(flag.any())
+        flag = flag.to(on)
+    return flag
 
 
 def gather(value: float) -> list[float]:

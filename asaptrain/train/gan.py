@@ -49,13 +49,28 @@ def _split(outs: list[list[torch.Tensor]], sizes: list[int]) -> list[list[list[t
     return parts
 
 
-def _all_finite(loss: torch.Tensor, params: list[torch.nn.Parameter]) -> bool:
-    """Loss and gradients finite on every rank (one tiny all-reduce), so all ranks decide alike."""
+def _nonfinite(loss: torch.Tensor, params: list[torch.nn.Parameter]) -> torch.Tensor:
+    """A scalar device tensor, nonzero where the loss or a gradient is non-finite on any rank.
+
+    Not read on the host: the optimizer skips on it on the device, and the step reads all its
+    phases' flags at once at its end (one host sync per step, not one per phase).
+    """
     grads = [p.grad for p in params if p.grad is not None]
     bad = ~torch.isfinite(loss.detach().float())
     if grads:
         bad = bad | ~torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()
-    return not dist.any_true(bad)
+    return dist.max_over_ranks(bad.float().reshape(()))  # a scalar, as the fused optimizers take it
+
+
+def _step_unless(opt: torch.optim.Optimizer, bad: torch.Tensor) -> None:
+    """``opt.step()`` that leaves weights, moments and step count as they were where ``bad`` is
+    nonzero, decided on the device: the fused optimizers' ``found_inf`` skip, which
+    ``torch.amp.GradScaler`` drives the same way."""
+    opt.found_inf = bad
+    try:
+        opt.step()
+    finally:
+        del opt.found_inf
 
 
 class GanStep:
@@ -91,7 +106,8 @@ class GanStep:
             return self.D(images, cond)
 
     # ------------------------------------------------------------------ phases
-    def d_phase(self, x, fake, real, step: int, times: PhaseTimes, timed: bool) -> dict[str, torch.Tensor]:
+    def d_phase(self, x, fake, real, times: PhaseTimes, timed: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """One discriminator update; returns its loss terms and its non-finite flag (unread)."""
         t0 = self._mark(timed)
         n = real.shape[0]
         batch = [real, fake.detach()]
@@ -110,17 +126,17 @@ class GanStep:
         self.d_opt.zero_grad(set_to_none=True)
         loss.backward()
         t2 = self._mark(timed)
-        ok = self._check("D", step, terms, loss, self.d_params)
-        if ok:
-            self.d_opt.step()
+        bad = _nonfinite(loss, self.d_params)
+        _step_unless(self.d_opt, bad)
         t3 = self._mark(timed)
         times.forward += (t1 - t0) * 1000
         times.backward += (t2 - t1) * 1000
         times.optimizer += (t3 - t2) * 1000
         terms["d"] = loss
-        return terms if ok else {}
+        return terms, bad
 
-    def g_phase(self, x, fake, real, step: int, times: PhaseTimes, timed: bool) -> dict[str, torch.Tensor]:
+    def g_phase(self, x, fake, real, times: PhaseTimes, timed: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """One generator update through D; returns its loss terms and its non-finite flag (unread)."""
         t0 = self._mark(timed)
         lc = self.cfg.loss
         for p in self.d_params:
@@ -150,28 +166,31 @@ class GanStep:
         for p in self.d_params:
             p.requires_grad_(True)
         t2 = self._mark(timed)
-        ok = self._check("G", step, terms, loss, self.g_params)
-        if ok:
-            self.g_opt.step()
+        bad = _nonfinite(loss, self.g_params)
+        _step_unless(self.g_opt, bad)
         t3 = self._mark(timed)
         times.forward += (t1 - t0) * 1000
         times.backward += (t2 - t1) * 1000
         times.optimizer += (t3 - t2) * 1000
         terms["g"] = loss
-        return terms if ok else {}
+        return terms, bad
 
-    def _check(self, phase: str, step: int, terms: dict[str, torch.Tensor], loss, params) -> bool:
-        """Step only when loss and gradients are finite everywhere; otherwise name the terms."""
-        if _all_finite(loss, params):
-            return True
-        values = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
-        if self.cfg.train.nonfinite == "skip":
-            print(f"[asaptrain] step {step}: non-finite {phase} gradients ({values}); step skipped", flush=True)
-            return False
-        raise NonFiniteLoss(
-            f"step {step}: non-finite {phase} loss/gradients ({values}); lower optim.g_lr/optim.d_lr, "
-            f"try train.precision=fp32, or set train.nonfinite=skip to skip such steps"
-        )
+    def _check(self, step: int, phases: list[tuple[str, dict[str, torch.Tensor], torch.Tensor]]) -> list[bool]:
+        """Which phases were finite everywhere (one host read for the whole step); a non-finite
+        one (its update already skipped on the device) is reported with its terms, or raises."""
+        ok = [not b for b in torch.stack([bad for _, _, bad in phases]).tolist()]
+        for (phase, terms, _), fine in zip(phases, ok):
+            if fine:
+                continue
+            values = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
+            if self.cfg.train.nonfinite == "skip":
+                print(f"[asaptrain] step {step}: non-finite {phase} gradients ({values}); step skipped", flush=True)
+                continue
+            raise NonFiniteLoss(
+                f"step {step}: non-finite {phase} loss/gradients ({values}); lower optim.g_lr/optim.d_lr, "
+                f"try train.precision=fp32, or set train.nonfinite=skip to skip such steps"
+            )
+        return ok
 
     def __call__(self, x: torch.Tensor, real: torch.Tensor, step: int, times: PhaseTimes, timed: bool) -> StepResult:
         t0 = self._mark(timed)
@@ -179,13 +198,12 @@ class GanStep:
             fake = self.G(x)
         fake = fake.float()
         times.forward += (self._mark(timed) - t0) * 1000
+        phases = [("D", *self.d_phase(x, fake, real, times, timed)) for _ in range(self.cfg.optim.d_steps)]
+        phases.append(("G", *self.g_phase(x, fake, real, times, timed)))
         result = StepResult(fake=fake)
-        for _ in range(self.cfg.optim.d_steps):
-            d_terms = self.d_phase(x, fake, real, step, times, timed)
-            if not d_terms:
+        for (_, terms, _), fine in zip(phases, self._check(step, phases)):
+            if fine:
+                result.losses.update(terms)
+            else:
                 result.skipped = True
-            result.losses.update(d_terms)
-        g_terms = self.g_phase(x, fake, real, step, times, timed)
-        result.skipped = result.skipped or not g_terms
-        result.losses.update(g_terms)
         return result
