@@ -414,3 +414,34 @@ def test_hybrid_mlp_sees_its_neighbourhood():
     assert G(x).shape == x.shape
     with pytest.raises(ValueError, match="mlp_context"):
         HybridConfig(mlp_context=2)
+
+
+def test_fused_health_check_ignores_the_callers_autocast(monkeypatch):
+    """Under CPU bf16 autocast the fp32 kernel was compared with a bf16 matmul and fell back for nothing."""
+    pytest.importorskip("triton")
+    from asaptrain.models import pixel_mlp
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    kernel = pixel_mlp.build_kernel(fresh=True)
+    monkeypatch.setattr(pixel_mlp, "build_kernel", lambda fresh=False: kernel)
+    monkeypatch.setattr(pixel_mlp, "_HEALTH", {})
+    dims = [3 * 9 + 8, 16, 16, 3]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert pixel_mlp._fused_healthy(torch.device("cpu"), torch.float32, dims, 4)
+
+
+def test_the_pixelwise_path_that_ran_is_recorded(monkeypatch):
+    from asaptrain.models import pixel_mlp
+    from asaptrain.models.pixel_mlp import PixelMLP, pixel_path
+
+    G = HybridGenerator(tiny_hybrid())
+    assert pixel_path(G) is None  # nothing ran yet
+    x = random_input(1, 3, 16, 16)
+    with torch.no_grad():
+        G(x)
+    assert pixel_path(G) == "matmul" and pixel_path(DeblurGANGenerator(DeblurGANConfig(ngf=4))) is None
+    monkeypatch.setattr(PixelMLP, "_use_fused", lambda self, x, params: True)  # as on CUDA, but no driver here
+    monkeypatch.setattr(pixel_mlp, "_HEALTH", {})
+    with torch.no_grad(), pytest.warns(RuntimeWarning, match="unusable"):
+        G(x)
+    assert pixel_path(G).startswith("matmul (fused kernel fell back: ")

@@ -2,6 +2,7 @@
 table and, with --json, writes its rows; the measuring lives in ``asaptrain.perf``.
 
     asaptrain bench models --quick
+    asaptrain bench compare hybrid-deblur deblurgan-gopro --size 256x256 --json compare.json
     asaptrain bench train --preset hybrid-smoke --precision fp32 --device cpu
     asaptrain bench pipeline ./asaptrain-store/datasets/synth-photos --crops 256x256
     asaptrain bench ingest ./asaptrain-store/datasets/synth-photos --limit 200
@@ -78,6 +79,54 @@ def bench_models_cmd(json_file, sizes, device, repeats, warmup, big_batch, model
     for s in speedups(rows):
         console.print(f"asapnet vs pix2pixhd at {s['height']}x{s['width']} batch {s['batch']} {s['variant']}: "
                       f"{s['speedup']:.1f}x faster ({s['fast_ms']:.3f} vs {s['slow_ms']:.3f} ms/image)")
+    if json_file:
+        Path(json_file).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_file).write_text(json.dumps(rows, indent=2))
+        console.print(f"wrote {len(rows)} rows to {json_file}")
+
+
+@bench.command("compare")
+@click.argument("presets", nargs=-1)
+@click.option("--config", "config_files", multiple=True, type=click.Path(dir_okay=False, exists=True),
+              help="A TOML config file to compare too (repeatable; named by its file stem).")
+@click.option("--size", required=True, help="HEIGHTxWIDTH in pixels, e.g. 256x256.")
+@click.option("--dtype", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+              help="bf16 = autocast.")
+@click.option("--batch", "big_batch", type=click.IntRange(2), default=4, show_default=True,
+              help="The larger batch timed beside batch 1.")
+@click.option("--repeats", type=click.IntRange(1), default=10, show_default=True,
+              help="Timed rounds (each calls every model once, interleaved).")
+@click.option("--warmup", type=click.IntRange(0), default=2, show_default=True, help="Untimed calls per model first.")
+@click.option("--threads", type=click.IntRange(1), default=None, help="torch threads [default: torch's, recorded].")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--json", "json_file", type=click.Path(dir_okay=False), help="Also write the rows to this JSON file.")
+@friendly_errors
+def bench_compare_cmd(presets, config_files, size, dtype, big_batch, repeats, warmup, threads, device,
+                      json_file) -> None:
+    """Time generators side by side in one process (interleaved) and print their ratio."""
+    from rich.table import Table
+
+    from asaptrain.perf.compare import compare_generators, ratio_text
+
+    (h, w), = _parse_sizes(size) or [(0, 0)]
+    named = [(p, load_config(p)) for p in presets] + [(Path(f).stem, load_config(config_file=f)) for f in config_files]
+    console = output_console()
+    rows = compare_generators(named, (h, w), dtype=dtype, batches=(1, big_batch), repeats=repeats, warmup=warmup,
+                              device=device, threads=threads, log=lambda line: console.print(f"[dim]{line}[/dim]"))
+    models = [r for r in rows if r["kind"] == "model"]
+    env = models[0]
+    table = Table(title=f"Generators side by side, ms per image ({env['device']}, {env['threads']} threads, "
+                        f"torch {env['torch']}" + (f", CUDA {env['cuda']}, TF32 {env['tf32']}" if env["cuda"] else "") + ")")
+    for col in ("preset", "size", "dtype", "batch", "ms/image", "IQR", "GFLOPs", "pixelwise path", "peak MiB"):
+        table.add_column(col, justify="left" if col in ("preset", "pixelwise path") else "right")
+    for r in models:
+        table.add_row(r["preset"], f"{r['height']}x{r['width']}", r["dtype"], str(r["batch"]), f"{r['ms']:.2f}",
+                      f"{r['iqr_ms']:.2f}", f"{r['gflops']:.3g}", r["pixel_path"] or "-",
+                      "-" if r["peak_mem_mib"] is None else f"{r['peak_mem_mib']:.0f}")
+    console.print(table)
+    for r in rows:
+        if r["kind"] == "ratio":
+            console.print(ratio_text(r))
     if json_file:
         Path(json_file).parent.mkdir(parents=True, exist_ok=True)
         Path(json_file).write_text(json.dumps(rows, indent=2))

@@ -159,33 +159,48 @@ def launch_fused(x: torch.Tensor, params: torch.Tensor, coords: torch.Tensor, di
     return y
 
 
-_HEALTH: dict[tuple, bool] = {}
+_HEALTH: dict[tuple, tuple[bool, str]] = {}
+"""(device, dtype, dims, tile) -> (kernel usable, why not): the health checks done so far."""
+
+
+def _health_key(device: torch.device, dtype: torch.dtype, dims: list[int], tile_size: int) -> tuple:
+    return (str(device), dtype, tuple(dims), tile_size)
 
 
 def _fused_healthy(device: torch.device, dtype: torch.dtype, dims: list[int], tile_size: int) -> bool:
-    """Once per device / dtype / shape: does the compiled kernel agree with ``mlp_bmm``?"""
-    key = (str(device), dtype, tuple(dims), tile_size)
+    """Once per device / dtype / shape: does the compiled kernel agree with ``mlp_bmm``?
+
+    Runs outside the caller's autocast: both sides compute in ``dtype`` as asked, so a bf16
+    matmul is never compared with an fp32 kernel (which would fail and fall back for nothing).
+    """
+    key = _health_key(device, dtype, dims, tile_size)
     if key not in _HEALTH:
-        S, C = tile_size, dims[0] - 4 * int(math.log2(tile_size))
-        gen = torch.Generator(device=device).manual_seed(0)
-        x = torch.rand(1, C, S, 2 * S, device=device, generator=gen) * 2 - 1
-        params = torch.randn(2, sum(a * b + b for a, b in zip(dims, dims[1:])), device=device, generator=gen)
-        params = (params / math.sqrt(dims[1])).to(dtype)
-        coords = tile_coordinates(S).to(device)
-        try:
-            got = launch_fused(x, params, coords, dims, S).float()
-            want = mlp_bmm(x, params, coords, dims, S, dtype).float()
-            exact = dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
-            tol = 1e-3 if exact else 5e-2
-            ok = bool(torch.isfinite(got).all()) and float((got - want).abs().max()) < tol
-            reason = "" if ok else f"max difference {float((got - want).abs().max()):.3g}"
-        except Exception as exc:  # noqa: BLE001 - any compile/launch failure means: use the fallback
-            ok, reason = False, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        if not ok:
-            warnings.warn(f"fused pixel-MLP kernel unusable on {device} ({dtype}, {reason}); "
-                          f"using batched matmuls instead", RuntimeWarning, stacklevel=3)
-        _HEALTH[key] = ok
-    return _HEALTH[key]
+        with torch.autocast(device.type, enabled=False):
+            _HEALTH[key] = _check_fused(device, dtype, dims, tile_size)
+    return _HEALTH[key][0]
+
+
+def _check_fused(device: torch.device, dtype: torch.dtype, dims: list[int], tile_size: int) -> tuple[bool, str]:
+    """The health check itself: (usable, why not), with a warning when not."""
+    S, C = tile_size, dims[0] - 4 * int(math.log2(tile_size))
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = torch.rand(1, C, S, 2 * S, device=device, generator=gen) * 2 - 1
+    params = torch.randn(2, sum(a * b + b for a, b in zip(dims, dims[1:])), device=device, generator=gen)
+    params = (params / math.sqrt(dims[1])).to(dtype)
+    coords = tile_coordinates(S).to(device)
+    try:
+        got = launch_fused(x, params, coords, dims, S).float()
+        want = mlp_bmm(x, params, coords, dims, S, dtype).float()
+        exact = dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
+        tol = 1e-3 if exact else 5e-2
+        ok = bool(torch.isfinite(got).all()) and float((got - want).abs().max()) < tol
+        reason = "" if ok else f"max difference {float((got - want).abs().max()):.3g}"
+    except Exception as exc:  # noqa: BLE001 - any compile/launch failure means: use the fallback
+        ok, reason = False, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    if not ok:
+        warnings.warn(f"fused pixel-MLP kernel unusable on {device} ({dtype}, {reason}); "
+                      f"using batched matmuls instead", RuntimeWarning, stacklevel=4)
+    return ok, reason
 
 
 @torch.library.custom_op("asaptrain::pixel_mlp", mutates_args=())
@@ -205,6 +220,11 @@ def _(x, params, coords, dims, tile_size):
 
 
 # ----------------------------------------------------------------------------- module
+
+
+def pixel_path(model: nn.Module) -> str | None:
+    """Which pixelwise path ``model``'s last forward took (see ``PixelMLP.path``); None without one."""
+    return next((m.path() for m in model.modules() if isinstance(m, PixelMLP)), None)
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -231,11 +251,21 @@ class PixelMLP(nn.Module):
         """Mix the 4 nearest cells' MLPs per pixel (no tile seams; 4x the MLP work)."""
         self.register_buffer("coords", tile_coordinates(tile_size), persistent=False)
         self.in_channels = in_channels
+        self._health_key: tuple | None = None
         self.dims = [in_channels + self.coords.shape[-1]] + [width] * (depth - 1) + [out_channels]
         self.splits = [n for cin, cout in zip(self.dims, self.dims[1:]) for n in (cin * cout, cout)]
         self.num_params = sum(self.splits)
         self.fused = True
         """Use the fused kernel where it applies (False forces the batched-matmul path)."""
+        self.last_path: str | None = None
+        """Which path the last forward took: "fused", "matmul", or "matmul (fused fell back: why)"."""
+
+    def path(self) -> str | None:
+        """The path of the last forward, with the fused kernel's health verdict once it is known."""
+        if self.last_path != "fused" or self._health_key is None:
+            return self.last_path
+        ok, reason = _HEALTH.get(self._health_key, (True, ""))
+        return "fused" if ok else f"matmul (fused kernel fell back: {reason})"
 
     def layer_params(self, params: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         return layer_params(params, self.dims)
@@ -259,7 +289,9 @@ class PixelMLP(nn.Module):
     def _tiles(self, x: torch.Tensor, params: torch.Tensor, coords: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """One MLP per aligned S x S tile of ``x``; params (tiles, P) in ``dtype``."""
         if self._use_fused(x, params):
+            self.last_path, self._health_key = "fused", _health_key(x.device, params.dtype, self.dims, self.tile_size)
             return pixel_mlp_op(x, params, coords, self.dims, self.tile_size)
+        self.last_path = "matmul"
         return mlp_bmm(x, params, coords, self.dims, self.tile_size, dtype)
 
     def forward_blended(self, x: torch.Tensor, params: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

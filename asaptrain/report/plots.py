@@ -252,8 +252,9 @@ def ratio_text(r: dict[str, Any]) -> str:
             how = f"{x['ratio']:.2f}× as fast" if x["ratio"] >= 1 else f"{1 / x['ratio']:.2f}× slower"
             groups.setdefault((x["gpu"], x["height"], x["width"]), []).append(
                 f"{how} in {x['dtype']} ({x['fast_ms']:.2f} vs {x['slow_ms']:.2f} ms/image)")
+    how = f" (timed {r['method']})" if r.get("method") else ""
     return "; ".join(f"{r['fast']} vs {r['slow']} on {gpu} at {h}x{w}: " + ", ".join(parts)
-                     for (gpu, h, w), parts in groups.items())
+                     for (gpu, h, w), parts in groups.items()) + how
 
 
 def tables(report: dict[str, Any]) -> list[dict[str, Any]]:

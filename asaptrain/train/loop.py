@@ -29,6 +29,7 @@ from asaptrain.train.metrics import (
     to_unit,
 )
 from asaptrain.train.nets import build_discriminator, build_generator, generator_in_channels
+from asaptrain.models.pixel_mlp import pixel_path
 from asaptrain.train.gan import GanStep, PhaseTimes
 from asaptrain.train.run_files import RunFiles
 from asaptrain.train.state import RunState, make_ema, update_ema
@@ -276,6 +277,6 @@ def _inference_rows(cfg: Config, state: RunState, device: torch.device) -> list[
         ms = inference_ms(G, generator_in_channels(cfg), cfg.data.crop_height, cfg.data.crop_width, device,
                           bf16=dtype == "bf16", repeats=20 if device.type == "cuda" else 3, warmup=3 if device.type == "cuda" else 1)
         rows.append({"height": cfg.data.crop_height, "width": cfg.data.crop_width, "batch": 1, "ms": ms,
-                     "dtype": dtype, "gpu": device_name(device)})
+                     "dtype": dtype, "gpu": device_name(device), "pixel_path": pixel_path(G)})
     G.train(was_training)
     return rows
