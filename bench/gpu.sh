@@ -61,9 +61,10 @@ A="python3 -m asaptrain"
 # (the first budget on the GPU, the second in the CPU rehearsal), its output in OUT/NAME.log; an
 # optional stage is skipped when it would overrun TOTAL.
 stage() {
-  local name=$1 budget=${2%/*} kind=$3; shift 3
-  local start rc status
+  local name=$1 budget=${2%/*} kind=$3
   [ "$DRY" = 1 ] && budget=${2#*/}
+  shift 3
+  local start rc status
   start=$(date +%s)
   if [ -n "${GPU_CHECK_STAGES:-}" ] && [[ " $GPU_CHECK_STAGES " != *" $name "* ]]; then
     return 0
