@@ -129,6 +129,20 @@ def test_gan_step_reads_the_device_once_per_step_not_once_per_phase(monkeypatch)
     assert len(reads) == 2, f"host reads {reads} over 2 steps of 6 phases"
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_a_flagged_step_leaves_weights_and_moments_alone(fused):
+    """Fused optimizers skip on the device; one restored unfused (an older checkpoint) still skips."""
+    from asaptrain.train.gan import _step_unless
+
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.Adam([w], lr=0.1, fused=fused)
+    w.grad = torch.ones(3)
+    _step_unless(opt, torch.tensor(1.0))
+    assert torch.equal(w.detach(), torch.ones(3)) and all(float(s["step"]) == 0 for s in opt.state.values())
+    _step_unless(opt, torch.tensor(0.0))
+    assert (w.detach() < 1).all() and float(opt.state[w]["step"]) == 1
+
+
 def test_lr_schedule_constant_then_linear_to_zero():
     f = lr_lambda(100, 0.5)
     assert f(0) == 1 and f(49) == 1 and f(50) == 1 and abs(f(75) - 0.5) < 1e-9 and f(100) == 0

@@ -58,13 +58,18 @@ def max_over_ranks(flag: torch.Tensor) -> torch.Tensor:
     return flag
 
 
+def gather_objects(value) -> list:
+    """One picklable value from every rank, in rank order (every rank gets the list)."""
+    if world_size() == 1:
+        return [value]
+    out: list = [None] * world_size()
+    torch_dist.all_gather_object(out, value)
+    return out
+
+
 def gather(value: float) -> list[float]:
     """One float from every rank, in rank order (every rank gets the list)."""
-    if world_size() == 1:
-        return [float(value)]
-    out: list = [None] * world_size()
-    torch_dist.all_gather_object(out, float(value))
-    return [float(v) for v in out]
+    return [float(v) for v in gather_objects(float(value))]
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

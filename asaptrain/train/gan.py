@@ -66,6 +66,12 @@ def _step_unless(opt: torch.optim.Optimizer, bad: torch.Tensor) -> None:
     """``opt.step()`` that leaves weights, moments and step count as they were where ``bad`` is
     nonzero, decided on the device: the fused optimizers' ``found_inf`` skip, which
     ``torch.amp.GradScaler`` drives the same way."""
+    if not all(group.get("fused") for group in opt.param_groups):
+        # Optimizer state from a checkpoint written before the optimizers were fused keeps
+        # ``fused`` off: such an optimizer has no device-side skip, so read the flag here.
+        if not bool(bad):
+            opt.step()
+        return
     opt.found_inf = bad
     try:
         opt.step()
