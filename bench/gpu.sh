@@ -38,7 +38,7 @@
 #                                          # bench/gpu_image hides what the GPU machine lacks
 # On the GPU machine, after bench/gpu-wheels.sh here, with .whl carried (results come back packed):
 #   GPU_CHECK_PACK=$OUT/gpu-check.tar.gz bench/gpu.sh /tmp/gpu-check; cp /tmp/gpu-check/summary.txt $OUT/
-# GPU_CHECK_BUDGET_S (default 480; dry 600) is the total the optional stages must fit into;
+# GPU_CHECK_BUDGET_S (default 480; dry 1800) is the total the optional stages must fit into;
 # GPU_CHECK_STAGES="correct train" runs only the stages named (to rerun what was fixed).
 set -uo pipefail  # no -e: a failing stage must not end the ones after it
 
@@ -46,7 +46,7 @@ OUT=${1:-gpu-bench}
 mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
 ROOT=$(pwd)
 DRY=${GPU_CHECK_DRY:-0}
-TOTAL=${GPU_CHECK_BUDGET_S:-$([ "$DRY" = 1 ] && echo 600 || echo 480)}
+TOTAL=${GPU_CHECK_BUDGET_S:-$([ "$DRY" = 1 ] && echo 1800 || echo 480)}
 T0=$(date +%s)
 STORE=$OUT/store
 export PYTHONUNBUFFERED=1
@@ -58,7 +58,8 @@ A="python3 -m asaptrain"
 : > "$OUT/stages.jsonl"
 
 # stage NAME GPU_S/CPU_S required|optional COMMAND...: run COMMAND (a bash string) under timeout
-# (the first budget on the GPU, the second in the CPU rehearsal), its output in OUT/NAME.log; an
+# (the first budget on the GPU; the second, in the CPU rehearsal, only guards against hangs on a
+# loaded machine), its output in OUT/NAME.log; an
 # optional stage is skipped when it would overrun TOTAL.
 stage() {
   local name=$1 budget=${2%/*} kind=$3
@@ -88,15 +89,17 @@ stage() {
 # ---------------------------------------------------------------- sizes: the GPU's, or tiny ones on a CPU
 if [ "$DRY" = 1 ]; then
   LABEL_BIG=64x128 LABEL_MID=64x128 PHOTO_BIG=64x64 PHOTO_SMALL=64x64
-  VARIANTS=fp32,bf16,bf16-cl COMPILE_VARIANT=bf16-cl  # inductor on a CPU takes minutes: rehearsed in correct
+  VARIANTS=fp32,bf16-cl COMPILE_VARIANT=bf16-cl  # inductor on a CPU takes minutes: rehearsed in correct
+  PRECISION=bf16 COMPARE_DTYPES=bf16
   REPEATS="--repeats 1 --warmup 0" BATCH=2
   TRAIN_PRESETS="--preset asapnet-smoke --preset pix2pixhd-smoke --preset deblurgan-smoke --preset hybrid-smoke"
-  TRAIN_STEPS=2 RAY_PRESET=hybrid-smoke RAY_STEPS=4 SYNTH="--count 16 --val-count 4 --size 64x64"
+  TRAIN_STEPS=1 RAY_PRESET=hybrid-smoke RAY_STEPS=4 SYNTH="--count 16 --val-count 4 --size 64x64"
   RAY_GPU="--set scaling.use_gpu=false --set scaling.resources_per_worker={CPU=1}"
   RAY_SETS="--set train.batch_size=4 --set eval.images=4" SWEEP_STEPS=4 SMOKE_STEPS=2 DRYFLAG=--dry
 else
   LABEL_BIG=1024x2048 LABEL_MID=512x1024 PHOTO_BIG=720x1280 PHOTO_SMALL=256x256
   VARIANTS=fp32,bf16,bf16-cl COMPILE_VARIANT=bf16-cl-compile
+  PRECISION=both COMPARE_DTYPES="fp32 bf16"
   REPEATS="--repeats 10 --warmup 3" BATCH=4
   TRAIN_PRESETS="" TRAIN_STEPS=20 RAY_PRESET=hybrid-deblur RAY_STEPS=100
   SYNTH="--count 128 --val-count 16 --size 512x512" RAY_GPU="--gpus-per-worker 1"
@@ -126,36 +129,36 @@ printf '{"stage": "setup", "status": "%s", "rc": 0, "seconds": %d, "budget_s": 3
 cat "$OUT/setup.json"
 
 # ---------------------------------------------------------------- 1. correctness
-stage correct 100/150 required "python3 bench/gpu_correct.py '$OUT/correct.json' $DRYFLAG"
+stage correct 100/300 required "python3 bench/gpu_correct.py '$OUT/correct.json' $DRYFLAG"
 
 # ---------------------------------------------------------------- 2. inference speed
 M="$A bench models $REPEATS --batch $BATCH"
-stage models-1024 40/60 required "$M --model asapnet --model pix2pixhd --sizes $LABEL_BIG --variants $VARIANTS --json '$OUT/models-1024.json'"
-stage models-512 15/30 required "$M --model pix2pixhd --sizes $LABEL_MID --variants $VARIANTS --json '$OUT/models-512.json'"
-stage models-720 25/40 required "$M --model deblurgan --model hybrid --sizes $PHOTO_BIG --variants $VARIANTS --json '$OUT/models-720.json'"
+stage models-1024 40/150 required "$M --model asapnet --model pix2pixhd --sizes $LABEL_BIG --variants $VARIANTS --json '$OUT/models-1024.json'"
+stage models-512 15/120 required "$M --model pix2pixhd --sizes $LABEL_MID --variants $VARIANTS --json '$OUT/models-512.json'"
+stage models-720 25/120 required "$M --model deblurgan --model hybrid --sizes $PHOTO_BIG --variants $VARIANTS --json '$OUT/models-720.json'"
 # One compiled row per model (batch 1 twice: a second batch size would compile again).
-stage models-compile 60/40 required "$A bench models $REPEATS --batch 1 --variants $COMPILE_VARIANT --model asapnet --model pix2pixhd --sizes $LABEL_BIG --json '$OUT/models-compile-label.json' && $A bench models $REPEATS --batch 1 --variants $COMPILE_VARIANT --model deblurgan --model hybrid --sizes $PHOTO_BIG --json '$OUT/models-compile.json'"
+stage models-compile 60/120 required "$A bench models $REPEATS --batch 1 --variants $COMPILE_VARIANT --model asapnet --model pix2pixhd --sizes $LABEL_BIG --json '$OUT/models-compile-label.json' && $A bench models $REPEATS --batch 1 --variants $COMPILE_VARIANT --model deblurgan --model hybrid --sizes $PHOTO_BIG --json '$OUT/models-compile.json'"
 for tag in 256 720; do
   size=$([ $tag = 256 ] && echo $PHOTO_SMALL || echo $PHOTO_BIG)
   [ "$DRY" = 1 ] && [ $tag = 720 ] && continue  # the same tiny size twice
-  stage compare-$tag 25/60 required "for d in fp32 bf16; do $A bench compare hybrid-deblur deblurgan-gopro --size $size --dtype \$d $REPEATS --batch $(( BATCH < 2 ? 2 : BATCH )) --json '$OUT/compare-$tag-'\$d.json || exit; done; cp '$OUT/compare-$tag-bf16.json' '$OUT/compare-$tag.json'"
+  stage compare-$tag 25/150 required "for d in $COMPARE_DTYPES; do $A bench compare hybrid-deblur deblurgan-gopro --size $size --dtype \$d $REPEATS --batch $(( BATCH < 2 ? 2 : BATCH )) --json '$OUT/compare-$tag-'\$d.json || exit; done; cp '$OUT/compare-$tag-bf16.json' '$OUT/compare-$tag.json'"
 done
 
 # ---------------------------------------------------------------- 3. training speed (one device, random data)
-stage train 60/120 required "$A bench train $TRAIN_PRESETS --steps $TRAIN_STEPS --precision both --json '$OUT/train.json'"
+stage train 60/240 required "$A bench train $TRAIN_PRESETS --steps $TRAIN_STEPS --precision $PRECISION --json '$OUT/train.json'"
 
 # ---------------------------------------------------------------- 4. one Ray Train run from shards
-stage ray 90/150 required "$A data synth --kind photos $SYNTH --out '$STORE/datasets/synth-photos' \
+stage ray 90/300 required "$A data synth --kind photos $SYNTH --out '$STORE/datasets/synth-photos' \
   && $A train --preset $RAY_PRESET --store '$STORE' --name gpu-ray --steps $RAY_STEPS --workers 1 $RAY_GPU --no-progress \
      --set data.dataset=datasets/synth-photos --set loss.perceptual=none --set eval.fid=false $RAY_SETS \
      --set eval.every=$RAY_STEPS --set train.checkpoint_every=$RAY_STEPS --set train.log_every=$(( RAY_STEPS / 2 )) \
   && cp '$STORE/runs/gpu-ray/timing.json' '$OUT/ray.json'"
 
 # ---------------------------------------------------------------- 5. only if time remains
-stage sweep 60/120 optional "$A tune --preset hybrid-smoke --store '$STORE' --trials 2 --steps $SWEEP_STEPS --name gpu-sweep \
+stage sweep 60/200 optional "$A tune --preset hybrid-smoke --store '$STORE' --trials 2 --steps $SWEEP_STEPS --name gpu-sweep \
   --no-progress $([ "$DRY" = 1 ] && echo "--gpus-per-trial 0" || echo "--gpus-per-trial 1") \
   && cp '$STORE/sweeps/gpu-sweep/sweep.json' '$OUT/sweep.json'"
-stage smoke 90/200 optional "s=\$(date +%s); $A smoke --store '$OUT/smoke-store' --steps $SMOKE_STEPS --trials 2 --no-progress \
+stage smoke 90/300 optional "s=\$(date +%s); $A smoke --store '$OUT/smoke-store' --steps $SMOKE_STEPS --trials 2 --no-progress \
   && printf '{\"seconds\": %d}\n' \$((\$(date +%s) - s)) > '$OUT/smoke.json'"
 
 # ---------------------------------------------------------------- summary

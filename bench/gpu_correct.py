@@ -8,7 +8,7 @@ still returns the cases that ran:
   not: max abs error of the generator outputs, and whether the fused kernel really ran (it
   falls back to the matmul path when its health check fails or off CUDA);
 * ``train``: a few compiled bf16 + channels_last training steps of the hybrid (finite
-  losses, graphs compiled, graph breaks), and one eager bf16 step of each other full preset.
+  losses, graphs compiled, recompiles after the first step, graph breaks), and one eager bf16 step of each other full preset.
 
 A failing case is recorded with its error and the next one runs.
 
@@ -118,11 +118,15 @@ def train_case(preset: str, dev: torch.device, steps: int, compiled: bool, dry: 
         x, y = _random_batch(cfg, cfg.train.batch_size, dev)
         if compiled:
             x, y = x.contiguous(memory_format=torch.channels_last), y.contiguous(memory_format=torch.channels_last)
-        finite = True
+        finite, after_first = True, 0
         for i in range(steps):
             result = step(x, y, i + 1, PhaseTimes(), False)
             finite = finite and not result.skipped and all(math.isfinite(float(v.detach())) for v in result.losses.values())
             row["steps"] = i + 1
+            if i == 0:
+                after_first = int(torch._dynamo.utils.counters["stats"].get("unique_graphs", 0))
+        # Graphs compiled after the first step are recompiles: the same shapes came back.
+        row["recompiles"] = int(torch._dynamo.utils.counters["stats"].get("unique_graphs", 0)) - after_first
         row["finite"] = finite
     except Exception as exc:  # noqa: BLE001 - recorded; the next case runs
         row["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"

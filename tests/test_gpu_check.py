@@ -48,7 +48,7 @@ def test_cpu_rehearsal_runs_every_stage_and_writes_its_json(tmp_path):
     env = {**os.environ, "GPU_CHECK_DRY": "1", "GPU_CHECK_BUDGET_S": "0"}  # optional stages: skipped
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.run(["bash", "bench/gpu.sh", str(out)], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=900)
+                          timeout=1800)
     stages = {r["stage"]: r for r in map(json.loads, (out / "stages.jsonl").read_text().splitlines())}
     failed = {n: (r["status"], (out / f"{n}.log").read_text()[-1500:] if (out / f"{n}.log").exists() else "")
               for n, r in stages.items() if n in REQUIRED and r["status"] != "ok"}
