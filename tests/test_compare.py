@@ -42,7 +42,7 @@ def test_bench_compare_takes_config_files_and_rejects_sizes_that_do_not_fit(tmp_
                                        "--repeats", "1", "--warmup", "0"])
     assert result.exit_code != 0 and "36x36 is not a multiple of" in result.output
     rows = compare_generators([("a", get_preset("deblurgan-smoke")), ("mine", get_preset("hybrid-smoke"))],
-                              (16, 16), batches=(1,), repeats=1, warmup=0, device="cpu")
+                              (32, 32), batches=(1,), repeats=1, warmup=0, device="cpu")
     assert [r["kind"] for r in rows] == ["model", "model", "ratio"]
     with pytest.raises(CompareError, match="at least two"):
         compare_generators([("a", get_preset("deblurgan-smoke"))], (16, 16))

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from asaptrain.data.store import Store
-from asaptrain.report.plots import tables
+from asaptrain.report.tables import tables
 from asaptrain.report.aggregate import aggregate, build_report, load_runs
 
 H100 = "NVIDIA H100 80GB HBM3"
