@@ -44,14 +44,16 @@ def _timing(gpu, h, w, ms, images_per_s):
 def write_run(store, name, model, task, status, *, records=(), timing=None, samples=(), finished=None,
               config=None):
     """``config``: config.toml's text [default: the model's smoke preset, whose generator the report times]."""
-    from asaptrain.config.io import to_toml
+    from asaptrain.config.io import apply_overrides, to_toml
     from asaptrain.config.presets import get_preset
 
     d = store.child("runs", name)
     d.write_json("run.json", {"name": name, "preset": f"{model}-smoke", "model": model, "task": task,
                               "status": status, "started": "2026-11-01T10:00:00+00:00",
                               "finished": finished, "steps": 40, "world_size": 1, "gpu": "cpu"})
-    d.write_text("config.toml", to_toml(get_preset(f"{model}-smoke")) if config is None else config)
+    if config is None:  # narrower than the smoke preset: each report times two generators 10 times
+        config = to_toml(apply_overrides(get_preset(f"{model}-smoke"), ["model.ngf=4", "model.lowres_max_channels=8"]))
+    d.write_text("config.toml", config)
     d.write_text("metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records))
     if timing:
         d.write_json("timing.json", timing)
