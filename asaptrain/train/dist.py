@@ -6,7 +6,7 @@ Rank and world size come from the torch.distributed process group that Ray Train
 notebooks, one worker) it is a world of one. Nothing else in asaptrain touches process groups::
 
     if dist.is_main(): ...
-    stop = dist.any_true(torch.tensor(bad))   # the same decision on every rank
+    bad = dist.max_over_ranks(flag)   # the same decision on every rank, left on the device
 """
 
 from __future__ import annotations
