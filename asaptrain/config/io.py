@@ -21,8 +21,6 @@ from pathlib import Path
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
-import tomli_w
-
 from asaptrain.config.schema import SECTIONS, Config, ConfigError, validate
 
 
@@ -120,6 +118,8 @@ def to_dict(cfg: Config) -> dict[str, Any]:
 
 def to_toml(cfg: Config) -> str:
     """The whole config as TOML text, every field written out."""
+    import tomli_w  # only where a config is written: the GPU image lacks it unless carried
+
     return tomli_w.dumps(to_dict(cfg))
 
 

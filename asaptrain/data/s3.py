@@ -129,10 +129,14 @@ def retry(fn: Callable[[], T], attempts: int = ATTEMPTS, base_delay_s: float = 0
 
 def is_store_failure(exc: BaseException) -> bool:
     """Whether ``exc`` is an I/O failure of pyarrow or boto3 (and not, say, a bug)."""
-    from boto3.exceptions import S3UploadFailedError
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    return isinstance(exc, (OSError, ClientError, BotoCoreError, S3UploadFailedError))
+    if isinstance(exc, OSError):
+        return True
+    try:
+        from boto3.exceptions import S3UploadFailedError
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:  # a local store where boto3 is not installed: no boto3 error can have occurred
+        return False
+    return isinstance(exc, (ClientError, BotoCoreError, S3UploadFailedError))
 
 
 def describe_error(exc: BaseException, what: str, bucket: str, endpoint: str | None, credentials: Credentials,

@@ -87,6 +87,9 @@ def _worker(config: dict[str, Any]) -> None:
         group = ray.util.get_current_placement_group()
         if group is not None:
             run_files.dir.write_json("placement_group.json", {"id": group.id.hex()})
+    nodes = dist.gather_objects(ray.get_runtime_context().get_node_id())  # where each rank runs
+    if main:
+        run_files.dir.write_json("worker_nodes.json", nodes)
     checkpoint = worker_checkpoint(ray.train.get_checkpoint(), RunFiles(store, config["name"], config["runs_prefix"]).dir)
     start_step = checkpoint["step"] if checkpoint else 0
     per_worker = cfg.train.batch_size // dist.world_size()
