@@ -37,3 +37,25 @@ def test_non_finite_numbers_become_null(store):
     run.add_metrics({"step": 1, "loss/g": float("nan")})
     run.flush(durable=True)
     assert run.read_metrics() == [{"step": 1, "loss/g": None}]
+
+
+@pytest.mark.parametrize("name", ["../../x", "a/b", "..", "", ".hidden", "x" * 200, "a\\b"])
+def test_names_that_leave_the_run_directory_are_refused(store, name):
+    from asaptrain.errors import UserError
+
+    with pytest.raises(UserError, match="is not allowed"):
+        RunFiles(store, name)
+    assert store.list("") == []  # nothing written
+
+
+def test_train_and_tune_refuse_an_escaping_name(tmp_path):
+    from click.testing import CliRunner
+
+    from asaptrain.cli import main
+
+    store = tmp_path / "store"
+    for argv in (["train", "--preset", "deblurgan-smoke", "--name", "../../x"],
+                 ["tune", "--preset", "hybrid-smoke", "--name", "../x"]):
+        res = CliRunner().invoke(main, argv + ["--store", str(store)])
+        assert res.exit_code == 2 and "is not allowed" in res.output, res.output
+    assert not (tmp_path / "x").exists() and not store.exists()

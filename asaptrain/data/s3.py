@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
 
+from asaptrain.config.schema import reject_url_credentials
 from asaptrain.errors import UserError
 
 ATTEMPTS = 4
@@ -149,6 +150,8 @@ def describe_error(exc: BaseException, what: str, bucket: str, endpoint: str | N
 def connect(s3_endpoint: str | None, region: str | None) -> tuple[pafs.S3FileSystem, str | None, str, Credentials]:
     """``(filesystem, endpoint URL or None, region, credentials)`` for an S3-compatible store."""
     endpoint = s3_endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+    if endpoint:
+        reject_url_credentials(endpoint, "--s3-endpoint / AWS_ENDPOINT_URL_S3", bare_host=True)
     credentials, profile_region = resolve_credentials()
     region = region or os.environ.get("AWS_REGION") or profile_region or "us-east-1"
     kwargs: dict[str, Any] = {}
@@ -156,7 +159,7 @@ def connect(s3_endpoint: str | None, region: str | None) -> tuple[pafs.S3FileSys
         parts = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
         if not parts.hostname:
             raise StoreError(f"--s3-endpoint {safe_url(endpoint)!r} is not a URL like http://host:9000")
-        kwargs["endpoint_override"] = parts.netloc.rsplit("@", 1)[-1] + parts.path.rstrip("/")
+        kwargs["endpoint_override"] = parts.netloc + parts.path.rstrip("/")
         kwargs["scheme"] = parts.scheme
         endpoint = f"{parts.scheme}://{kwargs['endpoint_override']}"
     if credentials.access_key:

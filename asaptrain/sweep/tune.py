@@ -22,7 +22,7 @@ from typing import Any
 from asaptrain.config.schema import Config, validate
 from asaptrain.config.io import apply_overrides, from_dict, to_dict, to_toml
 from asaptrain.sweep.space import SweepError, default_space, to_tune, trial_config
-from asaptrain.train.run_files import RunFiles, new_run_name
+from asaptrain.train.run_files import RunFiles, check_name, new_run_name
 
 SWEEPS_PREFIX = "sweeps"
 METRIC_KEYS = {"psnr": "val_psnr", "ssim": "val_ssim"}
@@ -111,7 +111,7 @@ def sweep(
             flags.append(f"scaling.resources_per_worker={{GPU = {gpus_per_trial / workers}}}")
     base = pin_store(apply_overrides(base, flags) if flags else validate(base))
     store = store_from_config(base.storage)
-    name = resume or name or new_run_name("sweep")
+    name = check_name(resume or name or new_run_name("sweep"), "sweep name")
     sweep_dir = store.child(SWEEPS_PREFIX, name)
     if resume and not sweep_dir.exists("space.json"):
         raise SweepError(f"cannot resume sweep {resume!r}: nothing at {sweep_dir.uri_for('space.json')}")
