@@ -3,8 +3,12 @@
 Kept apart from the Store so the one place that touches secrets is small enough to audit:
 
 - credentials are resolved the way the AWS CLI does (``AWS_ACCESS_KEY_ID`` /
-  ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN``, or ``AWS_PROFILE`` and ``~/.aws``), held
-  in :class:`Credentials` whose repr hides them and which refuses to be pickled;
+  ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN``, or ``AWS_PROFILE`` and ``~/.aws``), in
+  every process that uses the store: the pyarrow filesystem is built without keys (its AWS SDK
+  looks them up the same way), so pickling it for Ray or Tune carries none, and boto3's copy
+  is held in :class:`Credentials`, whose repr hides them and which refuses to be pickled;
+- Ray Tune is kept from copying the driver's credentials into trials
+  (:func:`keep_credentials_out_of_tune`): a worker uses its own node's;
 - the endpoint (MinIO, Ceph, R2; none = AWS) comes from ``--s3-endpoint`` or
   ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``; pyarrow ignores those variables, so it is
   handed to pyarrow explicitly;
@@ -162,12 +166,30 @@ def connect(s3_endpoint: str | None, region: str | None) -> tuple[pafs.S3FileSys
         kwargs["endpoint_override"] = parts.netloc + parts.path.rstrip("/")
         kwargs["scheme"] = parts.scheme
         endpoint = f"{parts.scheme}://{kwargs['endpoint_override']}"
-    if credentials.access_key:
-        kwargs.update(access_key=credentials.access_key, secret_key=credentials.secret_key,
-                      session_token=credentials.token)
+    # No keys handed to pyarrow: its AWS SDK resolves them from this process's environment or
+    # profile, and a pickled filesystem (Ray ships it to every worker and Tune writes it into
+    # tuner.pkl) then holds none; the process that unpickles it resolves its own.
     fs = pafs.S3FileSystem(region=region, connect_timeout=5, request_timeout=60, allow_delayed_open=True,
                            retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=ATTEMPTS), **kwargs)
     return fs, endpoint, region, credentials
+
+
+CREDENTIAL_ENV_NAMES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
+"""The environment variables that hold S3 credentials."""
+
+
+def keep_credentials_out_of_tune() -> None:
+    """Stop Ray Tune from copying the driver's S3 credentials into every trial's runtime env.
+
+    Tune (``ray/tune/execution/class_cache.py``) passes the driver's ``AWS_ACCESS_KEY_ID`` /
+    ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN`` to each trial as runtime-env variables,
+    which Ray's runtime-env agent logs in plain text. A trial, like every Ray worker, takes its
+    credentials from its own node instead: the node's environment, an AWS profile, an instance
+    role or a Kubernetes Secret.
+    """
+    from ray.tune.execution import class_cache
+
+    class_cache.ENV_VARS_TO_PROPAGATE = set(class_cache.ENV_VARS_TO_PROPAGATE) - set(CREDENTIAL_ENV_NAMES)
 
 
 def boto_client(endpoint: str | None, region: str | None, credentials: Credentials):
@@ -183,4 +205,5 @@ def boto_client(endpoint: str | None, region: str | None, credentials: Credentia
 
 
 __all__ = ["StoreError", "StoreNotFound", "Credentials", "retry", "describe_error", "connect", "boto_client",
+           "CREDENTIAL_ENV_NAMES", "keep_credentials_out_of_tune",
            "safe_url", "error_code", "is_transient", "is_store_failure", "ATTEMPTS"]

@@ -96,6 +96,7 @@ def sweep(
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
+    from asaptrain.data.s3 import keep_credentials_out_of_tune
     from asaptrain.data.store import store_from_config
     from asaptrain.train.launch import ensure_ray, pin_store, resolve_use_gpu
 
@@ -125,6 +126,7 @@ def sweep(
     trial_base = dataclasses.replace(base, data=dataclasses.replace(base.data, dataset=dataset))
 
     ensure_ray()
+    keep_credentials_out_of_tune()
     use_gpu = resolve_use_gpu(base)
     parallel = min(concurrent_trials(base, use_gpu), trials)
     if parallel < trials and not dashboard_ok():
