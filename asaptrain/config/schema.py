@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Literal
@@ -284,9 +285,46 @@ def _check(cond: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _check_numbers(cfg: Config) -> None:
+    """Every number finite (an inf learning rate or NaN weight passes every ``> 0`` test), every
+    loss weight and per-worker resource >= 0."""
+    for section in SECTIONS:
+        for f in dataclasses.fields(getattr(cfg, section)):
+            value = getattr(getattr(cfg, section), f.name)
+            values = value.items() if isinstance(value, dict) else [(None, value)]
+            for key, v in values:
+                where = f"{section}.{f.name}" + (f".{key}" if key is not None else "")
+                if isinstance(v, float):
+                    _check(math.isfinite(v), f"{where} must be a finite number, got {v}")
+                if key is not None:  # scaling.resources_per_worker: Ray resource amounts
+                    _check(v >= 0, f"{where} must be >= 0 (an amount of a Ray resource), got {v}")
+    for f in dataclasses.fields(cfg.loss):
+        if f.name.endswith("_weight") and f.type in ("float", float):
+            value = getattr(cfg.loss, f.name)
+            _check(value >= 0, f"loss.{f.name} must be >= 0 (0 disables the term), got {value}")
+
+
+def reject_url_credentials(url: str, where: str, bare_host: bool = False) -> None:
+    """ConfigError when ``url`` carries a ``user:password@`` part; the message shows it without.
+
+    ``bare_host``: a value without a scheme is a host (an endpoint), not a local path. Endpoints
+    and store URIs end up in configs, run metadata and job entrypoints, so credentials are
+    refused rather than stripped: they belong in AWS_* variables or an AWS profile.
+    """
+    rest = url.split("://", 1)[1] if "://" in url else (url if bare_host else "")
+    netloc = rest.split("/", 1)[0]
+    if "@" in netloc:
+        shown = url.replace(netloc, netloc.rsplit("@", 1)[1], 1)
+        raise ConfigError(
+            f"{where} {shown!r} carries a user name or password (user:password@host); remove it and give the "
+            "credentials as AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE: URLs are written into "
+            "configs, run metadata and job submissions")
+
+
 def validate(cfg: Config) -> Config:
     """Cross-field checks; raises ConfigError naming the field. Returns ``cfg``."""
     d, m, t, o, c, e, s = cfg.data, cfg.model, cfg.train, cfg.optim, cfg.curriculum, cfg.eval, cfg.scaling
+    _check_numbers(cfg)
     for name in ("crop_height", "crop_width", "num_labels"):
         _check(getattr(d, name) > 0, f"data.{name} must be > 0, got {getattr(d, name)}")
     for name in ("load_height", "load_width", "max_bad_images", "shuffle_buffer_rows", "prefetch_batches"):
@@ -346,6 +384,8 @@ def validate(cfg: Config) -> Config:
         _check(getattr(e, name) > 0, f"eval.{name} must be > 0, got {getattr(e, name)}")
     _check(0 <= e.blur_strength <= 1, f"eval.blur_strength must be in [0, 1], got {e.blur_strength}")
     _check(bool(cfg.storage.store), "storage.store must not be empty")
+    reject_url_credentials(cfg.storage.store, "storage.store")
+    reject_url_credentials(cfg.storage.s3_endpoint, "storage.s3_endpoint", bare_host=True)
     return cfg
 
 
@@ -384,5 +424,6 @@ __all__ = [
     "ScalingConfig",
     "StorageConfig",
     "validate",
+    "reject_url_credentials",
     "field_docs",
 ]

@@ -27,7 +27,7 @@ from asaptrain.sweep.figure import trials_png
 from asaptrain.sweep.select import best_toml_header, choose, front
 from asaptrain.sweep.space import SweepError, default_space, to_tune, trial_config
 from asaptrain.sweep.speed import ensure_reference, reference_preset, time_trials
-from asaptrain.train.run_files import RunFiles, new_run_name
+from asaptrain.train.run_files import RunFiles, check_name, new_run_name
 
 SWEEPS_PREFIX = "sweeps"
 METRIC_KEYS = {"psnr": "val_psnr", "ssim": "val_ssim"}
@@ -100,28 +100,40 @@ def sweep(
     progress: bool = True,
 ) -> dict:
     """Run (or resume) a sweep and write its results; returns the ``sweep.json`` content."""
-    from asaptrain.data.store import store_from_config
+    from asaptrain.data.s3 import keep_credentials_out_of_tune
+    from asaptrain.data.shards import shard_paths
+    from asaptrain.data.store import resolve_dataset, store_from_config
     from asaptrain.train.launch import ensure_ray, pin_store, resolve_use_gpu, run_polling
+    from asaptrain.train.resources import with_planned_resources
 
     if metric not in METRIC_KEYS:
         raise SweepError(f"--metric must be one of {', '.join(METRIC_KEYS)}, got {metric!r}")
     base = pin_store(replace(base, trial_scaling(base, gpus_per_trial, workers_per_trial)))
     store = store_from_config(base.storage)
-    name = resume or name or new_run_name("sweep")
+    name = check_name(resume or name or new_run_name("sweep"), "sweep name")
+    shard_paths(resolve_dataset(base.data.dataset, store), "train")  # a missing dataset fails here, not per trial
     space = _open_space(store.child(SWEEPS_PREFIX, name), name, resume, space or default_space(base))
     ensure_ray()
+    keep_credentials_out_of_tune()
     use_gpu = resolve_use_gpu(base)
-    parallel = _trials_at_once(base, trials, use_gpu)
+    # Trials get CPUs planned so that Ray Data can read beside them; best.toml keeps the user's.
+    planned = with_planned_resources(base, use_gpu, driver_cpus=TRIAL_DRIVER_CPUS)
+    parallel = _trials_at_once(planned, trials, use_gpu)
     ref = ensure_reference(store, base, reference or reference_preset(base), progress)
     runs_prefix = f"{SWEEPS_PREFIX}/{name}/runs"
-    tuner = _tuner(store, name, base, space, runs_prefix, trials, parallel, metric, grace_reports,
+    tuner = _tuner(store, name, planned, space, runs_prefix, trials, parallel, metric, grace_reports,
                    reduction_factor, search, resume=bool(resume))
     try:
         with _trials_table(store, runs_prefix, base.train.steps) if progress else nullcontext() as update:
             grid = run_polling(tuner.fit, update, every_s=2.0)
     except Exception as exc:
         raise SweepError(f"sweep {name} stopped: {exc}") from exc
-    return write_results(store, name, base, grid, metric, runs_prefix, ref, min_speedup, use_gpu)
+    summary = write_results(store, name, base, grid, metric, runs_prefix, ref, min_speedup, use_gpu)
+    if all(t["status"] == "error" for t in summary["trials"]):
+        first = next((t["error"] for t in summary["trials"] if t["error"]), "no trial ran")
+        raise SweepError(f"no trial of sweep {name} finished (first error: {first}); see "
+                         f"{store.uri_for(SWEEPS_PREFIX, name, 'sweep.json')}")
+    return summary
 
 
 def trial_scaling(base: Config, gpus_per_trial: float | None, workers_per_trial: int | None) -> dict[str, Any]:

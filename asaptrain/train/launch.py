@@ -194,6 +194,7 @@ def fit(
 
     from asaptrain.data.pipeline import train_dataset
     from asaptrain.data.store import store_from_config
+    from asaptrain.train.resources import worker_resources
 
     cfg = pin_store(cfg)
     store = store or store_from_config(cfg.storage)
@@ -202,6 +203,7 @@ def fit(
         start = resume_step(RunFiles(store, name, runs_prefix), cfg, start)
     ensure_ray()
     use_gpu = resolve_use_gpu(cfg)
+    per_worker = worker_resources(cfg, use_gpu)  # leaves Ray Data a CPU, or says what to set
     # Before anything is written: a missing or damaged dataset fails here, naming it, and
     # leaves no half-started run behind.
     dataset = train_dataset(cfg, store)
@@ -221,7 +223,7 @@ def fit(
             "config": to_dict(cfg), "name": name, "use_gpu": use_gpu, "runs_prefix": runs_prefix,
         },
         scaling_config=ray.train.ScalingConfig(
-            num_workers=sc.num_workers, use_gpu=use_gpu, resources_per_worker=sc.resources_per_worker or None,
+            num_workers=sc.num_workers, use_gpu=use_gpu, resources_per_worker=per_worker,
             placement_strategy=sc.placement_strategy,
         ),
         run_config=ray.train.RunConfig(
