@@ -112,13 +112,14 @@ def sweep(
     store = store_from_config(base.storage)
     name = check_name(resume or name or new_run_name("sweep"), "sweep name")
     shard_paths(resolve_dataset(base.data.dataset, store), "train")  # a missing dataset fails here, not per trial
-    space = _open_space(store.child(SWEEPS_PREFIX, name), name, resume, space or default_space(base))
     ensure_ray()
     keep_credentials_out_of_tune()
     use_gpu = resolve_use_gpu(base)
     # Trials get CPUs planned so that Ray Data can read beside them; best.toml keeps the user's.
     planned = with_planned_resources(base, use_gpu, driver_cpus=TRIAL_DRIVER_CPUS)
     parallel = _trials_at_once(planned, trials, use_gpu)
+    # Written only once the inputs and the cluster are known to be usable.
+    space = _open_space(store.child(SWEEPS_PREFIX, name), name, resume, space or default_space(base))
     ref = ensure_reference(store, base, reference or reference_preset(base), progress)
     runs_prefix = f"{SWEEPS_PREFIX}/{name}/runs"
     tuner = _tuner(store, name, planned, space, runs_prefix, trials, parallel, metric, grace_reports,
