@@ -287,10 +287,10 @@ class Store:
                 lambda: self.boto_client().delete_objects(Bucket=self.bucket, Delete=batch)))
 
     def ray_storage(self) -> tuple[str, pafs.FileSystem]:
-        """``(storage_path, storage_filesystem)`` for ``ray.train.RunConfig``.
+        """``(storage_path, storage_filesystem)`` for ``ray.train.RunConfig`` and ``tune.RunConfig``.
 
-        The filesystem carries the credentials (Ray ships it to its workers that way): hand it
-        to Ray only, never print or log it.
+        The filesystem holds no credentials (Ray pickles it to its workers, Tune into
+        ``tuner.pkl``): each process that unpickles it resolves its own from its environment.
         """
         return self.root, self.fs
 

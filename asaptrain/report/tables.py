@@ -41,8 +41,9 @@ def ratio_text(r: dict[str, Any]) -> str:
             how = f"{x['ratio']:.2f}× as fast" if x["ratio"] >= 1 else f"{1 / x['ratio']:.2f}× slower"
             groups.setdefault((x["gpu"], x["height"], x["width"]), []).append(
                 f"{how} in {x['dtype']} ({x['fast_ms']:.2f} vs {x['slow_ms']:.2f} ms/image)")
+    how = f" (timed {r['method']})" if r.get("method") else ""
     return "; ".join(f"{r['fast']} vs {r['slow']} on {gpu} at {h}x{w}: " + ", ".join(parts)
-                     for (gpu, h, w), parts in groups.items())
+                     for (gpu, h, w), parts in groups.items()) + how
 
 
 def tables(report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -91,6 +92,43 @@ def tables(report: dict[str, Any]) -> list[dict[str, Any]]:
                   "; ".join(r["problems"]) or "—"] for r in report["runs"]],
         "notes": ["In tables: the latest finished run of its model, used in the tables above."],
     })
+    return out + sweep_tables(report.get("sweeps") or [])
+
+
+def sweep_tables(sweeps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One table per sweep (``report/sweeps.py`` reads them): each trial's best metric, ms/image,
+    GFLOPs and speedup over DeblurGAN's reference run, which is the first row."""
+    out = []
+    for s in sweeps:
+        if "problem" in s:
+            out.append({"title": f"Sweep {s['name']}", "headers": ["Problem"], "rows": [[s["problem"]]], "notes": []})
+            continue
+        key, speed, ref = s["metric"], s.get("speed") or {}, s.get("reference") or {}
+        best = (s.get("best") or {}).get("trial")
+
+        def cells(name: str, row: dict, speedup: str, front: str, chosen: str, status: str) -> list[str]:
+            return [name, _fmt(finite(row.get(f"best_{key}")), 2), _fmt(finite(row.get("ms_per_image")), 2),
+                    _fmt(finite(row.get("gflops")), 3), speedup, front, chosen, str(row.get("steps", "—")), status]
+
+        rows = [cells(f"{ref.get('preset')} (reference run {ref.get('run')})", ref, "1.00×", "", "",
+                      "reused" if ref.get("reused") else (ref.get("error") or "trained"))] if ref else []
+        for t in sorted(s["trials"], key=lambda t: (finite(t.get("ms_per_image")) is None, t.get("ms_per_image") or 0)):
+            up = finite(t.get("speedup"))
+            rows.append(cells(str(t["trial"]), t, "—" if up is None else f"{up:.2f}×", "yes" if t.get("on_front") else "",
+                              "yes" if t["trial"] == best else "", t.get("status") or "—"))
+        if speed.get("device"):
+            notes = [f"ms/image: every generator timed side by side in one process after the sweep, on "
+                     f"{speed['device']} ({speed.get('threads')} threads), {speed.get('height')}x{speed.get('width')} "
+                     f"{speed.get('dtype')}, batch {speed.get('batch')}."]
+        else:
+            notes = [f"speed not measured: {speed.get('error') or 'no timing in this sweep.json'}"]
+        if (s.get("selection") or {}).get("message"):
+            notes.append(s["selection"]["message"])
+        out.append({"title": f"Sweep {s['name']}: {key.removeprefix('val_').upper()} against ms/image "
+                             f"(front: no other trial beats it on both)",
+                    "headers": ["Trial", f"Best {key}", "ms/image", "GFLOPs", "Speedup vs reference", "Front",
+                                "best.toml", "Steps", "Status"],
+                    "rows": rows, "notes": notes})
     return out
 
 
@@ -122,4 +160,4 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(parts).rstrip() + "\n"
 
 
-__all__ = ["tables", "render_markdown", "ratio_text", "finite"]
+__all__ = ["tables", "sweep_tables", "render_markdown", "ratio_text", "finite"]

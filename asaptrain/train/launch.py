@@ -87,6 +87,9 @@ def _worker(config: dict[str, Any]) -> None:
         group = ray.util.get_current_placement_group()
         if group is not None:
             run_files.dir.write_json("placement_group.json", {"id": group.id.hex()})
+    nodes = dist.gather_objects(ray.get_runtime_context().get_node_id())  # where each rank runs
+    if main:
+        run_files.dir.write_json("worker_nodes.json", nodes)
     checkpoint = worker_checkpoint(ray.train.get_checkpoint(), RunFiles(store, config["name"], config["runs_prefix"]).dir)
     start_step = checkpoint["step"] if checkpoint else 0
     per_worker = cfg.train.batch_size // dist.world_size()
@@ -191,6 +194,7 @@ def fit(
 
     from asaptrain.data.pipeline import train_dataset
     from asaptrain.data.store import store_from_config
+    from asaptrain.train.resources import worker_resources
 
     cfg = pin_store(cfg)
     store = store or store_from_config(cfg.storage)
@@ -199,6 +203,7 @@ def fit(
         start = resume_step(RunFiles(store, name, runs_prefix), cfg, start)
     ensure_ray()
     use_gpu = resolve_use_gpu(cfg)
+    per_worker = worker_resources(cfg, use_gpu)  # leaves Ray Data a CPU, or says what to set
     # Before anything is written: a missing or damaged dataset fails here, naming it, and
     # leaves no half-started run behind.
     dataset = train_dataset(cfg, store)
@@ -218,7 +223,7 @@ def fit(
             "config": to_dict(cfg), "name": name, "use_gpu": use_gpu, "runs_prefix": runs_prefix,
         },
         scaling_config=ray.train.ScalingConfig(
-            num_workers=sc.num_workers, use_gpu=use_gpu, resources_per_worker=sc.resources_per_worker or None,
+            num_workers=sc.num_workers, use_gpu=use_gpu, resources_per_worker=per_worker,
             placement_strategy=sc.placement_strategy,
         ),
         run_config=ray.train.RunConfig(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from typing import Any
 
@@ -38,6 +39,7 @@ class RunFiles:
     """The files of one run in a store: ``RunFiles(store, name)``; paths relative to the run."""
 
     def __init__(self, store, name: str, prefix: str = RUNS_PREFIX):
+        check_name(name, "run name")
         self.store = store
         self.name = name
         self.dir = store.child(*prefix.split("/"), name)
@@ -123,6 +125,20 @@ class RunFiles:
 
     def write_samples(self, step: int, png: bytes) -> None:
         self.dir.write_bytes(f"samples/{step:08d}.png", png)
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_name(name: str, what: str) -> str:
+    """``name`` if it is one directory name that stays inside the store, else a UserError.
+
+    ``--name ../../x`` would otherwise put a run beside the store, or anywhere on the disk.
+    """
+    if not _NAME.fullmatch(name or "") or ".." in name:
+        raise UserError(f"{what} {name!r} is not allowed: use letters, digits, '.', '_' and '-' (no '/' or '..'), "
+                        "starting with a letter or digit, at most 128 characters")
+    return name
 
 
 def new_run_name(prefix: str) -> str:
