@@ -137,7 +137,7 @@ def test_no_credential_in_store_runs_or_ray_logs(head, s3_endpoint, s3_bucket):
     cfg = apply_overrides(get_preset("hybrid-smoke"), [
         f"storage.store={json.dumps(uri)}", f"storage.s3_endpoint={json.dumps(s3_endpoint)}", "train.steps=2",
         "train.log_every=1", "eval.every=2", "train.checkpoint_every=2", "train.sample_every=2",
-        "scaling.num_workers=1", "scaling.use_gpu=false", "scaling.resources_per_worker={CPU = 0.5}",
+        "scaling.num_workers=1", "scaling.use_gpu=false",
         "eval.images=4"])
     result = fit(cfg, name="planted", progress=False)
     assert result.status == "finished", result.error
