@@ -16,22 +16,21 @@ grid's images: a spot in a fixed place shows as a large value).
 from __future__ import annotations
 
 import io
-import json
 import statistics
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from asaptrain.config.io import apply_overrides
+from asaptrain.config.io import replace
 from asaptrain.config.presets import get_preset
 
 PRESETS = ("hybrid-smoke", "deblurgan-smoke")
-RECIPE = (
-    "curriculum.kind=fixed", "curriculum.start=0.5", "eval.blur_strength=0.5", "optim.g_lr=1e-3", "optim.d_lr=5e-4",
-    "optim.decay_start=0.5", "loss.gan_weight=0.1", "loss.l1_weight=10.0", "scaling.num_workers=1",
-    "scaling.use_gpu=false", "scaling.resources_per_worker={CPU = 1}",
-)
-"""The overrides both presets train with (besides steps, seed, crop and dataset)."""
+RECIPE = {
+    "curriculum.kind": "fixed", "curriculum.start": 0.5, "eval.blur_strength": 0.5, "optim.g_lr": 1e-3,
+    "optim.d_lr": 5e-4, "optim.decay_start": 0.5, "loss.gan_weight": 0.1, "loss.l1_weight": 10.0,
+    "scaling.num_workers": 1, "scaling.use_gpu": "false", "scaling.resources_per_worker": {"CPU": 1},
+}
+"""The config changes both presets train with (besides steps, seed, crop and dataset)."""
 
 
 def grid_checks(png: bytes, height: int, width: int, tile: int | None) -> dict:
@@ -79,12 +78,12 @@ def run_quality(
     for seed in seeds:
         for preset in presets:
             name = f"quality-{size}-{preset}-seed{seed}"
-            cfg = apply_overrides(get_preset(preset), [
-                *RECIPE, f"storage.store={json.dumps(store.uri)}", f"data.dataset={json.dumps(dataset)}",
-                f"data.crop_height={size}", f"data.crop_width={size}", f"train.steps={steps}", f"train.seed={seed}",
-                f"train.log_every={max(steps // 10, 1)}", f"eval.every={max(steps // 4, 1)}",
-                f"train.checkpoint_every={steps}", f"train.sample_every={steps}", f"eval.images={val_images}",
-            ])
+            cfg = replace(get_preset(preset), {
+                **RECIPE, "storage.store": store.uri, "data.dataset": dataset, "data.crop_height": size,
+                "data.crop_width": size, "train.steps": steps, "train.seed": seed,
+                "train.log_every": max(steps // 10, 1), "eval.every": max(steps // 4, 1),
+                "train.checkpoint_every": steps, "train.sample_every": steps, "eval.images": val_images,
+            })
             files = RunFiles(store, name)
             if not files.exists():
                 result = fit(cfg, preset=preset, name=name, progress=False)
