@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
+from asaptrain.config.schema import reject_url_credentials
 from asaptrain.errors import UserError
 
 JOB_SCRIPTS = {
@@ -47,6 +48,7 @@ SECRET_ENV_NAMES = ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_T
                     "AWS_SECURITY_TOKEN", "RAY_AUTH_TOKEN")
 _SECRET_PARTS = {"SECRET", "PASSWORD", "PASSWD", "PASS", "TOKEN", "CREDENTIAL", "CREDENTIALS", "PRIVATE", "APIKEY"}
 _SECRET_INFIXES = ("SECRET", "PASSWORD", "ACCESS_KEY", "API_KEY")
+_URL_CREDENTIALS = re.compile(r"://[^/@\s]+@")  # scheme://user:password@host
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 AGENT_RETRIES, AGENT_RETRY_S = 5, 3.0
 
@@ -80,8 +82,8 @@ def _looks_secret(name: str) -> bool:
 
 
 def check_no_secrets(env_vars: dict[str, str], args: list[str] | tuple[str, ...] = (),
-                     store: str | None = None) -> None:
-    """Raise SubmitError if a credential would become job metadata (env var, argument or URI)."""
+                     store: str | None = None, s3_endpoint: str | None = None) -> None:
+    """Raise SubmitError if a credential would become job metadata (env var, argument, URI or endpoint)."""
     values = _secret_values()
     for name, value in env_vars.items():
         if _looks_secret(name):
@@ -97,9 +99,17 @@ def check_no_secrets(env_vars: dict[str, str], args: list[str] | tuple[str, ...]
         if any(v in arg for v in values):
             raise SubmitError("refusing to submit: a job argument holds the value of a credential "
                               "variable (job entrypoints are metadata); pass credentials to the cluster")
+        if _URL_CREDENTIALS.search(arg):
+            raise SubmitError("refusing to submit: a job argument holds a URL with user:password@ (job "
+                              "entrypoints are metadata); remove it and give the cluster its credentials")
     if store and "@" in urlsplit(store).netloc:
         raise SubmitError(f"refusing to submit: the store URI carries credentials ({store.split('@')[-1]}); "
                           "use s3://bucket/prefix and give the cluster its credentials")
+    if s3_endpoint:
+        try:
+            reject_url_credentials(s3_endpoint, "--s3-endpoint", bare_host=True)
+        except UserError as exc:
+            raise SubmitError(f"refusing to submit: {exc}") from None
 
 
 def build_runtime_env(root: Path | str | None = None, *, store: str | None = None,
@@ -114,7 +124,7 @@ def build_runtime_env(root: Path | str | None = None, *, store: str | None = Non
         env_vars["AWS_ENDPOINT_URL_S3"] = s3_endpoint  # Store.open and boto3 both read it
     if region:
         env_vars["AWS_REGION"] = region
-    check_no_secrets(env_vars, store=store)
+    check_no_secrets(env_vars, store=store, s3_endpoint=s3_endpoint)
     return {"working_dir": str(root if root is not None else project_root()),
             "excludes": list(EXCLUDES), "env_vars": env_vars}
 
@@ -133,7 +143,7 @@ def job_entrypoint(job: str, args: list[str] | tuple[str, ...] = (), *, store: s
     if s3_endpoint:
         argv += ["--s3-endpoint", s3_endpoint]
     argv += list(args)
-    check_no_secrets({}, argv)
+    check_no_secrets({}, argv, s3_endpoint=s3_endpoint)
     return shlex.join(argv)
 
 

@@ -166,3 +166,37 @@ def test_bad_toml_file_is_named(tmp_path):
     path.write_text("[train\n")
     with pytest.raises(ConfigError, match="bad.toml is not valid TOML"):
         load_toml(path)
+
+
+@pytest.mark.parametrize("override, words", [
+    ("optim.g_lr=inf", ["optim.g_lr must be a finite number", "inf"]),
+    ("loss.gan_weight=nan", ["loss.gan_weight must be a finite number", "nan"]),
+    ("loss.gp_weight=-10", ["loss.gp_weight must be >= 0", "-10"]),
+    ("scaling.resources_per_worker={CPU = -1}", ["scaling.resources_per_worker.CPU must be >= 0"]),
+    ("scaling.resources_per_worker={GPU = inf}", ["scaling.resources_per_worker.GPU must be a finite number"]),
+    ("storage.s3_endpoint=http://user:pw@minio:9000", ["storage.s3_endpoint", "http://minio:9000", "AWS_PROFILE"]),
+    ("storage.s3_endpoint=user:pw@minio:9000", ["storage.s3_endpoint", "minio:9000"]),
+    ("storage.store=s3://key:pw@bucket/x", ["storage.store", "s3://bucket/x"]),
+])
+def test_non_finite_negative_and_credential_values_are_refused(override, words):
+    with pytest.raises(ConfigError) as err:
+        apply_overrides(get_preset("deblurgan-smoke"), [override])
+    for word in words:
+        assert word in str(err.value)
+    assert ":pw@" not in str(err.value)  # the refusal does not repeat the password
+
+
+def test_dry_run_refuses_an_endpoint_password():
+    res = CliRunner().invoke(main, ["train", "--preset", "deblurgan-smoke", "--s3-endpoint",
+                                    "http://user:hunter22@minio:9000", "--dry-run"])
+    assert res.exit_code == 2 and "storage.s3_endpoint" in res.output
+    assert "hunter22" not in res.output
+
+
+def test_non_utf8_config_is_named(tmp_path):
+    path = tmp_path / "latin1.toml"
+    path.write_bytes("[data]\ndataset = 'caf\u00e9'\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1.toml is not UTF-8 text \(byte 21 is 0xe9\)"):
+        load_toml(path)
+    res = CliRunner().invoke(main, ["config", "show", "--config", str(path)])
+    assert res.exit_code == 2 and "latin1.toml is not UTF-8" in res.output

@@ -88,9 +88,9 @@ def test_wgan_gp_penalty_is_zero_for_a_1_lipschitz_linear_critic():
 
 
 def test_wgan_gp_penalty_with_a_real_multiscale_discriminator():
-    from asaptrain.models import hybrid_discriminator
+    from asaptrain.models import asapnet_discriminator
 
-    D = hybrid_discriminator(True, ndf=4, num_d=2)
+    D = asapnet_discriminator(3, ndf=4, num_d=2)  # the hybrid's: conditional on its RGB input
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     gp = WGANGP().penalty(D, torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32), cond=x)
     assert gp.ndim == 0 and torch.isfinite(gp) and gp >= 0
@@ -222,6 +222,6 @@ def test_pix2pixhd_feature_matching_carries_its_layer_weight(d_layers):
         plain = feature_matching(D(real, x), D(fake, x))
     step = GanStep(cfg, G, D, torch.optim.Adam(G.parameters()), torch.optim.Adam(D.parameters()),
                    build_gan_loss(cfg.loss), None, torch.device("cpu"))
-    terms = step.g_phase(x, fake, real, 1, PhaseTimes(), timed=False)
+    terms, _ = step.g_phase(x, fake, real, PhaseTimes(), timed=False)
     weight = cfg.loss.feature_matching_weight * 4 / (d_layers + 1)
     torch.testing.assert_close(terms["g_fm"].detach(), weight * plain, rtol=1e-4, atol=1e-6)

@@ -184,3 +184,23 @@ def test_error_classification():
         err = describe_error(exc, "reading s3://b/x", "b", "http://minio:9000", creds)
         assert expected in str(err), (exc, str(err))
         _assert_no_secret(str(err), repr(err))
+
+
+def test_filesystem_pickles_without_keys_and_works_after(s3_endpoint, s3_bucket, secret_env):
+    """What Ray and Tune pickle (the filesystem, tuner.pkl) holds no key; the copy resolves its own."""
+    store = Store.open(f"s3://{s3_bucket}/p", s3_endpoint=s3_endpoint)
+    store.write_text("a.txt", "x")
+    path, fs = store.ray_storage()
+    data = pickle.dumps(fs)
+    assert SECRET.encode() not in data and os.environ["AWS_ACCESS_KEY_ID"].encode() not in data
+    with pickle.loads(data).open_input_stream(f"{path}/a.txt") as f:
+        assert f.readall() == b"x"
+
+
+def test_endpoint_with_a_password_is_refused_from_the_environment(monkeypatch):
+    from asaptrain.errors import UserError
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://admin:hunter22@minio:9000")
+    with pytest.raises(UserError) as err:
+        Store.open("s3://bucket/x")
+    assert "AWS_ENDPOINT_URL_S3" in str(err.value) and "hunter22" not in str(err.value)

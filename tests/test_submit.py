@@ -168,3 +168,20 @@ def test_job_script_help(job):
                             timeout=120, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert "--store" in result.stdout
+
+
+@pytest.mark.parametrize("endpoint", ["http://user:hunter22@minio:9000", "user:hunter22@minio:9000"])
+def test_endpoint_password_is_never_sent(endpoint, monkeypatch):
+    for build in (lambda: sub.build_runtime_env(s3_endpoint=endpoint),
+                  lambda: sub.job_entrypoint("train", s3_endpoint=endpoint),
+                  lambda: sub.job_entrypoint("train", ["--s3-endpoint", "http://u:hunter22@minio:9000"]),
+                  lambda: sub.job_entrypoint("train", ["--set", "storage.s3_endpoint=http://u:hunter22@m"])):
+        with pytest.raises(sub.SubmitError, match="refusing") as err:
+            build()
+        assert "hunter22" not in str(err.value)
+    fake = FakeClient()
+    monkeypatch.setattr(sub, "client", lambda address=None: fake)
+    result = CliRunner().invoke(main, ["submit", "train", "--address", "127.0.0.1:1", "--s3-endpoint", endpoint,
+                                       "--", "--preset", "deblurgan-smoke"])
+    assert result.exit_code == 2 and "user:password@" in result.output and "hunter22" not in result.output
+    assert fake.sent is None

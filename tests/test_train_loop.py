@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import sys
+import warnings
 
 import pytest
 import torch
@@ -10,8 +12,10 @@ import torch
 from asaptrain.config.io import apply_overrides
 from asaptrain.train.nets import generator_in_channels
 from asaptrain.config.presets import SMOKE_PRESETS, get_preset
+from asaptrain.data.store import Store
 from asaptrain.train.gan import NonFiniteLoss
 from asaptrain.train.loop import ListReporter, build_state, lr_lambda, train_loop
+from asaptrain.train.run_files import RunFiles
 from asaptrain.train.state import from_bytes, to_bytes
 
 CPU = torch.device("cpu")
@@ -97,6 +101,48 @@ def test_compile_leaves_a_wgan_gp_discriminator_eager():
     assert isinstance(hinge.generator, compiled) and isinstance(hinge.discriminator, compiled)
 
 
+def test_compile_wraps_the_ddp_module_not_the_other_way_round():
+    """DDP's graph-splitting optimizer only sees a compiled DDP module, so the wrap comes first."""
+    compiled = torch._dynamo.eval_frame.OptimizedModule
+    wrapped = []
+    state = build_state(smoke("asapnet-smoke", "train.compile=true"), CPU, lambda m: wrapped.append(m) or m)
+    assert len(wrapped) == 2 and not any(isinstance(m, compiled) for m in wrapped)
+    assert state.generator._orig_mod is wrapped[0] and state.discriminator._orig_mod is wrapped[1]
+
+
+def test_gan_step_reads_the_device_once_per_step_not_once_per_phase(monkeypatch):
+    """The non-finite check must not stall the host on each of the 1 + d_steps phases."""
+    reads = []
+    for name in ("__bool__", "item", "tolist", "__float__"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *a, _original=original, **k):
+            caller = sys._getframe(1).f_code.co_filename
+            if caller.endswith(("asaptrain/train/gan.py", "asaptrain/train/dist.py")):
+                reads.append(f"{caller.rsplit('/', 1)[1]}:{sys._getframe(1).f_lineno}")
+            return _original(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    cfg = smoke("deblurgan-smoke", "train.steps=2", "optim.d_steps=5", "train.log_every=10", "train.checkpoint_every=10",
+                "eval.every=10")
+    train_loop(cfg, tensors(cfg), passthrough, CPU, ListReporter())
+    assert len(reads) == 2, f"host reads {reads} over 2 steps of 6 phases"
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_a_flagged_step_leaves_weights_and_moments_alone(fused):
+    """Fused optimizers skip on the device; one restored unfused (an older checkpoint) still skips."""
+    from asaptrain.train.gan import _step_unless
+
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.Adam([w], lr=0.1, fused=fused)
+    w.grad = torch.ones(3)
+    _step_unless(opt, torch.tensor(1.0))
+    assert torch.equal(w.detach(), torch.ones(3)) and all(float(s["step"]) == 0 for s in opt.state.values())
+    _step_unless(opt, torch.tensor(0.0))
+    assert (w.detach() < 1).all() and float(opt.state[w]["step"]) == 1
+
+
 def test_lr_schedule_constant_then_linear_to_zero():
     f = lr_lambda(100, 0.5)
     assert f(0) == 1 and f(49) == 1 and f(50) == 1 and abs(f(75) - 0.5) < 1e-9 and f(100) == 0
@@ -115,10 +161,17 @@ def test_nonfinite_loss_skip_leaves_weights_untouched():
     from asaptrain.train.nets import build_generator
 
     before = [p.clone() for p in build_generator(cfg).parameters()]
-    state = train_loop(cfg, tensors(cfg, poison=True), passthrough, CPU, ListReporter())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        state = train_loop(cfg, tensors(cfg, poison=True), passthrough, CPU, ListReporter())
     assert state.step == 2
     for a, b in zip(before, state.generator.parameters()):
         assert torch.equal(a, b.detach())
+    # Adam's moments and step count stay as they were, and no scheduler-order warning is raised.
+    for opt in (state.g_opt, state.d_opt):
+        for s in opt.state.values():
+            assert float(s["step"]) == 0 and not s["exp_avg"].any()
+    assert not [w for w in caught if "lr_scheduler" in str(w.message)]
 
 
 def test_channels_last_and_bf16_are_switches_not_changes():
@@ -144,3 +197,13 @@ def test_generator_ema_is_kept_checkpointed_and_used_for_evaluation():
     assert any(not torch.equal(ema[k], live[k]) for k in live)  # an average, not a copy
     saved = from_bytes(to_bytes(rep.last_state))
     assert saved["ema"] is not None and set(saved["ema"]) == set(state.ema.state_dict())
+
+
+def test_ema_generator_stays_in_eval_mode_after_the_runs_timing(tmp_path):
+    """The closing inference timing must not leave the EMA copy (dropout, norms) in training mode."""
+    cfg = smoke("deblurgan-smoke", "optim.ema_decay=0.5", "train.steps=2", "optim.d_steps=1", "model.dropout=0.5")
+    run = RunFiles(Store.open(str(tmp_path)), "ema")
+    state = train_loop(cfg, tensors(cfg), passthrough, CPU, ListReporter(), run=run)
+    assert run.dir.exists("timing.json")
+    assert not state.ema.training and not any(m.training for m in state.ema.modules())
+    assert state.generator.training

@@ -21,8 +21,6 @@ from pathlib import Path
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
-import tomli_w
-
 from asaptrain.config.schema import SECTIONS, Config, ConfigError, validate
 
 
@@ -120,6 +118,8 @@ def to_dict(cfg: Config) -> dict[str, Any]:
 
 def to_toml(cfg: Config) -> str:
     """The whole config as TOML text, every field written out."""
+    import tomli_w  # only where a config is written: the GPU image lacks it unless carried
+
     return tomli_w.dumps(to_dict(cfg))
 
 
@@ -155,9 +155,14 @@ def load_toml(path: str | Path) -> Config:
     """A validated config from a TOML file; errors name the file and the field."""
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_bytes().decode("utf-8"))  # TOML is UTF-8, whatever the locale
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start} is {exc.object[exc.start]:#04x}); "
+                          "save it as UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     return from_dict(raw, source=str(path))

@@ -1,9 +1,10 @@
 """The typed config tree: one dataclass per section, and the cross-field checks.
 
 Every field has a one-line docstring (the string literal under it) that gives its unit.
-Validation happens once, at the edge (``asaptrain.config.io.load_config`` reads TOML and ``--set``
-overrides, then calls :func:`validate`): an unknown or ill-typed field is a
-:class:`ConfigError` naming the field and what it accepts.
+Validation happens where a config is loaded or changed (``asaptrain.config.io``: ``load_config``,
+``from_dict``, ``replace`` all call :func:`validate`): a bad value is a :class:`ConfigError`
+naming the field and what it accepts. The checks include what each model's own dataclass
+refuses, said in config fields (``_check_model``), so a config that validates also builds.
 
     cfg = validate(Config(train=TrainConfig(steps=20)))
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Literal
@@ -104,8 +106,10 @@ class ModelConfig:
     """ASAP-Net tile S: pixels per MLP cell edge (the low-res grid is input / S)."""
     lowres_downsample: int = 16
     """ASAP-Net learned low-res downsampling factor (stride-2 convs = log2 of this)."""
+    lowres_width: int = 64
+    """ASAP-Net low-res stream's first convs (before the last strided one), in channels."""
     lowres_max_channels: int = 1024
-    """ASAP-Net low-res stream's widest layer, in channels."""
+    """ASAP-Net low-res stream's widest layer (last strided conv and the blocks), in channels."""
     lowres_blocks: int = 7
     """ASAP-Net low-res conv-norm-ReLU blocks at the grid resolution."""
     lowres_norm: Norm = "instance"
@@ -117,7 +121,9 @@ class ModelConfig:
     mlp_context: int = 1
     """k (odd): each pixelwise MLP sees the k x k input patch around its pixel (1 = ASAP-Net)."""
     tile_blend: bool = False
-    """Each pixel mixes its 4 nearest tiles' MLPs, bilinearly: no tile seams (4x the MLP FLOPs)."""
+    """Mix neighbouring cells' MLPs near tile edges: no tile seams (see ``blend_band``)."""
+    blend_band: int = 0
+    """Pixels each side of a tile edge where two cells' MLPs mix; 0 = tile_size / 2 (bilinear, 4x the MLP FLOPs; tile_size / 4: 2.25x)."""
     d_conditional: bool = True
     """The discriminator sees the generator's input beside the image (pix2pix-style)."""
     asap_init: Literal["auto", "xavier", "normal", "hyper"] = "auto"
@@ -242,6 +248,8 @@ class StorageConfig:
     """S3-compatible endpoint URL (MinIO, Ceph, R2); empty = AWS."""
     region: str = ""
     """S3 region; empty = AWS_REGION / AWS_DEFAULT_REGION or us-east-1."""
+    outage_s: float = 60.0
+    """Seconds an S3 request keeps retrying an unreachable endpoint (backoff) before the run fails."""
 
 
 @dataclass
@@ -277,9 +285,46 @@ def _check(cond: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _check_numbers(cfg: Config) -> None:
+    """Every number finite (an inf learning rate or NaN weight passes every ``> 0`` test), every
+    loss weight and per-worker resource >= 0."""
+    for section in SECTIONS:
+        for f in dataclasses.fields(getattr(cfg, section)):
+            value = getattr(getattr(cfg, section), f.name)
+            values = value.items() if isinstance(value, dict) else [(None, value)]
+            for key, v in values:
+                where = f"{section}.{f.name}" + (f".{key}" if key is not None else "")
+                if isinstance(v, float):
+                    _check(math.isfinite(v), f"{where} must be a finite number, got {v}")
+                if key is not None:  # scaling.resources_per_worker: Ray resource amounts
+                    _check(v >= 0, f"{where} must be >= 0 (an amount of a Ray resource), got {v}")
+    for f in dataclasses.fields(cfg.loss):
+        if f.name.endswith("_weight") and f.type in ("float", float):
+            value = getattr(cfg.loss, f.name)
+            _check(value >= 0, f"loss.{f.name} must be >= 0 (0 disables the term), got {value}")
+
+
+def reject_url_credentials(url: str, where: str, bare_host: bool = False) -> None:
+    """ConfigError when ``url`` carries a ``user:password@`` part; the message shows it without.
+
+    ``bare_host``: a value without a scheme is a host (an endpoint), not a local path. Endpoints
+    and store URIs end up in configs, run metadata and job entrypoints, so credentials are
+    refused rather than stripped: they belong in AWS_* variables or an AWS profile.
+    """
+    rest = url.split("://", 1)[1] if "://" in url else (url if bare_host else "")
+    netloc = rest.split("/", 1)[0]
+    if "@" in netloc:
+        shown = url.replace(netloc, netloc.rsplit("@", 1)[1], 1)
+        raise ConfigError(
+            f"{where} {shown!r} carries a user name or password (user:password@host); remove it and give the "
+            "credentials as AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE: URLs are written into "
+            "configs, run metadata and job submissions")
+
+
 def validate(cfg: Config) -> Config:
     """Cross-field checks; raises ConfigError naming the field. Returns ``cfg``."""
     d, m, t, o, c, e, s = cfg.data, cfg.model, cfg.train, cfg.optim, cfg.curriculum, cfg.eval, cfg.scaling
+    _check_numbers(cfg)
     for name in ("crop_height", "crop_width", "num_labels"):
         _check(getattr(d, name) > 0, f"data.{name} must be > 0, got {getattr(d, name)}")
     for name in ("load_height", "load_width", "max_bad_images", "shuffle_buffer_rows", "prefetch_batches"):
@@ -289,7 +334,8 @@ def validate(cfg: Config) -> Config:
     want_task = "deblur" if m.name in ("deblurgan", "hybrid") else "labels2photo"
     _check(d.task == want_task, f"data.task must be {want_task!r} for model.name={m.name!r}, got {d.task!r}")
     _check(m.mlp_context >= 1 and m.mlp_context % 2 == 1, f"model.mlp_context must be odd and >= 1, got {m.mlp_context}")
-    for name in ("ngf", "ndf", "num_d", "d_layers", "mlp_depth", "mlp_width", "tile_size", "lowres_downsample"):
+    for name in ("ngf", "ndf", "num_d", "d_layers", "mlp_depth", "mlp_width", "tile_size", "lowres_downsample",
+                 "lowres_width", "lowres_max_channels"):
         _check(getattr(m, name) > 0, f"model.{name} must be > 0, got {getattr(m, name)}")
     _check(0 <= m.dropout < 1, f"model.dropout must be in [0, 1), got {m.dropout}")
     for name in ("tile_size", "lowres_downsample"):
@@ -300,6 +346,8 @@ def validate(cfg: Config) -> Config:
             m.tile_size % m.lowres_downsample == 0,
             f"model.tile_size={m.tile_size} must be a multiple of model.lowres_downsample={m.lowres_downsample}",
         )
+        _check(0 <= m.blend_band <= m.tile_size // 2,
+               f"model.blend_band must be in 0..model.tile_size / 2 = {m.tile_size // 2}, got {m.blend_band}")
         for name, size in (("crop_height", d.crop_height), ("crop_width", d.crop_width)):
             _check(
                 size % m.tile_size == 0,
@@ -321,6 +369,7 @@ def validate(cfg: Config) -> Config:
     for name in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints", "sample_every"):
         _check(getattr(t, name) > 0, f"train.{name} must be > 0, got {getattr(t, name)}")
     _check(t.max_failures >= 0, f"train.max_failures must be >= 0, got {t.max_failures}")
+    _check(0 <= cfg.storage.outage_s <= 3600, f"storage.outage_s must be in [0, 3600] seconds, got {cfg.storage.outage_s}")
     _check(s.num_workers >= 1, f"scaling.num_workers must be >= 1, got {s.num_workers}")
     _check(
         t.batch_size % s.num_workers == 0,
@@ -335,6 +384,8 @@ def validate(cfg: Config) -> Config:
         _check(getattr(e, name) > 0, f"eval.{name} must be > 0, got {getattr(e, name)}")
     _check(0 <= e.blur_strength <= 1, f"eval.blur_strength must be in [0, 1], got {e.blur_strength}")
     _check(bool(cfg.storage.store), "storage.store must not be empty")
+    reject_url_credentials(cfg.storage.store, "storage.store")
+    reject_url_credentials(cfg.storage.s3_endpoint, "storage.s3_endpoint", bare_host=True)
     return cfg
 
 
@@ -373,5 +424,6 @@ __all__ = [
     "ScalingConfig",
     "StorageConfig",
     "validate",
+    "reject_url_credentials",
     "field_docs",
 ]

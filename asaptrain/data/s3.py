@@ -3,18 +3,25 @@
 Kept apart from the Store so the one place that touches secrets is small enough to audit:
 
 - credentials are resolved the way the AWS CLI does (``AWS_ACCESS_KEY_ID`` /
-  ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN``, or ``AWS_PROFILE`` and ``~/.aws``), held
-  in :class:`Credentials` whose repr hides them and which refuses to be pickled;
+  ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN``, or ``AWS_PROFILE`` and ``~/.aws``), in
+  every process that uses the store: the pyarrow filesystem is built without keys (its AWS SDK
+  looks them up the same way), so pickling it for Ray or Tune carries none, and boto3's copy
+  is held in :class:`Credentials`, whose repr hides them and which refuses to be pickled;
+- Ray Tune is kept from copying the driver's credentials into trials
+  (:func:`keep_credentials_out_of_tune`): a worker uses its own node's;
 - the endpoint (MinIO, Ceph, R2; none = AWS) comes from ``--s3-endpoint`` or
   ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``; pyarrow ignores those variables, so it is
   handed to pyarrow explicitly;
-- :func:`retry` retries transient boto3 failures; pyarrow retries with its own strategy;
+- :func:`retry` retries transient boto3 failures; pyarrow retries with exponential backoff for
+  up to ``outage_s`` seconds (:class:`RetryingS3FileSystem`, whose pickle keeps that strategy,
+  so Ray's controller and workers ride out a short outage of the endpoint too);
 - :func:`describe_error` turns any failure into a :class:`StoreError` naming the endpoint and
   bucket and what to check, with every secret scrubbed from the text.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import time
@@ -23,10 +30,16 @@ from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
 
+from asaptrain.config.schema import reject_url_credentials
 from asaptrain.errors import UserError
 
 ATTEMPTS = 4
 """Attempts per S3 request (pyarrow's retry strategy and :func:`retry`) before giving up."""
+
+DEFAULT_OUTAGE_S = 60.0
+"""Seconds a pyarrow S3 operation keeps retrying an unreachable or failing endpoint (storage.outage_s)."""
+BACKOFF_BASE_S = 0.025
+"""pyarrow's AWS default retry strategy sleeps BACKOFF_BASE_S * 2**n before retry n."""
 
 T = TypeVar("T")
 
@@ -121,10 +134,14 @@ def retry(fn: Callable[[], T], attempts: int = ATTEMPTS, base_delay_s: float = 0
 
 def is_store_failure(exc: BaseException) -> bool:
     """Whether ``exc`` is an I/O failure of pyarrow or boto3 (and not, say, a bug)."""
-    from boto3.exceptions import S3UploadFailedError
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    return isinstance(exc, (OSError, ClientError, BotoCoreError, S3UploadFailedError))
+    if isinstance(exc, OSError):
+        return True
+    try:
+        from boto3.exceptions import S3UploadFailedError
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:  # a local store where boto3 is not installed: no boto3 error can have occurred
+        return False
+    return isinstance(exc, (ClientError, BotoCoreError, S3UploadFailedError))
 
 
 def describe_error(exc: BaseException, what: str, bucket: str, endpoint: str | None, credentials: Credentials,
@@ -146,9 +163,33 @@ def describe_error(exc: BaseException, what: str, bucket: str, endpoint: str | N
     return StoreError(f"{what}: {where} failed: {detail}")
 
 
-def connect(s3_endpoint: str | None, region: str | None) -> tuple[pafs.S3FileSystem, str | None, str, Credentials]:
-    """``(filesystem, endpoint URL or None, region, credentials)`` for an S3-compatible store."""
+class RetryingS3FileSystem(pafs.S3FileSystem):
+    """pyarrow's S3 filesystem retrying for ``outage_s`` seconds, also after pickling.
+
+    pyarrow's own pickle drops the retry strategy: the copy Ray's controller and workers get
+    would try 3 times within a second and end the run at the first blip of the endpoint.
+    """
+
+    def __init__(self, outage_s: float = DEFAULT_OUTAGE_S, **kwargs: Any):
+        retries = max(ATTEMPTS, math.ceil(math.log2(max(outage_s, 0) / BACKOFF_BASE_S + 1)))
+        super().__init__(retry_strategy=pafs.AwsDefaultS3RetryStrategy(max_attempts=retries), **kwargs)
+        self._outage_s, self._kwargs = outage_s, kwargs
+
+    def __reduce__(self):
+        return _rebuild_fs, (self._outage_s, self._kwargs)
+
+
+def _rebuild_fs(outage_s: float, kwargs: dict[str, Any]) -> RetryingS3FileSystem:
+    return RetryingS3FileSystem(outage_s, **kwargs)
+
+
+def connect(s3_endpoint: str | None, region: str | None, outage_s: float = DEFAULT_OUTAGE_S
+            ) -> tuple[pafs.S3FileSystem, str | None, str, Credentials]:
+    """``(filesystem, endpoint URL or None, region, credentials)`` for an S3-compatible store;
+    the filesystem's requests retry with backoff for ``outage_s`` seconds."""
     endpoint = s3_endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+    if endpoint:
+        reject_url_credentials(endpoint, "--s3-endpoint / AWS_ENDPOINT_URL_S3", bare_host=True)
     credentials, profile_region = resolve_credentials()
     region = region or os.environ.get("AWS_REGION") or profile_region or "us-east-1"
     kwargs: dict[str, Any] = {}
@@ -156,15 +197,33 @@ def connect(s3_endpoint: str | None, region: str | None) -> tuple[pafs.S3FileSys
         parts = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
         if not parts.hostname:
             raise StoreError(f"--s3-endpoint {safe_url(endpoint)!r} is not a URL like http://host:9000")
-        kwargs["endpoint_override"] = parts.netloc.rsplit("@", 1)[-1] + parts.path.rstrip("/")
+        kwargs["endpoint_override"] = parts.netloc + parts.path.rstrip("/")
         kwargs["scheme"] = parts.scheme
         endpoint = f"{parts.scheme}://{kwargs['endpoint_override']}"
-    if credentials.access_key:
-        kwargs.update(access_key=credentials.access_key, secret_key=credentials.secret_key,
-                      session_token=credentials.token)
-    fs = pafs.S3FileSystem(region=region, connect_timeout=5, request_timeout=60, allow_delayed_open=True,
-                           retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=ATTEMPTS), **kwargs)
+    # No keys handed to pyarrow: its AWS SDK resolves them from this process's environment or
+    # profile, and a pickled filesystem (Ray ships it to every worker and Tune writes it into
+    # tuner.pkl) then holds none; the process that unpickles it resolves its own.
+    fs = RetryingS3FileSystem(outage_s, region=region, connect_timeout=5, request_timeout=60, allow_delayed_open=True,
+                              **kwargs)
     return fs, endpoint, region, credentials
+
+
+CREDENTIAL_ENV_NAMES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
+"""The environment variables that hold S3 credentials."""
+
+
+def keep_credentials_out_of_tune() -> None:
+    """Stop Ray Tune from copying the driver's S3 credentials into every trial's runtime env.
+
+    Tune (``ray/tune/execution/class_cache.py``) passes the driver's ``AWS_ACCESS_KEY_ID`` /
+    ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN`` to each trial as runtime-env variables,
+    which Ray's runtime-env agent logs in plain text. A trial, like every Ray worker, takes its
+    credentials from its own node instead: the node's environment, an AWS profile, an instance
+    role or a Kubernetes Secret.
+    """
+    from ray.tune.execution import class_cache
+
+    class_cache.ENV_VARS_TO_PROPAGATE = set(class_cache.ENV_VARS_TO_PROPAGATE) - set(CREDENTIAL_ENV_NAMES)
 
 
 def boto_client(endpoint: str | None, region: str | None, credentials: Credentials):
@@ -180,4 +239,6 @@ def boto_client(endpoint: str | None, region: str | None, credentials: Credentia
 
 
 __all__ = ["StoreError", "StoreNotFound", "Credentials", "retry", "describe_error", "connect", "boto_client",
-           "safe_url", "error_code", "is_transient", "is_store_failure", "ATTEMPTS"]
+           "CREDENTIAL_ENV_NAMES", "keep_credentials_out_of_tune",
+           "safe_url", "error_code", "is_transient", "is_store_failure", "ATTEMPTS", "DEFAULT_OUTAGE_S",
+           "RetryingS3FileSystem"]

@@ -31,6 +31,11 @@ def default_space(base: Config) -> dict[str, dict]:
     space: dict[str, dict] = {
         "model.mlp_depth": {"choice": [3, 4, 5, 6]},
         "model.mlp_width": {"choice": sorted({max(8, m.mlp_width // 2), m.mlp_width, m.mlp_width * 2})},
+        # The low-res stream is most of the hybrid's cost: its width and depth are searched both ways.
+        "model.lowres_width": {"choice": sorted({max(8, m.lowres_width // 2), m.lowres_width, m.lowres_width * 2})},
+        "model.lowres_max_channels": {"choice": sorted({max(8, m.lowres_max_channels // 2), m.lowres_max_channels,
+                                                         m.lowres_max_channels * 2})},
+        "model.lowres_blocks": {"choice": sorted({max(0, m.lowres_blocks - 2), m.lowres_blocks, m.lowres_blocks + 2})},
         "model.tile_size": {"choice": tiles or [m.tile_size]},
         "model.mlp_context": {"choice": [1, 3, 5]},
         "model.tile_blend": {"choice": [True, False]},

@@ -4,9 +4,12 @@
 
 Each trial is a Tune function that builds and fits a ``TorchTrainer`` (``train.launch.fit``)
 with ``TuneReportCallback``: every Train report becomes a Tune result, so ASHA sees the
-validation PSNR as training goes. Trial runs live under ``STORE/sweeps/NAME/runs/``; the sweep
-writes ``sweep.json`` (every trial), ``best.toml`` (a config ``asaptrain train --config``
-accepts unchanged) and ``trials.png`` (metric vs. step per trial) beside them.
+validation PSNR as training goes. Trial runs live under ``STORE/sweeps/NAME/runs/``. Beside
+them the sweep writes ``sweep.json`` (every trial with its PSNR, ms/image and GFLOPs, DeblurGAN's
+reference point, the speed–quality front), ``best.toml`` (the best trial at least
+``min_speedup`` times faster than DeblurGAN, a config ``asaptrain train --config`` accepts
+unchanged) and ``trials.png``; the reference run and the timing are in ``sweep/speed.py``, the
+choice in ``sweep/select.py``.
 """
 
 from __future__ import annotations
@@ -20,8 +23,11 @@ from typing import Any
 
 from asaptrain.config.schema import Config
 from asaptrain.config.io import from_dict, replace, to_dict, to_toml
+from asaptrain.sweep.figure import trials_png
+from asaptrain.sweep.select import best_toml_header, choose, front
 from asaptrain.sweep.space import SweepError, default_space, to_tune, trial_config
-from asaptrain.train.run_files import RunFiles, new_run_name
+from asaptrain.sweep.speed import ensure_reference, reference_preset, time_trials
+from asaptrain.train.run_files import RunFiles, check_name, new_run_name
 
 SWEEPS_PREFIX = "sweeps"
 METRIC_KEYS = {"psnr": "val_psnr", "ssim": "val_ssim"}
@@ -89,29 +95,46 @@ def sweep(
     search: str = "auto",
     gpus_per_trial: float | None = None,
     workers_per_trial: int | None = None,
+    min_speedup: float = 2.5,
+    reference: str | None = None,
     progress: bool = True,
 ) -> dict:
     """Run (or resume) a sweep and write its results; returns the ``sweep.json`` content."""
-    from asaptrain.data.store import store_from_config
+    from asaptrain.data.s3 import keep_credentials_out_of_tune
+    from asaptrain.data.shards import shard_paths
+    from asaptrain.data.store import resolve_dataset, store_from_config
     from asaptrain.train.launch import ensure_ray, pin_store, resolve_use_gpu, run_polling
+    from asaptrain.train.resources import with_planned_resources
 
     if metric not in METRIC_KEYS:
         raise SweepError(f"--metric must be one of {', '.join(METRIC_KEYS)}, got {metric!r}")
     base = pin_store(replace(base, trial_scaling(base, gpus_per_trial, workers_per_trial)))
     store = store_from_config(base.storage)
-    name = resume or name or new_run_name("sweep")
-    space = _open_space(store.child(SWEEPS_PREFIX, name), name, resume, space or default_space(base))
+    name = check_name(resume or name or new_run_name("sweep"), "sweep name")
+    shard_paths(resolve_dataset(base.data.dataset, store), "train")  # a missing dataset fails here, not per trial
     ensure_ray()
-    parallel = _trials_at_once(base, trials, resolve_use_gpu(base))
+    keep_credentials_out_of_tune()
+    use_gpu = resolve_use_gpu(base)
+    # Trials get CPUs planned so that Ray Data can read beside them; best.toml keeps the user's.
+    planned = with_planned_resources(base, use_gpu, driver_cpus=TRIAL_DRIVER_CPUS)
+    parallel = _trials_at_once(planned, trials, use_gpu)
+    # Written only once the inputs and the cluster are known to be usable.
+    space = _open_space(store.child(SWEEPS_PREFIX, name), name, resume, space or default_space(base))
+    ref = ensure_reference(store, base, reference or reference_preset(base), progress)
     runs_prefix = f"{SWEEPS_PREFIX}/{name}/runs"
-    tuner = _tuner(store, name, base, space, runs_prefix, trials, parallel, metric, grace_reports,
+    tuner = _tuner(store, name, planned, space, runs_prefix, trials, parallel, metric, grace_reports,
                    reduction_factor, search, resume=bool(resume))
     try:
         with _trials_table(store, runs_prefix, base.train.steps) if progress else nullcontext() as update:
             grid = run_polling(tuner.fit, update, every_s=2.0)
     except Exception as exc:
         raise SweepError(f"sweep {name} stopped: {exc}") from exc
-    return write_results(store, name, base, grid, metric, runs_prefix)
+    summary = write_results(store, name, base, grid, metric, runs_prefix, ref, min_speedup, use_gpu)
+    if all(t["status"] == "error" for t in summary["trials"]):
+        first = next((t["error"] for t in summary["trials"] if t["error"]), "no trial ran")
+        raise SweepError(f"no trial of sweep {name} finished (first error: {first}); see "
+                         f"{store.uri_for(SWEEPS_PREFIX, name, 'sweep.json')}")
+    return summary
 
 
 def trial_scaling(base: Config, gpus_per_trial: float | None, workers_per_trial: int | None) -> dict[str, Any]:
@@ -245,7 +268,8 @@ def _search_alg(search: str, seed: int, parallel: int):
     return BasicVariantGenerator(random_state=seed, max_concurrent=parallel)
 
 
-def write_results(store, name: str, base: Config, grid, metric: str, runs_prefix: str) -> dict:
+def write_results(store, name: str, base: Config, grid, metric: str, runs_prefix: str, reference: dict,
+                  min_speedup: float, use_gpu: bool) -> dict:
     key = METRIC_KEYS[metric]
     rows = []
     for res in grid:
@@ -260,49 +284,33 @@ def write_results(store, name: str, base: Config, grid, metric: str, runs_prefix
             ("stopped early" if steps < base.train.steps else "finished"),
             "error": str(res.error).strip().splitlines()[-1][:500] if res.error else None,
         })
-    ok = [r for r in rows if r[f"best_{key}"] is not None and not (isinstance(r[f"best_{key}"], float) and math.isnan(r[f"best_{key}"]))]
-    best = max(ok, key=lambda r: r[f"best_{key}"]) if ok else None
+    speed = time_trials(base, rows, reference, use_gpu)
+    best, selection = choose(rows, key, reference.get("ms_per_image"), min_speedup)
+    on_front = front(rows, key)
+    for r in rows:
+        r["on_front"] = r["trial"] in on_front
     sweep_dir = store.child(SWEEPS_PREFIX, name)
     summary = {"name": name, "metric": key, "trials": rows, "best": best, "base_steps": base.train.steps,
-               "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+               "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "selection": selection, "front": on_front,
+               "speed": speed, "reference": {k: v for k, v in reference.items() if k != "config"}}
+    if selection["below_speedup"] is not False:
+        print(f"[asaptrain] WARNING: {selection['message']}", flush=True)
     if best is not None:
         best_cfg = trial_config(base, best["params"])
-        sweep_dir.write_text("best.toml", to_toml(best_cfg))
+        sweep_dir.write_text("best.toml", best_toml_header(summary) + to_toml(best_cfg))
         summary["best_toml"] = sweep_dir.uri_for("best.toml")
     sweep_dir.write_json("sweep.json", summary)
-    _plot(store, runs_prefix, sweep_dir, key)
+    _plot(store, runs_prefix, sweep_dir, summary)
     return summary
 
 
-def _plot(store, runs_prefix: str, sweep_dir, key: str) -> None:
-    import io
-
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("[asaptrain] matplotlib is not installed: no trials.png (pip install matplotlib)", flush=True)
-        return
-
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+def _plot(store, runs_prefix: str, sweep_dir, summary: dict) -> None:
     runs_dir = store.child(*runs_prefix.split("/"))
-    for run in sorted({p.split("/")[0] for p in runs_dir.list("")}):
-        records = [r for r in RunFiles(store, run, runs_prefix).read_metrics() if r.get("kind") == "eval"]
-        if records:
-            ax.plot([r["step"] for r in records], [r.get(key[4:]) for r in records], marker="o", label=run)
-    ax.set_xlabel("step")
-    ax.set_ylabel(f"validation {key[4:].upper()}")
-    ax.set_title("sweep trials")
-    ax.grid(alpha=0.3)
-    if ax.lines:
-        ax.legend(fontsize=7)
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    sweep_dir.write_bytes("trials.png", buf.getvalue())
+    histories = {run: [r for r in RunFiles(store, run, runs_prefix).read_metrics() if r.get("kind") == "eval"]
+                 for run in sorted({p.split("/")[0] for p in runs_dir.list("")})}
+    png = trials_png(summary, histories)
+    if png is not None:
+        sweep_dir.write_bytes("trials.png", png)
 
 
 @contextmanager

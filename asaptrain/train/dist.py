@@ -1,7 +1,12 @@
 """Rank, world size, device and reductions: the one place that knows about distribution.
 
-Under Ray Train it reads ``ray.train.get_context()``; without Ray (tests, notebooks) it is a
-world of one. Nothing else in asaptrain reads RANK or touches process groups.
+Rank and world size come from the torch.distributed process group that Ray Train's
+``TorchTrainer`` sets up in each worker; the local rank and the device from ``ray.train``
+(``get_context()``, ``ray.train.torch.get_device()``). With no process group (tests,
+notebooks, one worker) it is a world of one. Nothing else in asaptrain touches process groups::
+
+    if dist.is_main(): ...
+    bad = dist.max_over_ranks(flag)   # the same decision on every rank, left on the device
 """
 
 from __future__ import annotations
@@ -48,23 +53,28 @@ def device(use_gpu: bool) -> torch.device:
         return torch.device("cuda", local_rank())
 
 
-def any_true(flag: torch.Tensor) -> bool:
-    """Whether a boolean tensor is true on any rank."""
+def max_over_ranks(flag: torch.Tensor) -> torch.Tensor:
+    """The elementwise maximum of a float tensor over all ranks, left on its device (not read)."""
     if world_size() > 1:
-        flag = flag.to(torch.float32).reshape(1)
-        if torch_dist.get_backend() != "nccl":
-            flag = flag.cpu()
+        on = flag.device
+        flag = flag if torch_dist.get_backend() == "nccl" else flag.cpu()
         torch_dist.all_reduce(flag, op=torch_dist.ReduceOp.MAX)
-    return bool(flag.any())
+        flag = flag.to(on)
+    return flag
+
+
+def gather_objects(value) -> list:
+    """One picklable value from every rank, in rank order (every rank gets the list)."""
+    if world_size() == 1:
+        return [value]
+    out: list = [None] * world_size()
+    torch_dist.all_gather_object(out, value)
+    return out
 
 
 def gather(value: float) -> list[float]:
     """One float from every rank, in rank order (every rank gets the list)."""
-    if world_size() == 1:
-        return [float(value)]
-    out: list = [None] * world_size()
-    torch_dist.all_gather_object(out, float(value))
-    return [float(v) for v in out]
+    return [float(v) for v in gather_objects(float(value))]
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

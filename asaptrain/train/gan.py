@@ -62,13 +62,34 @@ def _frozen(params: list[torch.nn.Parameter]):
             p.requires_grad_(True)
 
 
-def _all_finite(loss: torch.Tensor, params: list[torch.nn.Parameter]) -> bool:
-    """Loss and gradients finite on every rank (one tiny all-reduce), so all ranks decide alike."""
+def _nonfinite(loss: torch.Tensor, params: list[torch.nn.Parameter]) -> torch.Tensor:
+    """A scalar device tensor, nonzero where the loss or a gradient is non-finite on any rank.
+
+    Not read on the host: the optimizer skips on it on the device, and the step reads all its
+    phases' flags at once at its end (one host sync per step, not one per phase).
+    """
     grads = [p.grad for p in params if p.grad is not None]
     bad = ~torch.isfinite(loss.detach().float())
     if grads:
         bad = bad | ~torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()
-    return not dist.any_true(bad)
+    return dist.max_over_ranks(bad.float().reshape(()))  # a scalar, as the fused optimizers take it
+
+
+def _step_unless(opt: torch.optim.Optimizer, bad: torch.Tensor) -> None:
+    """``opt.step()`` that leaves weights, moments and step count as they were where ``bad`` is
+    nonzero, decided on the device: the fused optimizers' ``found_inf`` skip, which
+    ``torch.amp.GradScaler`` drives the same way."""
+    if not all(group.get("fused") for group in opt.param_groups):
+        # Optimizer state from a checkpoint written before the optimizers were fused keeps
+        # ``fused`` off: such an optimizer has no device-side skip, so read the flag here.
+        if not bool(bad):
+            opt.step()
+        return
+    opt.found_inf = bad
+    try:
+        opt.step()
+    finally:
+        del opt.found_inf
 
 
 class GanStep:
@@ -104,7 +125,8 @@ class GanStep:
             return self.D(images, cond)
 
     # ------------------------------------------------------------------ phases
-    def d_phase(self, x, fake, real, step: int, times: PhaseTimes, timed: bool) -> dict[str, torch.Tensor]:
+    def d_phase(self, x, fake, real, times: PhaseTimes, timed: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """One discriminator update; returns its loss terms and its non-finite flag (unread)."""
         t0 = self._mark(timed)
         n = real.shape[0]
         batch = [real, fake.detach()]
@@ -116,9 +138,10 @@ class GanStep:
         terms = {"d_adv": self.gan_loss.d_loss(parts[0], parts[1])}
         if self.gan_loss.has_penalty:
             terms["d_gp"] = self.gan_loss.penalty_at(parts[2], batch[2])
-        return self._update("D", step, terms, self.d_opt, self.d_params, times, timed, t0)
+        return self._update("D", terms, self.d_opt, self.d_params, times, timed, t0)
 
-    def g_phase(self, x, fake, real, step: int, times: PhaseTimes, timed: bool) -> dict[str, torch.Tensor]:
+    def g_phase(self, x, fake, real, times: PhaseTimes, timed: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """One generator update through D; returns its loss terms and its non-finite flag (unread)."""
         t0 = self._mark(timed)
         lc = self.cfg.loss
         with _frozen(self.d_params):
@@ -138,40 +161,42 @@ class GanStep:
                     terms["g_perceptual"] = lc.perceptual_weight * self.perceptual(fake, real).float()
             if lc.l1_weight > 0:
                 terms["g_l1"] = lc.l1_weight * (fake.float() - real.float()).abs().mean()
-            return self._update("G", step, terms, self.g_opt, self.g_params, times, timed, t0)
+            return self._update("G", terms, self.g_opt, self.g_params, times, timed, t0)
 
-    def _update(self, phase: str, step: int, terms: dict[str, torch.Tensor], opt, params, times: PhaseTimes,
-                timed: bool, t0: float) -> dict[str, torch.Tensor]:
-        """Backward and, when everything is finite, the optimizer step of one phase begun at ``t0``.
-
-        Returns the phase's terms and their sum (``"d"`` / ``"g"``), or {} when the step was skipped.
-        """
+    def _update(self, phase: str, terms: dict[str, torch.Tensor], opt, params, times: PhaseTimes, timed: bool,
+                t0: float) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Backward and the optimizer step of one phase begun at ``t0``, skipped on the device
+        where anything is non-finite. Returns the phase's terms and their sum (``"d"`` / ``"g"``),
+        and the non-finite flag, unread."""
         loss = sum(terms.values())
         t1 = self._mark(timed)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         t2 = self._mark(timed)
-        ok = self._check(phase, step, terms, loss, params)
-        if ok:
-            opt.step()
+        bad = _nonfinite(loss, params)
+        _step_unless(opt, bad)
         t3 = self._mark(timed)
         times.forward += (t1 - t0) * 1000
         times.backward += (t2 - t1) * 1000
         times.optimizer += (t3 - t2) * 1000
-        return {**terms, phase.lower(): loss} if ok else {}
+        return {**terms, phase.lower(): loss}, bad
 
-    def _check(self, phase: str, step: int, terms: dict[str, torch.Tensor], loss, params) -> bool:
-        """Step only when loss and gradients are finite everywhere; otherwise name the terms."""
-        if _all_finite(loss, params):
-            return True
-        values = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
-        if self.cfg.train.nonfinite == "skip":
-            print(f"[asaptrain] step {step}: non-finite {phase} gradients ({values}); step skipped", flush=True)
-            return False
-        raise NonFiniteLoss(
-            f"step {step}: non-finite {phase} loss/gradients ({values}); lower optim.g_lr/optim.d_lr, "
-            f"try train.precision=fp32, or set train.nonfinite=skip to skip such steps"
-        )
+    def _check(self, step: int, phases: list[tuple[str, dict[str, torch.Tensor], torch.Tensor]]) -> list[bool]:
+        """Which phases were finite everywhere (one host read for the whole step); a non-finite
+        one (its update already skipped on the device) is reported with its terms, or raises."""
+        ok = [not b for b in torch.stack([bad for _, _, bad in phases]).tolist()]
+        for (phase, terms, _), fine in zip(phases, ok):
+            if fine:
+                continue
+            values = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
+            if self.cfg.train.nonfinite == "skip":
+                print(f"[asaptrain] step {step}: non-finite {phase} gradients ({values}); step skipped", flush=True)
+                continue
+            raise NonFiniteLoss(
+                f"step {step}: non-finite {phase} loss/gradients ({values}); lower optim.g_lr/optim.d_lr, "
+                f"try train.precision=fp32, or set train.nonfinite=skip to skip such steps"
+            )
+        return ok
 
     def __call__(self, x: torch.Tensor, real: torch.Tensor, step: int, times: PhaseTimes, timed: bool) -> StepResult:
         t0 = self._mark(timed)
@@ -179,13 +204,12 @@ class GanStep:
             fake = self.G(x)
         fake = fake.float()
         times.forward += (self._mark(timed) - t0) * 1000
+        phases = [("D", *self.d_phase(x, fake, real, times, timed)) for _ in range(self.cfg.optim.d_steps)]
+        phases.append(("G", *self.g_phase(x, fake, real, times, timed)))
         result = StepResult()
-        for _ in range(self.cfg.optim.d_steps):
-            d_terms = self.d_phase(x, fake, real, step, times, timed)
-            if not d_terms:
+        for (_, terms, _), fine in zip(phases, self._check(step, phases)):
+            if fine:
+                result.losses.update(terms)
+            else:
                 result.skipped = True
-            result.losses.update(d_terms)
-        g_terms = self.g_phase(x, fake, real, step, times, timed)
-        result.skipped = result.skipped or not g_terms
-        result.losses.update(g_terms)
         return result

@@ -29,7 +29,9 @@ from asaptrain.config.io import from_dict, replace, to_dict
 from asaptrain.errors import UserError
 from asaptrain.train.curves import MlflowTarget, attach_curves, check_mlflow
 from asaptrain.train.run_files import RUNS_PREFIX, RunFiles, new_run_name
-from asaptrain.train.state import STATE_FILE, load_file
+from asaptrain.train.outcome import clear_stop, conclude, marked_if_interrupted, stop_instead_of_retry
+from asaptrain.train.resume import resume_step, worker_checkpoint
+from asaptrain.train.state import STATE_FILE
 
 
 class RunError(UserError):
@@ -72,11 +74,11 @@ def _worker(config: dict[str, Any]) -> None:
     import ray.util
 
     from asaptrain.data.pipeline import iter_train_batches, to_model_batch, validation_set
-    from asaptrain.data.store import Store
+    from asaptrain.data.store import store_from_config
     from asaptrain.train.loop import train_loop
 
     cfg = from_dict(config["config"])
-    store = Store.open(config["store"], config["s3_endpoint"] or None, config["region"] or None)
+    store = store_from_config(cfg.storage)
     device = dist.device(config["use_gpu"])
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -87,22 +89,21 @@ def _worker(config: dict[str, Any]) -> None:
         if group is not None:
             run_files.dir.write_json("placement_group.json", {"id": group.id.hex()})
         attach_curves(run_files, cfg, config["name"], MlflowTarget(**config["mlflow"]) if config.get("mlflow") else None)
-    checkpoint = None
-    latest = ray.train.get_checkpoint()
-    if latest is not None:
-        with latest.as_directory() as d:
-            checkpoint = load_file(os.path.join(d, STATE_FILE))
+    nodes = dist.gather_objects(ray.get_runtime_context().get_node_id())  # where each rank runs
+    if main:
+        run_files.dir.write_json("worker_nodes.json", nodes)
+    checkpoint = worker_checkpoint(ray.train.get_checkpoint(), RunFiles(store, config["name"], config["runs_prefix"]).dir)
     start_step = checkpoint["step"] if checkpoint else 0
     per_worker = cfg.train.batch_size // dist.world_size()
     batches = iter(iter_train_batches(
         ray.train.get_dataset_shard("train"), cfg, device, per_worker, epoch_seed=cfg.train.seed + start_step)
     )
     val = validation_set(cfg, store, device) if main else None
-    train_loop(
+    stop_instead_of_retry(lambda: train_loop(
         cfg, batches, to_model_batch, device, RayReporter(), run=run_files,
         val=val, checkpoint=checkpoint, store=store,
         wrap=lambda m: ray.train.torch.prepare_model(m, move_to_device=False),
-    )
+    ), run_files)
 
 
 def _running_local_cluster() -> str | None:
@@ -197,14 +198,18 @@ def fit(
 
     from asaptrain.data.pipeline import train_dataset
     from asaptrain.data.store import store_from_config
+    from asaptrain.train.resources import worker_resources
 
     cfg = pin_store(cfg)
     store = store or store_from_config(cfg.storage)
     name, start = choose_name(store, cfg, preset, name, resume, runs_prefix)
     if mlflow is not None:
         check_mlflow(mlflow)
+    if resume:  # the weights must fit the config before anything of the run is rewritten
+        start = resume_step(RunFiles(store, name, runs_prefix), cfg, start)
     ensure_ray()
     use_gpu = resolve_use_gpu(cfg)
+    per_worker = worker_resources(cfg, use_gpu)  # leaves Ray Data a CPU, or says what to set
     # Before anything is written: a missing or damaged dataset fails here, naming it, and
     # leaves no half-started run behind.
     dataset = train_dataset(cfg, store)
@@ -213,19 +218,19 @@ def fit(
     meta = files.write_run(
         name=name, preset=preset, model=cfg.model.name, task=cfg.data.task, status="running",
         started=time.strftime("%Y-%m-%dT%H:%M:%S%z"), steps=cfg.train.steps, world_size=cfg.scaling.num_workers,
-        use_gpu=use_gpu, steps_done=start,
+        use_gpu=use_gpu, steps_done=start, error=None,
     )
+    clear_stop(files)
     sc = cfg.scaling
     storage_path, storage_fs = store.child(*runs_prefix.split("/")).ray_storage()
     trainer = TorchTrainer(
         _worker,
         train_loop_config={
-            "config": to_dict(cfg), "name": name, "store": cfg.storage.store, "s3_endpoint": cfg.storage.s3_endpoint,
-            "region": cfg.storage.region, "use_gpu": use_gpu, "runs_prefix": runs_prefix,
+            "config": to_dict(cfg), "name": name, "use_gpu": use_gpu, "runs_prefix": runs_prefix,
             "mlflow": asdict(mlflow) if mlflow else None,
         },
         scaling_config=ray.train.ScalingConfig(
-            num_workers=sc.num_workers, use_gpu=use_gpu, resources_per_worker=sc.resources_per_worker or None,
+            num_workers=sc.num_workers, use_gpu=use_gpu, resources_per_worker=per_worker,
             placement_strategy=sc.placement_strategy,
         ),
         run_config=ray.train.RunConfig(
@@ -236,25 +241,15 @@ def fit(
         ),
         datasets={"train": dataset},
     )
-    try:
-        with _progress_bar(files, cfg.train.steps) if progress else nullcontext() as update:
-            error = getattr(run_polling(trainer.fit, update, every_s=1.0), "error", None)
-    except Exception as exc:  # reported below, with the run marked failed
-        error = exc
-    evals = [r for r in files.read_metrics() if r.get("kind") == "eval"]
-    done = max((r["step"] for r in files.read_metrics()), default=start)
-    status = "failed" if error else "finished"
-    files.write_run(**{**meta, "status": status, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                       "steps_done": done, "error": _short(error)})
-    return RunResult(name=name, status=status, uri=files.dir.uri_for(""), steps=done, error=_short(error),
-                     last_eval=evals[-1] if evals else None)
-
-
-def _short(error: BaseException | None) -> str | None:
-    if error is None:
-        return None
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[-1] if text else ''}"[:2000]
+    with marked_if_interrupted(files, meta):
+        try:
+            with _progress_bar(files, cfg.train.steps) if progress else nullcontext() as update:
+                error = getattr(run_polling(trainer.fit, update, every_s=1.0), "error", None)
+        except Exception as exc:  # reported below, with the run marked failed
+            error = exc
+    end = conclude(files, meta, start, error, patience_s=max(60.0, cfg.storage.outage_s))
+    return RunResult(name=name, status=end.status, uri=files.dir.uri_for(""), steps=end.steps, error=end.error,
+                     last_eval=end.last_eval)
 
 
 T = TypeVar("T")

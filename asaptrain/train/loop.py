@@ -8,9 +8,7 @@ files. It reads no environment and touches no process group (``asaptrain.train.d
 
 from __future__ import annotations
 
-import contextlib
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -31,6 +29,7 @@ from asaptrain.train.metrics import (
     to_unit,
 )
 from asaptrain.train.nets import build_discriminator, build_generator, generator_in_channels
+from asaptrain.models.pixel_mlp import pixel_path
 from asaptrain.train.cadence import Cadence, Throughput
 from asaptrain.train.gan import GanStep
 from asaptrain.train.run_files import RunFiles
@@ -74,15 +73,16 @@ def build_state(cfg: Config, device: torch.device, wrap: Callable[[torch.nn.Modu
     if cfg.train.channels_last:
         G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
     ema = make_ema(G) if cfg.optim.ema_decay > 0 else None
-    if cfg.train.compile:
+    G, D = wrap(G), wrap(D)
+    if cfg.train.compile:  # after the DDP wrap: DDP's graph-splitting optimizer needs to see DDP
         G = torch.compile(G)
         # WGAN-GP's penalty differentiates D's gradient (a double backward), which a compiled
         # graph cannot do: D stays eager there.
         D = D if build_gan_loss(cfg.loss).has_penalty else torch.compile(D)
-    G, D = wrap(G), wrap(D)
     o = cfg.optim
-    g_opt = torch.optim.Adam(G.parameters(), lr=o.g_lr, betas=(o.beta1, o.beta2))
-    d_opt = torch.optim.Adam(D.parameters(), lr=o.d_lr, betas=(o.beta1, o.beta2))
+    # Fused: it can skip a non-finite step on the device (``found_inf``), with no host sync.
+    g_opt = torch.optim.Adam(G.parameters(), lr=o.g_lr, betas=(o.beta1, o.beta2), fused=True)
+    d_opt = torch.optim.Adam(D.parameters(), lr=o.d_lr, betas=(o.beta1, o.beta2), fused=True)
     f = lr_lambda(cfg.train.steps, o.decay_start)
     return RunState(
         generator=G, discriminator=D, g_opt=g_opt, d_opt=d_opt,
@@ -207,11 +207,9 @@ class _Loop:
         wait_s = time.perf_counter() - w0
         result = self.step_fn(x, y, step, self.meter.phases, when.timed)
         self.meter.stepped(when.timed, wait_s)
-        # The schedule counts steps, skipped ones (non-finite losses) included: after a skipped
-        # first step torch would warn that a scheduler moved before its optimizer did.
-        with _quiet_scheduler_order() if result.skipped else contextlib.nullcontext():
-            state.g_sched.step()
-            state.d_sched.step()
+        # The schedule counts steps, skipped ones (non-finite losses) included.
+        state.g_sched.step()
+        state.d_sched.step()
         if state.ema is not None:
             update_ema(state.ema, state.generator, cfg.optim.ema_decay)
         state.step = step
@@ -281,13 +279,6 @@ class _Loop:
         self.run.close()  # the curve sinks: last events uploaded, MLflow run ended
 
 
-@contextlib.contextmanager
-def _quiet_scheduler_order():
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
-        yield
-
-
 def _read_uri(uri: str, store) -> bytes:
     """Bytes of an object named by URI (e.g. s3://bucket/weights/vgg19.pth), with the run's endpoint."""
     from asaptrain.data.store import Store
@@ -303,12 +294,13 @@ def _perceptual_on(cfg: Config, store, device):
 
 def _inference_rows(cfg: Config, state: RunState, device: torch.device) -> list[dict]:
     G = state.inference_generator()
+    was_training = G.training  # the EMA copy is always in eval mode, the live G in training mode
     rows = []
     dtypes = ["fp32", "bf16"] if device.type == "cuda" else ["fp32"]
     for dtype in dtypes:
         ms = inference_ms(G, generator_in_channels(cfg), cfg.data.crop_height, cfg.data.crop_width, device,
                           bf16=dtype == "bf16", repeats=20 if device.type == "cuda" else 3, warmup=3 if device.type == "cuda" else 1)
         rows.append({"height": cfg.data.crop_height, "width": cfg.data.crop_width, "batch": 1, "ms": ms,
-                     "dtype": dtype, "gpu": device_name(device)})
-    G.train()
+                     "dtype": dtype, "gpu": device_name(device), "pixel_path": pixel_path(G)})
+    G.train(was_training)
     return rows

@@ -53,10 +53,11 @@ def generator_config(cfg: Config):
         if m.name in ("asapnet", "hybrid"):  # the same generator; the hybrid's class only changes defaults
             return (HybridConfig if m.name == "hybrid" else ASAPNetConfig)(
                 in_channels=generator_in_channels(cfg), out_channels=IMAGE_CHANNELS, residual=m.residual,
-                tile_size=m.tile_size, lowres_downsample=m.lowres_downsample,
+                tile_size=m.tile_size, lowres_downsample=m.lowres_downsample, lowres_width=m.lowres_width,
                 lowres_max_channels=m.lowres_max_channels, lowres_blocks=m.lowres_blocks,
                 lowres_norm=m.lowres_norm, padding=m.padding, mlp_depth=m.mlp_depth, mlp_width=m.mlp_width,
                 mlp_input=m.mlp_input, init=_asap_init(cfg), mlp_context=m.mlp_context, tile_blend=m.tile_blend,
+                blend_band=m.blend_band,
             )
         if m.name == "pix2pixhd":
             return Pix2PixHDConfig(
