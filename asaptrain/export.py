@@ -33,6 +33,7 @@ import inspect
 import json
 import os
 import time
+import types
 import warnings
 from dataclasses import dataclass
 
@@ -45,7 +46,7 @@ from asaptrain.config.schema import Config, validate
 from asaptrain.errors import UserError
 from asaptrain.infer import _multiple, load_weights
 from asaptrain.models.asapnet import ASAPNetGenerator, TentDownsample
-from asaptrain.models.pixel_mlp import PixelMLP
+from asaptrain.models.pixel_mlp import PixelMLP, layer_matrices, pad_input
 from asaptrain.train.nets import build_generator, generator_in_channels
 
 FORMATS = ("onnx", "torchscript", "safetensors")
@@ -139,12 +140,42 @@ class TentConv(nn.Module):
         return num / den
 
 
+def _traceable_tiles(self: PixelMLP, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    """``PixelMLP.forward`` without blending, in ops whose sizes a trace keeps symbolic.
+
+    The training path's strided gather (``as_strided``) and overlap-add (``F.fold``) freeze or
+    refuse traced sizes; for aligned tiles (no blend band) the same rows come from an unfold
+    and a reshape, and the same bmm chain (``layer_matrices``) runs on them.
+    """
+    B, C, H, W = x.shape
+    S, k = self.tile_size, self.context
+    hc, wc = H // S, W // S
+    xp = pad_input(x, k, 0)
+    ck = C * k * k
+    xc = F.unfold(xp, k).view(B, ck, H, W) if k > 1 else xp  # channel c * k^2 + dy * k + dx, as gather_tiles
+    h = xc.reshape(B, ck, hc, S, wc, S).permute(0, 2, 4, 3, 5, 1).reshape(B * hc * wc, S * S, ck)
+    coords = self.coords.reshape(1, S * S, -1).to(h.dtype).expand(h.shape[0], -1, -1)
+    h = torch.cat([h, coords, torch.ones_like(h[..., :1])], dim=-1)
+    widths = [d + 1 for d in self.dims[:-1]] + [self.dims[-1]]
+    mats = layer_matrices(params.reshape(B * hc * wc, self.num_params).to(h.dtype), self.dims, widths)
+    for i, w in enumerate(mats):
+        h = torch.bmm(h, w)
+        h = F.leaky_relu(h, 0.01) if i < len(mats) - 1 else torch.tanh(h)
+    out = self.dims[-1]
+    return h.view(B, hc, wc, S, S, out).permute(0, 5, 1, 3, 2, 4).reshape(B, out, H, W)
+
+
 def exportable(G: nn.Module) -> nn.Module:
     """``G`` (in place) on the paths exporters can trace: matmul MLPs, the tent as a conv."""
     G.eval()
     for module in G.modules():
         if isinstance(module, PixelMLP):
+            if module.band:
+                raise ExportError("model.tile_blend (a blend band of neighbouring cells' MLPs) has no traceable "
+                                  "form with dynamic sizes yet: use --format safetensors, or a run trained with "
+                                  "model.tile_blend=false")
             module.fused = False
+            module.forward = types.MethodType(_traceable_tiles, module)
     if isinstance(G, ASAPNetGenerator) and isinstance(G.lowres.shrink, TentDownsample):
         G.lowres.shrink = TentConv(G.lowres.shrink.factor, G.cfg.in_channels)
     return G
