@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -65,6 +66,11 @@ def _pids_under(*dirs: str) -> list[int]:
     return pids
 
 
+def _ray_start(args: list[str], env: dict[str, str]) -> None:
+    proc = subprocess.run([RAY, "start", *args], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"ray start {' '.join(args)}:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+
+
 def _stop(dirs: list[str]) -> None:
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in _pids_under(*dirs):
@@ -88,14 +94,15 @@ def two_nodes():
     env["RAY_USAGE_STATS_ENABLED"] = "0"
     common = ["--num-cpus=2", "--num-gpus=0", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
     try:
-        subprocess.run([RAY, "start", "--head", f"--port={gcs}", f"--temp-dir={dirs[0]}", "--include-dashboard=true",
-                        "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--ray-client-server-port={client}",
-                        *common, *_node_ports()], env=env, check=True, capture_output=True, timeout=120)
-        subprocess.run([RAY, "start", f"--address=127.0.0.1:{gcs}", f"--temp-dir={dirs[1]}", *common, *_node_ports()],
-                       env=env, check=True, capture_output=True, timeout=120)
+        _ray_start(["--head", f"--port={gcs}", f"--temp-dir={dirs[0]}", "--include-dashboard=true",
+                    "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--ray-client-server-port={client}",
+                    *common, *_node_ports()], env)
+        _ray_start([f"--address=127.0.0.1:{gcs}", f"--temp-dir={dirs[1]}", *common, *_node_ports()], env)
         yield f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dash}"
     finally:
         _stop(dirs)
+        for d in dirs:
+            shutil.rmtree(d, ignore_errors=True)
 
 
 def _train_args(store_uri: str, endpoint: str, name: str) -> list[str]:
