@@ -12,8 +12,11 @@ the output, as ``asaptrain infer`` does. The graph itself does not check sizes.
 Two swaps make the ASAP-Net family exportable; neither changes the numbers beyond float
 rounding (the ONNX check below measures it):
 
-* the pixelwise MLPs run as batched matmuls (``mlp_bmm``): the fused Triton kernel is a
-  CUDA-only custom op that no exporter can see through;
+* the pixelwise MLPs run as batched matmuls on aligned tiles gathered by unfold and reshape
+  (``_traceable_tiles``): the fused Triton kernel is a CUDA-only custom op that no exporter
+  can see through, and the training path's strided gather and fold freeze traced sizes. A
+  generator with ``tile_blend`` (a blend band) has no such form yet: its ONNX / TorchScript
+  export refuses, naming the field; safetensors works for every model;
 * the fixed antialiased shrink before the low-res stream (``TentDownsample``, used when
   ``tile_size > lowres_downsample``) becomes the same tent filter as a strided depthwise conv
   with border renormalization: ONNX has no antialiased bilinear resize in the TorchScript
