@@ -92,7 +92,8 @@ def two_nodes():
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["PYTHONPATH"] = str(ROOT)  # the nodes' workers import this checkout
     env["RAY_USAGE_STATS_ENABLED"] = "0"
-    common = ["--num-cpus=2", "--num-gpus=0", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
+    common = ["--num-cpus=2", "--num-gpus=0", "--node-ip-address=127.0.0.1", "--disable-usage-stats",
+              "--object-store-memory=300000000"]  # 300 MB each: the machine is shared
     try:
         _ray_start(["--head", f"--port={gcs}", f"--temp-dir={dirs[0]}", "--include-dashboard=true",
                     "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--ray-client-server-port={client}",
