@@ -194,8 +194,10 @@ def _decode(data, instance, name: str, source: str, cfg) -> dict[str, Any]:
     return _row(name, source, image=image, edges=edges, ms=(time.perf_counter() - t0) * 1000, ndim=ndim)
 
 
-def _columns(rows: list[dict]) -> dict[str, list]:
-    return {k: [r[k] for r in rows] for k in rows[0]} if rows else {}
+def _columns(rows: list[dict], cfg) -> dict[str, Any]:
+    if not rows:  # every row was finished before: an empty batch, with the columns' types
+        return {k: np.asarray([v])[:0] for k, v in _row("", "", ndim=2 if cfg.data.task == "labels2photo" else 3).items()}
+    return {k: [r[k] for r in rows] for k in rows[0]}
 
 
 def _decode_files(batch: dict[str, np.ndarray], src: Store, cfg) -> dict[str, list]:
@@ -208,7 +210,7 @@ def _decode_files(batch: dict[str, np.ndarray], src: Store, cfg) -> dict[str, li
             rows.append(_row(str(name), str(rel), f"cannot read ({exc})", ndim=2 if cfg.data.task == "labels2photo" else 3))
             continue
         rows.append(_decode(data, None, str(name), str(rel), cfg))
-    return _columns(rows)
+    return _columns(rows, cfg)
 
 
 def _decode_shard_rows(batch: dict[str, np.ndarray], done: frozenset, keep: frozenset, edges: bool, cfg):
@@ -225,7 +227,7 @@ def _decode_shard_rows(batch: dict[str, np.ndarray], done: frozenset, keep: froz
             rows.append(_row(name, source, "no instance map (NULL), and the run uses instance edges", ndim=2))
         else:
             rows.append(_decode(batch["input"][i], inst, name, source, cfg))
-    return _columns(rows)
+    return _columns(rows, cfg)
 
 
 class Predictor:

@@ -5,6 +5,7 @@
 #   train.json      training images/s and model FLOP utilization per full preset
 #   train-hybrid-nearest.json  the hybrid without tile_blend (the cost of the seam-free mixing)
 #   pipeline-*.json images/s Ray Data delivers at 256x256 and 512x1024 crops, blur cost on the GPU
+#   predict.json    `asaptrain predict` images/s on one GPU worker at 720x1280, decode/model/encode ms
 #   runs/           two short real training runs (timing.json: data-wait share of the step)
 #   sweep.txt       a 4-trial hybrid sweep on the one GPU, and a DeblurGAN smoke run for the same steps
 #   smoke.txt       `asaptrain smoke` end to end, with its wall time
@@ -27,6 +28,8 @@ $A data synth --kind photos --count 512 --val-count 32 --size 720x1280 --out "$S
 $A data synth --kind scenes --count 512 --val-count 32 --size 512x1024 --out "$STORE/datasets/synth-scenes"
 $A bench pipeline "$STORE/datasets/synth-photos" --crops 256x256 --batch 16 --json "$OUT/pipeline-256.json"
 $A bench pipeline "$STORE/datasets/synth-scenes" --crops 512x1024 --batch 4 --json "$OUT/pipeline-512x1024.json"
+
+$A bench predict --gpus 1 --images 64 --batch 4 --json "$OUT/predict.json" | tee "$OUT/predict.txt"
 
 # Real runs through Ray Train: the data-wait share of the step is in each run's timing.json.
 $A train --preset deblurgan-gopro --store "$STORE" --name bench-deblurgan --steps 200 --no-progress \

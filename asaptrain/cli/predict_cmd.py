@@ -17,7 +17,7 @@ from asaptrain.cli.groups import friendly_errors, main, s3_endpoint_option
 @click.option("--images", metavar="URI", help="A folder or prefix of JPEG/PNG files (subfolders too, any sizes).")
 @click.option("--out", "out_uri", required=True, metavar="URI",
               help="Output folder: one PNG per input at the same relative name, then predictions.json.")
-@click.option("--split", "splits", multiple=True, help="Dataset split(s) to predict (repeatable) [default: all].")
+@click.option("--split", "splits", multiple=True, type=click.Choice(["train", "val", "test"]), help="Dataset split(s) to predict (repeatable) [default: all].")
 @click.option("--checkpoint", metavar="DIR", help="A checkpoint directory inside the run [default: latest].")
 @click.option("--workers", type=click.IntRange(min=1), help="Model actors [default: one per GPU, or 1 on CPUs].")
 @click.option("--gpus-per-worker", type=click.FloatRange(min=0),
