@@ -74,14 +74,14 @@ def _multiple(cfg: Config) -> int:
 def model_input(array: np.ndarray, cfg: Config, edges: np.ndarray | None = None) -> torch.Tensor:
     """A (1, C, H, W) generator input from an ``input_array`` (``data/decode.py``) (and an (H, W) 0/1
     instance-edge map; without one, a run that uses edges sees no instance boundaries)."""
+    # torch.tensor copies: arrays from Ray Data batches are read-only, which from_numpy warns about
     if cfg.data.task == "labels2photo":
-        ids = torch.from_numpy(np.ascontiguousarray(array)).long()
-        x = F.one_hot(ids, cfg.data.num_labels).permute(2, 0, 1).float()[None]
+        x = F.one_hot(torch.tensor(array).long(), cfg.data.num_labels).permute(2, 0, 1).float()[None]
         if cfg.data.instance_edges:
-            edge = torch.zeros_like(x[:, :1]) if edges is None else torch.from_numpy(edges).float()[None, None]
+            edge = torch.zeros_like(x[:, :1]) if edges is None else torch.tensor(edges).float()[None, None]
             x = torch.cat([x, edge], dim=1)
         return x
-    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).float()[None] / 127.5 - 1
+    return torch.tensor(array).permute(2, 0, 1).float()[None] / 127.5 - 1
 
 
 def read_input(path: Path, cfg: Config) -> np.ndarray:
