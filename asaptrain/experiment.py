@@ -11,12 +11,13 @@ the report lists what is missing.
 
 from __future__ import annotations
 
-import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from asaptrain.config.schema import Config
-from asaptrain.config.io import apply_overrides, from_dict
+from asaptrain.config.io import from_dict, parse_overrides, replace
 from asaptrain.errors import UserError
 from asaptrain.config.presets import get_preset
 
@@ -34,10 +35,10 @@ class StudyPlan:
     """Sweep trials."""
     retrain_best: bool = False
     """Train the sweep's best config again for the preset's full steps."""
-    overrides: list[str] = field(default_factory=list)
-    """--set overrides for every run (storage, scaling, steps)."""
-    sweep_overrides: list[str] = field(default_factory=list)
-    """Extra overrides for the sweep's trials only."""
+    changes: dict[str, Any] = field(default_factory=dict)
+    """Config changes for every run, by dotted key (storage, scaling, steps)."""
+    sweep_changes: dict[str, Any] = field(default_factory=dict)
+    """Extra changes for the sweep's trials only."""
     synth: dict[str, tuple[int, int, int]] = field(default_factory=dict)
     """Synthetic datasets to create first: kind -> (train count, height, width)."""
 
@@ -58,21 +59,24 @@ def ensure_synth(store, kind: str, count: int, size: tuple[int, int], seed: int 
 
 def smoke_plan(store_uri: str, s3_endpoint: str | None, steps: int, trials: int, use_gpu: bool, gpus: int) -> StudyPlan:
     """The smallest study that still runs every part: tiny presets, 2-trial sweep."""
-    overrides = [f"storage.store={json.dumps(store_uri)}", f"train.steps={steps}",
-                 f"train.checkpoint_every={steps}", f"train.log_every={max(1, steps // 4)}",
-                 f"eval.every={max(1, steps // 2)}", f"train.sample_every={max(1, steps // 2)}"]
+    changes: dict[str, Any] = {
+        "storage.store": store_uri, "train.steps": steps, "train.checkpoint_every": steps,
+        "train.log_every": max(1, steps // 4), "eval.every": max(1, steps // 2),
+        "train.sample_every": max(1, steps // 2),
+    }
     if s3_endpoint:
-        overrides.append(f"storage.s3_endpoint={json.dumps(s3_endpoint)}")
+        changes["storage.s3_endpoint"] = s3_endpoint
     if use_gpu:
         workers = max(1, min(2, gpus))
-        overrides += [f"scaling.num_workers={workers}", "scaling.use_gpu=true", f"train.batch_size={4 * workers}"]
-        sweep = ["scaling.num_workers=1"]
+        changes.update({"scaling.num_workers": workers, "scaling.use_gpu": "true", "train.batch_size": 4 * workers})
+        sweep: dict[str, Any] = {"scaling.num_workers": 1}
     else:
         # Two CPU workers of half a CPU each leave a CPU for Ray Data's decoding tasks.
-        overrides += ["scaling.num_workers=2", "scaling.use_gpu=false", "scaling.resources_per_worker={CPU = 0.5}"]
-        sweep = ["scaling.num_workers=1", "train.batch_size=4"]
-    return StudyPlan(presets=SMOKE_TRAIN, sweep_preset="hybrid-smoke", trials=trials, overrides=overrides,
-                     sweep_overrides=sweep, synth={"photos": (48, 64, 64), "scenes": (32, 64, 128)})
+        changes.update({"scaling.num_workers": 2, "scaling.use_gpu": "false",
+                        "scaling.resources_per_worker": {"CPU": 0.5}})
+        sweep = {"scaling.num_workers": 1, "train.batch_size": 4}
+    return StudyPlan(presets=SMOKE_TRAIN, sweep_preset="hybrid-smoke", trials=trials, changes=changes,
+                     sweep_changes=sweep, synth={"photos": (48, 64, 64), "scenes": (32, 64, 128)})
 
 
 def run_study(plan: StudyPlan, progress: bool = True, console=None) -> dict:
@@ -81,12 +85,12 @@ def run_study(plan: StudyPlan, progress: bool = True, console=None) -> dict:
 
     from asaptrain.data.store import store_from_config
     from asaptrain.report.aggregate import aggregate
-    from asaptrain.train.launch import ensure_ray, fit
+    from asaptrain.train.launch import ensure_ray
     from asaptrain.sweep.tune import sweep
 
     console = console or Console()
     t0 = time.perf_counter()
-    base = apply_overrides(get_preset(plan.presets[0] if plan.presets else plan.sweep_preset), plan.overrides)
+    base = replace(get_preset(plan.presets[0] if plan.presets else plan.sweep_preset), plan.changes)
     store = store_from_config(base.storage)
     for kind, (count, h, w) in plan.synth.items():
         console.rule(f"[bold]data: synthetic {kind}")
@@ -95,29 +99,19 @@ def run_study(plan: StudyPlan, progress: bool = True, console=None) -> dict:
     runs = []
     for preset in plan.presets:
         console.rule(f"[bold]train {preset}")
-        try:
-            result = fit(apply_overrides(get_preset(preset), plan.overrides), preset=preset, progress=progress)
-        except UserError as exc:  # e.g. its dataset is not in the store: say so, train the others
-            console.print(f"[red]{preset}: {exc}")
-            runs.append({"preset": preset, "name": None, "status": "failed", "error": str(exc)})
-            continue
-        runs.append({"preset": preset, "name": result.name, "status": result.status, "error": result.error})
+        runs.append(_train(preset, lambda: replace(get_preset(preset), plan.changes), progress, console))
     summary = None
     if plan.sweep_preset:
         console.rule(f"[bold]sweep {plan.sweep_preset} ({plan.trials} trials)")
-        cfg = apply_overrides(get_preset(plan.sweep_preset), plan.overrides + plan.sweep_overrides)
         try:
+            cfg = replace(get_preset(plan.sweep_preset), {**plan.changes, **plan.sweep_changes})
             summary = sweep(cfg, trials=plan.trials, progress=progress)
         except Exception as exc:  # the report shows what is missing; the study goes on
             console.print(f"[red]sweep failed: {exc}")
             summary = {"error": str(exc)}
         if plan.retrain_best and summary and summary.get("best"):
-            best = _best_config(store, summary)
             console.rule("[bold]retrain the sweep's best hybrid")
-            result = fit(apply_overrides(best, [o for o in plan.overrides if not o.startswith("train.steps")]),
-                         preset=f"{plan.sweep_preset}-best", progress=progress)
-            runs.append({"preset": f"{plan.sweep_preset}-best", "name": result.name, "status": result.status,
-                         "error": result.error})
+            runs.append(retrain_best(store, plan, summary, progress, console))
     console.rule("[bold]aggregate")
     report_dir = store.child("reports")
     report = aggregate(store, report_dir)
@@ -125,18 +119,38 @@ def run_study(plan: StudyPlan, progress: bool = True, console=None) -> dict:
             "seconds": time.perf_counter() - t0}
 
 
+def _train(preset: str, build: Callable[[], Config], progress: bool, console) -> dict:
+    """One training run of the study, as its record; a config or run that cannot start is recorded."""
+    from asaptrain.train.launch import fit
+
+    try:
+        result = fit(build(), preset=preset, progress=progress)
+    except UserError as exc:  # e.g. its dataset is not in the store: say so, the study goes on
+        console.print(f"[red]{preset}: {exc}")
+        return {"preset": preset, "name": None, "status": "failed", "error": str(exc)}
+    return {"preset": preset, "name": result.name, "status": result.status, "error": result.error}
+
+
+def retrain_best(store, plan: StudyPlan, summary: dict, progress: bool, console) -> dict:
+    """Train the sweep's best config for the preset's own steps; a failure is recorded, not raised."""
+    keep = {k: v for k, v in plan.changes.items() if k != "train.steps"}
+    return _train(f"{plan.sweep_preset}-best", lambda: replace(_best_config(store, summary), keep), progress, console)
+
+
 def _best_config(store, summary: dict) -> Config:
     import tomllib
 
-    name = summary["name"]
-    return from_dict(tomllib.loads(store.child("sweeps", name).read_text("best.toml")))
+    where = store.child("sweeps", summary["name"])
+    return from_dict(tomllib.loads(where.read_text("best.toml")), source=where.uri_for("best.toml"))
 
 
 def full_plan(store_uri: str, s3_endpoint: str | None, overrides: list[str], trials: int) -> StudyPlan:
-    extra = [f"storage.store={json.dumps(store_uri)}"] + (
-        [f"storage.s3_endpoint={json.dumps(s3_endpoint)}"] if s3_endpoint else [])
+    """The paper-scale study; ``overrides`` are the user's ``--set`` texts for every run."""
+    changes: dict[str, Any] = {"storage.store": store_uri}
+    if s3_endpoint:
+        changes["storage.s3_endpoint"] = s3_endpoint
     return StudyPlan(presets=FULL_TRAIN, sweep_preset="hybrid-deblur", trials=trials, retrain_best=True,
-                     overrides=extra + list(overrides))
+                     changes={**changes, **parse_overrides(overrides)})
 
 
-__all__ = ["StudyPlan", "smoke_plan", "full_plan", "run_study", "ensure_synth"]
+__all__ = ["StudyPlan", "smoke_plan", "full_plan", "run_study", "retrain_best", "ensure_synth"]

@@ -18,26 +18,17 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from asaptrain.config.schema import Config, validate
+from asaptrain.config.schema import Config
 from asaptrain.config.io import from_dict
 from asaptrain.data.decode import input_array
 from asaptrain.data.sources import encode_png
 from asaptrain.errors import UserError
 from asaptrain.train.nets import build_generator
-from asaptrain.train.state import STATE_FILE, from_bytes
+from asaptrain.train.resume import fallback_note, newest_loadable, read_state
 
 
 class InferError(UserError):
     """An input or checkpoint that inference cannot use."""
-
-
-def latest_checkpoint(run_dir) -> str:
-    """Relative path of the newest ``checkpoint_*/state.pt`` in a run directory store."""
-    names = sorted(p for p in run_dir.list("") if p.split("/")[-1].startswith("checkpoint_"))
-    names = [n for n in names if run_dir.exists(f"{n}/{STATE_FILE}")]
-    if not names:
-        raise InferError(f"no checkpoint in {run_dir.uri_for('')}: the run has not saved one yet")
-    return f"{names[-1]}/{STATE_FILE}"
 
 
 def read_run_config(run_dir) -> Config:
@@ -46,13 +37,22 @@ def read_run_config(run_dir) -> Config:
 
     if not run_dir.exists("config.toml"):
         raise InferError(f"{run_dir.uri_for('config.toml')} is missing: is this a run directory?")
-    return validate(from_dict(tomllib.loads(run_dir.read_text("config.toml")), source=run_dir.uri_for("config.toml")))
+    return from_dict(tomllib.loads(run_dir.read_text("config.toml")), source=run_dir.uri_for("config.toml"))
 
 
 def load_generator(run_dir, checkpoint_rel: str | None = None, device: str = "cpu") -> tuple[Config, torch.nn.Module]:
-    """The run's config and its generator (EMA weights when the run kept an EMA)."""
+    """The run's config and its generator (EMA weights when the run kept an EMA), from
+    ``checkpoint_rel`` or else the newest checkpoint that loads (a damaged newer one is named)."""
+    import sys
+
     cfg = read_run_config(run_dir)
-    state = from_bytes(run_dir.read_bytes(checkpoint_rel or latest_checkpoint(run_dir)))
+    if checkpoint_rel:
+        state = read_state(run_dir, checkpoint_rel)
+    else:
+        found = newest_loadable(run_dir)
+        if found.skipped:
+            print(f"[asaptrain] {fallback_note(found)}", file=sys.stderr, flush=True)
+        state = found.state
     G = build_generator(cfg)
     G.load_state_dict(state["ema"] if state.get("ema") is not None else state["generator"])
     return cfg, G.to(device).eval()
@@ -161,17 +161,56 @@ def generate(G: torch.nn.Module, cfg: Config, arrays: list[np.ndarray], edges: l
     return [to_rgb(y) for y in ys]
 
 
+def output_names(inputs: list[str]) -> dict[str, str]:
+    """Input path -> output file name: ``<stem>.png``, or, for inputs that share a stem, the file
+    name with its suffix (``x.jpg.png``) and then as many parent folders as make it unique
+    (``a__x.png.png``). The same file named twice is one output."""
+    paths = list(dict.fromkeys(Path(os.path.abspath(p)) for p in inputs))
+    depth = dict.fromkeys(paths, 0)
+
+    def label(p: Path) -> str:
+        return p.stem if depth[p] == 0 else "__".join((*p.parent.parts[len(p.parent.parts) - depth[p] + 1:], p.name))
+
+    while True:
+        groups: dict[str, list[Path]] = {}
+        for p in paths:
+            groups.setdefault(label(p), []).append(p)
+        clashes = [g for g in groups.values() if len(g) > 1]
+        if not clashes:
+            return {str(p): f"{label(p).lstrip('/')}.png" for p in paths}
+        for group in clashes:
+            for p in group:
+                depth[p] += 1
+
+
+def plan_outputs(inputs: list[str], out_dir: str, overwrite: bool = False) -> list[tuple[Path, str]]:
+    """(input, output path) pairs, checked before any work: an output never replaces an input,
+    and replaces an existing file only with ``overwrite``."""
+    names = output_names(inputs)
+    real_inputs = {os.path.realpath(p) for p in names}
+    plan = [(Path(p), os.path.join(out_dir, n)) for p, n in names.items()]
+    onto_input = [t for _, t in plan if os.path.realpath(t) in real_inputs]
+    if onto_input:
+        raise InferError(f"{onto_input[0]} is an input: writing the output there would replace it; choose another --out")
+    existing = [t for _, t in plan if os.path.exists(t)]
+    if existing and not overwrite:
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise InferError(f"{existing[0]}{more} exists; pass --overwrite to replace, or choose another --out")
+    return plan
+
+
 def infer_files(run_dir, inputs: list[str], out_dir: str, checkpoint_rel: str | None = None,
-                device: str = "auto", tile: int = 1024) -> list[str]:
-    """Write ``OUT/<stem>.png`` for every input; returns the written paths."""
+                device: str = "auto", tile: int = 1024, overwrite: bool = False) -> list[str]:
+    """Write ``OUT/<name>.png`` for every input (names from :func:`output_names`); returns the
+    written paths. Nothing is written when an output would replace an input or, without
+    ``overwrite``, an existing file."""
+    plan = plan_outputs(inputs, out_dir, overwrite)
     dev = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
     cfg, G = load_generator(run_dir, checkpoint_rel, dev)
     os.makedirs(out_dir, exist_ok=True)
     written = []
-    for name in inputs:
-        path = Path(name)
+    for path, target in plan:
         rgb, = generate(G, cfg, [read_input(path, cfg)], tile=tile)
-        target = os.path.join(out_dir, f"{path.stem}.png")
         tmp = target + ".part"
         with open(tmp, "wb") as fh:
             fh.write(encode_png(rgb))

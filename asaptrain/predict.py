@@ -16,30 +16,27 @@ Ray Data runs three stages, so a GPU only ever runs the model:
 The driver counts what comes back (images/s), fails once more than ``max_bad`` inputs were bad,
 and writes ``predictions.json`` last. ``_predict.json``, written before the first output, names
 the run, checkpoint and input an output folder belongs to: a rerun with the same ones skips
-finished outputs (each appears whole, so one that exists is finished); a folder that holds
-other predictions or foreign files is refused. Decode and encode tasks never import torch.
+finished outputs; other folders are refused (``data/outputs.py``). Decode and encode tasks never
+import torch.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import os
-import posixpath
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 import numpy as np
 
 from asaptrain.data.decode import BadImage, edge_map, input_array, open_image
+from asaptrain.data.outputs import (IMAGE_SUFFIXES, JOB_FILE, check_out_folder, finished_outputs, output_name,
+                                    output_names)
 from asaptrain.data.shards import SPLITS, read_manifest, shard_paths
 from asaptrain.data.store import Store, StoreError
 from asaptrain.errors import UserError
 
 MANIFEST = "predictions.json"
-JOB_FILE = "_predict.json"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 ROWS_PER_TASK = 4
 """Images per decode / encode call: decoded images are large and differ in size."""
 TASK_CPUS = 0.5
@@ -80,63 +77,6 @@ class PredictConfig:
     """Inputs that fail to read or decode that are named and skipped before the command fails."""
     s3_endpoint: str = ""
     """S3-compatible endpoint of every s3:// URI here [empty: AWS_ENDPOINT_URL*]."""
-
-
-# ----------------------------------------------------------------------------- names and folders
-
-
-def output_name(rel: str, keep_suffix: bool = False) -> str:
-    """An input's output name (relative to --out): the same name with .png for its suffix, or
-    after it with ``keep_suffix`` (for inputs whose stems meet in one folder: a.jpg, a.png)."""
-    stem = posixpath.splitext(rel)[0] if rel.lower().endswith(IMAGE_SUFFIXES) and not keep_suffix else rel
-    return stem + ".png"
-
-
-def output_names(rels: list[str]) -> tuple[dict[str, str], frozenset[str]]:
-    """Output name of every input, and the inputs that keep their suffix; refuses names that
-    would meet or leave --out."""
-    shared = Counter(output_name(r) for r in rels)
-    keep = frozenset(r for r in rels if shared[output_name(r)] > 1)
-    names = {r: output_name(r, r in keep) for r in rels}
-    clash = [n for n, k in Counter(names.values()).items() if k > 1] + [r for r, k in Counter(rels).items() if k > 1]
-    if clash:
-        raise PredictError(f"two inputs would write the same output {clash[0]!r}: rename one of them")
-    for r, n in names.items():
-        if n.startswith("/") or "\\" in n or any(p in ("", ".", "..") for p in n.split("/")):
-            raise PredictError(f"input {r!r} cannot name an output file inside --out (empty, '.' or '..' parts)")
-    return names, keep
-
-
-def _inside(a: Store, b: Store) -> bool:
-    """Whether ``a`` is ``b`` or below it (same kind of store and endpoint)."""
-    if a.is_s3 != b.is_s3 or a.endpoint != b.endpoint:
-        return False
-    ra, rb = (s.root if s.is_s3 else os.path.realpath(s.root) for s in (a, b))
-    return ra == rb or ra.startswith(rb.rstrip("/") + "/")
-
-
-def _finished(out: Store) -> set[str]:
-    """Outputs already in --out (every write is atomic, so each one that exists is whole)."""
-    return {n for n in out.list(recursive=True, suffix=".png") if not posixpath.basename(n).startswith("_tmp-")}
-
-
-def _check_out(out: Store, source: Store, job: dict[str, Any]) -> bool:
-    """Refuse an --out that is or holds the input, or holds foreign files; True when resuming."""
-    if _inside(out, source) or _inside(source, out):
-        raise PredictError(f"--out {out.uri_for()} and the input {source.uri_for()} overlap: outputs never go "
-                           "into the input's folder; choose another --out")
-    if out.exists(JOB_FILE):
-        prior = out.read_json(JOB_FILE)
-        if {k: prior.get(k) for k in job} != job:
-            raise PredictError(f"{out.uri_for()} holds predictions of run {prior.get('run')} ({prior.get('checkpoint')}) "
-                               f"on {prior.get('input')}; this is run {job['run']} ({job['checkpoint']}) on "
-                               f"{job['input']}: choose another --out")
-        return True
-    foreign = out.list(recursive=True)
-    if foreign:
-        raise PredictError(f"{out.uri_for()} is not empty ({len(foreign)} files, e.g. {foreign[0]}) and was not "
-                           f"written by `asaptrain predict` (no {JOB_FILE}): choose an empty or new --out")
-    return False
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -360,27 +300,39 @@ def predict(pc: PredictConfig, progress: Callable[[dict], None] = lambda info: N
 
     ``progress`` gets ``{"done", "total", "bad", "images_per_s"}`` every 2 s and at the end.
     """
-    from asaptrain.infer import latest_checkpoint, read_run_config
+    from asaptrain.infer import read_run_config
     from asaptrain.train.launch import ensure_ray
+    from asaptrain.train.resume import fallback_note, mismatch, newest_loadable, read_state
+    from asaptrain.train.state import STATE_FILE
 
     if bool(pc.dataset) == bool(pc.images):
         raise PredictError("give exactly one of --dataset and --images")
     run_dir, out, source = (Store.open(u, s3_endpoint=pc.s3_endpoint or None)
                             for u in (pc.run, pc.out, pc.dataset or pc.images))
     cfg = read_run_config(run_dir)
-    ckpt = f"{pc.checkpoint.rstrip('/')}/state.pt" if pc.checkpoint else latest_checkpoint(run_dir)
-    if not run_dir.exists(ckpt):
-        raise PredictError(f"{run_dir.uri_for(ckpt)} does not exist: name a checkpoint directory of the run")
+    if pc.checkpoint:
+        ckpt = f"{pc.checkpoint.rstrip('/')}/{STATE_FILE}"
+        if not run_dir.exists(ckpt):
+            raise PredictError(f"{run_dir.uri_for(ckpt)} does not exist: name a checkpoint directory of the run")
+        state = read_state(run_dir, ckpt)
+    else:
+        found = newest_loadable(run_dir)
+        if found.skipped:
+            print(f"[asaptrain] {fallback_note(found)}", flush=True)
+        ckpt, state = found.rel, found.state
+    if (problem := mismatch(cfg, state)) is not None:  # the actors would fail on it, one by one
+        raise PredictError(f"{run_dir.uri_for(ckpt)} does not fit the run's config.toml: {problem}")
+    del state  # the actors load their own copies; the driver keeps none while they run
     job = {"run": run_dir.uri_for(), "checkpoint": ckpt, "input": source.uri_for(),
            "kind": "dataset" if pc.dataset else "images", "splits": list(pc.splits)}
-    resuming = _check_out(out, source, job)
+    resuming = check_out_folder(out, source, job)
     dataset = None
     if pc.dataset:
         items, paths, keep = _dataset_items(source, cfg.data.task, pc.splits)
         dataset = (paths, keep)
     else:
         items = _image_items(source)
-    done = _finished(out) if resuming else set()
+    done = finished_outputs(out) if resuming else set()
     todo = [it for it in items if it["name"] not in done]
     written, bad, timing, resources = [], [], {}, (0, 0.0, 0.0)
     if todo:

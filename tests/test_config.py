@@ -7,7 +7,7 @@ from click.testing import CliRunner
 
 from asaptrain.cli import main
 from asaptrain.config.schema import Config, ConfigError, field_docs
-from asaptrain.config.io import apply_overrides, from_dict, load_config, load_toml, to_toml
+from asaptrain.config.io import apply_overrides, from_dict, load_config, load_toml, parse_overrides, replace, to_toml
 from asaptrain.config.presets import PRESETS, SMOKE_PRESETS, get_preset
 
 
@@ -78,9 +78,66 @@ def test_bad_overrides_name_the_field(override, words):
 def test_model_task_mismatch_is_an_error():
     with pytest.raises(ConfigError, match="data.task"):
         from_dict({"model": {"name": "asapnet"}}, get_preset("deblurgan-smoke"))
-        load_config("deblurgan-smoke", overrides=["model.name=asapnet"])
+    with pytest.raises(ConfigError, match="data.task"):
+        replace(get_preset("deblurgan-smoke"), {"model.name": "asapnet"})
     with pytest.raises(ConfigError, match="data.task"):
         load_config("deblurgan-smoke", overrides=["model.name=asapnet"])
+
+
+def test_replace_sets_typed_values_and_leaves_the_original():
+    base = get_preset("deblurgan-smoke")
+    cfg = replace(base, {"train.steps": 20, "optim.g_lr": 1, "scaling.resources_per_worker": {"CPU": 2},
+                         "storage.store": "s3://bucket/x"})
+    assert cfg.train.steps == 20 and cfg.optim.g_lr == 1.0 and isinstance(cfg.optim.g_lr, float)
+    assert cfg.scaling.resources_per_worker == {"CPU": 2.0} and cfg.storage.store == "s3://bucket/x"
+    assert base == get_preset("deblurgan-smoke"), "the config replaced from is unchanged"
+    assert replace(base, {}) == base
+    with pytest.raises(ConfigError, match="train.steps must be an integer"):
+        replace(base, {"train.steps": "20"})
+    with pytest.raises(ConfigError, match="unknown field train.nosuch"):
+        replace(base, {"train.nosuch": 1})
+    with pytest.raises(ConfigError, match="not section.field"):
+        replace(base, {"steps": 1})
+    with pytest.raises(ConfigError, match="train.steps must be > 0"):
+        replace(base, {"train.steps": 0})
+
+
+def test_overrides_parse_to_the_changes_replace_takes():
+    assert parse_overrides(["train.steps=3", "data.dataset=123", "loss.gan=hinge", "train.steps=4"]) == {
+        "train.steps": 4, "data.dataset": "123", "loss.gan": "hinge"}
+
+
+@pytest.mark.parametrize(
+    "preset, changes, words, model_refuses",
+    [
+        ("asapnet-smoke", {"data.instance_edges": False}, "model.mlp_input", False),
+        ("pix2pixhd-smoke", {"model.residual": True}, "model.residual", False),
+        ("asapnet-smoke", {"model.residual": True}, "model.residual", True),
+        ("hybrid-smoke", {"model.d_layers": 1}, "model.d_layers", True),
+        ("hybrid-smoke", {"model.lowres_blocks": -1}, "model.lowres_blocks", True),
+        ("deblurgan-smoke", {"model.downsamplings": 0}, "model.downsamplings", True),
+        ("pix2pixhd-smoke", {"model.residual_blocks": 0}, "model.residual_blocks", True),
+        ("pix2pixhd-smoke", {"model.local_enhancers": -1}, "model.local_enhancers", True),
+    ],
+)
+def test_validation_refuses_what_building_the_model_refuses(preset, changes, words, model_refuses):
+    with pytest.raises(ConfigError, match=words):
+        replace(get_preset(preset), changes)
+    if model_refuses:  # the same values, unvalidated, do not build: validation is not stricter than the model
+        from asaptrain.train.nets import build_discriminator, build_generator
+
+        cfg = get_preset(preset)
+        for key, value in changes.items():
+            section, name = key.split(".")
+            setattr(getattr(cfg, section), name, value)
+        with pytest.raises(ConfigError):
+            build_generator(cfg)
+            build_discriminator(cfg)
+
+
+def test_train_dry_run_refuses_a_config_the_model_cannot_build():
+    res = CliRunner().invoke(main, ["train", "--preset", "pix2pixhd-smoke", "--set", "model.residual=true", "--dry-run"])
+    assert res.exit_code == 2 and "model.residual=true needs an image input" in res.output
 
 
 def test_unknown_preset_lists_the_presets():

@@ -98,9 +98,12 @@ def test_submit_train_job_then_aggregate(ray_head, tmp_path):
     out = tmp_path / "report"
     agg = _run(["aggregate", "--store", store.uri, "--out", str(out)])
     assert agg.returncode == 0, agg.stdout[-3000:] + agg.stderr[-3000:]
-    report = (out / "report.md").read_text()
-    assert "deblurgan" in report and "submitted" in report
-    assert json.loads((out / "report.json").read_text())["runs"]
+    assert "submitted" in (out / "report.md").read_text()
+    # Every model has a row in the tables, run or not: the submitted run must be in deblurgan's.
+    report = json.loads((out / "report.json").read_text())
+    row = next(r for r in report["tasks"]["deblur"]["rows"] if r["model"] == "deblurgan")
+    assert row["run"] == "submitted" and row["step"] == 2 and row["psnr"] is not None
+    assert [r["name"] for r in report["runs"]] == ["submitted"]
 
 
 def test_readme_main_command_smoke(tmp_path):
@@ -108,10 +111,12 @@ def test_readme_main_command_smoke(tmp_path):
     store = tmp_path / "store"
     res = _run(["smoke", "--store", str(store), "--steps", "2", "--trials", "2", "--no-progress"], timeout=1500)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
-    report = (store / "reports" / "report.md").read_text()
+    # Every model has a row in the tables, run or not: each row must name its trained run.
+    report = json.loads((store / "reports" / "report.json").read_text())
+    rows = {r["model"]: r for task in report["tasks"].values() for r in task["rows"]}
     for model in ("asapnet", "pix2pixhd", "deblurgan", "hybrid"):
-        assert model in report
-    assert (store / "reports" / "report.json").exists()
+        assert rows[model]["run"] and rows[model]["psnr"] is not None, rows[model]
+        assert rows[model]["run"] in (store / "reports" / "report.md").read_text()
     sweeps = list((store / "sweeps").iterdir())
     assert len(sweeps) == 1 and (sweeps[0] / "best.toml").exists()
     assert "report:" in res.stdout

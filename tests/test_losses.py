@@ -88,9 +88,9 @@ def test_wgan_gp_penalty_is_zero_for_a_1_lipschitz_linear_critic():
 
 
 def test_wgan_gp_penalty_with_a_real_multiscale_discriminator():
-    from asaptrain.models import hybrid_discriminator
+    from asaptrain.models import asapnet_discriminator
 
-    D = hybrid_discriminator(True, ndf=4, num_d=2)
+    D = asapnet_discriminator(3, ndf=4, num_d=2)  # the hybrid's: conditional on its RGB input
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     gp = WGANGP().penalty(D, torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32), cond=x)
     assert gp.ndim == 0 and torch.isfinite(gp) and gp >= 0
@@ -202,3 +202,26 @@ def test_perceptual_weights_from_a_uri_go_through_the_callers_reader(vgg_file):
 
     with pytest.raises(WeightsError, match="s3://bucket/weights/vgg19.pth"):
         build_perceptual(cfg(vgg_weights=uri), read_uri=missing)
+
+
+@pytest.mark.parametrize("d_layers", [3, 2])
+def test_pix2pixhd_feature_matching_carries_its_layer_weight(d_layers):
+    """pix2pixHD scales feature matching by 4 / (n_layers + 1): 1 at its 3 layers, 4/3 at 2."""
+    from asaptrain.config.io import replace
+    from asaptrain.config.presets import get_preset
+    from asaptrain.train.gan import GanStep, PhaseTimes
+    from asaptrain.train.nets import build_discriminator, build_generator, generator_in_channels
+
+    cfg = replace(get_preset("pix2pixhd-smoke"), {"model.d_layers": d_layers, "loss.perceptual": "none"})
+    torch.manual_seed(0)
+    G, D = build_generator(cfg), build_discriminator(cfg)
+    x = torch.rand(2, generator_in_channels(cfg), 32, 64)
+    real = torch.rand(2, 3, 32, 64) * 2 - 1
+    fake = G(x)
+    with torch.no_grad():
+        plain = feature_matching(D(real, x), D(fake, x))
+    step = GanStep(cfg, G, D, torch.optim.Adam(G.parameters()), torch.optim.Adam(D.parameters()),
+                   build_gan_loss(cfg.loss), None, torch.device("cpu"))
+    terms = step.g_phase(x, fake, real, 1, PhaseTimes(), timed=False)
+    weight = cfg.loss.feature_matching_weight * 4 / (d_layers + 1)
+    torch.testing.assert_close(terms["g_fm"].detach(), weight * plain, rtol=1e-4, atol=1e-6)

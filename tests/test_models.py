@@ -9,10 +9,9 @@ import math
 import pytest
 import torch
 
-from asaptrain.config.schema import ConfigError
 from asaptrain.models import (
     ASAPNetConfig, ASAPNetGenerator, DeblurGANConfig, DeblurGANGenerator, HybridConfig, HybridGenerator,
-    Pix2PixHDConfig, ResnetBlock, asapnet_discriminator, deblurgan_discriminator, hybrid_discriminator, pix2pixhd_discriminator,
+    Pix2PixHDConfig, ResnetBlock, asapnet_discriminator, deblurgan_discriminator, pix2pixhd_discriminator,
     pix2pixhd_generator, published_failure, tile_coordinates,
 )
 from asaptrain.models.asapnet import TentDownsample
@@ -44,7 +43,7 @@ def tiny_generators():
 
 def tiny_discriminators():
     yield "asapnet", asapnet_discriminator(5, ndf=4, num_d=2, n_layers=4), 5
-    yield "hybrid", hybrid_discriminator(True, ndf=4, num_d=2), 3
+    yield "hybrid", asapnet_discriminator(3, ndf=4, num_d=2), 3
     yield "pix2pixhd", pix2pixhd_discriminator(5, ndf=4, num_d=2, n_layers=3), 5
     yield "deblurgan", deblurgan_discriminator(0, ndf=4), 0
 
@@ -129,12 +128,17 @@ def naive_asapnet(G: ASAPNetGenerator, x: torch.Tensor) -> torch.Tensor:
             h = torch.nn.functional.leaky_relu(h, 0.01) if layer < len(dims) - 2 else torch.tanh(h)
         return h
 
+    band = (cfg.blend_band or S // 2) if cfg.tile_blend else 0
+
     def neighbours(i: int, cells: int) -> list[tuple[int, float]]:
-        if not cfg.tile_blend:
-            return [(i // S, 1.0)]
-        u = (i + 0.5) / S - 0.5  # position in units of cells, 0 at the first cell's centre
-        lo = math.floor(u)
-        return [(min(max(lo, 0), cells - 1), 1 - (u - lo)), (min(max(lo + 1, 0), cells - 1), u - lo)]
+        """(cell, weight) along one axis: the own cell, mixed linearly with the next one within
+        ``band`` px of their shared edge; the edge cells alone up to the image border."""
+        c, d = i // S, i % S + 0.5  # d: position in the cell, px
+        if d < band and c > 0:
+            return [(c - 1, (band - d) / (2 * band)), (c, (d + band) / (2 * band))]
+        if d > S - band and c < cells - 1:
+            return [(c, (S + band - d) / (2 * band)), (c + 1, (d - S + band) / (2 * band))]
+        return [(c, 1.0)]
 
     out = torch.zeros(B, cfg.out_channels, H, W, dtype=torch.float64)
     for b in range(B):
@@ -152,11 +156,14 @@ def naive_asapnet(G: ASAPNetGenerator, x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-@pytest.mark.parametrize("mlp_input,blend", [("all", False), ("all_but_last", False), ("all", True)])
-def test_fast_pixelwise_mlp_equals_per_pixel_loop(mlp_input, blend):
+@pytest.mark.parametrize("mlp_input,blend,band,context", [
+    ("all", False, 0, 1), ("all_but_last", False, 0, 3), ("all", True, 0, 1), ("all", True, 1, 3),
+    ("all_but_last", True, 2, 3)])
+def test_fast_pixelwise_mlp_equals_per_pixel_loop(mlp_input, blend, band, context):
+    """band 0 = tile_size / 2: the bilinear blend between cell centres; 1: a narrower one."""
     torch.manual_seed(0)
     G = ASAPNetGenerator(tiny_asap(tile_size=4, lowres_downsample=2, mlp_input=mlp_input, init="hyper",
-                                   tile_blend=blend))
+                                   tile_blend=blend, blend_band=band, mlp_context=context))
     with torch.no_grad():
         G.lowres.head.weight.mul_(30)  # make the predicted MLPs far from trivial
         x = random_input(2, 5, 8, 12)
@@ -166,12 +173,13 @@ def test_fast_pixelwise_mlp_equals_per_pixel_loop(mlp_input, blend):
 
 
 def test_channel_padding_for_tensor_cores_changes_nothing():
-    from asaptrain.models.pixel_mlp import mlp_bmm
+    from asaptrain.models.pixel_mlp import mlp_bmm, pad_input
 
-    G = ASAPNetGenerator(tiny_asap(init="hyper", last_layer_scale=1.0))  # dims 5+12 -> 8 -> 8 -> 3: padded
-    x = random_input(2, 5, 16, 24)
+    G = ASAPNetGenerator(tiny_asap(init="hyper", last_layer_scale=1.0, tile_blend=True, mlp_context=3))
+    x = random_input(2, 5, 16, 24)  # dims 5*9+12 -> 8 -> 8 -> 3: padded
     params = G.lowres(x).flatten(0, 2)
-    args = (G.mlp_input(x), params, G.mlp.coords, G.mlp.dims, 8, torch.float32)
+    m = G.mlp
+    args = (pad_input(x, 3, m.band), params, m.coords, m.dims, 8, m.band, 3, torch.float32)
     torch.testing.assert_close(mlp_bmm(*args, pad=True), mlp_bmm(*args, pad=False), rtol=1e-5, atol=1e-6)
 
 
@@ -239,7 +247,7 @@ def test_tile_blend_removes_the_seams_at_tile_edges():
     from asaptrain.models.pixel_mlp import PixelMLP
 
     torch.manual_seed(3)
-    hard, soft = PixelMLP(3, 3, 16, 3, 8, blend=False), PixelMLP(3, 3, 16, 3, 8, blend=True)
+    hard, soft = PixelMLP(3, 3, 16, 3, 8), PixelMLP(3, 3, 16, 3, 8, band=2)
     x = torch.nn.functional.avg_pool2d(random_input(2, 3, 64, 64), 9, 1, 4, count_include_pad=False)  # smooth
     params = torch.randn(2, 8, 8, hard.num_params) * 0.3  # a different MLP in every cell
     edge, inside = _edge_jump(hard(x, params), 8)
@@ -259,7 +267,7 @@ def test_hybrid_default_has_no_fixed_location_spot():
 
 def test_exact_default_hybrid_has_no_spot_and_starts_near_identity():
     torch.manual_seed(4)
-    G = HybridGenerator()  # HybridConfig() as shipped: 81 M parameters, S = 16
+    G = HybridGenerator()  # HybridConfig() as shipped: 5.9 M parameters, S = 16
     gray = torch.full((1, 3, 64, 64), 0.1)
     with torch.no_grad():
         delta = G(gray) - gray
@@ -283,10 +291,10 @@ def test_published_failure_config_drops_the_blue_channel():
     x2[:, 2] = random_input(1, 1, 32, 32)[:, 0]  # new blue channel, same red and green
     assert torch.equal(bad.mlp_input(x), bad.mlp_input(x2)), "the MLPs never see blue"
     params = bad.lowres(x)  # with the per-tile MLPs fixed, blue has no effect on any pixel
-    torch.testing.assert_close(bad.mlp(bad.mlp_input(x2), params), bad.mlp(bad.mlp_input(x), params))
+    torch.testing.assert_close(bad.mlp(bad.mlp_channels(x2), params), bad.mlp(bad.mlp_channels(x), params))
     good = HybridGenerator(tiny_hybrid())
     p = good.lowres(x)
-    assert (good.mlp(good.mlp_input(x2), p) - good.mlp(good.mlp_input(x), p)).abs().max() > 1e-7
+    assert (good.mlp(good.mlp_channels(x2), p) - good.mlp(good.mlp_channels(x), p)).abs().max() > 1e-7
 
 
 def test_deblurgan_residual_output_and_dropout():
@@ -311,56 +319,55 @@ def test_every_smoke_preset_builds_and_runs_through_nets(preset):
     assert D.scales[0].layers[0][0].in_channels == discriminator_in_channels(cfg)
 
 
-def test_nets_rejects_inconsistent_model_fields():
-    cfg = get_preset("asapnet-smoke")
-    cfg.data.instance_edges = False
-    with pytest.raises(ConfigError, match="mlp_input"):
-        build_generator(cfg)
-    cfg = get_preset("pix2pixhd-smoke")
-    cfg.model.residual = True
-    with pytest.raises(ConfigError, match="model.residual"):
-        build_generator(cfg)
+def test_asap_init_follows_the_model():
     cfg = get_preset("hybrid-smoke")
     assert generator_config(cfg).init == "hyper" and generator_config(get_preset("asapnet-smoke")).init == "xavier"
     cfg.model.asap_init = "normal"
     assert generator_config(cfg).init == "normal"
 
 
-@pytest.mark.parametrize("S,depth,mlp_input", [(4, 3, "all"), (8, 5, "all_but_last"), (16, 2, "all")])
-def test_fused_triton_kernel_equals_batched_matmuls(monkeypatch, S, depth, mlp_input):
-    """The CUDA inference kernel, run by Triton's CPU interpreter (fp32), on NCHW and channels-last."""
+@pytest.mark.parametrize("S,depth,mlp_input,blend,context", [
+    (4, 3, "all", False, 1), (8, 5, "all_but_last", True, 3), (16, 2, "all", True, 1), (8, 3, "all", False, 3)])
+def test_fused_triton_kernel_equals_batched_matmuls(monkeypatch, S, depth, mlp_input, blend, context):
+    """The CUDA inference kernel, run by Triton's CPU interpreter (fp32), on NCHW and channels-last input,
+    with and without the blend band and the k x k context it builds from the padded input."""
     pytest.importorskip("triton")
-    from asaptrain.models.pixel_mlp import build_kernel, launch_fused, mlp_bmm
+    from asaptrain.models.pixel_mlp import build_kernel, launch_fused, mlp_bmm, pad_input
 
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     kernel = build_kernel(fresh=True)
     torch.manual_seed(0)
     G = ASAPNetGenerator(tiny_asap(tile_size=S, lowres_downsample=2, mlp_depth=depth, mlp_input=mlp_input,
-                                   init="hyper", last_layer_scale=1.0))
+                                   init="hyper", last_layer_scale=1.0, tile_blend=blend, blend_band=S // 4,
+                                   mlp_context=context))
+    m = G.mlp
     with torch.no_grad():
         G.lowres.head.weight.mul_(10)
         x = random_input(2, 5, 2 * S, 3 * S)
         params = G.lowres(x).flatten(0, 2)
-        want = mlp_bmm(G.mlp_input(x), params, G.mlp.coords, G.mlp.dims, S, torch.float32)
+        geometry = (S, m.band, context)
+        want = mlp_bmm(pad_input(G.mlp_channels(x), context, m.band), params, m.coords, m.dims, *geometry,
+                       torch.float32)
         assert want.std() > 0.1
         for layout in (x, x.contiguous(memory_format=torch.channels_last)):
-            got = launch_fused(G.mlp_input(layout), params, G.mlp.coords, G.mlp.dims, S, kernel=kernel)
-            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+            xp = pad_input(G.mlp_channels(layout), context, m.band)
+            got = launch_fused(xp, params, m.coords, m.dims, *geometry, kernel=kernel)
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=5e-4)  # fp32 sums in another order
 
 
 def test_fused_op_falls_back_to_batched_matmuls_where_the_kernel_cannot_run():
     from asaptrain.models import pixel_mlp
-    from asaptrain.models.pixel_mlp import mlp_bmm, pixel_mlp_op
+    from asaptrain.models.pixel_mlp import extended_coordinates, mlp_bmm, pad_input, pixel_mlp_op
 
-    dims, S = [5 + 8, 8, 8, 3], 4
-    x = random_input(2, 5, 8, 12)
+    dims, S, band, k = [5 * 9 + 8, 8, 8, 3], 4, 1, 3
+    xp = pad_input(random_input(2, 5, 8, 12), k, band)
     params = torch.randn(2 * 2 * 3, sum(a * b + b for a, b in zip(dims, dims[1:]))) * 0.3
-    coords = tile_coordinates(S)
+    coords = extended_coordinates(S, band)
     pixel_mlp._HEALTH.clear()
     with pytest.warns(RuntimeWarning, match="fused pixel-MLP kernel unusable"):
-        got = pixel_mlp_op(x, params, coords, dims, S)  # CPU tensors: no Triton driver
-    torch.testing.assert_close(got, mlp_bmm(x, params, coords, dims, S, torch.float32))
-    torch.library.opcheck(pixel_mlp_op, (x, params, coords, dims, S),
+        got = pixel_mlp_op(xp, params, coords, dims, [S, band, k])  # CPU tensors: no Triton driver
+    torch.testing.assert_close(got, mlp_bmm(xp, params, coords, dims, S, band, k, torch.float32))
+    torch.library.opcheck(pixel_mlp_op, (xp, params, coords, dims, [S, band, k]),
                           test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
 
 
@@ -414,3 +421,34 @@ def test_hybrid_mlp_sees_its_neighbourhood():
     assert G(x).shape == x.shape
     with pytest.raises(ValueError, match="mlp_context"):
         HybridConfig(mlp_context=2)
+
+
+def test_fused_health_check_ignores_the_callers_autocast(monkeypatch):
+    """Under CPU bf16 autocast the fp32 kernel was compared with a bf16 matmul and fell back for nothing."""
+    pytest.importorskip("triton")
+    from asaptrain.models import pixel_mlp
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    kernel = pixel_mlp.build_kernel(fresh=True)
+    monkeypatch.setattr(pixel_mlp, "build_kernel", lambda fresh=False: kernel)
+    monkeypatch.setattr(pixel_mlp, "_HEALTH", {})
+    dims = [3 * 9 + 8, 16, 16, 3]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert pixel_mlp._fused_healthy(torch.device("cpu"), torch.float32, dims, [4, 1, 3])
+
+
+def test_the_pixelwise_path_that_ran_is_recorded(monkeypatch):
+    from asaptrain.models import pixel_mlp
+    from asaptrain.models.pixel_mlp import PixelMLP, pixel_path
+
+    G = HybridGenerator(tiny_hybrid())
+    assert pixel_path(G) is None  # nothing ran yet
+    x = random_input(1, 3, 16, 16)
+    with torch.no_grad():
+        G(x)
+    assert pixel_path(G) == "matmul" and pixel_path(DeblurGANGenerator(DeblurGANConfig(ngf=4))) is None
+    monkeypatch.setattr(PixelMLP, "_use_fused", lambda self, x, params: True)  # as on CUDA, but no driver here
+    monkeypatch.setattr(pixel_mlp, "_HEALTH", {})
+    with torch.no_grad(), pytest.warns(RuntimeWarning, match="unusable"):
+        G(x)
+    assert pixel_path(G).startswith("matmul (fused kernel fell back: ")

@@ -22,7 +22,7 @@ from asaptrain.data.pipeline import (
     validation_batches,
     validation_set,
 )
-from asaptrain.data.shards import ShardWriter
+from asaptrain.data.shards import ShardError, ShardWriter
 from asaptrain.data.store import Store
 
 H, W = 40, 64  # stored image size
@@ -234,3 +234,35 @@ def test_too_many_corrupt_images_stop_the_run(ray_cluster, tmp_path):
     with pytest.raises(DataError, match="more than data.max_bad_images=2") as err:
         list(iter_train_batches(train_dataset(cfg, store), cfg, "cpu", batch_size=2, epochs=1))
     assert "train-001" in str(err.value) and "train-00000.parquet" in str(err.value)
+
+
+def test_a_decode_tasks_data_error_is_found_in_what_ray_hands_over():
+    """Ray hands a task's exception over as a RayTaskError whose ``cause`` is it (nested once
+    more through the split coordinator); the text around it is not the message."""
+    from ray.exceptions import RayTaskError
+
+    from asaptrain.data.pipeline import _data_error
+
+    inner = RayTaskError("decode", "Traceback ...\nDataError: 3 bad images", DataError("3 bad images"))
+    outer = RayTaskError("split", "Traceback ...", inner.as_instanceof_cause())
+    for exc in (inner.as_instanceof_cause(), outer):
+        found = _data_error(exc)
+        assert type(found) is DataError and str(found) == "3 bad images"
+    assert _data_error(RayTaskError("decode", "tb", ValueError("DataError: not one"))) is None
+
+
+@pytest.mark.parametrize("damage", ["truncated", "deleted"])
+def test_training_on_a_damaged_shard_names_it(tmp_path, damage):
+    store = Store.open(str(tmp_path))
+    ds = make_dataset(store.child("ds"), "deblur", 8, val=2)
+    if damage == "deleted":
+        ds.delete("train-00001.parquet")
+    else:
+        data = ds.read_bytes("train-00001.parquet")
+        ds.write_bytes("train-00001.parquet", data[: len(data) // 2])
+    # Checked where the dataset is opened, before Ray reads a byte or a run writes a file.
+    with pytest.raises(ShardError, match=rf"train-00001.parquet.*{damage}.*asaptrain data verify"):
+        train_dataset(config(), store)
+    ds.delete("val-00000.parquet")
+    with pytest.raises(ShardError, match=r"val-00000.parquet.*deleted"):
+        validation_set(config(), store)

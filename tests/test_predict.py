@@ -16,7 +16,8 @@ from asaptrain.config.io import apply_overrides
 from asaptrain.config.presets import get_preset
 from asaptrain.data.store import Store
 from asaptrain.infer import run_tiles
-from asaptrain.predict import JOB_FILE, MANIFEST, PredictConfig, PredictError, output_names, predict
+from asaptrain.data.outputs import JOB_FILE, OutputError, output_names
+from asaptrain.predict import MANIFEST, PredictConfig, PredictError, predict
 from asaptrain.train.loop import ListReporter, train_loop
 from asaptrain.train.nets import build_generator, generator_in_channels
 from asaptrain.train.run_files import RunFiles
@@ -73,9 +74,9 @@ def test_output_names_keep_suffixes_only_where_stems_meet():
     assert names == {"a.jpg": "a.jpg.png", "a.png": "a.png.png", "sub/b.JPEG": "sub/b.png", "c.png": "c.png",
                      "train/key_0001": "train/key_0001.png"}
     assert keep == {"a.jpg", "a.png"}
-    with pytest.raises(PredictError, match="cannot name an output"):
+    with pytest.raises(OutputError, match="cannot name an output"):
         output_names(["train/../../escape"])
-    with pytest.raises(PredictError, match="same output"):
+    with pytest.raises(OutputError, match="same output"):
         output_names(["train/k", "train/k"])
 
 
@@ -86,18 +87,18 @@ def test_out_folders_that_would_mix_or_overwrite_are_refused(tmp_path):
     photos.mkdir()
     (photos / "a.png").write_bytes(png(np.zeros((16, 16, 3), np.uint8)))
     for out, match in ((photos / "pred", "overlap"), (tmp_path, "overlap")):
-        with pytest.raises(PredictError, match=match):
+        with pytest.raises(OutputError, match=match):
             predict(PredictConfig(run=run.uri, images=str(photos), out=str(out)))
     assert sorted(p.name for p in photos.iterdir()) == ["a.png"]
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "x.png").write_bytes(b"someone else's")
-    with pytest.raises(PredictError, match="not written by `asaptrain predict`"):
+    with pytest.raises(OutputError, match="not written by `asaptrain predict`"):
         predict(PredictConfig(run=run.uri, images=str(photos), out=str(foreign)))
     other = tmp_path / "other"
     other.mkdir()
     (other / JOB_FILE).write_text(json.dumps({"run": "/elsewhere/runs/x", "checkpoint": CKPT}))
-    with pytest.raises(PredictError, match="holds predictions of run /elsewhere/runs/x"):
+    with pytest.raises(OutputError, match="holds predictions of run /elsewhere/runs/x"):
         predict(PredictConfig(run=run.uri, images=str(photos), out=str(other)))
     assert (foreign / "x.png").read_bytes() == b"someone else's" and not (other / MANIFEST).exists()
 

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from asaptrain.data.store import Store
-from asaptrain.report.plots import tables
+from asaptrain.report.tables import tables
 from asaptrain.report.aggregate import aggregate, build_report, load_runs
 
 H100 = "NVIDIA H100 80GB HBM3"
@@ -41,12 +41,17 @@ def _timing(gpu, h, w, ms, images_per_s):
                           {"height": h, "width": w, "batch": 1, "ms": ms / 2, "dtype": "bf16", "gpu": gpu}]}
 
 
-def write_run(store, name, model, task, status, *, records=(), timing=None, samples=(), finished=None):
+def write_run(store, name, model, task, status, *, records=(), timing=None, samples=(), finished=None,
+              config=None):
+    """``config``: config.toml's text [default: the model's smoke preset, whose generator the report times]."""
+    from asaptrain.config.io import to_toml
+    from asaptrain.config.presets import get_preset
+
     d = store.child("runs", name)
     d.write_json("run.json", {"name": name, "preset": f"{model}-smoke", "model": model, "task": task,
                               "status": status, "started": "2026-11-01T10:00:00+00:00",
                               "finished": finished, "steps": 40, "world_size": 1, "gpu": "cpu"})
-    d.write_text("config.toml", f'[model]\nname = "{model}"\n[data]\ntask = "{task}"\n')
+    d.write_text("config.toml", to_toml(get_preset(f"{model}-smoke")) if config is None else config)
     d.write_text("metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records))
     if timing:
         d.write_json("timing.json", timing)
@@ -71,7 +76,8 @@ def make_runs(store):
     store.child("runs", "hybrid-failed").write_json("run.json", {
         **store.child("runs", "hybrid-failed").read_json("run.json"), "error": "WorkerGroupError: OOM"})
     write_run(store, "hybrid-noeval", "hybrid", "deblur", "finished", finished="2026-11-03T12:00:00+00:00",
-              records=_train(steps, 0.6), timing=_timing("NVIDIA A10G", 256, 256, 2.0, 90.0))
+              records=_train(steps, 0.6), timing=_timing("NVIDIA A10G", 256, 256, 2.0, 90.0),
+              config='[model]\nname = "hybrid"\nmlp_width = "wide"\n')
 
 
 @pytest.fixture
@@ -102,12 +108,16 @@ def test_report_tables_json_and_pngs(local_store, tmp_path):
     assert rows["deblurgan"]["ssim_gain"] == pytest.approx(0.10)
     assert rows["hybrid"]["run"] == "hybrid-noeval" and rows["hybrid"]["psnr"] is None
     assert "no eval" in rows["hybrid"]["note"]
-    # ratios: computed at a shared GPU + resolution, explained otherwise
+    # ratios: the runs' generators timed side by side here (never 24 / 3 ms from separate runs),
+    # explained where a run's config cannot be rebuilt
     ratios = {r["fast"]: r for r in report["speed"]["ratios"]}
-    assert ratios["asapnet"]["ratio"] == pytest.approx(8.0) and ratios["asapnet"]["dtype"] == "fp32"
-    assert [x["dtype"] for x in ratios["asapnet"]["settings"]] == ["fp32", "bf16"]
-    assert ratios["hybrid"]["ratio"] is None and "different GPUs" in ratios["hybrid"]["reason"]
-    assert "8.00×" in md and "not computed" in md
+    asap = ratios["asapnet"]
+    assert asap["ratio"] > 0 and asap["ratio"] == pytest.approx(asap["slow_ms"] / asap["fast_ms"])
+    assert (asap["gpu"], asap["height"], asap["width"], asap["dtype"]) == ("cpu", 64, 128, "fp32")
+    assert asap["method"] == "side by side in the report's process"
+    assert ratios["hybrid"]["ratio"] is None and "mlp_width" in ratios["hybrid"]["reason"]
+    assert "side by side" in md and "not computed" in md
+    assert {r["ms_per_image"] for r in report["speed"]["rows"] if r["model"] == "pix2pixhd"} == {24.0, 12.0}
     # every run listed, with what it lacks
     runs = {r["name"]: r for r in report["runs"]}
     assert set(runs) == {"asapnet-a", "pix2pixhd-old", "pix2pixhd-b", "deblurgan-c", "hybrid-failed", "hybrid-noeval"}

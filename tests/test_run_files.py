@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from asaptrain.data.store import Store
-from asaptrain.train.run_files import RunFiles
+from asaptrain.train.run_files import MetricsError, RunFiles
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -37,3 +37,18 @@ def test_non_finite_numbers_become_null(store):
     run.add_metrics({"step": 1, "loss/g": float("nan")})
     run.flush(durable=True)
     assert run.read_metrics() == [{"step": 1, "loss/g": None}]
+
+
+def test_torn_last_line_is_dropped_and_a_bad_middle_line_is_named(store):
+    run = RunFiles(store, "t")
+    run.add_metrics({"step": 1, "kind": "train"})
+    run.add_metrics({"step": 2, "kind": "train"})
+    run.flush(durable=True)
+    good = run.dir.read_text("metrics.jsonl")
+    run.dir.write_text("metrics.jsonl", good + '{"step": 3, "kin')  # a crash mid-append
+    assert [r["step"] for r in run.read_metrics()] == [1, 2]
+    run.truncate_after(2)  # what a resume does: the torn line is gone from the file too
+    assert run.dir.read_text("metrics.jsonl") == good
+    run.dir.write_text("metrics.jsonl", '{"step": 1}\n{"ste\n{"step": 3}\n')
+    with pytest.raises(MetricsError, match=r"metrics.jsonl line 2"):
+        run.read_metrics()

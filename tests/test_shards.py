@@ -92,6 +92,23 @@ def test_manifest_errors(tmp_path):
         read_manifest(store)
 
 
+
+@pytest.mark.parametrize("damage, field", [
+    (lambda m: m["shards"][0].pop("bytes"), r"shards\[0\]\.bytes"),
+    (lambda m: m["shards"].__setitem__(1, "train-00001.parquet"), r"shards\[1\] is not an object"),
+    (lambda m: m["shards"][2].__setitem__("rows", "two"), r"shards\[2\]\.rows"),
+    (lambda m: m["shards"][0].__setitem__("split", "dev"), r"shards\[0\]\.split"),
+])
+def test_malformed_manifest_entries_are_named(dataset, damage, field):
+    manifest = dataset.read_json(MANIFEST)
+    damage(manifest)
+    dataset.write_json(MANIFEST, manifest)
+    problems = verify(dataset)  # no KeyError / TypeError: one message naming the entry and field
+    assert len(problems) == 1 and "manifest.json" in problems[0], problems
+    assert __import__("re").search(field, problems[0]), problems[0]
+    with pytest.raises(ManifestError, match=field):
+        shard_paths(dataset, "train")
+
 def test_verify_names_each_damaged_shard(dataset):
     path = dataset.path
     data = open(path("train-00000.parquet"), "rb").read()

@@ -5,6 +5,10 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -129,6 +133,33 @@ def test_folder_names_unreadable_files(tmp_path):
     assert {r["target_format"] for r in rows.values()} == {"png", "jpeg"}  # webp re-encoded as png
 
 
+
+def _bomb_png(path, side: int = 40_000) -> None:
+    """A PNG whose header claims side x side pixels (far past PIL's bomb limit) and holds no pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0))
+                     + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("size", [None, "16x32"])
+def test_decompression_bomb_is_skipped_and_named(tmp_path, size):
+    root = tmp_path / "photos"
+    rng = np.random.default_rng(5)
+    for i in range(3):
+        _save(root / f"img{i}.png", rng.integers(0, 256, (H, W, 3), dtype=np.uint8))
+    _bomb_png(root / "bomb.png")
+    args = ["data", "folder", "--root", str(root), "--out", str(tmp_path / "out"), "--val-fraction", "0",
+            "--workers", "1"] + (["--size", size] if size else [])
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "skipped 1 files" in result.output and "bomb.png" in result.output
+    assert read_manifest(Store.open(str(tmp_path / "out")))["splits"]["train"]["rows"] == 3
+
 def test_synth_scenes_follow_cityscapes_encoding():
     ids, instances, photo = street_scene(np.random.default_rng(3), 64, 128)
     assert ids.dtype == np.uint8 and photo.shape == (64, 128, 3)
@@ -208,3 +239,46 @@ def test_cli_synth_cityscapes_and_bench(cityscapes_root, tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "ingest.json").read_text())
     assert report["rows"] == 3 and {p["phase"] for p in report["phases"]} >= {"read (pyarrow)", "decode pil x1"}
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline") as fh:
+            return fh.read()
+    except FileNotFoundError:
+        return ""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False
+
+
+def test_converter_workers_exit_when_the_parent_is_killed(tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    proc = subprocess.Popen([sys.executable, "-m", "asaptrain", "data", "synth", "--kind", "photos", "--count", "4000",
+                             "--size", "128x128", "--out", str(tmp_path / "out"), "--workers", "2"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    workers: list[int] = []
+    while time.time() < deadline and len(workers) < 2:
+        workers = [p for p in _children(proc.pid) if "spawn_main" in _cmdline(p)]
+        time.sleep(0.2)
+    assert len(workers) == 2, "the conversion never started its worker processes"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 15
+    while time.time() < deadline and any(_alive(p) for p in workers):
+        time.sleep(0.2)
+    left = [p for p in workers if _alive(p)]
+    for p in left:
+        os.kill(p, signal.SIGKILL)
+    assert not left, f"worker processes {left} outlived their killed parent"

@@ -71,7 +71,19 @@ def test_cpu_sweep_stops_early_and_best_config_trains(store):
     on_disk = sweep_dir.read_json("sweep.json")
     assert on_disk["best"]["params"] == summary["best"]["params"]
     assert sweep_dir.exists("trials.png")
+    # Speed next to quality: every trial timed beside DeblurGAN's reference, trained once for it.
+    ref = on_disk["reference"]
+    assert ref["preset"] == "deblurgan-smoke" and not ref["reused"] and ref["error"] is None
+    assert store.child("sweeps", "references", ref["run"]).exists("run.json")
+    assert ref["best_val_psnr"] > 0 and ref["ms_per_image"] > 0 and ref["gflops"] > 0
+    assert on_disk["speed"]["device"] == "cpu" and on_disk["speed"]["error"] is None
+    assert all(t["ms_per_image"] > 0 and t["gflops"] > 0 and t["speedup"] > 0 for t in on_disk["trials"])
+    assert on_disk["front"] and set(on_disk["front"]) <= {t["trial"] for t in trials}
+    below = on_disk["selection"]["below_speedup"]
+    assert on_disk["best"]["below_speedup"] is below and below is (on_disk["best"]["speedup"] < 2.5)
     best_path = sweep_dir.path("best.toml")
+    header = open(best_path).read().split("\n\n")[0]
+    assert header.startswith("# Best config of sweep cpu-sweep") and ("BELOW THE SPEEDUP" in header) is below
     best = load_toml(best_path)
     for key, value in summary["best"]["params"].items():
         section, name = key.split(".")
@@ -83,6 +95,7 @@ def test_cpu_sweep_stops_early_and_best_config_trains(store):
     with pytest.raises(SweepError, match="--resume cpu-sweep"):
         sweep(base, trials=4, name="cpu-sweep", space=space, progress=False)
     again = sweep(base, trials=4, resume="cpu-sweep", progress=False)
+    assert again["reference"]["reused"] and again["reference"]["run"] == ref["run"]  # not trained twice
     assert sorted(t["trial"] for t in again["trials"]) == sorted(t["trial"] for t in trials)
     assert [t["steps"] for t in sorted(again["trials"], key=lambda t: t["trial"])] == \
         [t["steps"] for t in sorted(trials, key=lambda t: t["trial"])]

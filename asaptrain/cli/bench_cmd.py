@@ -1,7 +1,9 @@
-"""`asaptrain bench models|compare|train|pipeline|ingest|predict`: every benchmark command. Each prints a
-table and, with --json, writes its rows; the measuring lives in ``asaptrain.perf``.
+"""`asaptrain bench models|compare|quality|train|pipeline|ingest|predict`: every benchmark command.
+Each prints a table and, with --json, writes its rows; the measuring lives in ``asaptrain.perf``.
 
     asaptrain bench models --quick
+    asaptrain bench compare hybrid-deblur deblurgan-gopro --size 256x256 --json compare.json
+    asaptrain bench quality --seeds 0,1,2 --size 64 --steps 600 --json quality.json
     asaptrain bench train --preset hybrid-smoke --precision fp32 --device cpu
     asaptrain bench pipeline ./asaptrain-store/datasets/synth-photos --crops 256x256
     asaptrain bench ingest ./asaptrain-store/datasets/synth-photos --limit 200
@@ -16,26 +18,13 @@ from pathlib import Path
 
 import click
 
-from asaptrain.cli.groups import bench, friendly_errors, output_console, s3_endpoint_option
-from asaptrain.config.io import load_config
-
-
-def _parse_sizes(text: str | None) -> list[tuple[int, int]] | None:
-    if not text:
-        return None
-    sizes = []
-    for part in text.replace(" ", "").split(","):
-        try:
-            h, w = (int(v) for v in part.lower().split("x"))
-        except ValueError:
-            raise click.BadParameter(f"{part!r}: expected HEIGHTxWIDTH, e.g. 256x512", param_hint="--sizes") from None
-        sizes.append((h, w))
-    return sizes
+from asaptrain.cli.groups import bench, friendly_errors, hw_callback, hw_list_callback, output_console, s3_endpoint_option
+from asaptrain.config.io import load_config, replace
 
 
 @bench.command("models")
 @click.option("--json", "json_file", type=click.Path(dir_okay=False), help="Also write the rows to this JSON file.")
-@click.option("--sizes", help="Comma list of HEIGHTxWIDTH for every model [default: each model's paper sizes].")
+@click.option("--sizes", callback=hw_list_callback, metavar="HxW,...", help="Comma list of HEIGHTxWIDTH for every model [default: each model's paper sizes].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--repeats", type=click.IntRange(1), default=None, help="Timed calls per case [default: 20 GPU, 3 CPU].")
 @click.option("--warmup", type=click.IntRange(0), default=None, help="Untimed calls first [default: 5 GPU, 1 CPU].")
@@ -61,7 +50,7 @@ def bench_models_cmd(json_file, sizes, device, repeats, warmup, big_batch, model
     if resolve_device(device).type == "cpu" and not quick and not sizes:
         console.print("[yellow]no GPU: the paper sizes take many minutes on a CPU; --quick runs tiny sizes[/yellow]")
     batches = (1, 2) if quick else (1, big_batch)
-    rows = run_bench(device=device, models=model_names or MODELS, sizes=_parse_sizes(sizes), batches=batches,
+    rows = run_bench(device=device, models=model_names or MODELS, sizes=sizes, batches=batches,
                      variants=variant_list, repeats=repeats, warmup=warmup, quick=quick,
                      log=lambda line: console.print(f"[dim]{line}[/dim]"))
     from rich.table import Table
@@ -85,20 +74,98 @@ def bench_models_cmd(json_file, sizes, device, repeats, warmup, big_batch, model
         console.print(f"wrote {len(rows)} rows to {json_file}")
 
 
-def _crops(ctx, param, value: str):
-    from asaptrain.perf.pipeline import parse_crops
+@bench.command("compare")
+@click.argument("presets", nargs=-1)
+@click.option("--config", "config_files", multiple=True, type=click.Path(dir_okay=False, exists=True),
+              help="A TOML config file to compare too (repeatable; named by its file stem).")
+@click.option("--size", required=True, callback=hw_callback, metavar="HxW", help="HEIGHTxWIDTH in pixels, e.g. 256x256.")
+@click.option("--dtype", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+              help="bf16 = autocast.")
+@click.option("--batch", "big_batch", type=click.IntRange(2), default=4, show_default=True,
+              help="The larger batch timed beside batch 1.")
+@click.option("--repeats", type=click.IntRange(1), default=10, show_default=True,
+              help="Timed rounds (each calls every model once, interleaved).")
+@click.option("--warmup", type=click.IntRange(0), default=2, show_default=True, help="Untimed calls per model first.")
+@click.option("--threads", type=click.IntRange(1), default=None, help="torch threads [default: torch's, recorded].")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--json", "json_file", type=click.Path(dir_okay=False), help="Also write the rows to this JSON file.")
+@friendly_errors
+def bench_compare_cmd(presets, config_files, size, dtype, big_batch, repeats, warmup, threads, device,
+                      json_file) -> None:
+    """Time generators side by side in one process (interleaved) and print their ratio."""
+    from rich.table import Table
 
+    from asaptrain.perf.compare import compare_generators, ratio_text
+
+    h, w = size
+    named = [(p, load_config(p)) for p in presets] + [(Path(f).stem, load_config(config_file=f)) for f in config_files]
+    console = output_console()
+    rows = compare_generators(named, (h, w), dtype=dtype, batches=(1, big_batch), repeats=repeats, warmup=warmup,
+                              device=device, threads=threads, log=lambda line: console.print(f"[dim]{line}[/dim]"))
+    models = [r for r in rows if r["kind"] == "model"]
+    env = models[0]
+    table = Table(title=f"Generators side by side, ms per image ({env['device']}, {env['threads']} threads, "
+                        f"torch {env['torch']}" + (f", CUDA {env['cuda']}, TF32 {env['tf32']}" if env["cuda"] else "") + ")")
+    for col in ("preset", "size", "dtype", "batch", "ms/image", "IQR", "GFLOPs", "pixelwise path", "peak MiB"):
+        table.add_column(col, justify="left" if col in ("preset", "pixelwise path") else "right")
+    for r in models:
+        table.add_row(r["preset"], f"{r['height']}x{r['width']}", r["dtype"], str(r["batch"]), f"{r['ms']:.2f}",
+                      f"{r['iqr_ms']:.2f}", f"{r['gflops']:.3g}", r["pixel_path"] or "-",
+                      "-" if r["peak_mem_mib"] is None else f"{r['peak_mem_mib']:.0f}")
+    console.print(table)
+    for r in rows:
+        if r["kind"] == "ratio":
+            console.print(ratio_text(r))
+    if json_file:
+        Path(json_file).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_file).write_text(json.dumps(rows, indent=2))
+        console.print(f"wrote {len(rows)} rows to {json_file}")
+
+
+@bench.command("quality")
+@click.option("--store", default="./quality-store", show_default=True, help="Store for the dataset and the runs.")
+@click.option("--seeds", default="0,1,2", show_default=True, help="Comma list of seeds, one run per preset each.")
+@click.option("--size", type=click.IntRange(32), default=64, show_default=True, help="Square crop and image size, px.")
+@click.option("--steps", type=click.IntRange(1), default=600, show_default=True)
+@click.option("--preset", "presets", multiple=True, help="Presets to train [default: hybrid-smoke, deblurgan-smoke].")
+@click.option("--json", "json_file", type=click.Path(dir_okay=False), help="Also write runs and summary as JSON.")
+@friendly_errors
+def bench_quality_cmd(store, seeds, size, steps, presets, json_file) -> None:
+    """Validation PSNR/SSIM of the smoke hybrid and DeblurGAN, one recipe, several seeds (Ray, CPU)."""
+    from rich.table import Table
+
+    from asaptrain.perf.quality import PRESETS, run_quality
+
+    console = output_console()
     try:
-        return parse_crops(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{seeds!r}: expected comma-separated integers", param_hint="--seeds") from None
+    rows, summary = run_quality(store, presets or PRESETS, seed_list, size, steps,
+                                log=lambda line: console.print(f"[dim]{line}[/dim]"))
+    table = Table(title=f"Quality at {size}x{size}, {steps} steps, {len(seed_list)} seed(s): mean ± sd")
+    for col in ("preset", "PSNR dB", "SSIM", "input PSNR", "input SSIM", "dark cast", "edge-step ratio", "spot ratio"):
+        table.add_column(col, justify="left" if col == "preset" else "right")
+
+    def cell(r, key, digits):
+        return f"{r[key]:.{digits}f} ± {r[key + '_sd']:.{digits}f}" if key in r else "-"
+
+    for r in summary:
+        table.add_row(r["preset"], cell(r, "psnr", 2), cell(r, "ssim", 3), cell(r, "input_psnr", 2),
+                      cell(r, "input_ssim", 3), cell(r, "dark_cast", 3), cell(r, "edge_step_ratio", 2),
+                      cell(r, "spot_ratio", 2))
+    console.print(table)
+    if json_file:
+        Path(json_file).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_file).write_text(json.dumps({"runs": rows, "summary": summary}, indent=2))
+        console.print(f"wrote {json_file}")
 
 
 @bench.command("pipeline")
 @click.argument("uri")
 @s3_endpoint_option
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the numbers as JSON.")
-@click.option("--crops", default="256x256", show_default=True, callback=_crops, metavar="HxW,...",
+@click.option("--crops", default="256x256", show_default=True, callback=hw_list_callback, metavar="HxW,...",
               help="Crop sizes to time, height x width in pixels.")
 @click.option("--batch", type=click.IntRange(min=1), default=16, show_default=True, help="Images per batch.")
 @click.option("--batches", type=click.IntRange(min=1), default=20, show_default=True, help="Timed batches per crop.")
@@ -143,7 +210,7 @@ def bench_train_cmd(presets, overrides, batch, precision, steps, device, json_pa
     rows = []
     for name in presets:
         for prec in (("fp32", "bf16") if precision == "both" else (precision,)):
-            cfg = load_config(name, overrides=[*overrides, f"train.precision={json.dumps(prec)}"])
+            cfg = replace(load_config(name, overrides=overrides), {"train.precision": prec})
             row = bench_preset(cfg, dev, steps=steps, batch=batch)
             rows.append({"preset": name, **row})
     table = Table(title=f"training step, {rows[0]['gpu'] if rows else dev}")
@@ -196,7 +263,7 @@ def ingest_cmd(uri, s3_endpoint, json_path, limit, threads, decoders, repeats) -
 @click.option("--run", "run_uri", metavar="URI", help="Time this trained run instead of presets.")
 @s3_endpoint_option
 @click.option("--images", type=click.IntRange(min=1), default=8, show_default=True, help="Inputs per preset.")
-@click.option("--size", default="720x1280", show_default=True, callback=_crops, metavar="HxW",
+@click.option("--size", default="720x1280", show_default=True, callback=hw_callback, metavar="HxW",
               help="Height x width of every input, in pixels.")
 @click.option("--batch", type=click.IntRange(min=1), default=4, show_default=True, help="As `predict --batch`.")
 @click.option("--tile", type=click.IntRange(min=64), default=1024, show_default=True, help="As `predict --tile`.")
@@ -210,7 +277,7 @@ def predict_bench_cmd(presets, run_uri, s3_endpoint, images, size, batch, tile, 
     """images/s of `asaptrain predict` per model worker, and its decode / model / encode ms per image."""
     from asaptrain.perf.predict import GPU_COMMAND, render, run
 
-    (height, width), *_ = size
+    height, width = size
     rows = run(list(presets) or ["deblurgan-gopro", "hybrid-deblur"], run_uri=run_uri, images=images, height=height,
                width=width, batch=batch, tile=tile, gpus=gpus, cpus=cpus, s3_endpoint=s3_endpoint)
     console = output_console()

@@ -17,21 +17,9 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from asaptrain.cli.groups import data, friendly_errors, output_console, s3_endpoint_option
+from asaptrain.cli.groups import data, friendly_errors, hw_callback, output_console, s3_endpoint_option
 
 MAX_SKIPPED_SHOWN = 100
-
-
-def _parse_size(ctx, param, value: str | None) -> tuple[int, int] | None:
-    if value is None:
-        return None
-    try:
-        h, w = (int(v) for v in value.lower().split("x"))
-        if h < 1 or w < 1:
-            raise ValueError
-        return h, w
-    except ValueError:
-        raise click.BadParameter(f"expected HEIGHTxWIDTH in pixels, e.g. 256x512; got {value!r}") from None
 
 
 def _convert_options(fn):
@@ -97,7 +85,7 @@ def _print_summary(summary) -> None:
               help="scenes: label maps + photos (labels2photo); photos: sharp images (deblur).")
 @click.option("--count", type=click.IntRange(min=1), default=200, show_default=True, help="Train samples.")
 @click.option("--val-count", type=click.IntRange(min=0), default=None, help="Val samples [default: count/10].")
-@click.option("--size", callback=_parse_size, default="128x256", show_default=True, metavar="HxW",
+@click.option("--size", callback=hw_callback, default="128x256", show_default=True, metavar="HxW",
               help="Image size in pixels.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same bytes.")
 @_convert_options
@@ -113,7 +101,7 @@ def synth_cmd(kind, count, val_count, size, seed, out, s3_endpoint, shard_mb, wo
 @data.command("cityscapes")
 @click.option("--root", type=click.Path(file_okay=False), required=True,
               help="Directory holding leftImg8bit/ and gtFine/ (official layout).")
-@click.option("--size", callback=_parse_size, default=None, metavar="HxW",
+@click.option("--size", callback=hw_callback, default=None, metavar="HxW",
               help="Resize (labels nearest, photos Lanczos); default keeps the source bytes.")
 @click.option("--splits", default="train,val", show_default=True,
               help="Comma-separated splits (test's gtFine maps are placeholders).")
@@ -134,7 +122,7 @@ def cityscapes_cmd(root, size, splits, out, s3_endpoint, shard_mb, workers, crea
 @data.command("gopro")
 @click.option("--root", type=click.Path(file_okay=False), required=True,
               help="Directory holding train/ and test/ (SEQUENCE/blur, SEQUENCE/sharp).")
-@click.option("--size", callback=_parse_size, default=None, metavar="HxW", help="Resize both (Lanczos).")
+@click.option("--size", callback=hw_callback, default=None, metavar="HxW", help="Resize both (Lanczos).")
 @_convert_options
 @friendly_errors
 def gopro_cmd(root, size, out, s3_endpoint, shard_mb, workers, create_bucket) -> None:
@@ -148,7 +136,7 @@ def gopro_cmd(root, size, out, s3_endpoint, shard_mb, workers, create_bucket) ->
 @click.option("--root", type=click.Path(file_okay=False), required=True, help="Any tree of jpg/png/webp photos.")
 @click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.05, show_default=True,
               help="Share of images (by a hash of their path) in split 'val'.")
-@click.option("--size", callback=_parse_size, default=None, metavar="HxW", help="Resize every photo (Lanczos).")
+@click.option("--size", callback=hw_callback, default=None, metavar="HxW", help="Resize every photo (Lanczos).")
 @_convert_options
 @friendly_errors
 def folder_cmd(root, val_fraction, size, out, s3_endpoint, shard_mb, workers, create_bucket) -> None:

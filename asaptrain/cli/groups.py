@@ -76,6 +76,38 @@ def store_options(fn):
     return fn
 
 
+def parse_hw(text: str) -> tuple[int, int]:
+    """``"256x512"`` -> (256, 512): height x width in pixels, both >= 1; ValueError otherwise."""
+    try:
+        h, w = (int(v) for v in text.strip().lower().split("x"))
+    except ValueError:
+        raise ValueError(f"expected HEIGHTxWIDTH in pixels, e.g. 256x512; got {text!r}") from None
+    if h < 1 or w < 1:
+        raise ValueError(f"{text!r}: height and width must be >= 1 pixel")
+    return h, w
+
+
+def hw_callback(ctx, param, value: str | None) -> tuple[int, int] | None:
+    """click callback of an ``HxW`` option (one size)."""
+    try:
+        return None if value is None else parse_hw(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def hw_list_callback(ctx, param, value: str | None) -> list[tuple[int, int]] | None:
+    """click callback of an ``HxW,HxW,...`` option (sizes in order; None when not given)."""
+    if value is None:
+        return None
+    try:
+        sizes = [parse_hw(part) for part in value.split(",") if part.strip()]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    if not sizes:
+        raise click.BadParameter("give at least one HEIGHTxWIDTH, e.g. 256x256")
+    return sizes
+
+
 def friendly_errors(fn):
     """Turn the library's user-facing errors into one red line and exit code 2."""
     from asaptrain.errors import UserError

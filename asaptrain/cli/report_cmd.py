@@ -17,7 +17,7 @@ def print_report(report: dict, console=None) -> None:
     """The report's tables (the same cells as report.md) as rich tables in the terminal."""
     from rich.table import Table
 
-    from asaptrain.report.plots import tables
+    from asaptrain.report.tables import tables
 
     console = console or output_console()
     text_columns = ("Model", "Run", "Task", "GPU", "Status", "In tables", "dtype", "Missing / notes")
@@ -48,7 +48,7 @@ def print_report(report: dict, console=None) -> None:
 def aggregate_cmd(store, s3_endpoint, prefix, out, no_plots, quiet) -> None:
     """Aggregate all runs into one report: quality tables, speed, plots and sample grids."""
     from asaptrain.config.schema import StorageConfig
-    from asaptrain.data.store import Store
+    from asaptrain.data.store import Store, absolute_uri
     from asaptrain.report.aggregate import aggregate
 
     uri = store or os.environ.get("ASAPTRAIN_STORE") or StorageConfig().store
@@ -56,10 +56,8 @@ def aggregate_cmd(store, s3_endpoint, prefix, out, no_plots, quiet) -> None:
     src = Store.open(uri, s3_endpoint=endpoint)
     if out is None:
         dest = src.child("reports")
-    elif "://" in out:
-        dest = Store.open(out, s3_endpoint=endpoint)
     else:
-        dest = Store.open(os.path.abspath(out))
+        dest = Store.open(absolute_uri(out), s3_endpoint=endpoint)
     report = aggregate(src, dest, prefix=prefix, plots=not no_plots)
     if not quiet:
         print_report(report)

@@ -2,34 +2,33 @@
 
 from __future__ import annotations
 
-import json
 import sys
+from typing import Any
 
 import click
 
 from asaptrain.cli.groups import friendly_errors, main, output_console, preset_options, s3_endpoint_option, store_options
 from asaptrain.config.schema import Config
-from asaptrain.config.io import apply_overrides, load_config, to_toml
+from asaptrain.config.io import load_config, parse_overrides, replace, to_toml
 
 
 def build_train_config(preset, config_file, overrides, store=None, s3_endpoint=None, workers=None,
                        gpus_per_worker=None, steps=None) -> Config:
     """The resolved config of a train command: preset/file, then flags, then --set."""
-    flags = []
+    changes: dict[str, Any] = {}
     if store:
-        flags.append(f"storage.store={json.dumps(store)}")
+        changes["storage.store"] = store
     if s3_endpoint:
-        flags.append(f"storage.s3_endpoint={json.dumps(s3_endpoint)}")
+        changes["storage.s3_endpoint"] = s3_endpoint
     if workers is not None:
-        flags.append(f"scaling.num_workers={workers}")
+        changes["scaling.num_workers"] = workers
     if gpus_per_worker is not None:
-        flags.append(f"scaling.use_gpu={'true' if gpus_per_worker > 0 else 'false'}")
+        changes["scaling.use_gpu"] = "true" if gpus_per_worker > 0 else "false"
         if gpus_per_worker > 0:
-            flags.append(f"scaling.resources_per_worker={{GPU = {gpus_per_worker}}}")
+            changes["scaling.resources_per_worker"] = {"GPU": gpus_per_worker}
     if steps is not None:
-        flags.append(f"train.steps={steps}")
-    cfg = load_config(preset, config_file)
-    return apply_overrides(cfg, flags + list(overrides))
+        changes["train.steps"] = steps
+    return replace(load_config(preset, config_file), {**changes, **parse_overrides(overrides)}, source="--set")
 
 
 def run_options(fn):
@@ -89,13 +88,14 @@ def _print_result(result) -> None:
 @s3_endpoint_option
 @click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--tile", default=1024, type=click.IntRange(min=64), help="Largest tile edge in pixels.")
+@click.option("--overwrite", is_flag=True, help="Replace outputs that exist (inputs are never replaced).")
 @friendly_errors
-def infer_cmd(inputs, run_uri, checkpoint, out_dir, s3_endpoint, device, tile) -> None:
+def infer_cmd(inputs, run_uri, checkpoint, out_dir, s3_endpoint, device, tile, overwrite) -> None:
     """Run a trained generator on photos (deblurring) or label-id PNGs at their full size."""
     from asaptrain.data.store import Store
     from asaptrain.infer import infer_files
 
     run_dir = Store.open(run_uri, s3_endpoint)
     rel = f"{checkpoint.rstrip('/')}/state.pt" if checkpoint else None
-    for path in infer_files(run_dir, list(inputs), out_dir, rel, device, tile):
+    for path in infer_files(run_dir, list(inputs), out_dir, rel, device, tile, overwrite):
         click.echo(path)

@@ -1,11 +1,14 @@
-"""Configs in and out: TOML files, plain dicts, ``--set`` overrides, and presets.
+"""Configs in and out: TOML files, plain dicts, typed edits, ``--set`` overrides, and presets.
 
-The one way commands build a config is :func:`load_config`: a preset or a TOML file, then
-overrides, then validation. Values are checked against the field types of ``config.py``
-(lossless conversions only, such as int -> float); an unknown or ill-typed field is a
-:class:`ConfigError` that names it and what it accepts::
+Every way in validates: :func:`load_config` (a preset or a TOML file, then ``--set``
+overrides), :func:`from_dict` (a parsed TOML, what a worker receives) and :func:`replace` (the
+one way code changes a config: dotted keys and typed values, a validated new Config back).
+Values are checked against the field types of ``schema.py`` (lossless conversions only, such
+as int -> float); an unknown or ill-typed field is a :class:`ConfigError` that names it and
+what it accepts::
 
     cfg = load_config(preset="deblurgan-smoke", overrides=["train.steps=20"])
+    cfg = replace(cfg, {"train.steps": 40, "storage.store": "s3://bucket/asap"})
     print(to_toml(cfg))
 """
 
@@ -15,6 +18,7 @@ import dataclasses
 import tomllib
 import typing
 from pathlib import Path
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 import tomli_w
@@ -64,16 +68,15 @@ def _coerce(where: str, hint: Any, value: Any) -> Any:
     raise TypeError(f"unsupported config type {hint} at {where}")
 
 
-def from_dict(raw: dict[str, Any], base: Config | None = None, source: str = "config") -> Config:
-    """Build a Config from nested dicts (a parsed TOML), on top of ``base`` (defaults if None)."""
+def _merge(raw: dict[str, Any], base: Config | None, source: str) -> Config:
+    """``base`` (defaults if None) with nested dicts of values applied, type-checked, not validated."""
     cfg = dataclasses.replace(base) if base is not None else Config()
     for section, values in raw.items():
         if section not in SECTIONS:
             raise ConfigError(f"{source}: unknown section [{section}]; sections are {', '.join(SECTIONS)}")
         if not isinstance(values, dict):
             raise ConfigError(f"{source}: [{section}] must be a table")
-        sec_cls = _section_type(section)
-        hints = typing.get_type_hints(sec_cls)
+        hints = typing.get_type_hints(_section_type(section))
         current = dataclasses.replace(getattr(cfg, section))
         for key, value in values.items():
             if key not in hints:
@@ -83,6 +86,31 @@ def from_dict(raw: dict[str, Any], base: Config | None = None, source: str = "co
             setattr(current, key, _coerce(f"{section}.{key}", hints[key], value))
         setattr(cfg, section, current)
     return cfg
+
+
+def from_dict(raw: dict[str, Any], base: Config | None = None, source: str = "config") -> Config:
+    """A validated Config from nested dicts (a parsed TOML), on top of ``base`` (defaults if None)."""
+    return validate(_merge(raw, base, source))
+
+
+def _nest(changes: Mapping[str, Any], source: str) -> dict[str, dict[str, Any]]:
+    """``{"train.steps": 20}`` -> ``{"train": {"steps": 20}}``."""
+    raw: dict[str, dict[str, Any]] = {}
+    for key, value in changes.items():
+        section, dot, name = key.partition(".")
+        if not dot or not section or not name:
+            raise ConfigError(f"{source}: {key!r} is not section.field (e.g. train.steps)")
+        raw.setdefault(section, {})[name] = value
+    return raw
+
+
+def replace(cfg: Config, changes: Mapping[str, Any], source: str = "config") -> Config:
+    """``cfg`` with typed values set by dotted key, validated: ``replace(cfg, {"train.steps": 20})``.
+
+    ``cfg`` is left as it was; an unknown key or a value the field does not take is a
+    :class:`ConfigError` naming the field.
+    """
+    return from_dict(_nest(changes, source), cfg, source=source)
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:
@@ -95,31 +123,32 @@ def to_toml(cfg: Config) -> str:
     return tomli_w.dumps(to_dict(cfg))
 
 
-def parse_override(text: str) -> tuple[str, str, Any]:
-    """``"train.lr=1e-4"`` -> ("train", "lr", 1e-4); values are TOML literals or bare strings."""
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"train.lr=1e-4"`` -> ("train.lr", 1e-4); values are TOML literals or bare strings.
+
+    A string field keeps the text as written (``data.dataset=123`` stays "123").
+    """
     if "=" not in text or "." not in text.split("=", 1)[0]:
         raise ConfigError(f"--set {text!r}: expected section.field=value, e.g. train.steps=100")
-    key, raw = text.split("=", 1)
-    section, name = key.strip().split(".", 1)
-    raw = raw.strip()
+    key, raw = (part.strip() for part in text.split("=", 1))
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw  # a bare word: a string such as wgan-gp or s3://bucket/x
-    return section, name, value
+    section, name = key.split(".", 1)
+    if section in SECTIONS and typing.get_type_hints(_section_type(section)).get(name) is str:
+        value = raw if not isinstance(value, str) else value
+    return key, value
 
 
-def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Config:
-    """``cfg`` with ``--set section.field=value`` overrides applied, then validated."""
-    raw: dict[str, dict[str, Any]] = {}
-    for text in overrides:
-        section, name, value = parse_override(text)
-        if section in SECTIONS and name in typing.get_type_hints(_section_type(section)):
-            hint = typing.get_type_hints(_section_type(section))[name]
-            if hint is str and not isinstance(value, str):
-                value = text.split("=", 1)[1].strip()  # dataset=123 stays a string
-        raw.setdefault(section, {})[name] = value
-    return validate(from_dict(raw, cfg, source="--set"))
+def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
+    """``--set`` texts as the changes :func:`replace` takes (a later one wins)."""
+    return dict(parse_override(text) for text in overrides)
+
+
+def apply_overrides(cfg: Config, overrides: Iterable[str]) -> Config:
+    """``cfg`` with ``--set section.field=value`` texts (what a user typed) applied, then validated."""
+    return replace(cfg, parse_overrides(overrides), source="--set")
 
 
 def load_toml(path: str | Path) -> Config:
@@ -131,7 +160,7 @@ def load_toml(path: str | Path) -> Config:
         raise ConfigError(f"config file {path} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-    return validate(from_dict(raw, source=str(path)))
+    return from_dict(raw, source=str(path))
 
 
 def load_config(

@@ -98,13 +98,18 @@ def _hybrid_deblur() -> Config:
     on, every input channel reaches the MLP, S = 16, no activation normalization in the low-res
     stream (instance norm is the droplet mechanism), reflection padding. And each pixel's MLP
     sees its 3 x 3 neighbourhood: a function of one pixel's own colour cannot undo a blur.
+
+    The low-res stream is sized for deblurring, not for ASAP-Net's label maps: with 16-px
+    tiles its grid grows with the image, and at 1024 channels and 7 blocks it alone cost 44 of
+    53 GFLOPs per 256 x 256 image (DeblurGAN: 99). Here 32 -> 256 channels and 3 blocks; the
+    MLPs mix neighbouring cells within 4 px of a tile edge (2.25x the nearest-cell MLP, not 4x).
     """
     cfg = _deblurgan_gopro()
     cfg.model = ModelConfig(
         name="hybrid", ndf=64, num_d=2, d_layers=4, d_norm="spectral_instance", residual=True,
-        mlp_depth=5, mlp_width=64, tile_size=16, lowres_downsample=16, lowres_max_channels=1024,
-        lowres_blocks=7, lowres_norm="none", padding="reflect", mlp_input="all", d_conditional=True,
-        mlp_context=3, tile_blend=True,
+        mlp_depth=5, mlp_width=64, tile_size=16, lowres_downsample=16, lowres_width=32,
+        lowres_max_channels=256, lowres_blocks=3, lowres_norm="none", padding="reflect", mlp_input="all",
+        d_conditional=True, mlp_context=3, tile_blend=True, blend_band=4,
     )
     cfg.loss.l1_weight = 0.0
     cfg.train.batch_size = 16
@@ -113,18 +118,34 @@ def _hybrid_deblur() -> Config:
     return cfg
 
 
+SMOKE_WIDTH = 1 / 4
+"""Smoke presets: every channel count of the full preset times this (both models of a pair alike)."""
+SMOKE_DEPTH = 1 / 4
+"""Smoke presets: every block count (residual blocks, low-res blocks) times this, at least 1."""
+
+
 def _smoke(base: Callable[[], Config], crop: tuple[int, int], dataset: str) -> Config:
-    """Shrink a recipe until it trains in seconds on a CPU: same losses and phases, tiny nets."""
+    """The full recipe scaled down until it trains in seconds on a CPU: the same losses and
+    phases, every width and block count scaled by the same factors for every model, and the
+    same pixel geometry (strides, tile size, blend band, MLP depth), so the smoke models rank
+    by speed as the full ones do. Only the crop, steps and batch are the smoke run's own."""
     cfg = base()
     m = cfg.model
+
+    def width(n: int) -> int:
+        return max(1, round(n * SMOKE_WIDTH))
+
+    def depth(n: int) -> int:
+        return max(1, round(n * SMOKE_DEPTH)) if n else 0
+
     cfg.data = dataclasses.replace(
         cfg.data, dataset=dataset, crop_height=crop[0], crop_width=crop[1], load_height=0, load_width=0,
         shuffle_buffer_rows=16,
     )
     cfg.model = dataclasses.replace(
-        m, ngf=8, ndf=8, residual_blocks=2, mlp_width=16, mlp_depth=min(m.mlp_depth, 3), tile_size=8,
-        lowres_downsample=4, lowres_max_channels=32, lowres_blocks=2,
-        downsamplings=min(m.downsamplings, 2), num_d=min(m.num_d, 2), d_layers=min(m.d_layers, 3),
+        m, ngf=width(m.ngf), ndf=width(m.ndf), mlp_width=width(m.mlp_width), lowres_width=width(m.lowres_width),
+        lowres_max_channels=width(m.lowres_max_channels), residual_blocks=depth(m.residual_blocks),
+        lowres_blocks=depth(m.lowres_blocks),
     )
     cfg.loss = dataclasses.replace(cfg.loss, perceptual="none", l1_weight=max(cfg.loss.l1_weight, 10.0))
     cfg.optim = dataclasses.replace(cfg.optim, d_steps=min(cfg.optim.d_steps, 2), decay_start=1.0)

@@ -1,9 +1,10 @@
 """The typed config tree: one dataclass per section, and the cross-field checks.
 
 Every field has a one-line docstring (the string literal under it) that gives its unit.
-Validation happens once, at the edge (``asaptrain.config.io.load_config`` reads TOML and ``--set``
-overrides, then calls :func:`validate`): an unknown or ill-typed field is a
-:class:`ConfigError` naming the field and what it accepts.
+Validation happens where a config is loaded or changed (``asaptrain.config.io``: ``load_config``,
+``from_dict``, ``replace`` all call :func:`validate`): a bad value is a :class:`ConfigError`
+naming the field and what it accepts. The checks include what each model's own dataclass
+refuses, said in config fields (``_check_model``), so a config that validates also builds.
 
     cfg = validate(Config(train=TrainConfig(steps=20)))
 """
@@ -29,6 +30,9 @@ Precision = Literal["fp32", "bf16"]
 UseGpu = Literal["auto", "true", "false"]
 MlpInput = Literal["all", "all_but_last"]
 NonFinite = Literal["stop", "skip"]
+
+DEFAULT_STORE = "./asaptrain-store"
+"""The embedded store: a directory under the current one."""
 
 
 class ConfigError(UserError, ValueError):
@@ -101,8 +105,10 @@ class ModelConfig:
     """ASAP-Net tile S: pixels per MLP cell edge (the low-res grid is input / S)."""
     lowres_downsample: int = 16
     """ASAP-Net learned low-res downsampling factor (stride-2 convs = log2 of this)."""
+    lowres_width: int = 64
+    """ASAP-Net low-res stream's first convs (before the last strided one), in channels."""
     lowres_max_channels: int = 1024
-    """ASAP-Net low-res stream's widest layer, in channels."""
+    """ASAP-Net low-res stream's widest layer (last strided conv and the blocks), in channels."""
     lowres_blocks: int = 7
     """ASAP-Net low-res conv-norm-ReLU blocks at the grid resolution."""
     lowres_norm: Norm = "instance"
@@ -114,7 +120,9 @@ class ModelConfig:
     mlp_context: int = 1
     """k (odd): each pixelwise MLP sees the k x k input patch around its pixel (1 = ASAP-Net)."""
     tile_blend: bool = False
-    """Each pixel mixes its 4 nearest tiles' MLPs, bilinearly: no tile seams (4x the MLP FLOPs)."""
+    """Mix neighbouring cells' MLPs near tile edges: no tile seams (see ``blend_band``)."""
+    blend_band: int = 0
+    """Pixels each side of a tile edge where two cells' MLPs mix; 0 = tile_size / 2 (bilinear, 4x the MLP FLOPs; tile_size / 4: 2.25x)."""
     d_conditional: bool = True
     """The discriminator sees the generator's input beside the image (pix2pix-style)."""
     asap_init: Literal["auto", "xavier", "normal", "hyper"] = "auto"
@@ -233,12 +241,14 @@ class ScalingConfig:
 
 @dataclass
 class StorageConfig:
-    store: str = "./asaptrain-store"
+    store: str = DEFAULT_STORE
     """Store URI: a path, file://..., or s3://bucket/prefix."""
     s3_endpoint: str = ""
     """S3-compatible endpoint URL (MinIO, Ceph, R2); empty = AWS."""
     region: str = ""
     """S3 region; empty = AWS_REGION / AWS_DEFAULT_REGION or us-east-1."""
+    outage_s: float = 60.0
+    """Seconds an S3 request keeps retrying an unreachable endpoint (backoff) before the run fails."""
 
 
 @dataclass
@@ -286,7 +296,8 @@ def validate(cfg: Config) -> Config:
     want_task = "deblur" if m.name in ("deblurgan", "hybrid") else "labels2photo"
     _check(d.task == want_task, f"data.task must be {want_task!r} for model.name={m.name!r}, got {d.task!r}")
     _check(m.mlp_context >= 1 and m.mlp_context % 2 == 1, f"model.mlp_context must be odd and >= 1, got {m.mlp_context}")
-    for name in ("ngf", "ndf", "num_d", "d_layers", "mlp_depth", "mlp_width", "tile_size", "lowres_downsample"):
+    for name in ("ngf", "ndf", "num_d", "d_layers", "mlp_depth", "mlp_width", "tile_size", "lowres_downsample",
+                 "lowres_width", "lowres_max_channels"):
         _check(getattr(m, name) > 0, f"model.{name} must be > 0, got {getattr(m, name)}")
     _check(0 <= m.dropout < 1, f"model.dropout must be in [0, 1), got {m.dropout}")
     for name in ("tile_size", "lowres_downsample"):
@@ -297,11 +308,14 @@ def validate(cfg: Config) -> Config:
             m.tile_size % m.lowres_downsample == 0,
             f"model.tile_size={m.tile_size} must be a multiple of model.lowres_downsample={m.lowres_downsample}",
         )
+        _check(0 <= m.blend_band <= m.tile_size // 2,
+               f"model.blend_band must be in 0..model.tile_size / 2 = {m.tile_size // 2}, got {m.blend_band}")
         for name, size in (("crop_height", d.crop_height), ("crop_width", d.crop_width)):
             _check(
                 size % m.tile_size == 0,
                 f"data.{name}={size} must be a multiple of model.tile_size={m.tile_size}",
             )
+    _check_model(cfg)
     for name in ("g_lr", "d_lr"):
         _check(getattr(o, name) > 0, f"optim.{name} must be > 0, got {getattr(o, name)}")
     for name in ("beta1", "beta2"):
@@ -317,6 +331,7 @@ def validate(cfg: Config) -> Config:
     for name in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints", "sample_every"):
         _check(getattr(t, name) > 0, f"train.{name} must be > 0, got {getattr(t, name)}")
     _check(t.max_failures >= 0, f"train.max_failures must be >= 0, got {t.max_failures}")
+    _check(0 <= cfg.storage.outage_s <= 3600, f"storage.outage_s must be in [0, 3600] seconds, got {cfg.storage.outage_s}")
     _check(s.num_workers >= 1, f"scaling.num_workers must be >= 1, got {s.num_workers}")
     _check(
         t.batch_size % s.num_workers == 0,
@@ -334,7 +349,29 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
+def _check_model(cfg: Config) -> None:
+    """What each model's own dataclass refuses, said in config fields (the models know no Config)."""
+    m, d = cfg.model, cfg.data
+    if d.task == "labels2photo":
+        _check(not m.residual, f"model.residual=true needs an image input, but {m.name} maps label maps to "
+                               f"photos; set model.residual=false")
+    if m.name == "asapnet" and m.mlp_input == "all_but_last":
+        _check(d.instance_edges, "model.mlp_input='all_but_last' keeps the last input channel (the instance "
+                                 "edges) out of the MLPs, but data.instance_edges=false, so a label channel "
+                                 "would be dropped; set model.mlp_input=all or data.instance_edges=true")
+    if m.name in ("asapnet", "hybrid"):
+        _check(m.lowres_blocks >= 0, f"model.lowres_blocks must be >= 0, got {m.lowres_blocks}")
+        _check(m.lowres_max_channels >= 1, f"model.lowres_max_channels must be >= 1, got {m.lowres_max_channels}")
+        _check(m.d_layers >= 2, f"model.d_layers must be >= 2 for {m.name} (SPADE counting: the last conv is "
+                                f"stride 1), got {m.d_layers}")
+    else:
+        for name in ("downsamplings", "residual_blocks"):
+            _check(getattr(m, name) >= 1, f"model.{name} must be >= 1, got {getattr(m, name)}")
+        _check(m.local_enhancers >= 0, f"model.local_enhancers must be >= 0, got {m.local_enhancers}")
+
+
 __all__ = [
+    "DEFAULT_STORE",
     "Config",
     "ConfigError",
     "DataConfig",

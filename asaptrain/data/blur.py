@@ -317,6 +317,15 @@ class Degrade:
         return out
 
 
+def blur_and_degrade(sharp: torch.Tensor, strength: float | torch.Tensor, generator: torch.Generator | None = None,
+                     degrade: Degrade = Degrade()) -> torch.Tensor:
+    """The training inputs' recipe: (N, 3, H, W) sharp images in [0, 1] blurred with fresh kernels
+    at ``strength``, then ``degrade`` (noise, JPEG) when enabled; in [0, 1]."""
+    kernels = random_kernels(sharp.shape[0], strength, generator=generator, device=sharp.device)
+    blurred = apply_blur(sharp, kernels).clamp_(0, 1)
+    return degrade(blurred, generator) if degrade.enabled else blurred
+
+
 def sharp_test_image(height: int = 256, width: int = 256, seed: int = 0) -> torch.Tensor:
     """A sharp synthetic photo-like image, (3, height, width) in [0, 1]: edges at every angle,
     fine stripes, dots and flat patches, for previews and tests of blur."""
@@ -335,5 +344,5 @@ def sharp_test_image(height: int = 256, width: int = 256, seed: int = 0) -> torc
     return torch.where(dots[None], torch.tensor([1.0, 0.9, 0.1])[:, None, None], img).clamp(0, 1)
 
 
-__all__ = ["random_kernels", "apply_blur", "kernel_spread", "Degrade", "jpeg_like", "sharp_test_image",
+__all__ = ["random_kernels", "apply_blur", "blur_and_degrade", "kernel_spread", "Degrade", "jpeg_like", "sharp_test_image",
            "MAX_LENGTH_PX"]

@@ -25,7 +25,9 @@ import hashlib
 import json
 import math
 import multiprocessing
+import os
 import re
+import threading
 import time
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
@@ -186,7 +188,8 @@ def convert(plan: Plan, store: Store, target_bytes: int = DEFAULT_SHARD_BYTES, w
                   for j, job in enumerate(jobs) for c in range(0, len(job[3]), chunk))
     pending_rows: dict[int, dict[int, tuple]] = {j: {} for j in range(len(jobs))}
     pool: Executor = (_InlineExecutor() if workers <= 1 or len(tasks) <= 1 else
-                      ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")))
+                      ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                          initializer=_exit_with_parent, initargs=(os.getpid(),)))
     writer = ThreadPoolExecutor(1)  # parquet write + upload overlaps with decoding (pyarrow drops the GIL)
     writes: list[Future] = []
     try:
@@ -221,6 +224,18 @@ def convert(plan: Plan, store: Store, target_bytes: int = DEFAULT_SHARD_BYTES, w
     return Summary(uri=store.uri_for(), task=plan.task, source=plan.source, splits=manifest["splits"],
                    skipped=sorted(set(skipped)), notes=plan.notes, written=len(jobs), reused=len(order) - len(jobs),
                    removed=removed, seconds=time.perf_counter() - start)
+
+
+def _exit_with_parent(parent_pid: int, every_s: float = 0.5) -> None:
+    """In each worker process: exit once the converting process is gone. A killed parent
+    (SIGKILL, OOM) runs no cleanup, and its workers would otherwise decode on as orphans."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(every_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="asaptrain-parent-watch", daemon=True).start()
 
 
 def _group_done(parts: dict[int, tuple], group: list[Item], chunk: int) -> bool:

@@ -30,7 +30,6 @@ the task raises :class:`DataError` listing every bad image, and the run stops.
 from __future__ import annotations
 
 import logging
-import re
 from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
@@ -113,9 +112,13 @@ def train_dataset(cfg: Config, store, bad_log=None, ds_store=None):
     ds = ray.data.read_parquet(paths, filesystem=ds_store.fs, columns=decoder.columns, include_paths=True,
                                shuffle=FileShuffleConfig(seed=cfg.train.seed))
     rows = max(1, min(256, MAP_BATCH_BYTES // (cfg.data.crop_height * cfg.data.crop_width * 8)))
-    return ds.map_batches(_decode_batch, batch_format="numpy", batch_size=rows, fn_kwargs={
+    ds = ds.map_batches(_decode_batch, batch_format="numpy", batch_size=rows, fn_kwargs={
         "decoder": decoder, "bad_log": bad_log, "limit": cfg.data.max_bad_images,
         "scheme": "s3://" if ds_store.is_s3 else ""})
+    # A decode task's DataError reaches the consumer as itself (the cause of Ray's task error),
+    # not wrapped in a UserCodeException that keeps only its text.
+    ds.context.raise_original_map_exception = True
+    return ds
 
 
 class TrainBatches:
@@ -141,16 +144,28 @@ class TrainBatches:
                     self.batch_in_epoch += 1
                     yield batch
             except Exception as exc:
-                # Ray Data wraps a map task's exception in UserCodeException and only the text
-                # of a DataError reaches this process: recover it, so callers see a DataError.
-                found = re.search(r"DataError: (.+)", str(exc))
+                found = _data_error(exc)
                 if found is None:
                     raise
-                raise DataError(found.group(1)) from None
+                raise found from None
             if self.batch_in_epoch == 0:
                 raise DataError(f"epoch {self.epoch} gave this worker no full batch of {self.batch_size} rows "
                                 f"from {self.cfg.data.dataset!r}: lower train.batch_size or add data")
             self.epoch += 1
+
+
+def _data_error(exc: BaseException) -> DataError | None:
+    """The DataError a decode task raised, found in what Ray hands over (a task error whose
+    ``cause`` is the original exception, possibly nested), or None."""
+    while exc is not None:
+        cause = getattr(exc, "cause", None)  # a RayTaskError's original exception
+        if isinstance(cause, BaseException):
+            exc = cause
+        elif isinstance(exc, DataError):
+            return DataError(*exc.args)
+        else:
+            exc = exc.__cause__
+    return None
 
 
 def iter_train_batches(ds_shard, cfg: Config, device, batch_size: int, epoch_seed: int = 0,
@@ -180,7 +195,7 @@ def to_model_batch(batch: dict[str, torch.Tensor], cfg: Config, blur_strength: f
     """
     import torch
 
-    from asaptrain.data.blur import Degrade, apply_blur, random_kernels
+    from asaptrain.data.blur import Degrade, blur_and_degrade
 
     d, y = cfg.data, _unit(batch["target"])
     if d.task == "labels2photo":
@@ -195,10 +210,8 @@ def to_model_batch(batch: dict[str, torch.Tensor], cfg: Config, blur_strength: f
     if blur_strength is None:
         raise ValueError("to_model_batch needs a blur_strength: this dataset stores no blurred inputs")
     sharp = batch["target"].permute(0, 3, 1, 2).float() / 255
-    kernels = random_kernels(sharp.shape[0], blur_strength, generator=generator, device=sharp.device)
-    blurred = apply_blur(sharp, kernels).clamp_(0, 1)
     degrade = Degrade(d.blur_noise_std, d.blur_jpeg_quality)
-    return (degrade(blurred, generator) if degrade.enabled else blurred) * 2 - 1, y
+    return blur_and_degrade(sharp, blur_strength, generator, degrade) * 2 - 1, y
 
 
 # ----------------------------------------------------------------------------- validation
@@ -225,7 +238,7 @@ def validation_raw(cfg: Config, store, max_images: int | None = None) -> dict[st
     """
     import torch
 
-    from asaptrain.data.blur import Degrade, apply_blur, random_kernels
+    from asaptrain.data.blur import Degrade, blur_and_degrade
 
     ds_store = resolve_dataset(cfg.data.dataset, store)
     has_val = read_manifest(ds_store)["splits"].get("val", {}).get("rows", 0) > 0
@@ -244,8 +257,7 @@ def validation_raw(cfg: Config, store, max_images: int | None = None) -> dict[st
         degrade, blurred = Degrade(cfg.data.blur_noise_std, cfg.data.blur_jpeg_quality), []
         for i, img in enumerate(out["target"]):
             g = torch.Generator().manual_seed(VAL_BLUR_SEED * 1_000_003 + i)
-            b = apply_blur(img.permute(2, 0, 1)[None] / 255, random_kernels(1, cfg.eval.blur_strength, generator=g))
-            b = degrade(b.clamp(0, 1), g) if degrade.enabled else b.clamp(0, 1)
+            b = blur_and_degrade(img.permute(2, 0, 1)[None] / 255, cfg.eval.blur_strength, g, degrade)
             blurred.append((b[0].permute(1, 2, 0) * 255).round().to(torch.uint8))
         out["input"] = torch.stack(blurred)
     return out

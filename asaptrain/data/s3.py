@@ -8,13 +8,16 @@ Kept apart from the Store so the one place that touches secrets is small enough 
 - the endpoint (MinIO, Ceph, R2; none = AWS) comes from ``--s3-endpoint`` or
   ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``; pyarrow ignores those variables, so it is
   handed to pyarrow explicitly;
-- :func:`retry` retries transient boto3 failures; pyarrow retries with its own strategy;
+- :func:`retry` retries transient boto3 failures; pyarrow retries with exponential backoff for
+  up to ``outage_s`` seconds (:class:`RetryingS3FileSystem`, whose pickle keeps that strategy,
+  so Ray's controller and workers ride out a short outage of the endpoint too);
 - :func:`describe_error` turns any failure into a :class:`StoreError` naming the endpoint and
   bucket and what to check, with every secret scrubbed from the text.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import time
@@ -27,6 +30,11 @@ from asaptrain.errors import UserError
 
 ATTEMPTS = 4
 """Attempts per S3 request (pyarrow's retry strategy and :func:`retry`) before giving up."""
+
+DEFAULT_OUTAGE_S = 60.0
+"""Seconds a pyarrow S3 operation keeps retrying an unreachable or failing endpoint (storage.outage_s)."""
+BACKOFF_BASE_S = 0.025
+"""pyarrow's AWS default retry strategy sleeps BACKOFF_BASE_S * 2**n before retry n."""
 
 T = TypeVar("T")
 
@@ -146,8 +154,30 @@ def describe_error(exc: BaseException, what: str, bucket: str, endpoint: str | N
     return StoreError(f"{what}: {where} failed: {detail}")
 
 
-def connect(s3_endpoint: str | None, region: str | None) -> tuple[pafs.S3FileSystem, str | None, str, Credentials]:
-    """``(filesystem, endpoint URL or None, region, credentials)`` for an S3-compatible store."""
+class RetryingS3FileSystem(pafs.S3FileSystem):
+    """pyarrow's S3 filesystem retrying for ``outage_s`` seconds, also after pickling.
+
+    pyarrow's own pickle drops the retry strategy: the copy Ray's controller and workers get
+    would try 3 times within a second and end the run at the first blip of the endpoint.
+    """
+
+    def __init__(self, outage_s: float = DEFAULT_OUTAGE_S, **kwargs: Any):
+        retries = max(ATTEMPTS, math.ceil(math.log2(max(outage_s, 0) / BACKOFF_BASE_S + 1)))
+        super().__init__(retry_strategy=pafs.AwsDefaultS3RetryStrategy(max_attempts=retries), **kwargs)
+        self._outage_s, self._kwargs = outage_s, kwargs
+
+    def __reduce__(self):
+        return _rebuild_fs, (self._outage_s, self._kwargs)
+
+
+def _rebuild_fs(outage_s: float, kwargs: dict[str, Any]) -> RetryingS3FileSystem:
+    return RetryingS3FileSystem(outage_s, **kwargs)
+
+
+def connect(s3_endpoint: str | None, region: str | None, outage_s: float = DEFAULT_OUTAGE_S
+            ) -> tuple[pafs.S3FileSystem, str | None, str, Credentials]:
+    """``(filesystem, endpoint URL or None, region, credentials)`` for an S3-compatible store;
+    the filesystem's requests retry with backoff for ``outage_s`` seconds."""
     endpoint = s3_endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
     credentials, profile_region = resolve_credentials()
     region = region or os.environ.get("AWS_REGION") or profile_region or "us-east-1"
@@ -162,8 +192,8 @@ def connect(s3_endpoint: str | None, region: str | None) -> tuple[pafs.S3FileSys
     if credentials.access_key:
         kwargs.update(access_key=credentials.access_key, secret_key=credentials.secret_key,
                       session_token=credentials.token)
-    fs = pafs.S3FileSystem(region=region, connect_timeout=5, request_timeout=60, allow_delayed_open=True,
-                           retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=ATTEMPTS), **kwargs)
+    fs = RetryingS3FileSystem(outage_s, region=region, connect_timeout=5, request_timeout=60, allow_delayed_open=True,
+                              **kwargs)
     return fs, endpoint, region, credentials
 
 
@@ -180,4 +210,5 @@ def boto_client(endpoint: str | None, region: str | None, credentials: Credentia
 
 
 __all__ = ["StoreError", "StoreNotFound", "Credentials", "retry", "describe_error", "connect", "boto_client",
-           "safe_url", "error_code", "is_transient", "is_store_failure", "ATTEMPTS"]
+           "safe_url", "error_code", "is_transient", "is_store_failure", "ATTEMPTS", "DEFAULT_OUTAGE_S",
+           "RetryingS3FileSystem"]

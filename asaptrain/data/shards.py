@@ -62,6 +62,14 @@ class ManifestError(UserError):
     """A dataset directory without a usable manifest.json (missing, corrupt, other version)."""
 
 
+class ShardError(UserError):
+    """A shard that manifest.json lists but the store does not hold whole (deleted, truncated)."""
+
+
+ENTRY_FIELDS = {"path": str, "split": str, "rows": int, "bytes": int, "sha256": str}
+"""Each ``manifest.json`` shard entry's fields and their JSON types."""
+
+
 def shard_name(split: str, index: int) -> str:
     return f"{split}-{index:05d}.parquet"
 
@@ -225,17 +233,51 @@ def read_manifest(store: Store) -> dict[str, Any]:
     for field, kind in (("task", str), ("splits", dict), ("shards", list)):
         if not isinstance(manifest.get(field), kind):
             raise ManifestError(f"{uri}: field {field!r} is missing or not a {kind.__name__}; reconvert the dataset")
+    for split, totals in manifest["splits"].items():
+        if not isinstance(totals, dict):
+            raise ManifestError(f"{uri}: splits.{split} is not an object with rows, bytes, shards; reconvert the dataset")
+    for i, entry in enumerate(manifest["shards"]):
+        problem = _entry_problem(entry)
+        if problem:
+            raise ManifestError(f"{uri}: shards[{i}]{problem}; reconvert the dataset (or restore manifest.json)")
     return manifest
 
 
+def _entry_problem(entry: Any) -> str | None:
+    """What is wrong with one manifest shard entry (as a suffix of ``shards[i]``), or None."""
+    if not isinstance(entry, dict):
+        return f" is not an object with {', '.join(ENTRY_FIELDS)} (got {type(entry).__name__} {str(entry)[:60]!r})"
+    for field, kind in ENTRY_FIELDS.items():
+        value = entry.get(field)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            return f".{field} is missing or not a {kind.__name__} (got {value!r})"
+    if entry["split"] not in SPLITS:
+        return f".split is {entry['split']!r}, not one of {SPLITS}"
+    if entry["rows"] < 0 or entry["bytes"] < 0:
+        return f" has a negative rows or bytes count ({entry['rows']}, {entry['bytes']})"
+    return None
+
+
 def shard_paths(store: Store, split: str) -> list[str]:
-    """Filesystem paths (for ``ray.data.read_parquet(..., filesystem=store.fs)``) of a split's shards."""
+    """Filesystem paths (for ``ray.data.read_parquet(..., filesystem=store.fs)``) of a split's shards.
+
+    Each shard must be in the store at its manifest size (one metadata request per shard):
+    a deleted or truncated one is a :class:`ShardError` naming it, not a reader's error later.
+    """
     manifest = read_manifest(store)
-    paths = [store.path(s["path"]) for s in manifest["shards"] if s["split"] == split]
-    if not paths:
+    entries = [s for s in manifest["shards"] if s["split"] == split]
+    if not entries:
         have = ", ".join(manifest["splits"]) or "none"
         raise ManifestError(f"{store.uri_for(MANIFEST)} lists no {split!r} shards (splits: {have})")
-    return paths
+    sizes = store.sizes([e["path"] for e in entries])
+    for e in entries:
+        size = sizes[e["path"]]
+        if size != e["bytes"]:
+            state = "deleted" if size is None else f"truncated to {size} bytes" if size < e["bytes"] else f"{size} bytes"
+            raise ShardError(f"{store.uri_for(e['path'])} is {state} (manifest.json says {e['bytes']} bytes): run "
+                             f"`asaptrain data verify {store.uri_for()}` to list every damaged shard, then reconvert "
+                             "the dataset (a rerun of the converter rewrites only the damaged shards)")
+    return [store.path(e["path"]) for e in entries]
 
 
 def _check_shard(store: Store, entry: dict[str, Any], checksums: bool) -> list[str]:
@@ -296,7 +338,7 @@ def verify(store: Store, checksums: bool = True) -> list[str]:
 
 
 __all__ = [
-    "SCHEMA", "SCHEMA_VERSION", "MANIFEST", "SPLITS", "TASKS", "DEFAULT_SHARD_BYTES", "ManifestError",
+    "SCHEMA", "SCHEMA_VERSION", "MANIFEST", "SPLITS", "TASKS", "DEFAULT_SHARD_BYTES", "ManifestError", "ShardError",
     "ShardWriter", "write_shard", "write_manifest", "read_manifest", "read_fragment", "shard_paths",
     "verify", "shard_name", "rows_to_table",
 ]

@@ -24,6 +24,8 @@ from asaptrain.data import labels
 from asaptrain.data.convert import ConvertError, Item, Plan, Skip
 
 PHOTO_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
+_UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+"""What PIL raises for a damaged or hostile file (a bomb's header is refused before any decode)."""
 
 
 def _open(path: str, what: str) -> Image.Image:
@@ -32,7 +34,7 @@ def _open(path: str, what: str) -> Image.Image:
         img = Image.open(path)
         img.load()
         return img
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except _UNREADABLE as exc:
         raise Skip(path, f"unreadable {what} ({exc})") from None
 
 
@@ -66,7 +68,7 @@ def _estimate(paths: list[Path], size: tuple[int, int] | None) -> int:
     try:
         with Image.open(paths[0]) as img:
             return max(1, int(total * min(4.0, size[0] * size[1] / (img.width * img.height))))
-    except (OSError, ValueError, SyntaxError):
+    except _UNREADABLE:  # the worker's full decode skips the file and names it
         return total
 
 

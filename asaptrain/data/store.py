@@ -23,11 +23,10 @@ from typing import Any, Callable, TypeVar
 
 import pyarrow.fs as pafs
 
-from asaptrain.config.schema import StorageConfig
-from asaptrain.data.s3 import (Credentials, StoreError, StoreNotFound, boto_client, connect, describe_error,
-                               error_code, is_store_failure, retry, safe_url)
+from asaptrain.config.schema import DEFAULT_STORE, StorageConfig
+from asaptrain.data.s3 import (DEFAULT_OUTAGE_S, Credentials, StoreError, StoreNotFound, boto_client, connect,
+                               describe_error, error_code, is_store_failure, retry, safe_url)
 
-DEFAULT_STORE = "./asaptrain-store"
 SINGLE_PUT_BYTES = 5 * 2**20
 """S3 objects up to this size go up in one pyarrow PutObject; larger ones in one boto3 PUT."""
 
@@ -38,34 +37,38 @@ class Store:
     """A directory of the store: ``fs`` + ``root`` (a path inside ``fs``, no scheme)."""
 
     def __init__(self, uri: str, fs: pafs.FileSystem, root: str, is_s3: bool,
-                 endpoint: str | None = None, region: str | None = None, credentials: Credentials | None = None):
+                 endpoint: str | None = None, region: str | None = None, credentials: Credentials | None = None,
+                 outage_s: float = DEFAULT_OUTAGE_S):
         self.uri, self.fs, self.root, self.is_s3 = uri, fs, root.rstrip("/") or "/", is_s3
-        self.endpoint, self.region = endpoint, region
+        self.endpoint, self.region, self.outage_s = endpoint, region, outage_s
         self._credentials = credentials or Credentials()
         self._boto = None
 
     @classmethod
-    def open(cls, uri: str, s3_endpoint: str | None = None, region: str | None = None) -> "Store":
-        """Open a path, ``file://`` URI or ``s3://bucket/prefix`` (endpoint: flag or AWS_ENDPOINT_URL*)."""
+    def open(cls, uri: str, s3_endpoint: str | None = None, region: str | None = None,
+             outage_s: float = DEFAULT_OUTAGE_S) -> "Store":
+        """Open a path, ``file://`` URI or ``s3://bucket/prefix`` (endpoint: flag or AWS_ENDPOINT_URL*);
+        S3 requests retry an unreachable endpoint for ``outage_s`` seconds."""
         uri = uri or DEFAULT_STORE
         if uri.startswith("s3://"):
-            return cls._open_s3(uri, s3_endpoint, region)
+            return cls._open_s3(uri, s3_endpoint, region, outage_s)
         if "://" in uri and not uri.startswith("file://"):
             raise StoreError(f"store {uri!r}: unsupported scheme; use a path, file:///path or s3://bucket/prefix")
         path = os.path.abspath(os.path.expanduser(uri[len("file://"):] if uri.startswith("file://") else uri))
         return cls(uri, pafs.LocalFileSystem(), path, is_s3=False)
 
     @classmethod
-    def _open_s3(cls, uri: str, s3_endpoint: str | None, region: str | None) -> "Store":
+    def _open_s3(cls, uri: str, s3_endpoint: str | None, region: str | None, outage_s: float) -> "Store":
         root = uri[len("s3://"):].strip("/")
         if not root:
             raise StoreError(f"store {uri!r} names no bucket; use s3://bucket or s3://bucket/prefix")
-        fs, endpoint, region, credentials = connect(s3_endpoint, region)
-        return cls(uri, fs, root, is_s3=True, endpoint=endpoint, region=region, credentials=credentials)
+        fs, endpoint, region, credentials = connect(s3_endpoint, region, outage_s)
+        return cls(uri, fs, root, is_s3=True, endpoint=endpoint, region=region, credentials=credentials,
+                   outage_s=outage_s)
 
     def __reduce__(self):
         # Re-open in the receiving process: credentials are re-resolved there, never pickled.
-        return (_reopen, (self.uri, self.endpoint, self.region))
+        return (_reopen, (self.uri, self.endpoint, self.region, self.outage_s))
 
     def __repr__(self) -> str:
         where = f", endpoint={safe_url(self.endpoint)!r}" if self.is_s3 else ""
@@ -74,7 +77,7 @@ class Store:
     def child(self, *parts: str) -> "Store":
         """The sub-store at ``root/parts`` (same filesystem and credentials)."""
         sub = Store(self.uri_for(*parts), self.fs, self.path(*parts), self.is_s3, self.endpoint, self.region,
-                    self._credentials)
+                    self._credentials, self.outage_s)
         sub._boto = self._boto
         return sub
 
@@ -156,6 +159,12 @@ class Store:
         if info.type != pafs.FileType.File:
             raise StoreNotFound(f"{self.uri_for(rel)} does not exist")
         return info.size
+
+    def sizes(self, rels: list[str]) -> dict[str, int | None]:
+        """Sizes in bytes of several files in one call (None for each that is absent)."""
+        infos = self._call(f"checking {len(rels)} files in {self.uri_for()}",
+                           lambda: self.fs.get_file_info([self.path(r) for r in rels]))
+        return {r: i.size if i.type == pafs.FileType.File else None for r, i in zip(rels, infos)}
 
     def read_bytes(self, rel: str) -> bytes:
         def read() -> bytes:
@@ -291,22 +300,41 @@ class Store:
         return {k: v for k, v in env.items() if v}
 
 
-def _reopen(uri: str, endpoint: str | None, region: str | None) -> Store:
-    return Store.open(uri, s3_endpoint=endpoint, region=region)
+def _reopen(uri: str, endpoint: str | None, region: str | None, outage_s: float = DEFAULT_OUTAGE_S) -> Store:
+    return Store.open(uri, s3_endpoint=endpoint, region=region, outage_s=outage_s)
 
 
 def store_from_config(storage: StorageConfig) -> Store:
     """The store a config names (``[storage]`` section)."""
-    return Store.open(storage.store, s3_endpoint=storage.s3_endpoint or None, region=storage.region or None)
+    return Store.open(storage.store, s3_endpoint=storage.s3_endpoint or None, region=storage.region or None,
+                      outage_s=storage.outage_s)
+
+
+def is_relative(uri: str) -> bool:
+    """A plain relative path: no scheme, not absolute (read against a store or the cwd)."""
+    return "://" not in uri and not os.path.isabs(uri)
+
+
+def absolute_uri(uri: str) -> str:
+    """``uri`` with a relative local path made absolute (other processes run elsewhere); others as is."""
+    if uri.startswith("file://"):
+        path = uri[len("file://"):]
+        return uri if os.path.isabs(path) else os.path.abspath(path)
+    return os.path.abspath(uri) if is_relative(uri) else uri
+
+
+def dataset_uri(dataset: str, store: Store) -> str:
+    """A dataset directory as a URI: a URI or absolute path as is, a relative path inside ``store``."""
+    return store.uri_for(dataset) if is_relative(dataset) else dataset
 
 
 def resolve_dataset(dataset: str, store: Store) -> Store:
     """A dataset directory: a URI or absolute path as is, a relative path inside ``store``."""
-    if "://" in dataset or os.path.isabs(dataset):
+    if not is_relative(dataset):
         return Store.open(dataset, s3_endpoint=store.endpoint if store.is_s3 else None,
-                          region=store.region if store.is_s3 else None)
+                          region=store.region if store.is_s3 else None, outage_s=store.outage_s)
     return store.child(dataset)
 
 
 __all__ = ["Store", "StoreError", "StoreNotFound", "retry", "store_from_config",
-           "resolve_dataset", "DEFAULT_STORE"]
+           "resolve_dataset", "dataset_uri", "absolute_uri", "DEFAULT_STORE"]

@@ -8,7 +8,7 @@ run's :class:`~asaptrain.config.Config` onto them. Images are NCHW in [-1, 1];
 from asaptrain.models.asapnet import ASAPNetConfig, ASAPNetGenerator, asapnet_discriminator
 from asaptrain.models.blocks import MultiscaleDiscriminator, PatchGANConfig, ResnetBlock, init_weights
 from asaptrain.models.deblurgan import DeblurGANConfig, DeblurGANGenerator, deblurgan_discriminator
-from asaptrain.models.hybrid import HybridConfig, HybridGenerator, hybrid_discriminator, published_failure
+from asaptrain.models.hybrid import HybridConfig, HybridGenerator, published_failure
 from asaptrain.models.pixel_mlp import PixelMLP, tile_coordinates
 from asaptrain.models.pix2pixhd import (
     GlobalGenerator, LocalEnhancer, Pix2PixHDConfig, pix2pixhd_discriminator, pix2pixhd_generator,
@@ -18,6 +18,6 @@ __all__ = [
     "ASAPNetConfig", "ASAPNetGenerator", "PixelMLP", "asapnet_discriminator", "tile_coordinates",
     "MultiscaleDiscriminator", "PatchGANConfig", "ResnetBlock", "init_weights",
     "DeblurGANConfig", "DeblurGANGenerator", "deblurgan_discriminator",
-    "HybridConfig", "HybridGenerator", "hybrid_discriminator", "published_failure",
+    "HybridConfig", "HybridGenerator", "published_failure",
     "GlobalGenerator", "LocalEnhancer", "Pix2PixHDConfig", "pix2pixhd_discriminator", "pix2pixhd_generator",
 ]

@@ -19,8 +19,9 @@ import torch
 import torch.nn as nn
 
 from asaptrain.models.blocks import (
-    MultiscaleDiscriminator, NormKind, PatchGANConfig, init_weights, resnet_trunk, rgb_head,
+    MultiscaleDiscriminator, NormKind, init_weights, resnet_trunk, rgb_head,
 )
+from asaptrain.models.pix2pixhd import pix2pixhd_discriminator
 
 
 @dataclass
@@ -69,8 +70,6 @@ def deblurgan_discriminator(
     cond_channels: int = 0, ndf: int = 64, num_d: int = 1, n_layers: int = 3, norm: NormKind = "instance",
     image_channels: int = 3,
 ) -> MultiscaleDiscriminator:
-    """DeblurGAN's PatchGAN critic (no sigmoid): unconditional in its recipe."""
-    return MultiscaleDiscriminator(PatchGANConfig(
-        image_channels=image_channels, cond_channels=cond_channels, ndf=ndf, strided=n_layers, num_d=num_d,
-        norm=norm, bias_before_norm=True, init="normal",
-    ))
+    """DeblurGAN's PatchGAN critic (no sigmoid): pix2pixHD's discriminator, one scale and
+    unconditional in its recipe."""
+    return pix2pixhd_discriminator(cond_channels, ndf, num_d, n_layers, norm, image_channels)

@@ -1,23 +1,31 @@
 """ASAP-Net's pixelwise MLPs: one MLP per S x S tile, weights predicted per grid cell.
 
-    mlp = PixelMLP(in_channels=35, out_channels=3, width=64, depth=5, tile_size=16)
-    y = mlp(x, params)      # x (B, 35, H, W); params (B, H/16, W/16, mlp.num_params)
+    mlp = PixelMLP(in_channels=3, out_channels=3, width=64, depth=5, tile_size=16, context=3, band=4)
+    y = mlp(x, params)      # x (B, 3, H, W); params (B, H/16, W/16, mlp.num_params)
 
-Every pixel of a tile uses its cell's MLP (nearest, no interpolation) on its input channels
-and the sin/cos coordinates of its place in the tile; with ``blend`` each pixel instead mixes
-the outputs of the MLPs of its 4 nearest cells, bilinearly in its position (see
-``PixelMLP.forward_blended``), so the output has no seam at tile edges. Two implementations,
-same maths, and neither materializes per-pixel weights nor loops in Python over cells or pixels:
+Each MLP sees its pixel's k x k neighbourhood (``context`` k; 1 = the pixel alone, ASAP-Net)
+and the sin/cos coordinates of its place in the tile. With ``band`` = 0 every pixel uses its
+cell's MLP (ASAP-Net: a step at every tile edge). With ``band`` b > 0 a cell's MLP also runs
+b pixels beyond its tile on every side, and within b of a cell edge the two cells' outputs
+are mixed linearly (a partition of unity; b = S/2 is the bilinear blend between cell centres;
+at the image border the edge cell counts alone), so the output has no seam. The MLP work is
+((S + 2b) / S)^2 of the nearest-cell MLP: 2.25x at b = S/4, 4x at b = S/2.
 
-* ``mlp_bmm`` (training, CPU): pixels gathered once into (B * cells, S*S, Cin); each layer is
-  one ``torch.baddbmm`` against the cells' weights. On CUDA, channel counts are padded to
-  multiples of 8 (zero rows / columns) so 16-bit GEMMs stay tensor-core aligned. Memory:
-  pixels x width.
-* the fused Triton kernel (``triton_mlp.py``; CUDA, no gradient needed): each block of a
-  tile's pixels stays in registers through all layers; only the input is read and the RGB
-  written. Registered as ``torch.ops.asaptrain.pixel_mlp`` so torch.compile sees one opaque
-  op. It checks itself once per device / dtype / shape against ``mlp_bmm`` and falls back to
-  it (with a warning) if Triton cannot compile it or it disagrees.
+One layout serves every path: the input is padded once (reflect by k // 2, then replicate by
+b), each cell's (S + 2b)^2 "extended tile" is read by one strided gather that also builds the
+k x k context and casts, and the weighted tiles are overlap-added back by ``F.fold``. No
+per-pixel weights, no Python loop over cells or pixels, no padding of predicted parameters.
+
+* ``mlp_bmm`` (training, CPU): the gathered pixels (cells, (S + 2b)^2, Cin) go through one
+  ``torch.baddbmm`` per layer against the cells' weights. On CUDA, channel counts are padded
+  to multiples of 8 (zero rows / columns) so 16-bit GEMMs stay tensor-core aligned.
+* the fused Triton kernel (``triton_mlp.py``; CUDA, no gradient needed): each block of an
+  extended tile's pixels is loaded straight from the padded input (context included) and
+  stays in registers through all layers; the blend weight is applied before the store.
+  Registered as ``torch.ops.asaptrain.pixel_mlp`` so torch.compile sees one opaque op. It
+  checks itself once per device / dtype / shape against ``mlp_bmm`` (outside any autocast)
+  and falls back to it, with a warning, if Triton cannot compile it or it disagrees;
+  ``pixel_path(model)`` says which path ran.
 """
 
 from __future__ import annotations
@@ -53,6 +61,31 @@ def tile_coordinates(tile_size: int) -> torch.Tensor:
     return torch.stack(chans, -1).float()
 
 
+def extended_coordinates(tile_size: int, band: int) -> torch.Tensor:
+    """(T, T, K) with T = S + 2 band: the coordinates of every pixel of an extended tile (its own,
+    the encoding being periodic in S)."""
+    idx = (torch.arange(tile_size + 2 * band) - band) % tile_size
+    return tile_coordinates(tile_size)[idx][:, idx]
+
+
+def blend_weights(cells: int, tile_size: int, band: int, device=None) -> torch.Tensor:
+    """(cells, T): the weight of cell i's MLP at offset t of its extended tile along one axis.
+
+    1 inside the cell, linear ramps of width 2 band across each cell edge (the two cells'
+    weights sum to 1), 1 up to the image border for the edge cells, 0 outside the image.
+    """
+    S, b = tile_size, band
+    d = torch.arange(S + 2 * b, device=device, dtype=torch.float32) - b + 0.5  # position in the cell, px
+    w = torch.ones(cells, S + 2 * b, device=device)
+    if b:
+        rise, fall = ((d + b) / (2 * b)).clamp(0, 1), ((S + b - d) / (2 * b)).clamp(0, 1)
+        w[1:] = w[1:] * rise
+        w[:-1] = w[:-1] * fall
+        w[0, d < 0] = 0.0  # outside the image
+        w[-1, d > S] = 0.0
+    return w
+
+
 def _ceil8(n: int) -> int:
     return (n + 7) // 8 * 8
 
@@ -61,44 +94,95 @@ def _pow2(n: int, floor: int = 16) -> int:
     return max(floor, 1 << (n - 1).bit_length())
 
 
-def layer_params(params: torch.Tensor, dims: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """params (..., P) -> per layer (weight (..., cin, cout), bias (..., 1, cout)), as views."""
-    splits = [n for cin, cout in zip(dims, dims[1:]) for n in (cin * cout, cout)]
-    parts = torch.split(params, splits, dim=-1)  # one cat in backward, not one scatter per slice
-    return [(parts[2 * i].unflatten(-1, (cin, cout)), parts[2 * i + 1].unsqueeze(-2))
-            for i, (cin, cout) in enumerate(zip(dims, dims[1:]))]
+def layer_matrices(params: torch.Tensor, dims: list[int], padded: list[int]) -> list[torch.Tensor]:
+    """params (n, P) -> per layer (n, pin, pout): [weight; bias] with the bias as one more input row.
+
+    A layer's [cin x cout weight, cout bias] is one contiguous (cin + 1) x cout block of the
+    row, so the bias needs no copy: it multiplies a constant-1 input channel. Hidden layers
+    get one more output column that passes that 1 on (LeakyReLU(1) = 1), so every layer is one
+    plain ``bmm``, not a bias broadcast-copy plus a GEMM. ``padded[i]`` = input width of layer
+    i incl. the 1 (zero rows / columns beyond).
+    """
+    mats, off = [], 0
+    last = len(dims) - 2
+    for i, (cin, cout) in enumerate(zip(dims, dims[1:])):
+        n = (cin + 1) * cout
+        w = params[:, off:off + n].unflatten(-1, (cin + 1, cout))
+        off += n
+        pin, pout = padded[i], padded[i + 1] if i < last else padded[-1]
+        w = F.pad(w, (0, pout - cout, 0, pin - cin - 1))
+        if i < last:
+            one = torch.zeros(pin, pout, dtype=w.dtype, device=w.device)
+            one[cin, cout] = 1.0
+            w = w + one
+        mats.append(w)
+    return mats
 
 
-def mlp_bmm(x: torch.Tensor, params: torch.Tensor, coords: torch.Tensor, dims: list[int], tile_size: int,
-            dtype: torch.dtype, pad: bool | None = None) -> torch.Tensor:
-    """Batched-matmul MLPs: x (B, C, H, W); params (B*cells, P); coords (S, S, K) -> (B, out, H, W).
+def pad_input(x: torch.Tensor, context: int, band: int) -> torch.Tensor:
+    """The one padded copy every path reads: reflect by k // 2 (the context at the border), then
+    replicate by ``band`` (pixels outside the image, which get weight 0)."""
+    r = context // 2
+    xp = F.pad(x, (r,) * 4, mode="reflect") if r else x
+    return F.pad(xp, (band,) * 4, mode="replicate") if band else xp.contiguous()
 
+
+def gather_tiles(xp: torch.Tensor, tile_size: int, band: int, context: int, coords: torch.Tensor,
+                 width: int, dtype: torch.dtype) -> torch.Tensor:
+    """(B*cells, T*T, width): each extended tile's pixels as matmul rows, in one strided copy.
+
+    Row channels: the k x k context as c * k^2 + dy * k + dx (``F.unfold``'s order), the
+    coordinates, a constant 1 (the bias input, see ``layer_matrices``), then zeros up to
+    ``width``. ``xp`` is ``pad_input``'s output.
+    """
+    B, C, Hp, Wp = xp.shape
+    S, k = tile_size, context
+    T = S + 2 * band
+    hc, wc = (Hp - 2 * band - k + 1) // S, (Wp - 2 * band - k + 1) // S
+    sb, sc, sy, sx = xp.stride()
+    # view[b, i, j, ty, tx, c, dy, dx] = xp[b, c, i S + ty + dy, j S + tx + dx]: overlapping reads
+    view = xp.as_strided((B, hc, wc, T, T, C, k, k), (sb, S * sy, S * sx, sy, sx, sc, sy, sx))
+    ck, K = C * k * k, coords.shape[-1]
+    h = xp.new_empty((B, hc, wc, T, T, width), dtype=dtype)
+    h[..., :ck].unflatten(-1, (C, k, k)).copy_(view)
+    h[..., ck:ck + K].copy_(coords)
+    h[..., ck + K].fill_(1.0)
+    h[..., ck + K + 1:].zero_()
+    return h.view(B * hc * wc, T * T, width)
+
+
+def overlap_add(y: torch.Tensor, B: int, H: int, W: int, tile_size: int, band: int) -> torch.Tensor:
+    """(B, hc, wc, T, T, out) weighted tiles -> (B, out, H, W): sum the overlaps, crop the band."""
+    _, hc, wc, T, _, out = y.shape
+    cols = y.permute(0, 5, 3, 4, 1, 2).reshape(B, out * T * T, hc * wc)
+    full = F.fold(cols, (H + 2 * band, W + 2 * band), T, stride=tile_size)
+    return full[..., band:band + H, band:band + W] if band else full
+
+
+def mlp_bmm(xp: torch.Tensor, params: torch.Tensor, coords: torch.Tensor, dims: list[int], tile_size: int,
+            band: int, context: int, dtype: torch.dtype, pad: bool | None = None) -> torch.Tensor:
+    """Batched-matmul MLPs on extended tiles, blended and overlap-added: -> (B, out, H, W).
+
+    xp: ``pad_input``'s output; params (B*cells, P); coords (T, T, K) (``extended_coordinates``).
     ``pad``: pad channel counts to multiples of 8 (default: on CUDA, where it keeps 16-bit
     GEMMs tensor-core aligned; elsewhere, e.g. meta for FLOP counts, nominal sizes).
     """
-    B, C, H, W = x.shape
-    S = tile_size
-    hc, wc = H // S, W // S
-    n, k = B * hc * wc, coords.shape[-1]
-    padded = [_ceil8(d) for d in dims] if (x.is_cuda if pad is None else pad) else list(dims)
-    # One gather that also casts: (B, C, hc, S, wc, S) -> (B, hc, wc, S, S, C), coordinates after.
-    h = x.new_empty((B, hc, wc, S, S, padded[0]), dtype=dtype)
-    h[..., :C].copy_(x.reshape(B, C, hc, S, wc, S).permute(0, 2, 4, 3, 5, 1))
-    h[..., C:C + k].copy_(coords.reshape(S, S, k))
-    h[..., C + k:].zero_()
-    h = h.view(n, S * S, padded[0])
-    layers = layer_params(params, dims)
-    for i, (w, b) in enumerate(layers):
-        (cin, cout), (pin, pout) = w.shape[-2:], padded[i:i + 2]
-        w = F.pad(w, (0, pout - cout, 0, pin - cin)) if (pin, pout) != (cin, cout) else w.contiguous()
-        b = F.pad(b, (0, pout - cout)) if pout != cout else b
-        h = torch.baddbmm(b.to(dtype), h, w.to(dtype))
-        h = F.leaky_relu(h, 0.01, inplace=True) if i < len(layers) - 1 else torch.tanh(h)
+    B, S, b = xp.shape[0], tile_size, band
+    H, W = xp.shape[2] - 2 * b - context + 1, xp.shape[3] - 2 * b - context + 1
+    hc, wc, T = H // S, W // S, S + 2 * b
+    widths = [d + 1 for d in dims[:-1]] + [dims[-1]]  # + the constant-1 channel
+    padded = [_ceil8(d) for d in widths] if (xp.is_cuda if pad is None else pad) else widths
+    h = gather_tiles(xp, S, b, context, coords, padded[0], dtype)
+    mats = layer_matrices(params.to(dtype), dims, padded)
+    for i, w in enumerate(mats):
+        h = torch.bmm(h, w)
+        h = F.leaky_relu(h, 0.01, inplace=True) if i < len(mats) - 1 else torch.tanh(h)
     out = dims[-1]
-    h = h[..., :out].reshape(B, hc, wc, S, S, out)
-    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        return h.permute(0, 1, 3, 2, 4, 5).reshape(B, H, W, out).permute(0, 3, 1, 2)
-    return h.permute(0, 5, 1, 3, 2, 4).reshape(B, out, H, W)
+    y = h.view(B, hc, wc, T, T, padded[-1])[..., :out]
+    if b:
+        wy, wx = blend_weights(hc, S, b, xp.device), blend_weights(wc, S, b, xp.device)
+        y = y * (wy.view(1, hc, 1, T, 1, 1) * wx.view(1, 1, wc, 1, T, 1)).to(dtype)
+    return overlap_add(y, B, H, W, S, b)
 
 
 # ----------------------------------------------------------------------------- fused kernel
@@ -135,76 +219,117 @@ def build_kernel(fresh: bool = False):
     return module.pixel_mlp_kernel
 
 
-def launch_fused(x: torch.Tensor, params: torch.Tensor, coords: torch.Tensor, dims: list[int], tile_size: int,
-                 kernel=None) -> torch.Tensor:
-    """Run the kernel: x (B, C, H, W) any strides; params (B*cells, P) in the compute dtype;
-    coords (S*S, K). Returns (B, out, H, W) contiguous in params' dtype."""
-    B, C, H, W = x.shape
-    S = tile_size
+def launch_config(dims: list[int], dtype: torch.dtype, precision: str) -> tuple[int, int]:
+    """(BLOCK pixels per program, num_warps): sized so accumulators fit in registers.
+
+    A program holds two BLOCK x W_PAD fp32 tiles (input and accumulator of a layer) spread
+    over num_warps * 32 threads. At BLOCK 128, width 64, 4 warps that is 128 registers per
+    thread: fine for tf32 / bf16 dots, but the fp32 ``ieee`` dot (3 passes) went to 255 and
+    spilled on sm_90a, and width 128 spilled in bf16. So ``ieee`` fp32 and widths above 64
+    take BLOCK 64, and width 128 also 8 warps (32 registers of accumulator per thread). Not
+    yet compiled for a GPU (no ptxas here): the health check still guards each shape.
+    """
+    wide = _pow2(dims[1]) > 64
+    block = 64 if wide or (dtype == torch.float32 and precision == "ieee") else 128
+    return block, 8 if wide else 4
+
+
+def launch_fused(xp: torch.Tensor, params: torch.Tensor, coords: torch.Tensor, dims: list[int], tile_size: int,
+                 band: int, context: int, kernel=None) -> torch.Tensor:
+    """Run the kernel: xp = ``pad_input``'s output (any strides); params (B*cells, P) in the compute
+    dtype; coords (T, T, K). Returns (B, out, H, W) in params' dtype."""
+    B, C, Hp, Wp = xp.shape
+    S, b, k = tile_size, band, context
+    H, W, T = Hp - 2 * b - k + 1, Wp - 2 * b - k + 1, S + 2 * b
     hc, wc = H // S, W // S
     if params.shape[-1] % 16:  # 16-aligned rows: the kernel's weight loads can vectorize
         params = F.pad(params, (0, 16 - params.shape[-1] % 16))
     params = params.contiguous()
-    coords = coords.reshape(S * S, -1).float().contiguous()
-    precision = "tf32" if x.is_cuda and torch.backends.cuda.matmul.allow_tf32 else "ieee"  # fp32 only
-    y = torch.empty((B, dims[-1], H, W), device=x.device, dtype=params.dtype)
-    block = min(128, S * S)
-    nblk = (S * S + block - 1) // block
-    grid = (B * hc * wc * nblk,)
-    (kernel or build_kernel())[grid](
-        x, params, coords, y, C, coords.shape[-1], hc, wc, params.shape[-1], *x.stride(), *y.stride(),
-        S=S, WIDTH=dims[1], OUT=dims[-1], HIDDEN=len(dims) - 3, CIN_PAD=_pow2(dims[0]), W_PAD=_pow2(dims[1]),
-        OUT_PAD=_pow2(dims[-1]), BLOCK=block, NBLK=nblk, PRECISION=precision, num_warps=4,
+    coords = coords.reshape(T * T, -1).float().contiguous()
+    wy, wx = blend_weights(hc, S, b, xp.device), blend_weights(wc, S, b, xp.device)
+    precision = "tf32" if xp.is_cuda and torch.backends.cuda.matmul.allow_tf32 else "ieee"  # fp32 only
+    y = torch.empty((B, hc, wc, T, T, dims[-1]), device=xp.device, dtype=params.dtype)
+    block, warps = launch_config(dims, params.dtype, precision)
+    block = min(block, _pow2(T * T))
+    nblk = (T * T + block - 1) // block
+    (kernel or build_kernel())[(B * hc * wc * nblk,)](
+        xp, params, coords, wy, wx, y, C, coords.shape[-1], hc, wc, params.shape[-1], *xp.stride(), *y.stride(),
+        S=S, T=T, KC=k, WIDTH=dims[1], OUT=dims[-1], HIDDEN=len(dims) - 3, CIN_PAD=_pow2(dims[0]),
+        W_PAD=_pow2(dims[1]), OUT_PAD=_pow2(dims[-1]), BLOCK=block, NBLK=nblk, PRECISION=precision, num_warps=warps,
     )
-    return y
+    return overlap_add(y, B, H, W, S, b)
 
 
-_HEALTH: dict[tuple, bool] = {}
+_HEALTH: dict[tuple, tuple[bool, str]] = {}
+"""(device, dtype, dims, (tile, band, context)) -> (kernel usable, why not): the checks done so far."""
 
 
-def _fused_healthy(device: torch.device, dtype: torch.dtype, dims: list[int], tile_size: int) -> bool:
-    """Once per device / dtype / shape: does the compiled kernel agree with ``mlp_bmm``?"""
-    key = (str(device), dtype, tuple(dims), tile_size)
+def _health_key(device: torch.device, dtype: torch.dtype, dims: list[int], geometry: list[int]) -> tuple:
+    return (str(device), dtype, tuple(dims), tuple(geometry))
+
+
+def _fused_healthy(device: torch.device, dtype: torch.dtype, dims: list[int], geometry: list[int]) -> bool:
+    """Once per device / dtype / shape: does the compiled kernel agree with ``mlp_bmm``?
+
+    Runs outside the caller's autocast: both sides compute in ``dtype`` as asked, so a bf16
+    matmul is never compared with an fp32 kernel (which would fail and fall back for nothing).
+    """
+    key = _health_key(device, dtype, dims, geometry)
     if key not in _HEALTH:
-        S, C = tile_size, dims[0] - 4 * int(math.log2(tile_size))
-        gen = torch.Generator(device=device).manual_seed(0)
-        x = torch.rand(1, C, S, 2 * S, device=device, generator=gen) * 2 - 1
-        params = torch.randn(2, sum(a * b + b for a, b in zip(dims, dims[1:])), device=device, generator=gen)
-        params = (params / math.sqrt(dims[1])).to(dtype)
-        coords = tile_coordinates(S).to(device)
-        try:
-            got = launch_fused(x, params, coords, dims, S).float()
-            want = mlp_bmm(x, params, coords, dims, S, dtype).float()
-            exact = dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
-            tol = 1e-3 if exact else 5e-2
-            ok = bool(torch.isfinite(got).all()) and float((got - want).abs().max()) < tol
-            reason = "" if ok else f"max difference {float((got - want).abs().max()):.3g}"
-        except Exception as exc:  # noqa: BLE001 - any compile/launch failure means: use the fallback
-            ok, reason = False, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        if not ok:
-            warnings.warn(f"fused pixel-MLP kernel unusable on {device} ({dtype}, {reason}); "
-                          f"using batched matmuls instead", RuntimeWarning, stacklevel=3)
-        _HEALTH[key] = ok
-    return _HEALTH[key]
+        with torch.autocast(device.type, enabled=False):
+            _HEALTH[key] = _check_fused(device, dtype, dims, geometry)
+    return _HEALTH[key][0]
+
+
+def _check_fused(device: torch.device, dtype: torch.dtype, dims: list[int], geometry: list[int]) -> tuple[bool, str]:
+    """The health check itself: (usable, why not), with a warning when not."""
+    S, b, k = geometry
+    C = (dims[0] - 4 * int(math.log2(S))) // (k * k)
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = torch.rand(1, C, 2 * S, 3 * S, device=device, generator=gen) * 2 - 1
+    params = torch.randn(6, sum(a * c + c for a, c in zip(dims, dims[1:])), device=device, generator=gen)
+    params = (params / math.sqrt(dims[1])).to(dtype)
+    coords = extended_coordinates(S, b).to(device)
+    xp = pad_input(x, k, b)
+    try:
+        got = launch_fused(xp, params, coords, dims, S, b, k).float()
+        want = mlp_bmm(xp, params, coords, dims, S, b, k, dtype).float()
+        exact = dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
+        tol = 1e-3 if exact else 5e-2
+        ok = bool(torch.isfinite(got).all()) and float((got - want).abs().max()) < tol
+        reason = "" if ok else f"max difference {float((got - want).abs().max()):.3g}"
+    except Exception as exc:  # noqa: BLE001 - any compile/launch failure means: use the fallback
+        ok, reason = False, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    if not ok:
+        warnings.warn(f"fused pixel-MLP kernel unusable on {device} ({dtype}, {reason}); "
+                      f"using batched matmuls instead", RuntimeWarning, stacklevel=4)
+    return ok, reason
 
 
 @torch.library.custom_op("asaptrain::pixel_mlp", mutates_args=())
 def pixel_mlp_op(
-    x: torch.Tensor, params: torch.Tensor, coords: torch.Tensor, dims: list[int], tile_size: int,
+    xp: torch.Tensor, params: torch.Tensor, coords: torch.Tensor, dims: list[int], geometry: list[int],
 ) -> torch.Tensor:
-    """Fused pixelwise MLPs (no autograd: used only when no gradient is needed)."""
-    if _fused_healthy(x.device, params.dtype, dims, tile_size):
-        return launch_fused(x, params, coords, dims, tile_size)
-    return mlp_bmm(x, params, coords, dims, tile_size, params.dtype).contiguous()
+    """Fused pixelwise MLPs (no autograd: used only when no gradient is needed); geometry = (S, band, k)."""
+    S, b, k = geometry
+    if _fused_healthy(xp.device, params.dtype, dims, geometry):
+        return launch_fused(xp, params, coords, dims, S, b, k)
+    return mlp_bmm(xp, params, coords, dims, S, b, k, params.dtype).contiguous()
 
 
 @pixel_mlp_op.register_fake
-def _(x, params, coords, dims, tile_size):
-    B, _, H, W = x.shape
-    return params.new_empty((B, dims[-1], H, W))
+def _(xp, params, coords, dims, geometry):
+    S, b, k = geometry
+    B, _, Hp, Wp = xp.shape
+    return params.new_empty((B, dims[-1], Hp - 2 * b - k + 1, Wp - 2 * b - k + 1))
 
 
 # ----------------------------------------------------------------------------- module
+
+
+def pixel_path(model: nn.Module) -> str | None:
+    """Which pixelwise path ``model``'s last forward took (see ``PixelMLP.path``); None without one."""
+    return next((m.path() for m in model.modules() if isinstance(m, PixelMLP)), None)
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -218,27 +343,36 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 class PixelMLP(nn.Module):
     """Runs one MLP per S x S tile with per-cell weights; holds no parameters, only coordinates.
 
-    ``forward(x, params)``: x (B, C, H, W); params (B, H/S, W/S, num_params), laid out per
-    layer as [weight (cin x cout, row-major), bias (cout)]. Hidden layers LeakyReLU(0.01),
-    output tanh.
+    ``forward(x, params)``: x (B, C, H, W), the channels the MLPs see (their k x k context is
+    built here); params (B, H/S, W/S, num_params), laid out per layer as [weight (cin x cout,
+    row-major), bias (cout)]. Hidden layers LeakyReLU(0.01), output tanh.
     """
 
     def __init__(self, in_channels: int, out_channels: int, width: int, depth: int, tile_size: int,
-                 blend: bool = False):
+                 context: int = 1, band: int = 0):
         super().__init__()
-        self.tile_size = tile_size
-        self.blend = blend
-        """Mix the 4 nearest cells' MLPs per pixel (no tile seams; 4x the MLP work)."""
-        self.register_buffer("coords", tile_coordinates(tile_size), persistent=False)
+        if context < 1 or context % 2 == 0:
+            raise ValueError(f"context must be an odd number >= 1, got {context}")
+        if not 0 <= band <= tile_size // 2:
+            raise ValueError(f"band must be in 0..{tile_size // 2} (tile_size / 2), got {band}")
+        self.tile_size, self.context, self.band = tile_size, context, band
+        self.register_buffer("coords", extended_coordinates(tile_size, band), persistent=False)
         self.in_channels = in_channels
-        self.dims = [in_channels + self.coords.shape[-1]] + [width] * (depth - 1) + [out_channels]
+        self.dims = [in_channels * context**2 + self.coords.shape[-1]] + [width] * (depth - 1) + [out_channels]
         self.splits = [n for cin, cout in zip(self.dims, self.dims[1:]) for n in (cin * cout, cout)]
         self.num_params = sum(self.splits)
         self.fused = True
         """Use the fused kernel where it applies (False forces the batched-matmul path)."""
+        self.last_path: str | None = None
+        """Which path the last forward took: "fused" or "matmul" (see ``path``)."""
+        self._health_key: tuple | None = None
 
-    def layer_params(self, params: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        return layer_params(params, self.dims)
+    def path(self) -> str | None:
+        """The path of the last forward, with the fused kernel's health verdict once it is known."""
+        if self.last_path != "fused" or self._health_key is None:
+            return self.last_path
+        ok, reason = _HEALTH.get(self._health_key, (True, ""))
+        return "fused" if ok else f"matmul (fused kernel fell back: {reason})"
 
     def _use_fused(self, x: torch.Tensor, params: torch.Tensor) -> bool:
         needs_grad = torch.is_grad_enabled() and (x.requires_grad or params.requires_grad)
@@ -252,44 +386,11 @@ class PixelMLP(nn.Module):
             raise ValueError(f"params {tuple(params.shape)} / input {tuple(x.shape)} do not match this MLP "
                              f"({self.in_channels} inputs, tile {S}, {self.num_params} parameters per cell)")
         dtype = _compute_dtype(x)
-        if self.blend:
-            return self.forward_blended(x, params.to(dtype), dtype)
-        return self._tiles(x, params.to(dtype).reshape(B * hc * wc, self.num_params), self.coords, dtype)
-
-    def _tiles(self, x: torch.Tensor, params: torch.Tensor, coords: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """One MLP per aligned S x S tile of ``x``; params (tiles, P) in ``dtype``."""
+        xp = pad_input(x, self.context, self.band)
+        params = params.to(dtype).reshape(B * hc * wc, self.num_params)
+        geometry = [S, self.band, self.context]
         if self._use_fused(x, params):
-            return pixel_mlp_op(x, params, coords, self.dims, self.tile_size)
-        return mlp_bmm(x, params, coords, self.dims, self.tile_size, dtype)
-
-    def forward_blended(self, x: torch.Tensor, params: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """Each pixel's output mixes the MLPs of the 4 cells whose centres surround it.
-
-        Treat a cell's MLP as living at the cell's centre. On a grid shifted by S/2 every
-        shifted tile has the same 4 surrounding cells for all its pixels, so each of the 4
-        (top/bottom, left/right) choices is one ordinary tiled call on the input padded by S/2,
-        with the cells' parameters edge-replicated one cell outwards. The results are mixed
-        with bilinear weights (q + 1/2) / S at offset q in the shifted tile, and the padding is
-        cropped off. Within S/2 of the image border both neighbours on that side are the edge
-        cell. The coordinates are the pixel's own (the encoding is periodic in S), rolled by
-        S/2 to the shifted grid. The output is continuous across cell edges: a bilinear
-        interpolation of the cells' functions, which are continuous themselves.
-        """
-        B, C, H, W = x.shape
-        S, half = self.tile_size, self.tile_size // 2
-        hc, wc = H // S, W // S
-        grid = F.pad(params.permute(0, 3, 1, 2), (1, 1, 1, 1), mode="replicate")  # (B, P, hc + 2, wc + 2)
-        shifted = F.pad(x, (half, half, half, half), mode="replicate")
-        coords = torch.roll(self.coords, shifts=(half, half), dims=(0, 1))
-        frac = (torch.arange(S, device=x.device, dtype=torch.float32) + 0.5) / S
-        wy = torch.stack([1 - frac, frac]).repeat(1, hc + 1)[:, half:half + H, None]  # (2, H, 1)
-        wx = torch.stack([1 - frac, frac]).repeat(1, wc + 1)[:, None, half:half + W]  # (2, 1, W)
-        out = None
-        # a, b = 1: the lower / right neighbour, so shifted tile (t, u) uses cell (t + a - 1, u + b - 1).
-        for a in (0, 1):
-            for b in (0, 1):
-                cells = grid[:, :, a:a + hc + 1, b:b + wc + 1].permute(0, 2, 3, 1).reshape(-1, self.num_params)
-                y = self._tiles(shifted, cells, coords, dtype)[..., half:half + H, half:half + W]
-                term = y * (wy[a] * wx[b])
-                out = term if out is None else out + term
-        return out.to(dtype)
+            self.last_path, self._health_key = "fused", _health_key(x.device, params.dtype, self.dims, geometry)
+            return pixel_mlp_op(xp, params, self.coords, self.dims, geometry)
+        self.last_path = "matmul"
+        return mlp_bmm(xp, params, self.coords, self.dims, S, self.band, self.context, dtype)

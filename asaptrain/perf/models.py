@@ -23,6 +23,7 @@ from collections.abc import Callable
 import torch
 
 from asaptrain.config.schema import Config
+from asaptrain.models.pixel_mlp import pixel_path
 from asaptrain.train.nets import build_generator, generator_in_channels
 
 LABEL_SIZES = ((256, 512), (512, 1024), (1024, 2048))
@@ -163,7 +164,7 @@ def run_bench(
                                 return fn_model(x)
 
                         ms = time_forward(call, dev, repeats, warmup)
-                        row["ms"] = ms / batch
+                        row["ms"], row["pixel_path"] = ms / batch, pixel_path(net)
                         row["ms_per_batch"] = ms
                     except torch.cuda.OutOfMemoryError:
                         row["note"] = "out of memory"

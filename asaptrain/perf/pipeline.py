@@ -28,22 +28,6 @@ from rich.table import Table
 from asaptrain.config.schema import Config, DataConfig, TrainConfig
 
 
-def parse_crops(text: str) -> list[tuple[int, int]]:
-    """"256x256,512x1024" -> [(256, 256), (512, 1024)] (height x width, pixels)."""
-    crops = []
-    for part in (p.strip() for p in text.split(",") if p.strip()):
-        try:
-            h, w = (int(v) for v in part.lower().split("x"))
-        except ValueError:
-            raise ValueError(f"crop {part!r} is not HEIGHTxWIDTH in pixels, e.g. 256x512") from None
-        if h < 1 or w < 1:
-            raise ValueError(f"crop {part!r} must be positive")
-        crops.append((h, w))
-    if not crops:
-        raise ValueError("give at least one crop, e.g. 256x256")
-    return crops
-
-
 def _device_cost(batch: dict, cfg: Config, strength: float, device, repeats: int = 5) -> dict[str, float]:
     """Median ms of ``to_model_batch`` (and of kernel generation alone) on ``device``."""
     import torch
@@ -138,4 +122,4 @@ def render(result: dict[str, Any]) -> Table:
     return table
 
 
-__all__ = ["run", "render", "parse_crops"]
+__all__ = ["run", "render"]

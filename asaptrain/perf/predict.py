@@ -4,7 +4,7 @@ default, with the time of each stage (decode, model, encode) per image.
 For each preset (or a trained ``--run``) it writes ``images`` synthetic inputs of the size (street
 photos for deblurring, street label maps for label -> photo; PNG, as GoPro and Cityscapes ship
 them) into a temporary local store, gives an untrained preset a checkpoint of its initial
-weights (speed does not depend on them), and runs the real ``predict`` with one model worker
+weights (and D's, so it loads as a run's would; speed does not depend on them), and runs the real ``predict`` with one model worker
 (``gpus`` GPUs, or the CPUs Ray gives it). images/s is the whole pipeline's, from the first
 result to the last; the stage times are those ``predict`` measures inside each stage (ms per
 image, wall time of that stage's code, so they overlap in the pipeline). Numbers are for the
@@ -46,7 +46,7 @@ def _preset_run(store, name: str):
     import torch
 
     from asaptrain.config.presets import get_preset
-    from asaptrain.train.nets import build_generator
+    from asaptrain.train.nets import build_discriminator, build_generator
     from asaptrain.train.run_files import RunFiles
     from asaptrain.train.state import to_bytes
 
@@ -54,8 +54,9 @@ def _preset_run(store, name: str):
     torch.manual_seed(0)
     files = RunFiles(store, name)
     files.write_config(cfg)
-    files.dir.write_bytes("checkpoint_000000/state.pt", to_bytes({"generator": build_generator(cfg).state_dict(),
-                                                                  "ema": None}))
+    state = {"generator": build_generator(cfg).state_dict(), "discriminator": build_discriminator(cfg).state_dict(),
+             "ema": None}
+    files.dir.write_bytes("checkpoint_000000/state.pt", to_bytes(state))
     return cfg, files.dir
 
 

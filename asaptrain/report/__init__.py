@@ -1,2 +1,2 @@
-"""Aggregation of finished runs into one report: ``aggregate`` reads the runs, ``plots`` draws
-the tables and figures."""
+"""Aggregation of finished runs into one report: ``aggregate`` reads the runs, ``tables`` makes
+the text tables (report.md and the terminal), ``figures`` draws the PNGs."""

@@ -3,8 +3,12 @@
 Reads the run directories the training engine writes (``runs/NAME/run.json``,
 ``metrics.jsonl``, ``timing.json``, ``samples/STEP.png``), picks the latest finished run of
 each model for the quality tables (in the form of ASAP-Net's Tables 1 and 2: FID, PSNR,
-SSIM), compares inference speed only where two models were timed at the same resolution on
-the same GPU, and lists every run, including failed, running and incomplete ones.
+SSIM), shows each run's own inference timing, and lists every run, including failed, running
+and incomplete ones, and every sweep under ``sweeps/`` (its trials' quality against ms/image
+beside DeblurGAN's reference run: ``report/sweeps.py``). Speed ratios are never divided out of
+timings that separate runs took on a shared machine: the report rebuilds the two runs'
+generators from their ``config.toml`` and times them side by side in its own process
+(``asaptrain.perf.compare``).
 
     report = aggregate(Store.open("s3://bucket/asap", s3_endpoint=url), "out/report")
     print_report(report)
@@ -16,11 +20,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import math
 import os
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any
+
+from asaptrain.report.tables import finite, render_markdown
+from asaptrain.train.run_files import json_safe
 
 # Models per task, in table order; the ratio pairs are (new model, baseline).
 TASK_MODELS = {"labels2photo": ("asapnet", "pix2pixhd"), "deblur": ("deblurgan", "hybrid")}
@@ -41,6 +47,7 @@ class Run:
     timing: dict[str, Any] | None = None
     sample: str | None = None  # store path (rel) of the latest samples/STEP.png
     sample_step: int | None = None
+    config_toml: str | None = None  # the run's resolved config, to rebuild its generator for timing
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -65,13 +72,6 @@ def _iso(value: Any) -> str | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool):  # epoch seconds
         return dt.datetime.fromtimestamp(value, tz=dt.timezone.utc).isoformat()
     return str(value) if value else None
-
-
-def _finite(value: Any) -> float | None:
-    """A metric as float, or None for missing / NaN / inf (never plotted or tabled as a number)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) else None
 
 
 # ----------------------------------------------------------------------------- reading runs
@@ -109,6 +109,7 @@ def load_run(store, prefix: str, name: str) -> Run:
     if not run.info:
         run.problems.append("no run.json")
         run.info = {"name": name, **_from_config_toml(store, base)}
+    run.config_toml = _read(store, f"{base}/config.toml", "read_text")
     text = _read(store, f"{base}/metrics.jsonl", "read_text")
     if text is None:
         run.problems.append("no metrics.jsonl")
@@ -212,7 +213,7 @@ def _quality_row(model: str, run: Run | None, runs: list[Run]) -> dict[str, Any]
     last = run.evals[-1]
     row["step"] = last.get("step")
     for key in _EVAL_KEYS:
-        row[key] = last.get(key) if key == "fid_reason" else _finite(last.get(key))
+        row[key] = last.get(key) if key == "fid_reason" else finite(last.get(key))
     if row["fid"] is None and not row["fid_reason"]:
         row["fid_reason"] = "not computed"
     if row["psnr"] is not None and row["input_psnr"] is not None:
@@ -226,55 +227,58 @@ def _speed_rows(run: Run) -> list[dict[str, Any]]:
     """One row per timed inference setting (timing.json's ``ms`` is already per image)."""
     t = run.timing or {}
     base = {"task": run.task, "model": run.model, "run": run.name, "gpu": t.get("gpu"),
-            "train_images_per_s": _finite(t.get("images_per_s")), "world_size": t.get("world_size"),
+            "train_images_per_s": finite(t.get("images_per_s")), "world_size": t.get("world_size"),
             "train_batch_size": t.get("batch_size"), "train_height": t.get("height"),
             "train_width": t.get("width")}
     rows = []
     for inf in t.get("inference") or []:
         rows.append({**base, "gpu": inf.get("gpu") or t.get("gpu"), "height": inf.get("height"),
                      "width": inf.get("width"), "dtype": inf.get("dtype"), "batch": inf.get("batch") or 1,
-                     "ms_per_image": _finite(inf.get("ms"))})
+                     "ms_per_image": finite(inf.get("ms"))})
     if not rows:
         rows.append({**base, "height": None, "width": None, "dtype": None, "batch": None,
                      "ms_per_image": None})
     return rows
 
 
-def _ratio(task: str, fast: str, slow: str, chosen: dict[str, Run]) -> dict[str, Any]:
-    """slow ms / fast ms at the largest resolution both were timed at on the same GPU and dtype."""
+def _run_config(run: Run):
+    """The run's Config from its config.toml, or raise ValueError saying why not."""
+    from asaptrain.config.io import from_dict
+    from asaptrain.config.schema import validate
+
+    if not run.config_toml:
+        raise ValueError(f"run {run.name} has no config.toml")
+    try:
+        return validate(from_dict(tomllib.loads(run.config_toml), source=f"{run.name}/config.toml"))
+    except (tomllib.TOMLDecodeError, ValueError) as exc:
+        raise ValueError(f"run {run.name}: config.toml unusable ({exc})") from None
+
+
+def _ratio(task: str, fast: str, slow: str, chosen: dict[str, Run], repeats: int = 10) -> dict[str, Any]:
+    """slow ms / fast ms of the two runs' generators, timed side by side here at the fast run's crop size."""
+    from asaptrain.errors import UserError
+    from asaptrain.perf.compare import compare_generators
+
     out = {"task": task, "fast": fast, "slow": slow, "ratio": None, "gpu": None, "height": None,
-           "width": None, "dtype": None, "fast_ms": None, "slow_ms": None, "reason": None, "settings": []}
+           "width": None, "dtype": None, "fast_ms": None, "slow_ms": None, "reason": None, "settings": [],
+           "method": "side by side in the report's process"}
     missing = [m for m in (fast, slow) if m not in chosen]
     if missing:
         out["reason"] = f"no finished run of {' and '.join(missing)}"
         return out
-    untimed = [m for m in (fast, slow) if not chosen[m].timing or not chosen[m].timing.get("inference")]
-    if untimed:
-        out["reason"] = f"no inference timing for {' and '.join(untimed)}"
+    try:
+        cfgs = [_run_config(chosen[m]) for m in (fast, slow)]
+        size = (cfgs[0].data.crop_height, cfgs[0].data.crop_width)
+        rows = compare_generators([(chosen[fast].name, cfgs[0]), (chosen[slow].name, cfgs[1])], size,
+                                  batches=(1,), repeats=repeats, warmup=1)
+    except (UserError, ValueError, RuntimeError) as exc:  # a config that cannot be built or timed here
+        out["reason"] = f"not timed side by side: {exc}"
         return out
-
-    def keyed(model):
-        return {(r["gpu"], r["height"], r["width"], r["dtype"]): r["ms_per_image"]
-                for r in _speed_rows(chosen[model]) if r["ms_per_image"] is not None}
-
-    a, b = keyed(fast), keyed(slow)
-    common = sorted(set(a) & set(b), key=lambda k: ((k[1] or 0) * (k[2] or 0), k[3] == "fp32"))
-    if not common:
-        gpus_a, gpus_b = {k[0] for k in a}, {k[0] for k in b}
-        if not gpus_a & gpus_b:
-            out["reason"] = (f"timed on different GPUs ({fast}: {', '.join(map(str, sorted(gpus_a)))}; "
-                             f"{slow}: {', '.join(map(str, sorted(gpus_b)))})")
-        else:
-            def res(d):
-                return ", ".join(sorted({f"{k[1]}x{k[2]} {k[3]}" for k in d}))
-            out["reason"] = f"no common resolution and dtype ({fast}: {res(a)}; {slow}: {res(b)})"
-        return out
-    out["settings"] = [{"gpu": k[0], "height": k[1], "width": k[2], "dtype": k[3], "fast_ms": a[k],
-                        "slow_ms": b[k], "ratio": b[k] / a[k] if a[k] else None} for k in reversed(common)]
-    head = out["settings"][0]  # the largest shared resolution, fp32 before bf16
-    out.update(head)
-    if head["ratio"] is None:
-        out["reason"] = f"{fast} timed at 0 ms"
+    r = next(row for row in rows if row["kind"] == "ratio")
+    out["settings"] = [{"gpu": r["device"], "height": r["height"], "width": r["width"], "dtype": r["dtype"],
+                        "fast_ms": r["a_ms"], "slow_ms": r["b_ms"], "ratio": r["ratio"], "threads": r["threads"],
+                        "ratio_q1": r["ratio_q1"], "ratio_q3": r["ratio_q3"]}]
+    out.update(out["settings"][0])
     return out
 
 
@@ -289,7 +293,7 @@ def _run_summary(run: Run, used: bool) -> dict[str, Any]:
         "world_size": run.info.get("world_size"),
         "last_step": run.train[-1].get("step") if run.train else None,
         "last_eval": {k: last.get(k) for k in ("step", *_EVAL_KEYS)} if last else None,
-        "train_images_per_s": _finite((run.timing or {}).get("images_per_s")),
+        "train_images_per_s": finite((run.timing or {}).get("images_per_s")),
         "sample": None, "problems": run.problems, "in_tables": used,
     }
 
@@ -320,24 +324,12 @@ def build_report(runs: list[Run], store_uri: str = "", prefix: str = "runs") -> 
     }
 
 
-def _clean(obj: Any) -> Any:
-    """NaN/inf -> None so report.json stays strict JSON."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    return obj
-
-
 def _out_store(out):
-    from asaptrain.data.store import Store
+    from asaptrain.data.store import Store, absolute_uri
 
     if not isinstance(out, (str, os.PathLike)):
         return out
-    out = os.fspath(out)
-    return Store.open(out if "://" in out else os.path.abspath(out))
+    return Store.open(absolute_uri(os.fspath(out)))
 
 
 def aggregate(store, out, prefix: str = "runs", plots: bool = True) -> dict[str, Any]:
@@ -345,10 +337,12 @@ def aggregate(store, out, prefix: str = "runs", plots: bool = True) -> dict[str,
 
     ``out`` is a Store or a local directory. Returns the report dict (as in report.json).
     """
-    from asaptrain.report import plots as plotting
+    from asaptrain.report.figures import write_all
+    from asaptrain.report.sweeps import copy_figures, load_sweeps
 
     runs = load_runs(store, prefix)
     report = build_report(runs, getattr(store, "uri", ""), prefix)
+    report["sweeps"] = load_sweeps(store)
     out = _out_store(out)
     for summary, run in zip(report["runs"], runs):
         if run.sample:  # every run's latest grid, so failed and running runs can be looked at too
@@ -357,9 +351,10 @@ def aggregate(store, out, prefix: str = "runs", plots: bool = True) -> dict[str,
             summary["sample"] = dest
             report["samples"][run.name] = dest
     if plots:
-        report["plots"] = plotting.write_all(report, latest_per_model(runs), out)
-    out.write_text("report.md", plotting.render_markdown(report))
-    out.write_text("report.json", json.dumps(_clean(report), indent=2, allow_nan=False) + "\n")
+        report["plots"] = write_all(report, latest_per_model(runs), out)
+        report["plots"].update(copy_figures(store, out, report["sweeps"]))
+    out.write_text("report.md", render_markdown(report))
+    out.write_text("report.json", json.dumps(json_safe(report), indent=2, allow_nan=False) + "\n")
     return report
 
 

@@ -11,13 +11,12 @@ before a trial starts, so a typo fails at once with the field's name::
 
 from __future__ import annotations
 
-import json
 import tomllib
 from pathlib import Path
 from typing import Any
 
 from asaptrain.config.schema import Config
-from asaptrain.config.io import apply_overrides
+from asaptrain.config.io import replace
 from asaptrain.errors import UserError
 
 
@@ -32,6 +31,11 @@ def default_space(base: Config) -> dict[str, dict]:
     space: dict[str, dict] = {
         "model.mlp_depth": {"choice": [3, 4, 5, 6]},
         "model.mlp_width": {"choice": sorted({max(8, m.mlp_width // 2), m.mlp_width, m.mlp_width * 2})},
+        # The low-res stream is most of the hybrid's cost: its width and depth are searched both ways.
+        "model.lowres_width": {"choice": sorted({max(8, m.lowres_width // 2), m.lowres_width, m.lowres_width * 2})},
+        "model.lowres_max_channels": {"choice": sorted({max(8, m.lowres_max_channels // 2), m.lowres_max_channels,
+                                                         m.lowres_max_channels * 2})},
+        "model.lowres_blocks": {"choice": sorted({max(0, m.lowres_blocks - 2), m.lowres_blocks, m.lowres_blocks + 2})},
         "model.tile_size": {"choice": tiles or [m.tile_size]},
         "model.mlp_context": {"choice": [1, 3, 5]},
         "model.tile_blend": {"choice": [True, False]},
@@ -94,7 +98,7 @@ def _check_entry(where: str, key: str, spec: Any, base: Config) -> None:
                              f"{' and lo > 0' if kind == 'loguniform' else ''}, got {values!r}")
     for value in values:  # every value must be one the field accepts (both bounds of a range)
         try:
-            apply_overrides(base, [f"{key}={json.dumps(value)}"])
+            replace(base, {key: value})
         except UserError as exc:
             raise SweepError(f"{where}: {key}: {exc}") from None
 
@@ -115,4 +119,4 @@ def to_tune(space: dict[str, dict]) -> dict[str, Any]:
 
 def trial_config(base: Config, params: dict[str, Any]) -> Config:
     """``base`` with a trial's sampled values (dotted keys) applied and validated."""
-    return apply_overrides(base, [f"{k}={json.dumps(v)}" for k, v in sorted(params.items())])
+    return replace(base, dict(sorted(params.items())), source="sweep")

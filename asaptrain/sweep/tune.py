@@ -4,24 +4,29 @@
 
 Each trial is a Tune function that builds and fits a ``TorchTrainer`` (``train.launch.fit``)
 with ``TuneReportCallback``: every Train report becomes a Tune result, so ASHA sees the
-validation PSNR as training goes. Trial runs live under ``STORE/sweeps/NAME/runs/``; the sweep
-writes ``sweep.json`` (every trial), ``best.toml`` (a config ``asaptrain train --config``
-accepts unchanged) and ``trials.png`` (metric vs. step per trial) beside them.
+validation PSNR as training goes. Trial runs live under ``STORE/sweeps/NAME/runs/``. Beside
+them the sweep writes ``sweep.json`` (every trial with its PSNR, ms/image and GFLOPs, DeblurGAN's
+reference point, the speed–quality front), ``best.toml`` (the best trial at least
+``min_speedup`` times faster than DeblurGAN, a config ``asaptrain train --config`` accepts
+unchanged) and ``trials.png``; the reference run and the timing are in ``sweep/speed.py``, the
+choice in ``sweep/select.py``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
-import threading
 import time
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
-from asaptrain.config.schema import Config, validate
-from asaptrain.config.io import apply_overrides, from_dict, to_dict, to_toml
+from asaptrain.config.schema import Config
+from asaptrain.config.io import from_dict, replace, to_dict, to_toml
+from asaptrain.sweep.figure import trials_png
+from asaptrain.sweep.select import best_toml_header, choose, front
 from asaptrain.sweep.space import SweepError, default_space, to_tune, trial_config
+from asaptrain.sweep.speed import ensure_reference, reference_preset, time_trials
 from asaptrain.train.run_files import RunFiles, new_run_name
 
 SWEEPS_PREFIX = "sweeps"
@@ -69,7 +74,7 @@ def _trial(params: dict[str, Any]) -> None:
     from asaptrain.train.launch import fit
 
     ctx = params.pop("__asaptrain__")
-    cfg = trial_config(validate(from_dict(ctx["base"])), params)
+    cfg = trial_config(from_dict(ctx["base"]), params)
     store = Store.open(cfg.storage.store, cfg.storage.s3_endpoint or None, cfg.storage.region or None)
     result = fit(cfg, name=f"trial-{ray.tune.get_context().get_trial_id()}", progress=False, store=store,
                  callbacks=[TuneReportCallback()], runs_prefix=ctx["runs_prefix"])
@@ -90,42 +95,61 @@ def sweep(
     search: str = "auto",
     gpus_per_trial: float | None = None,
     workers_per_trial: int | None = None,
+    min_speedup: float = 2.5,
+    reference: str | None = None,
     progress: bool = True,
 ) -> dict:
     """Run (or resume) a sweep and write its results; returns the ``sweep.json`` content."""
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-
     from asaptrain.data.store import store_from_config
-    from asaptrain.train.launch import ensure_ray, pin_store, resolve_use_gpu
+    from asaptrain.train.launch import ensure_ray, pin_store, resolve_use_gpu, run_polling
 
     if metric not in METRIC_KEYS:
         raise SweepError(f"--metric must be one of {', '.join(METRIC_KEYS)}, got {metric!r}")
-    flags = []
-    if workers_per_trial:
-        flags.append(f"scaling.num_workers={workers_per_trial}")
-    if gpus_per_trial is not None:
-        workers = workers_per_trial or base.scaling.num_workers
-        flags.append("scaling.use_gpu=" + ("true" if gpus_per_trial > 0 else "false"))
-        if gpus_per_trial > 0:
-            flags.append(f"scaling.resources_per_worker={{GPU = {gpus_per_trial / workers}}}")
-    base = pin_store(apply_overrides(base, flags) if flags else validate(base))
+    base = pin_store(replace(base, trial_scaling(base, gpus_per_trial, workers_per_trial)))
     store = store_from_config(base.storage)
     name = resume or name or new_run_name("sweep")
-    sweep_dir = store.child(SWEEPS_PREFIX, name)
+    space = _open_space(store.child(SWEEPS_PREFIX, name), name, resume, space or default_space(base))
+    ensure_ray()
+    use_gpu = resolve_use_gpu(base)
+    parallel = _trials_at_once(base, trials, use_gpu)
+    ref = ensure_reference(store, base, reference or reference_preset(base), progress)
+    runs_prefix = f"{SWEEPS_PREFIX}/{name}/runs"
+    tuner = _tuner(store, name, base, space, runs_prefix, trials, parallel, metric, grace_reports,
+                   reduction_factor, search, resume=bool(resume))
+    try:
+        with _trials_table(store, runs_prefix, base.train.steps) if progress else nullcontext() as update:
+            grid = run_polling(tuner.fit, update, every_s=2.0)
+    except Exception as exc:
+        raise SweepError(f"sweep {name} stopped: {exc}") from exc
+    return write_results(store, name, base, grid, metric, runs_prefix, ref, min_speedup, use_gpu)
+
+
+def trial_scaling(base: Config, gpus_per_trial: float | None, workers_per_trial: int | None) -> dict[str, Any]:
+    """The config changes that give each trial ``workers_per_trial`` workers and ``gpus_per_trial`` GPUs."""
+    changes: dict[str, Any] = {}
+    if workers_per_trial:
+        changes["scaling.num_workers"] = workers_per_trial
+    if gpus_per_trial is not None:
+        workers = workers_per_trial or base.scaling.num_workers
+        changes["scaling.use_gpu"] = "true" if gpus_per_trial > 0 else "false"
+        if gpus_per_trial > 0:
+            changes["scaling.resources_per_worker"] = {"GPU": gpus_per_trial / workers}
+    return changes
+
+
+def _open_space(sweep_dir, name: str, resume: str | None, space: dict[str, dict]) -> dict[str, dict]:
+    """The sweep's search space: the one it was started with when resuming; written before any trial."""
     if resume and not sweep_dir.exists("space.json"):
         raise SweepError(f"cannot resume sweep {resume!r}: nothing at {sweep_dir.uri_for('space.json')}")
     if not resume and sweep_dir.exists("space.json"):
         raise SweepError(f"a sweep named {name!r} exists at {sweep_dir.uri_for('')}; pass --resume {name} to continue it")
-    space = json.loads(sweep_dir.read_text("space.json")) if resume else (space or default_space(base))
+    space = json.loads(sweep_dir.read_text("space.json")) if resume else space
     sweep_dir.write_text("space.json", json.dumps(space, indent=2))
-    # Trials read the dataset from the main store, wherever their own runs go.
-    dataset = base.data.dataset if "://" in base.data.dataset or base.data.dataset.startswith("/") \
-        else store.uri_for(base.data.dataset)
-    trial_base = dataclasses.replace(base, data=dataclasses.replace(base.data, dataset=dataset))
+    return space
 
-    ensure_ray()
-    use_gpu = resolve_use_gpu(base)
+
+def _trials_at_once(base: Config, trials: int, use_gpu: bool) -> int:
+    """How many trials run together; refuses trials in turn where a finished one would block the next."""
     parallel = min(concurrent_trials(base, use_gpu), trials)
     if parallel < trials and not dashboard_ok():
         raise SweepError(
@@ -133,45 +157,38 @@ def sweep(
             "trial's placement group is freed through it, so the next trial would wait forever. Start Ray with "
             "the dashboard (pip install 'ray[default]'; ray start --head --include-dashboard=true) and retry."
         )
-    runs_prefix = f"{SWEEPS_PREFIX}/{name}/runs"
-    steps_per_report = base.train.log_every
-    # One past the last report: ASHA must never be the one to end a trial that is finishing.
-    max_t = max(1, math.ceil(base.train.steps / steps_per_report)) + 1
-    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=min(grace_reports, max_t),
-                              reduction_factor=reduction_factor)
-    search_alg = _search_alg(search, base.train.seed, parallel)
+    return parallel
+
+
+def _tuner(store, name: str, base: Config, space: dict[str, dict], runs_prefix: str, trials: int, parallel: int,
+           metric: str, grace_reports: int, reduction_factor: float, search: str, resume: bool):
+    """A new Tuner for the sweep, or the stored one when resuming a sweep Tune can restore."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from asaptrain.data.store import dataset_uri
+
     trainable = tune.with_resources(_trial, {"CPU": TRIAL_DRIVER_CPUS})
-    param_space = {**to_tune(space), "__asaptrain__": {"base": to_dict(trial_base), "runs_prefix": runs_prefix}}
     storage_path, storage_fs = store.child(SWEEPS_PREFIX, name).ray_storage()
     tune_path = os.path.join(storage_path, "tune")
     if resume and tune.Tuner.can_restore(tune_path, storage_filesystem=storage_fs):
-        tuner = tune.Tuner.restore(tune_path, trainable=trainable, resume_errored=True, restart_errored=False,
-                                   storage_filesystem=storage_fs)
-    else:
-        tuner = tune.Tuner(
-            trainable, param_space=param_space,
-            tune_config=tune.TuneConfig(metric=METRIC_KEYS[metric], mode="max", scheduler=scheduler,
-                                        search_alg=search_alg, num_samples=trials),
-            run_config=tune.RunConfig(name="tune", storage_path=storage_path, storage_filesystem=storage_fs,
-                                      failure_config=tune.FailureConfig(max_failures=0),
-                                      callbacks=[_trial_callback(store, runs_prefix)]),
-        )
-    outcome: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            outcome["grid"] = tuner.fit()
-        except Exception as exc:
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=run, daemon=True, name="asaptrain-sweep")
-    thread.start()
-    if progress:
-        _follow(store, runs_prefix, thread, base.train.steps)
-    thread.join()
-    if "error" in outcome:
-        raise SweepError(f"sweep {name} stopped: {outcome['error']}")
-    return write_results(store, name, base, outcome["grid"], metric, runs_prefix)
+        return tune.Tuner.restore(tune_path, trainable=trainable, resume_errored=True, restart_errored=False,
+                                  storage_filesystem=storage_fs)
+    # Trials read the dataset from the main store, wherever their own runs go.
+    trial_base = replace(base, {"data.dataset": dataset_uri(base.data.dataset, store)})
+    # One past the last report: ASHA must never be the one to end a trial that is finishing.
+    max_t = max(1, math.ceil(base.train.steps / base.train.log_every)) + 1
+    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=min(grace_reports, max_t),
+                              reduction_factor=reduction_factor)
+    param_space = {**to_tune(space), "__asaptrain__": {"base": to_dict(trial_base), "runs_prefix": runs_prefix}}
+    return tune.Tuner(
+        trainable, param_space=param_space,
+        tune_config=tune.TuneConfig(metric=METRIC_KEYS[metric], mode="max", scheduler=scheduler,
+                                    search_alg=_search_alg(search, base.train.seed, parallel), num_samples=trials),
+        run_config=tune.RunConfig(name="tune", storage_path=storage_path, storage_filesystem=storage_fs,
+                                  failure_config=tune.FailureConfig(max_failures=0),
+                                  callbacks=[_trial_callback(store, runs_prefix)]),
+    )
 
 
 def free_placement_group(run: RunFiles) -> bool:
@@ -238,7 +255,8 @@ def _search_alg(search: str, seed: int, parallel: int):
     return BasicVariantGenerator(random_state=seed, max_concurrent=parallel)
 
 
-def write_results(store, name: str, base: Config, grid, metric: str, runs_prefix: str) -> dict:
+def write_results(store, name: str, base: Config, grid, metric: str, runs_prefix: str, reference: dict,
+                  min_speedup: float, use_gpu: bool) -> dict:
     key = METRIC_KEYS[metric]
     rows = []
     for res in grid:
@@ -253,53 +271,38 @@ def write_results(store, name: str, base: Config, grid, metric: str, runs_prefix
             ("stopped early" if steps < base.train.steps else "finished"),
             "error": str(res.error).strip().splitlines()[-1][:500] if res.error else None,
         })
-    ok = [r for r in rows if r[f"best_{key}"] is not None and not (isinstance(r[f"best_{key}"], float) and math.isnan(r[f"best_{key}"]))]
-    best = max(ok, key=lambda r: r[f"best_{key}"]) if ok else None
+    speed = time_trials(base, rows, reference, use_gpu)
+    best, selection = choose(rows, key, reference.get("ms_per_image"), min_speedup)
+    on_front = front(rows, key)
+    for r in rows:
+        r["on_front"] = r["trial"] in on_front
     sweep_dir = store.child(SWEEPS_PREFIX, name)
     summary = {"name": name, "metric": key, "trials": rows, "best": best, "base_steps": base.train.steps,
-               "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+               "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "selection": selection, "front": on_front,
+               "speed": speed, "reference": {k: v for k, v in reference.items() if k != "config"}}
+    if selection["below_speedup"] is not False:
+        print(f"[asaptrain] WARNING: {selection['message']}", flush=True)
     if best is not None:
         best_cfg = trial_config(base, best["params"])
-        sweep_dir.write_text("best.toml", to_toml(best_cfg))
+        sweep_dir.write_text("best.toml", best_toml_header(summary) + to_toml(best_cfg))
         summary["best_toml"] = sweep_dir.uri_for("best.toml")
     sweep_dir.write_json("sweep.json", summary)
-    _plot(store, runs_prefix, sweep_dir, key)
+    _plot(store, runs_prefix, sweep_dir, summary)
     return summary
 
 
-def _plot(store, runs_prefix: str, sweep_dir, key: str) -> None:
-    import io
-
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("[asaptrain] matplotlib is not installed: no trials.png (pip install matplotlib)", flush=True)
-        return
-
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+def _plot(store, runs_prefix: str, sweep_dir, summary: dict) -> None:
     runs_dir = store.child(*runs_prefix.split("/"))
-    for run in sorted({p.split("/")[0] for p in runs_dir.list("")}):
-        records = [r for r in RunFiles(store, run, runs_prefix).read_metrics() if r.get("kind") == "eval"]
-        if records:
-            ax.plot([r["step"] for r in records], [r.get(key[4:]) for r in records], marker="o", label=run)
-    ax.set_xlabel("step")
-    ax.set_ylabel(f"validation {key[4:].upper()}")
-    ax.set_title("sweep trials")
-    ax.grid(alpha=0.3)
-    if ax.lines:
-        ax.legend(fontsize=7)
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    sweep_dir.write_bytes("trials.png", buf.getvalue())
+    histories = {run: [r for r in RunFiles(store, run, runs_prefix).read_metrics() if r.get("kind") == "eval"]
+                 for run in sorted({p.split("/")[0] for p in runs_dir.list("")})}
+    png = trials_png(summary, histories)
+    if png is not None:
+        sweep_dir.write_bytes("trials.png", png)
 
 
-def _follow(store, runs_prefix: str, thread: threading.Thread, steps: int) -> None:
-    """A live rich table of the trials' runs (step, validation PSNR) until the sweep returns."""
+@contextmanager
+def _trials_table(store, runs_prefix: str, steps: int):
+    """A live rich table of the trials' runs (step, validation PSNR); yields the function that refreshes it."""
     from rich.live import Live
     from rich.table import Table
 
@@ -320,6 +323,4 @@ def _follow(store, runs_prefix: str, thread: threading.Thread, steps: int) -> No
         return t
 
     with Live(table(), refresh_per_second=1) as live:
-        while thread.is_alive():
-            thread.join(timeout=2.0)
-            live.update(table())
+        yield lambda: live.update(table())

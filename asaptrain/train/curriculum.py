@@ -83,12 +83,6 @@ class BlurSchedule:
             value = self.start + span * p * u
         return min(max(float(value), 0.0), 1.0)
 
-    def mean_strength(self, step: int) -> float:
-        """Expected strength at ``step`` (differs from ``strength`` for "band" only): for logs."""
-        if self.kind != "band":
-            return self.strength(step)
-        return self.start + (self.end - self.start) * self.progress(step) / 2
-
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)
 

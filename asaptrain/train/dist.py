@@ -1,7 +1,12 @@
 """Rank, world size, device and reductions: the one place that knows about distribution.
 
-Under Ray Train it reads ``ray.train.get_context()``; without Ray (tests, notebooks) it is a
-world of one. Nothing else in asaptrain reads RANK or touches process groups.
+Rank and world size come from the torch.distributed process group that Ray Train's
+``TorchTrainer`` sets up in each worker; the local rank and the device from ``ray.train``
+(``get_context()``, ``ray.train.torch.get_device()``). With no process group (tests,
+notebooks, one worker) it is a world of one. Nothing else in asaptrain touches process groups::
+
+    if dist.is_main(): ...
+    stop = dist.any_true(torch.tensor(bad))   # the same decision on every rank
 """
 
 from __future__ import annotations

@@ -17,6 +17,8 @@ import torch
 from asaptrain.train import dist
 from asaptrain.config.schema import Config
 from asaptrain.errors import UserError
+from asaptrain.train.losses import feature_matching
+from asaptrain.train.nets import feature_matching_layer_weight
 
 
 class NonFiniteLoss(UserError):
@@ -36,7 +38,6 @@ class PhaseTimes:
 class StepResult:
     losses: dict[str, torch.Tensor] = field(default_factory=dict)
     skipped: bool = False
-    fake: torch.Tensor | None = None
 
 
 def _split(outs: list[list[torch.Tensor]], sizes: list[int]) -> list[list[list[torch.Tensor]]]:
@@ -47,6 +48,18 @@ def _split(outs: list[list[torch.Tensor]], sizes: list[int]) -> list[list[list[t
             for i, chunk in enumerate(torch.split(feat, sizes)):
                 parts[i][s].append(chunk)
     return parts
+
+
+@contextlib.contextmanager
+def _frozen(params: list[torch.nn.Parameter]):
+    """``params`` without gradients inside (D during the G phase), trainable again after."""
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 
 def _all_finite(loss: torch.Tensor, params: list[torch.nn.Parameter]) -> bool:
@@ -67,8 +80,8 @@ class GanStep:
         self.g_opt, self.d_opt = g_opt, d_opt
         self.gan_loss, self.perceptual = gan_loss, perceptual
         self.device = device
-        self.wgan = cfg.loss.gan == "wgan-gp"
         self.cuda = device.type == "cuda"
+        self.fm_layer_weight = feature_matching_layer_weight(cfg)
         self.autocast = (
             torch.autocast(device.type, dtype=torch.bfloat16)
             if cfg.train.precision == "bf16"
@@ -95,70 +108,57 @@ class GanStep:
         t0 = self._mark(timed)
         n = real.shape[0]
         batch = [real, fake.detach()]
-        if self.wgan:
-            alpha = torch.rand(n, 1, 1, 1, device=real.device)
-            interp = (alpha * real + (1 - alpha) * fake.detach()).requires_grad_(True)
-            batch.append(interp)
+        if self.gan_loss.has_penalty:
+            batch.append(self.gan_loss.interpolates(real, fake))
         cond = self._cond(x)
         outs = self._run_d(torch.cat(batch), None if cond is None else torch.cat([cond] * len(batch)))
         parts = _split(outs, [n] * len(batch))
         terms = {"d_adv": self.gan_loss.d_loss(parts[0], parts[1])}
-        if self.wgan:
-            terms["d_gp"] = self.gan_loss.penalty_at(parts[2], interp)
-        loss = sum(terms.values())
-        t1 = self._mark(timed)
-        self.d_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        t2 = self._mark(timed)
-        ok = self._check("D", step, terms, loss, self.d_params)
-        if ok:
-            self.d_opt.step()
-        t3 = self._mark(timed)
-        times.forward += (t1 - t0) * 1000
-        times.backward += (t2 - t1) * 1000
-        times.optimizer += (t3 - t2) * 1000
-        terms["d"] = loss
-        return terms if ok else {}
+        if self.gan_loss.has_penalty:
+            terms["d_gp"] = self.gan_loss.penalty_at(parts[2], batch[2])
+        return self._update("D", step, terms, self.d_opt, self.d_params, times, timed, t0)
 
     def g_phase(self, x, fake, real, step: int, times: PhaseTimes, timed: bool) -> dict[str, torch.Tensor]:
         t0 = self._mark(timed)
         lc = self.cfg.loss
-        for p in self.d_params:
-            p.requires_grad_(False)
-        n = real.shape[0]
-        cond = self._cond(x)
-        need_real = lc.feature_matching_weight > 0
-        images = torch.cat([fake, real]) if need_real else fake
-        conds = None if cond is None else (torch.cat([cond, cond]) if need_real else cond)
-        outs = self._run_d(images, conds)
-        parts = _split(outs, [n, n]) if need_real else [outs]
-        terms = {"g_adv": lc.gan_weight * self.gan_loss.g_loss(parts[0])}
-        if need_real:
-            from asaptrain.train.losses import feature_matching
+        with _frozen(self.d_params):
+            n = real.shape[0]
+            cond = self._cond(x)
+            need_real = lc.feature_matching_weight > 0
+            images = torch.cat([fake, real]) if need_real else fake
+            conds = None if cond is None else (torch.cat([cond, cond]) if need_real else cond)
+            outs = self._run_d(images, conds)
+            parts = _split(outs, [n, n]) if need_real else [outs]
+            terms = {"g_adv": lc.gan_weight * self.gan_loss.g_loss(parts[0])}
+            if need_real:
+                real_feats = [[f.detach() for f in scale] for scale in parts[1]]
+                terms["g_fm"] = lc.feature_matching_weight * feature_matching(real_feats, parts[0], self.fm_layer_weight)
+            if self.perceptual is not None:
+                with self.autocast:
+                    terms["g_perceptual"] = lc.perceptual_weight * self.perceptual(fake, real).float()
+            if lc.l1_weight > 0:
+                terms["g_l1"] = lc.l1_weight * (fake.float() - real.float()).abs().mean()
+            return self._update("G", step, terms, self.g_opt, self.g_params, times, timed, t0)
 
-            real_feats = [[f.detach() for f in scale] for scale in parts[1]]
-            terms["g_fm"] = lc.feature_matching_weight * feature_matching(real_feats, parts[0])
-        if self.perceptual is not None:
-            with self.autocast:
-                terms["g_perceptual"] = lc.perceptual_weight * self.perceptual(fake, real).float()
-        if lc.l1_weight > 0:
-            terms["g_l1"] = lc.l1_weight * (fake.float() - real.float()).abs().mean()
+    def _update(self, phase: str, step: int, terms: dict[str, torch.Tensor], opt, params, times: PhaseTimes,
+                timed: bool, t0: float) -> dict[str, torch.Tensor]:
+        """Backward and, when everything is finite, the optimizer step of one phase begun at ``t0``.
+
+        Returns the phase's terms and their sum (``"d"`` / ``"g"``), or {} when the step was skipped.
+        """
         loss = sum(terms.values())
         t1 = self._mark(timed)
-        self.g_opt.zero_grad(set_to_none=True)
+        opt.zero_grad(set_to_none=True)
         loss.backward()
-        for p in self.d_params:
-            p.requires_grad_(True)
         t2 = self._mark(timed)
-        ok = self._check("G", step, terms, loss, self.g_params)
+        ok = self._check(phase, step, terms, loss, params)
         if ok:
-            self.g_opt.step()
+            opt.step()
         t3 = self._mark(timed)
         times.forward += (t1 - t0) * 1000
         times.backward += (t2 - t1) * 1000
         times.optimizer += (t3 - t2) * 1000
-        terms["g"] = loss
-        return terms if ok else {}
+        return {**terms, phase.lower(): loss} if ok else {}
 
     def _check(self, phase: str, step: int, terms: dict[str, torch.Tensor], loss, params) -> bool:
         """Step only when loss and gradients are finite everywhere; otherwise name the terms."""
@@ -179,7 +179,7 @@ class GanStep:
             fake = self.G(x)
         fake = fake.float()
         times.forward += (self._mark(timed) - t0) * 1000
-        result = StepResult(fake=fake)
+        result = StepResult()
         for _ in range(self.cfg.optim.d_steps):
             d_terms = self.d_phase(x, fake, real, step, times, timed)
             if not d_terms:

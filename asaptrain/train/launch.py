@@ -10,24 +10,27 @@ credentials from their own environment: no secret travels in the trainer's confi
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import socket
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from asaptrain.train import dist
-from asaptrain.config.schema import Config, validate
-from asaptrain.config.io import from_dict, to_dict
+from asaptrain.config.schema import Config
+from asaptrain.config.io import from_dict, replace, to_dict
 from asaptrain.errors import UserError
 from asaptrain.train.run_files import RUNS_PREFIX, RunFiles, new_run_name
-from asaptrain.train.state import STATE_FILE, load_file
+from asaptrain.train.outcome import clear_stop, conclude, marked_if_interrupted, stop_instead_of_retry
+from asaptrain.train.resume import resume_step, worker_checkpoint
+from asaptrain.train.state import STATE_FILE
 
 
 class RunError(UserError):
@@ -70,11 +73,11 @@ def _worker(config: dict[str, Any]) -> None:
     import ray.util
 
     from asaptrain.data.pipeline import iter_train_batches, to_model_batch, validation_set
-    from asaptrain.data.store import Store
+    from asaptrain.data.store import store_from_config
     from asaptrain.train.loop import train_loop
 
-    cfg = validate(from_dict(config["config"]))
-    store = Store.open(config["store"], config["s3_endpoint"] or None, config["region"] or None)
+    cfg = from_dict(config["config"])
+    store = store_from_config(cfg.storage)
     device = dist.device(config["use_gpu"])
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -84,22 +87,18 @@ def _worker(config: dict[str, Any]) -> None:
         group = ray.util.get_current_placement_group()
         if group is not None:
             run_files.dir.write_json("placement_group.json", {"id": group.id.hex()})
-    checkpoint = None
-    latest = ray.train.get_checkpoint()
-    if latest is not None:
-        with latest.as_directory() as d:
-            checkpoint = load_file(os.path.join(d, STATE_FILE))
+    checkpoint = worker_checkpoint(ray.train.get_checkpoint(), RunFiles(store, config["name"], config["runs_prefix"]).dir)
     start_step = checkpoint["step"] if checkpoint else 0
     per_worker = cfg.train.batch_size // dist.world_size()
     batches = iter(iter_train_batches(
         ray.train.get_dataset_shard("train"), cfg, device, per_worker, epoch_seed=cfg.train.seed + start_step)
     )
     val = validation_set(cfg, store, device) if main else None
-    train_loop(
+    stop_instead_of_retry(lambda: train_loop(
         cfg, batches, to_model_batch, device, RayReporter(), run=run_files,
         val=val, checkpoint=checkpoint, store=store,
         wrap=lambda m: ray.train.torch.prepare_model(m, move_to_device=False),
-    )
+    ), run_files)
 
 
 def _running_local_cluster() -> str | None:
@@ -193,9 +192,11 @@ def fit(
     from asaptrain.data.pipeline import train_dataset
     from asaptrain.data.store import store_from_config
 
-    cfg = pin_store(validate(cfg))
+    cfg = pin_store(cfg)
     store = store or store_from_config(cfg.storage)
     name, start = choose_name(store, cfg, preset, name, resume, runs_prefix)
+    if resume:  # the weights must fit the config before anything of the run is rewritten
+        start = resume_step(RunFiles(store, name, runs_prefix), cfg, start)
     ensure_ray()
     use_gpu = resolve_use_gpu(cfg)
     # Before anything is written: a missing or damaged dataset fails here, naming it, and
@@ -206,15 +207,15 @@ def fit(
     meta = files.write_run(
         name=name, preset=preset, model=cfg.model.name, task=cfg.data.task, status="running",
         started=time.strftime("%Y-%m-%dT%H:%M:%S%z"), steps=cfg.train.steps, world_size=cfg.scaling.num_workers,
-        use_gpu=use_gpu, steps_done=start,
+        use_gpu=use_gpu, steps_done=start, error=None,
     )
+    clear_stop(files)
     sc = cfg.scaling
     storage_path, storage_fs = store.child(*runs_prefix.split("/")).ray_storage()
     trainer = TorchTrainer(
         _worker,
         train_loop_config={
-            "config": to_dict(cfg), "name": name, "store": cfg.storage.store, "s3_endpoint": cfg.storage.s3_endpoint,
-            "region": cfg.storage.region, "use_gpu": use_gpu, "runs_prefix": runs_prefix,
+            "config": to_dict(cfg), "name": name, "use_gpu": use_gpu, "runs_prefix": runs_prefix,
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=sc.num_workers, use_gpu=use_gpu, resources_per_worker=sc.resources_per_worker or None,
@@ -228,38 +229,48 @@ def fit(
         ),
         datasets={"train": dataset},
     )
+    with marked_if_interrupted(files, meta):
+        try:
+            with _progress_bar(files, cfg.train.steps) if progress else nullcontext() as update:
+                error = getattr(run_polling(trainer.fit, update, every_s=1.0), "error", None)
+        except Exception as exc:  # reported below, with the run marked failed
+            error = exc
+    end = conclude(files, meta, start, error, patience_s=max(60.0, cfg.storage.outage_s))
+    return RunResult(name=name, status=end.status, uri=files.dir.uri_for(""), steps=end.steps, error=end.error,
+                     last_eval=end.last_eval)
+
+
+T = TypeVar("T")
+
+
+def run_polling(work: Callable[[], T], poll: Callable[[], None] | None = None, every_s: float = 1.0) -> T:
+    """``work()`` in a thread while ``poll()`` runs every ``every_s`` seconds (a progress display);
+    returns what ``work`` returned, or raises what it raised.
+
+    ``fit()`` blocks for the whole run: the caller's thread stays free to show progress.
+    """
     outcome: dict[str, Any] = {}
 
-    def run_fit() -> None:
+    def target() -> None:
         try:
-            outcome["result"] = trainer.fit()
-        except Exception as exc:  # reported below, with the run marked failed
+            outcome["value"] = work()
+        except BaseException as exc:  # raised again in the caller's thread
             outcome["error"] = exc
 
-    thread = threading.Thread(target=run_fit, name="asaptrain-fit", daemon=True)
+    thread = threading.Thread(target=target, name="asaptrain-driver", daemon=True)
     thread.start()
-    if progress:
-        _follow(files, cfg.train.steps, thread)
-    thread.join()
-    error = outcome.get("error") or getattr(outcome.get("result"), "error", None)
-    evals = [r for r in files.read_metrics() if r.get("kind") == "eval"]
-    done = max((r["step"] for r in files.read_metrics()), default=start)
-    status = "failed" if error else "finished"
-    files.write_run(**{**meta, "status": status, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                       "steps_done": done, "error": _short(error)})
-    return RunResult(name=name, status=status, uri=files.dir.uri_for(""), steps=done, error=_short(error),
-                     last_eval=evals[-1] if evals else None)
+    while thread.is_alive():
+        thread.join(timeout=every_s)
+        if poll is not None:
+            poll()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
-def _short(error: BaseException | None) -> str | None:
-    if error is None:
-        return None
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[-1] if text else ''}"[:2000]
-
-
-def _follow(files: RunFiles, steps: int, thread: threading.Thread) -> None:
-    """A rich progress bar fed by the run's progress.json until fit() returns."""
+@contextmanager
+def _progress_bar(files: RunFiles, steps: int) -> Iterator[Callable[[], None]]:
+    """A rich progress bar; the function it yields updates it from the run's progress.json."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -273,22 +284,21 @@ def _follow(files: RunFiles, steps: int, thread: threading.Thread) -> None:
                TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}")]
     with Progress(*columns, refresh_per_second=2) as bar:
         task = bar.add_task(files.name, total=steps, info="starting workers")
-        while thread.is_alive():
-            thread.join(timeout=1.0)
+
+        def update() -> None:
             p = files.read_progress()
             if not p:
-                continue
+                return
             losses = "  ".join(f"{k[5:]} {v:.3g}" for k, v in p.items() if k.startswith("loss/") and k[5:] in ("d", "g"))
             val = f"  val PSNR {p['val/psnr']:.2f}" if p.get("val/psnr") is not None else ""
             bar.update(task, completed=p.get("step", 0), info=f"{p.get('images_per_s', 0):.1f} img/s  {losses}{val}")
 
+        yield update
+
 
 def pin_store(cfg: Config) -> Config:
     """``cfg`` with a relative local store made absolute: workers run in other directories."""
-    uri = cfg.storage.store
-    if "://" in uri and not uri.startswith("file://"):
-        return cfg
-    path = uri[len("file://"):] if uri.startswith("file://") else uri
-    if os.path.isabs(path):
-        return cfg
-    return dataclasses.replace(cfg, storage=dataclasses.replace(cfg.storage, store=os.path.abspath(path)))
+    from asaptrain.data.store import absolute_uri
+
+    uri = absolute_uri(cfg.storage.store)
+    return cfg if uri == cfg.storage.store else replace(cfg, {"storage.store": uri})

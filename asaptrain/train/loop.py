@@ -31,7 +31,9 @@ from asaptrain.train.metrics import (
     to_unit,
 )
 from asaptrain.train.nets import build_discriminator, build_generator, generator_in_channels
-from asaptrain.train.gan import GanStep, PhaseTimes
+from asaptrain.models.pixel_mlp import pixel_path
+from asaptrain.train.cadence import Cadence, Throughput
+from asaptrain.train.gan import GanStep
 from asaptrain.train.run_files import RunFiles
 from asaptrain.train.state import RunState, make_ema, update_ema
 from asaptrain.train.visual import training_samples
@@ -77,7 +79,7 @@ def build_state(cfg: Config, device: torch.device, wrap: Callable[[torch.nn.Modu
         G = torch.compile(G)
         # WGAN-GP's penalty differentiates D's gradient (a double backward), which a compiled
         # graph cannot do: D stays eager there.
-        D = D if cfg.loss.gan == "wgan-gp" else torch.compile(D)
+        D = D if build_gan_loss(cfg.loss).has_penalty else torch.compile(D)
     G, D = wrap(G), wrap(D)
     o = cfg.optim
     g_opt = torch.optim.Adam(G.parameters(), lr=o.g_lr, betas=(o.beta1, o.beta2))
@@ -143,57 +145,69 @@ def train_loop(
     store=None,
 ) -> RunState:
     """Train until ``cfg.train.steps``; ``run`` and ``val`` are used on rank 0 only."""
-    t = cfg.train
-    main = dist.is_main()
     state = build_state(cfg, device, wrap)
-    if checkpoint is not None:
-        state.load_state_dict(checkpoint)  # also restores the RNG state rank 0 saved
-        if dist.rank() != 0:  # the others draw anew from the step on, each still its own stream
-            torch.manual_seed(t.seed * 1000 + dist.rank() + 1_000_003 * state.step)
-        if main and run is not None:
-            run.truncate_after(state.step)
-    else:
-        torch.manual_seed(t.seed * 1000 + dist.rank())  # dropout / penalty randomness differs per rank
-    blur_rng = torch.Generator(device=device).manual_seed(t.seed * 7919 + dist.rank() * 104729 + state.step)
-    step_fn = GanStep(
-        cfg, state.generator, state.discriminator, state.g_opt, state.d_opt,
-        build_gan_loss(cfg.loss), _perceptual_on(cfg, store, device), device,
-    )
-    fid_weights = find_inception_weights(cfg.eval.inception_weights, store) if (main and cfg.eval.fid) else (None, "")
-    world = dist.world_size()
-    per_worker = t.batch_size // world
-    times, data_wait_ms, timed_steps = PhaseTimes(), 0.0, 0
-    interval_start, interval_steps, rates = time.perf_counter(), 0, []
-    last_eval: dict = {}
-    loss_tensors: dict[str, torch.Tensor] = {}  # read (a device sync) only when logging
-
-    def do_eval(step: int) -> None:
-        nonlocal last_eval
-        if not (main and val is not None):
-            return
-        record, first = evaluate(cfg, state.inference_generator(), val, device, fid_weights)
-        last_eval = record
-        if run is not None:
-            run.add_metrics({"step": step, "kind": "eval", **record})
-        if run is not None and (step % t.sample_every == 0 or step in (0, t.steps)):
-            x, out, y = first
-            run.write_samples(step, training_samples(x, out, y, cfg.data.task, cfg.data.num_labels))
-
+    _restore(cfg, state, checkpoint, run if dist.is_main() else None)
+    loop = _Loop(cfg, state, device, reporter, run, val, store)
     if state.step == 0:
-        do_eval(0)
-    while state.step < t.steps:
+        loop.evaluate(0, Cadence.at(0, cfg))
+    while state.step < cfg.train.steps:
         step = state.step + 1
-        timed = step > 1 and (step % t.log_every == 0 or step == t.steps)  # step 1 is warm-up
+        when = Cadence.at(step, cfg)
+        result, strength = loop.train_step(step, when, batches, to_model_batch)
+        rate = loop.meter.interval_rate()  # before evaluating, which is not training
+        if when.eval:
+            loop.evaluate(step, when)
+        if when.report:
+            loop.report(step, when, result.skipped, strength, rate)
+    loop.finish()
+    return state
+
+
+def _restore(cfg: Config, state: RunState, checkpoint: dict | None, run: RunFiles | None) -> None:
+    """Resume from ``checkpoint`` (dropping the run's records past it), and seed each rank apart."""
+    seed = cfg.train.seed
+    if checkpoint is None:
+        torch.manual_seed(seed * 1000 + dist.rank())  # dropout / penalty randomness differs per rank
+        return
+    state.load_state_dict(checkpoint)  # also restores the RNG state rank 0 saved
+    if dist.rank() != 0:  # the others draw anew from the step on, each still its own stream
+        torch.manual_seed(seed * 1000 + dist.rank() + 1_000_003 * state.step)
+    if run is not None:
+        run.truncate_after(state.step)
+
+
+class _Loop:
+    """One worker's run between steps: the GAN step, evaluation, reports, the closing timing."""
+
+    def __init__(self, cfg: Config, state: RunState, device: torch.device, reporter: Reporter,
+                 run: RunFiles | None, val, store) -> None:
+        self.cfg, self.state, self.device, self.reporter = cfg, state, device, reporter
+        self.main = dist.is_main()
+        self.run, self.val = (run, val) if self.main else (None, None)
+        t = cfg.train
+        self.blur_rng = torch.Generator(device=device).manual_seed(t.seed * 7919 + dist.rank() * 104729 + state.step)
+        self.step_fn = GanStep(
+            cfg, state.generator, state.discriminator, state.g_opt, state.d_opt,
+            build_gan_loss(cfg.loss), _perceptual_on(cfg, store, device), device,
+        )
+        self.fid_weights = find_inception_weights(cfg.eval.inception_weights, store) if (self.main and cfg.eval.fid) \
+            else (None, "")
+        self.meter = Throughput(t.batch_size)
+        self.last_eval: dict = {}
+        self.loss_tensors: dict[str, torch.Tensor] = {}  # read (a device sync) only when logging
+
+    def train_step(self, step: int, when: Cadence, batches: Iterator[dict], to_model_batch: Callable):
+        """One GAN step on the next batch (blurred at the curriculum's strength), then schedules and EMA."""
+        cfg, state = self.cfg, self.state
         w0 = time.perf_counter()
         batch = next(batches)
         strength = state.schedule.strength(step)
-        x, y = to_model_batch(batch, cfg, strength, blur_rng)
-        if t.channels_last:
+        x, y = to_model_batch(batch, cfg, strength, self.blur_rng)
+        if cfg.train.channels_last:
             x, y = x.contiguous(memory_format=torch.channels_last), y.contiguous(memory_format=torch.channels_last)
-        if timed:
-            data_wait_ms += (time.perf_counter() - w0) * 1000
-        result = step_fn(x, y, step, times, timed)
-        timed_steps += timed
+        wait_s = time.perf_counter() - w0
+        result = self.step_fn(x, y, step, self.meter.phases, when.timed)
+        self.meter.stepped(when.timed, wait_s)
         # The schedule counts steps, skipped ones (non-finite losses) included: after a skipped
         # first step torch would warn that a scheduler moved before its optimizer did.
         with _quiet_scheduler_order() if result.skipped else contextlib.nullcontext():
@@ -202,59 +216,69 @@ def train_loop(
         if state.ema is not None:
             update_ema(state.ema, state.generator, cfg.optim.ema_decay)
         state.step = step
-        interval_steps += 1
         if result.losses:
-            loss_tensors = result.losses
-        last = step == t.steps
-        train_elapsed = time.perf_counter() - interval_start  # before evaluation, which is not training
-        if step % cfg.eval.every == 0 or last:
-            do_eval(step)
-        if step % t.log_every == 0 or last:
-            losses = {f"loss/{k}": float(v.detach()) for k, v in loss_tensors.items()}
-            rate = interval_steps * t.batch_size / max(train_elapsed, 1e-9)
-            rates.append(rate)
-            metrics = {
-                "step": step, "kind": "train", **losses, "lr/g": state.g_opt.param_groups[0]["lr"],
-                "lr/d": state.d_opt.param_groups[0]["lr"], "blur_strength": strength, "images_per_s": rate,
-                "skipped": result.skipped,
-            }
-            ckpt = step % t.checkpoint_every == 0 or last
-            if main and run is not None:
-                run.add_metrics(metrics)
-                run.flush(durable=ckpt)
-                run.write_progress({"step": step, "steps": t.steps, "images_per_s": rate, **losses,
-                                    **{f"val/{k}": v for k, v in last_eval.items() if k in ("psnr", "ssim")}})
-            report = dict(metrics)
-            report.pop("kind")
-            interval_start, interval_steps = time.perf_counter(), 0
-        elif step % t.checkpoint_every == 0:
-            ckpt, report = True, {"step": step}
-            if main and run is not None:
-                run.flush(durable=True)
+            self.loss_tensors = result.losses
+        return result, strength
+
+    def evaluate(self, step: int, when: Cadence) -> None:
+        """Validation metrics (rank 0, when it has a validation set) and, when due, a sample grid."""
+        if self.val is None:
+            return
+        record, first = evaluate(self.cfg, self.state.inference_generator(), self.val, self.device, self.fid_weights)
+        self.last_eval = record
+        if self.run is not None:
+            self.run.add_metrics({"step": step, "kind": "eval", **record})
+            if when.samples:
+                x, out, y = first
+                self.run.write_samples(step, training_samples(x, out, y, self.cfg.data.task, self.cfg.data.num_labels))
+
+    def report(self, step: int, when: Cadence, skipped: bool, strength: float, rate: float) -> None:
+        """Every rank reports (a log line, a checkpoint or both); rank 0 writes the run's files."""
+        if when.log:
+            report = self._log(step, when, skipped, strength, rate)
         else:
-            continue
+            report = {"step": step}
+            if self.run is not None:
+                self.run.flush(durable=True)
         # Every report carries the latest validation numbers (Tune's schedulers need them in each).
-        report.update({f"val_{k}": v for k, v in last_eval.items() if isinstance(v, float)})
-        reporter.report(report, state.state_dict() if (ckpt and main) else None)
-    # A fingerprint of the weights on every rank: DDP replicas must stay identical.
-    checksums = dist.gather(sum(float(p.detach().double().sum()) for p in
-                                [*dist.unwrap(state.generator).parameters(), *dist.unwrap(state.discriminator).parameters()]))
-    if main and run is not None:
-        run.flush(durable=True)
-        steady = rates[1:] or rates
-        n = max(timed_steps, 1)
-        step_ms = {"data_wait": data_wait_ms / n, "forward": times.forward / n, "backward": times.backward / n,
-                   "optimizer": times.optimizer / n}
-        step_ms["total"] = sum(step_ms.values())
-        run.write_timing({
-            "images_per_s": sum(steady) / max(len(steady), 1), "step_ms": step_ms,
+        report.update({f"val_{k}": v for k, v in self.last_eval.items() if isinstance(v, float)})
+        self.reporter.report(report, self.state.state_dict() if (when.checkpoint and self.main) else None)
+
+    def _log(self, step: int, when: Cadence, skipped: bool, strength: float, rate: float) -> dict:
+        state, steps = self.state, self.cfg.train.steps
+        losses = {f"loss/{k}": float(v.detach()) for k, v in self.loss_tensors.items()}
+        metrics = {
+            "step": step, "kind": "train", **losses, "lr/g": state.g_opt.param_groups[0]["lr"],
+            "lr/d": state.d_opt.param_groups[0]["lr"], "blur_strength": strength, "images_per_s": rate,
+            "skipped": skipped,
+        }
+        if self.run is not None:
+            self.run.add_metrics(metrics)
+            self.run.flush(durable=when.checkpoint)
+            self.run.write_progress({"step": step, "steps": steps, "images_per_s": rate, **losses,
+                                     **{f"val/{k}": v for k, v in self.last_eval.items() if k in ("psnr", "ssim")}})
+        self.meter.logged(rate)
+        return {k: v for k, v in metrics.items() if k != "kind"}
+
+    def finish(self) -> None:
+        """Weights' fingerprints from every rank, then (rank 0) the run's timing.json."""
+        cfg, state, device = self.cfg, self.state, self.device
+        # A fingerprint of the weights on every rank: DDP replicas must stay identical.
+        checksums = dist.gather(sum(float(p.detach().double().sum()) for p in
+                                    [*dist.unwrap(state.generator).parameters(),
+                                     *dist.unwrap(state.discriminator).parameters()]))
+        if self.run is None:
+            return
+        self.run.flush(durable=True)
+        step_ms, world = self.meter.step_ms(), dist.world_size()
+        self.run.write_timing({
+            "images_per_s": self.meter.steady_images_per_s(), "step_ms": step_ms,
             "data_wait_share": step_ms["data_wait"] / step_ms["total"] if step_ms["total"] else None,
             "gpu": device_name(device), "gpu_count": world if device.type == "cuda" else 0, "world_size": world,
-            "batch_size": t.batch_size, "per_worker_batch": per_worker, "height": cfg.data.crop_height,
-            "width": cfg.data.crop_width, "precision": t.precision, "replica_checksums": checksums,
-            "inference": _inference_rows(cfg, state, device),
+            "batch_size": cfg.train.batch_size, "per_worker_batch": cfg.train.batch_size // world,
+            "height": cfg.data.crop_height, "width": cfg.data.crop_width, "precision": cfg.train.precision,
+            "replica_checksums": checksums, "inference": _inference_rows(cfg, state, device),
         })
-    return state
 
 
 @contextlib.contextmanager
@@ -285,6 +309,6 @@ def _inference_rows(cfg: Config, state: RunState, device: torch.device) -> list[
         ms = inference_ms(G, generator_in_channels(cfg), cfg.data.crop_height, cfg.data.crop_width, device,
                           bf16=dtype == "bf16", repeats=20 if device.type == "cuda" else 3, warmup=3 if device.type == "cuda" else 1)
         rows.append({"height": cfg.data.crop_height, "width": cfg.data.crop_width, "batch": 1, "ms": ms,
-                     "dtype": dtype, "gpu": device_name(device)})
+                     "dtype": dtype, "gpu": device_name(device), "pixel_path": pixel_path(G)})
     G.train()
     return rows

@@ -50,6 +50,14 @@ class GanLoss(abc.ABC):
         """Discriminator regularizer; zero for families without one."""
         return real.new_zeros(())
 
+    def interpolates(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        """The points the penalty is taken at (families with ``has_penalty``), requiring grad."""
+        raise NotImplementedError(f"{self.name} has no penalty")
+
+    def penalty_at(self, points_outs: Outs, points: torch.Tensor) -> torch.Tensor:
+        """The penalty from D's outputs at :meth:`interpolates` (families with ``has_penalty``)."""
+        raise NotImplementedError(f"{self.name} has no penalty")
+
 
 class Hinge(GanLoss):
     """SPADE / ASAP-Net: D mean(relu(1 - real)) + mean(relu(1 + fake)); G -mean(fake); scales averaged."""
@@ -104,16 +112,20 @@ class WGANGP(GanLoss):
     def penalty(
         self, D: nn.Module, real: torch.Tensor, fake: torch.Tensor, cond: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        real, fake = real.detach().float(), fake.detach().float()
-        alpha = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), device=real.device)
-        interp = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
+        interp = self.interpolates(real.float(), fake.float())
         return self.penalty_at(D(interp, None if cond is None else cond.detach()), interp)
 
-    def penalty_at(self, interp_outs: Outs, interp: torch.Tensor) -> torch.Tensor:
-        """The penalty from D's outputs at ``interp`` (which requires grad); the training step
-        uses this with the interpolates in the same D forward as real and fake."""
-        score = sum(logits.float().sum() for logits in _logits(interp_outs))
-        (grad,) = torch.autograd.grad(score, interp, create_graph=True)
+    def interpolates(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        """One random point per sample on the line from real to fake (both detached), requiring grad."""
+        real, fake = real.detach(), fake.detach()
+        alpha = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), device=real.device)
+        return (alpha * real + (1 - alpha) * fake).requires_grad_(True)
+
+    def penalty_at(self, points_outs: Outs, points: torch.Tensor) -> torch.Tensor:
+        """The penalty from D's outputs at ``points`` (from :meth:`interpolates`); the training
+        step takes it with the interpolates in the same D forward as real and fake."""
+        score = sum(logits.float().sum() for logits in _logits(points_outs))
+        (grad,) = torch.autograd.grad(score, points, create_graph=True)
         return self.gp_weight * ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
 
 

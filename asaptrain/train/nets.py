@@ -18,7 +18,7 @@ import torch.nn as nn
 from asaptrain.config.schema import Config, ConfigError
 from asaptrain.models.asapnet import ASAPNetConfig, ASAPNetGenerator, asapnet_discriminator
 from asaptrain.models.deblurgan import DeblurGANConfig, DeblurGANGenerator, deblurgan_discriminator
-from asaptrain.models.hybrid import HybridConfig, HybridGenerator
+from asaptrain.models.hybrid import HybridConfig
 from asaptrain.models.pix2pixhd import Pix2PixHDConfig, pix2pixhd_discriminator, pix2pixhd_generator
 
 IMAGE_CHANNELS = 3
@@ -43,23 +43,21 @@ def _asap_init(cfg: Config) -> str:
 
 
 def generator_config(cfg: Config):
-    """The model's own hyperparameter dataclass for ``cfg`` (validated)."""
-    m, d = cfg.model, cfg.data
-    if m.name in ("asapnet", "pix2pixhd") and m.residual:
-        raise ConfigError(f"model.residual=true needs an image input, but {m.name} maps label maps to photos; "
-                          f"set model.residual=false")
+    """The model's own hyperparameter dataclass for ``cfg``.
+
+    ``config.schema.validate`` already refused, in config fields, what these dataclasses refuse;
+    a ValueError here still comes back as a ConfigError naming the model.
+    """
+    m = cfg.model
     try:
-        if m.name == "asapnet" and m.mlp_input == "all_but_last" and not d.instance_edges:
-            raise ConfigError("model.mlp_input='all_but_last' keeps the last input channel (the instance "
-                              "edges) out of the MLPs, but data.instance_edges=false, so a label channel "
-                              "would be dropped; set model.mlp_input=all or data.instance_edges=true")
         if m.name in ("asapnet", "hybrid"):  # the same generator; the hybrid's class only changes defaults
             return (HybridConfig if m.name == "hybrid" else ASAPNetConfig)(
                 in_channels=generator_in_channels(cfg), out_channels=IMAGE_CHANNELS, residual=m.residual,
-                tile_size=m.tile_size, lowres_downsample=m.lowres_downsample,
+                tile_size=m.tile_size, lowres_downsample=m.lowres_downsample, lowres_width=m.lowres_width,
                 lowres_max_channels=m.lowres_max_channels, lowres_blocks=m.lowres_blocks,
                 lowres_norm=m.lowres_norm, padding=m.padding, mlp_depth=m.mlp_depth, mlp_width=m.mlp_width,
                 mlp_input=m.mlp_input, init=_asap_init(cfg), mlp_context=m.mlp_context, tile_blend=m.tile_blend,
+                blend_band=m.blend_band,
             )
         if m.name == "pix2pixhd":
             return Pix2PixHDConfig(
@@ -67,23 +65,19 @@ def generator_config(cfg: Config):
                 downsamplings=m.downsamplings, residual_blocks=m.residual_blocks, local_enhancers=m.local_enhancers,
                 norm=m.g_norm,
             )
-        if m.name == "deblurgan":
-            return DeblurGANConfig(
-                channels=IMAGE_CHANNELS, ngf=m.ngf, downsamplings=m.downsamplings, residual_blocks=m.residual_blocks,
-                dropout=m.dropout, norm=m.g_norm, residual=m.residual,
-            )
+        return DeblurGANConfig(
+            channels=IMAGE_CHANNELS, ngf=m.ngf, downsamplings=m.downsamplings, residual_blocks=m.residual_blocks,
+            dropout=m.dropout, norm=m.g_norm, residual=m.residual,
+        )
     except ValueError as exc:
         raise ConfigError(f"model ({m.name}): {exc}") from None
-    raise ConfigError(f"model.name must be asapnet, pix2pixhd, deblurgan or hybrid, got {m.name!r}")
 
 
 def build_generator(cfg: Config) -> nn.Module:
     """G for ``cfg``: ``G(x) -> (B, 3, H, W)`` in [-1, 1]."""
     gcfg = generator_config(cfg)
-    if isinstance(gcfg, ASAPNetConfig):
+    if isinstance(gcfg, ASAPNetConfig):  # the hybrid's config too: the same generator
         return ASAPNetGenerator(gcfg)
-    if isinstance(gcfg, HybridConfig):
-        return HybridGenerator(gcfg)
     if isinstance(gcfg, Pix2PixHDConfig):
         return pix2pixhd_generator(gcfg)
     return DeblurGANGenerator(gcfg)

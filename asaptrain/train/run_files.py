@@ -14,18 +14,23 @@ from typing import Any
 
 from asaptrain.config.schema import Config
 from asaptrain.config.io import to_toml
+from asaptrain.errors import UserError
 
 RUNS_PREFIX = "runs"
 
 
-def _clean(value: Any) -> Any:
+class MetricsError(UserError):
+    """A ``metrics.jsonl`` damaged before its last line (a torn last line is only a crash's trace)."""
+
+
+def json_safe(value: Any) -> Any:
     """JSON-safe numbers (NaN/inf become None: JSON has no such values)."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -49,7 +54,7 @@ class RunFiles:
     def write_run(self, **fields: Any) -> dict:
         meta = self.read_run() if self.exists() else {}
         meta.update(fields)
-        self.dir.write_json("run.json", _clean(meta))
+        self.dir.write_json("run.json", json_safe(meta))
         return meta
 
     def write_config(self, cfg: Config) -> None:
@@ -57,7 +62,7 @@ class RunFiles:
 
     # ----------------------------------------------------------------------- metrics
     def add_metrics(self, record: dict) -> None:
-        self._pending.append(json.dumps(_clean(record), sort_keys=True))
+        self._pending.append(json.dumps(json_safe(record), sort_keys=True))
 
     def flush(self, durable: bool = False) -> None:
         """Write pending records. A local file is appended to at every call; an object store can
@@ -77,9 +82,22 @@ class RunFiles:
         self._pending = []
 
     def read_metrics(self) -> list[dict]:
+        """The records, without a torn last line: a crash mid-append leaves one, and the
+        resumed run writes its records again. Damage anywhere else is an error naming the line."""
         if not self.dir.exists("metrics.jsonl"):
             return []
-        return [json.loads(line) for line in self.dir.read_text("metrics.jsonl").splitlines() if line.strip()]
+        lines = [(n, line) for n, line in enumerate(self.dir.read_text("metrics.jsonl").splitlines(), 1) if line.strip()]
+        records = []
+        for i, (n, line) in enumerate(lines):
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                if i == len(lines) - 1:
+                    break
+                raise MetricsError(
+                    f"{self.dir.uri_for('metrics.jsonl')} line {n} is not JSON ({exc.msg}); fix or delete that line "
+                    "(later lines are intact)") from None
+        return records
 
     def truncate_after(self, step: int) -> None:
         """Drop records past ``step`` (the checkpoint a resumed run continues from)."""
@@ -92,7 +110,7 @@ class RunFiles:
 
     # ----------------------------------------------------------------------- the rest
     def write_progress(self, progress: dict) -> None:
-        self.dir.write_json("progress.json", _clean({**progress, "time": time.time()}))
+        self.dir.write_json("progress.json", json_safe({**progress, "time": time.time()}))
 
     def read_progress(self) -> dict | None:
         try:
@@ -101,7 +119,7 @@ class RunFiles:
             return None
 
     def write_timing(self, timing: dict) -> None:
-        self.dir.write_json("timing.json", _clean(timing))
+        self.dir.write_json("timing.json", json_safe(timing))
 
     def write_samples(self, step: int, png: bytes) -> None:
         self.dir.write_bytes(f"samples/{step:08d}.png", png)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import copy
 import io
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,7 +31,6 @@ class RunState:
     ema: torch.nn.Module | None = None
     step: int = 0
     """Generator updates done."""
-    extra: dict = field(default_factory=dict)
 
     def state_dict(self) -> dict:
         return {
@@ -49,7 +48,6 @@ class RunState:
                 "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,  # this rank's device
                 "python": list(random.getstate()[1]),
             },
-            "extra": self.extra,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -68,7 +66,6 @@ class RunState:
         if rng["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state(rng["cuda"])
         random.setstate((3, tuple(rng["python"]), None))
-        self.extra = dict(state.get("extra") or {})
 
     def inference_generator(self) -> torch.nn.Module:
         """The generator to evaluate and export: the EMA copy when there is one."""

@@ -1,11 +1,11 @@
-"""How the report looks: its figures, and its tables as text cells that report.md and the
-terminal (rich) both render, so the two always agree.
+"""The report's figures: metrics and losses over training per task, and the speed bars.
 
-Figures (metrics and losses over training per task, speed bars) are drawn with matplotlib's
-object API on the Agg canvas (no pyplot, no global backend switch, safe inside a Ray job with
-no display) and written as PNG bytes to a Store, so the report can live on S3 as well as on
-disk. Called by :func:`asaptrain.report.aggregate`; the data comes from
-:func:`asaptrain.report.build_report`.
+Drawn with matplotlib's object API on the Agg canvas (no pyplot, no global backend switch,
+safe inside a Ray job with no display) and written as PNG bytes to a Store, so the report can
+live on S3 as well as on disk. Called by :func:`asaptrain.report.aggregate.aggregate`; the data
+comes from :func:`asaptrain.report.aggregate.build_report`::
+
+    paths = write_all(report, latest_per_model(runs), out_store)   # {"speed": "speed.png", ...}
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from __future__ import annotations
 import io
 import math
 from typing import Any
+
+from asaptrain.report.tables import finite
 
 try:  # figures need matplotlib; the tables (report.md, the terminal) do not
     from matplotlib.figure import Figure
@@ -32,16 +34,10 @@ def _color(model: str, i: int) -> str:
     return MODEL_COLORS.get(model, f"C{4 + i % 6}")
 
 
-def _num(v: Any) -> float | None:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        return None
-    return float(v)
-
-
 def _series(records: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
     xs, ys = [], []
     for rec in records:
-        x, y = _num(rec.get("step")), _num(rec.get(key))
+        x, y = finite(rec.get("step")), finite(rec.get(key))
         if x is not None and y is not None:
             xs.append(x)
             ys.append(y)
@@ -229,109 +225,4 @@ def write_all(report: dict[str, Any], chosen: dict[str, Any], out) -> dict[str, 
     return written
 
 
-# ----------------------------------------------------------------------------- tables as text
-
-
-def _fmt(value: Any, digits: int, signed: bool = False) -> str:
-    if value is None:
-        return "—"
-    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
-
-
-def _fid(row: dict[str, Any]) -> str:
-    return _fmt(row["fid"], 2) if row["fid"] is not None else f"n/a ({row['fid_reason'] or 'no eval'})"
-
-
-def ratio_text(r: dict[str, Any]) -> str:
-    """One sentence on a speed ratio (each shared GPU and resolution), or on why it was not computed."""
-    if r["ratio"] is None:
-        return f"{r['fast']} vs {r['slow']}: not computed — {r['reason']}"
-    groups: dict[tuple, list[str]] = {}
-    for x in r.get("settings") or [r]:
-        if x["ratio"]:
-            how = f"{x['ratio']:.2f}× as fast" if x["ratio"] >= 1 else f"{1 / x['ratio']:.2f}× slower"
-            groups.setdefault((x["gpu"], x["height"], x["width"]), []).append(
-                f"{how} in {x['dtype']} ({x['fast_ms']:.2f} vs {x['slow_ms']:.2f} ms/image)")
-    return "; ".join(f"{r['fast']} vs {r['slow']} on {gpu} at {h}x{w}: " + ", ".join(parts)
-                     for (gpu, h, w), parts in groups.items())
-
-
-def tables(report: dict[str, Any]) -> list[dict[str, Any]]:
-    """The report's tables as text cells: ``[{"title", "headers", "rows", "notes"}]``.
-
-    Markdown and the rich terminal view both render these, so they always agree.
-    """
-    out = []
-    for task, t in report["tasks"].items():
-        deblur = any(r["input_psnr"] is not None for r in t["rows"]) or task == "deblur"
-        headers = ["Model", "FID ↓", "PSNR (dB) ↑", "SSIM ↑"]
-        if deblur:
-            headers += ["Input PSNR", "Input SSIM", "PSNR gain", "SSIM gain"]
-        headers += ["Step", "Run"]
-        rows = []
-        for r in t["rows"]:
-            cells = [r["model"], _fid(r) if r["run"] and r["step"] is not None else "—",
-                     _fmt(r["psnr"], 2), _fmt(r["ssim"], 3)]
-            if deblur:
-                cells += [_fmt(r["input_psnr"], 2), _fmt(r["input_ssim"], 3),
-                          _fmt(r["psnr_gain"], 2, True), _fmt(r["ssim_gain"], 3, True)]
-            cells += [str(r["step"]) if r["step"] is not None else "—",
-                      r["run"] + (f" ({r['note']})" if r["note"] else "") if r["run"] else r["note"]]
-            rows.append(cells)
-        out.append({"title": f"{t['title']}: quality (last evaluation of the latest finished run)",
-                    "headers": headers, "rows": rows, "notes": []})
-    speed = report["speed"]
-    out.append({
-        "title": "Speed: inference at batch 1, training throughput",
-        "headers": ["Task", "Model", "GPU", "Resolution", "dtype", "Inference ms/image",
-                    "Train images/s", "Workers", "Run"],
-        "rows": [[r["task"], r["model"], str(r["gpu"] or "—"),
-                  f"{r['height']}x{r['width']}" if r["height"] else "—", r["dtype"] or "—",
-                  _fmt(r["ms_per_image"], 2), _fmt(r["train_images_per_s"], 1),
-                  str(r["world_size"] or "—"), r["run"]] for r in speed["rows"]],
-        "notes": [ratio_text(r) for r in speed["ratios"]],
-    })
-    out.append({
-        "title": "All runs",
-        "headers": ["Run", "Model", "Task", "Status", "In tables", "Last step", "Last eval step", "PSNR",
-                    "Missing / notes"],
-        "rows": [[r["name"], r["model"], r["task"], r["status"], "yes" if r["in_tables"] else "",
-                  str(r["last_step"] if r["last_step"] is not None else "—"),
-                  str(r["last_eval"]["step"]) if r["last_eval"] else "—",
-                  _fmt(_num((r["last_eval"] or {}).get("psnr")), 2),
-                  "; ".join(r["problems"]) or "—"] for r in report["runs"]],
-        "notes": ["In tables: the latest finished run of its model, used in the tables above."],
-    })
-    return out
-
-
-def _md_table(headers: list[str], rows: list[list[str]]) -> str:
-    def esc(cell: str) -> str:
-        return str(cell).replace("|", "\\|")
-
-    lines = ["| " + " | ".join(map(esc, headers)) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(map(esc, row)) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def render_markdown(report: dict[str, Any]) -> str:
-    """report.md: tables, speed ratios, plots and sample grids."""
-    parts = [f"# asaptrain report\n\nStore `{report['store']}`, prefix `{report['prefix']}`, "
-             f"{len(report['runs'])} run(s); generated {report['generated']}.\n"]
-    for table in tables(report):
-        parts.append(f"## {table['title']}\n\n{_md_table(table['headers'], table['rows'])}\n")
-        parts += [f"- {note}" for note in table["notes"]]
-        if table["notes"]:
-            parts.append("")
-    plots = report.get("plots") or {}
-    if plots:
-        parts.append("## Plots\n")
-        parts += [f"![{name}]({path})\n" for name, path in plots.items()]
-    if report.get("samples"):
-        parts.append("## Samples (rows: input | output | target; latest grid of each run)\n")
-        parts += [f"### {run}\n\n![{run}]({path})\n" for run, path in report["samples"].items()]
-    return "\n".join(parts).rstrip() + "\n"
-
-
-__all__ = ["tables", "render_markdown", "ratio_text", "metrics_figure", "losses_figure", "speed_figure",
-           "write_all", "MODEL_COLORS"]
+__all__ = ["metrics_figure", "losses_figure", "speed_figure", "write_all", "MODEL_COLORS"]
