@@ -5,11 +5,11 @@
 A run URI (its config.toml and latest checkpoint) or a checkpoint URI plus a config gives the
 generator; inputs are photos (deblurring) or label-id PNGs (label -> photo). Large images go
 through in overlapping tiles, blended with a linear ramp, so memory stays bounded.
+``generate`` is that path, for `infer` here and for `asaptrain predict` (``predict.py``).
 """
 
 from __future__ import annotations
 
-import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +21,8 @@ from PIL import Image
 
 from asaptrain.config.schema import Config
 from asaptrain.config.io import from_dict
+from asaptrain.data.decode import input_array
+from asaptrain.data.sources import encode_png
 from asaptrain.errors import UserError
 from asaptrain.train.nets import build_generator
 from asaptrain.train.resume import fallback_note, newest_loadable, read_state
@@ -28,6 +30,15 @@ from asaptrain.train.resume import fallback_note, newest_loadable, read_state
 
 class InferError(UserError):
     """An input or checkpoint that inference cannot use."""
+
+
+def read_run_config(run_dir) -> Config:
+    """The validated config a run directory was trained with (its config.toml)."""
+    import tomllib
+
+    if not run_dir.exists("config.toml"):
+        raise InferError(f"{run_dir.uri_for('config.toml')} is missing: is this a run directory?")
+    return from_dict(tomllib.loads(run_dir.read_text("config.toml")), source=run_dir.uri_for("config.toml"))
 
 
 @dataclass
@@ -48,11 +59,8 @@ def load_weights(run_dir, checkpoint_rel: str | None = None) -> GeneratorWeights
     """The run's config and its generator's weights (the EMA copy when the run kept one), from
     ``checkpoint_rel`` or else the newest checkpoint that loads (a damaged newer one is named)."""
     import sys
-    import tomllib
 
-    if not run_dir.exists("config.toml"):
-        raise InferError(f"{run_dir.uri_for('config.toml')} is missing: is this a run directory?")
-    cfg = from_dict(tomllib.loads(run_dir.read_text("config.toml")), source=run_dir.uri_for("config.toml"))
+    cfg = read_run_config(run_dir)
     if checkpoint_rel:
         rel, state = checkpoint_rel, read_state(run_dir, checkpoint_rel)
     else:
@@ -73,6 +81,12 @@ def load_generator(run_dir, checkpoint_rel: str | None = None, device: str = "cp
     return weights.cfg, G.to(device).eval()
 
 
+def use_bf16(cfg: Config, device) -> bool:
+    """bf16 autocast where the run trained in bf16 and the device runs it natively (CUDA)."""
+    device = torch.device(device)
+    return cfg.train.precision == "bf16" and device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+
 def _multiple(cfg: Config) -> int:
     """Spatial sizes the generator accepts are multiples of this."""
     if cfg.model.name in ("asapnet", "hybrid"):
@@ -80,54 +94,94 @@ def _multiple(cfg: Config) -> int:
     return 2 ** (cfg.model.downsamplings + cfg.model.local_enhancers)
 
 
-def read_input(path: Path, cfg: Config) -> torch.Tensor:
-    """A (1, C, H, W) generator input in the model's convention."""
+def model_input(array: np.ndarray, cfg: Config, edges: np.ndarray | None = None) -> torch.Tensor:
+    """A (1, C, H, W) generator input from an ``input_array`` (``data/decode.py``) (and an (H, W) 0/1
+    instance-edge map; without one, a run that uses edges sees no instance boundaries)."""
+    # torch.tensor copies: arrays from Ray Data batches are read-only, which from_numpy warns about
+    if cfg.data.task == "labels2photo":
+        x = F.one_hot(torch.tensor(array).long(), cfg.data.num_labels).permute(2, 0, 1).float()[None]
+        if cfg.data.instance_edges:
+            edge = torch.zeros_like(x[:, :1]) if edges is None else torch.tensor(edges).float()[None, None]
+            x = torch.cat([x, edge], dim=1)
+        return x
+    return torch.tensor(array).permute(2, 0, 1).float()[None] / 127.5 - 1
+
+
+def read_input(path: Path, cfg: Config) -> np.ndarray:
+    """An input file as ``input_array`` returns it."""
     try:
         image = Image.open(path)
         image.load()
     except Exception as exc:
         raise InferError(f"cannot read {path}: {exc}") from None
-    if cfg.data.task == "labels2photo":
-        ids = torch.from_numpy(np.array(image.convert("L") if image.mode not in ("L", "P", "I;16", "I") else image))
-        ids = ids.long().clamp(0, cfg.data.num_labels - 1)
-        x = F.one_hot(ids, cfg.data.num_labels).permute(2, 0, 1).float()[None]
-        if cfg.data.instance_edges:  # no instance map given: no instance boundaries
-            x = torch.cat([x, torch.zeros_like(x[:, :1])], dim=1)
-        return x
-    rgb = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).float()[None]
-    return rgb / 127.5 - 1
+    return input_array(image, cfg)
+
+
+def _tile_starts(size: int, tile: int, stride: int) -> list[int]:
+    starts = list(range(0, max(size - tile, 0) + 1, stride))
+    if starts[-1] + tile < size:
+        starts.append(size - tile)
+    return starts
+
+
+def _ramp(n: int, overlap: int, device) -> torch.Tensor:
+    """1, 2, ..., overlap, ..., overlap, ..., 2, 1: a tile's blending weight along one edge."""
+    return torch.minimum(torch.arange(n, device=device) + 1, torch.arange(n, 0, -1, device=device)).clamp(max=overlap or 1)
 
 
 @torch.no_grad()
-def run_tiled(G: torch.nn.Module, x: torch.Tensor, multiple: int, tile: int = 1024, overlap: int = 64) -> torch.Tensor:
-    """G(x) for any size: reflect-pad to a multiple, and split into blended tiles when large."""
-    _, _, h, w = x.shape
-    ph, pw = (-h) % multiple, (-w) % multiple
-    xp = F.pad(x, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "replicate")
-    H, W = xp.shape[-2:]
-    if H <= tile and W <= tile:
-        return G(xp)[..., :h, :w]
+def run_tiles(G: torch.nn.Module, xs: list[torch.Tensor], multiple: int, tile: int = 1024, overlap: int = 64,
+              batch: int = 1) -> list[torch.Tensor]:
+    """G(x) for each (1, C, H, W) ``x`` of any size: reflect-pad to a multiple, and split large ones
+    into overlapping tiles blended with a linear ramp, so memory stays bounded.
+
+    Tiles of one shape, from every image in ``xs``, go through G ``batch`` at a time (images
+    differ in size, so tiles, not images, are what batches).
+    """
     tile = max(multiple, tile - tile % multiple)
     overlap = min(overlap - overlap % multiple, tile // 2)
-    out = torch.zeros(1, 3, H, W, device=x.device)
-    weight = torch.zeros(1, 1, H, W, device=x.device)
-    stride = tile - overlap
-    tops = list(range(0, max(H - tile, 0) + 1, stride))
-    lefts = list(range(0, max(W - tile, 0) + 1, stride))
-    if tops[-1] + tile < H:
-        tops.append(H - tile)
-    if lefts[-1] + tile < W:
-        lefts.append(W - tile)
-    for top in tops:
-        for left in lefts:
-            th, tw = min(tile, H), min(tile, W)
-            piece = G(xp[..., top : top + th, left : left + tw])
-            ramp_h = torch.minimum(torch.arange(th, device=x.device) + 1, torch.arange(th, 0, -1, device=x.device))
-            ramp_w = torch.minimum(torch.arange(tw, device=x.device) + 1, torch.arange(tw, 0, -1, device=x.device))
-            mask = (ramp_h.clamp(max=overlap or 1)[:, None] * ramp_w.clamp(max=overlap or 1)[None]).float()[None, None]
-            out[..., top : top + th, left : left + tw] += piece.float() * mask
-            weight[..., top : top + th, left : left + tw] += mask
-    return (out / weight)[..., :h, :w]
+    padded, outs, weights, groups = [], [], [], {}
+    for i, x in enumerate(xs):
+        _, _, h, w = x.shape
+        ph, pw = (-h) % multiple, (-w) % multiple
+        xp = F.pad(x, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "replicate")
+        H, W = xp.shape[-2:]
+        th, tw = min(tile, H), min(tile, W)
+        boxes = [(top, left) for top in _tile_starts(H, th, tile - overlap) for left in _tile_starts(W, tw, tile - overlap)]
+        padded.append(xp)
+        single = len(boxes) == 1  # the whole image in one piece: G's output as is, no blending
+        outs.append(None if single else torch.zeros(1, 3, H, W, device=x.device))
+        weights.append(None if single else torch.zeros(1, 1, H, W, device=x.device))
+        for top, left in boxes:
+            groups.setdefault((xp.shape[1], th, tw), []).append((i, top, left))
+    for (_, th, tw), pieces in groups.items():
+        for start in range(0, len(pieces), batch):
+            chunk = pieces[start:start + batch]
+            ys = G(torch.cat([padded[i][..., t:t + th, l:l + tw] for i, t, l in chunk]))
+            for (i, t, l), y in zip(chunk, ys):
+                if outs[i] is None:
+                    outs[i] = y[None]
+                    continue
+                mask = (_ramp(th, overlap, y.device)[:, None] * _ramp(tw, overlap, y.device)[None]).float()
+                outs[i][..., t:t + th, l:l + tw] += y.float() * mask
+                weights[i][..., t:t + th, l:l + tw] += mask
+    return [(o if wt is None else o / wt)[..., :x.shape[-2], :x.shape[-1]] for o, wt, x in zip(outs, weights, xs)]
+
+
+def to_rgb(y: torch.Tensor) -> np.ndarray:
+    """A (1, 3, H, W) output in [-1, 1] -> an (H, W, 3) uint8 RGB array on the CPU."""
+    return ((y[0].float().clamp(-1, 1) + 1) * 127.5 + 0.5).byte().permute(1, 2, 0).cpu().numpy()
+
+
+def generate(G: torch.nn.Module, cfg: Config, arrays: list[np.ndarray], edges: list[np.ndarray | None] | None = None,
+             tile: int = 1024, overlap: int = 64, batch: int = 1) -> list[np.ndarray]:
+    """G's RGB outputs (H, W, 3) uint8 for ``input_array`` arrays, each at its own full size:
+    what `infer` and `predict` both run. bf16 where ``use_bf16`` allows; ``batch`` tiles per call."""
+    device = next(G.parameters()).device
+    xs = [model_input(a, cfg, e).to(device) for a, e in zip(arrays, edges or [None] * len(arrays))]
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(cfg, device)):
+        ys = run_tiles(G, xs, _multiple(cfg), tile=tile, overlap=overlap, batch=batch)
+    return [to_rgb(y) for y in ys]
 
 
 def output_names(inputs: list[str]) -> dict[str, str]:
@@ -179,14 +233,10 @@ def infer_files(run_dir, inputs: list[str], out_dir: str, checkpoint_rel: str | 
     os.makedirs(out_dir, exist_ok=True)
     written = []
     for path, target in plan:
-        x = read_input(path, cfg).to(dev)
-        y = run_tiled(G, x, _multiple(cfg), tile=tile)
-        rgb = ((y[0].float().clamp(-1, 1) + 1) * 127.5 + 0.5).byte().permute(1, 2, 0).cpu().numpy()
-        buf = io.BytesIO()
-        Image.fromarray(rgb).save(buf, format="PNG")
+        rgb, = generate(G, cfg, [read_input(path, cfg)], tile=tile)
         tmp = target + ".part"
         with open(tmp, "wb") as fh:
-            fh.write(buf.getvalue())
+            fh.write(encode_png(rgb))
         os.replace(tmp, target)
         written.append(target)
     return written

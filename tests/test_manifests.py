@@ -139,7 +139,7 @@ def _containers(doc: dict):
 def test_gpu_groups_and_auth():
     ray_docs = _kind("RayCluster") + _kind("RayJob")
     assert {d["metadata"]["name"] for _, d in ray_docs} >= {"asaptrain", "asaptrain-train", "asaptrain-tune-hybrid",
-                                                             "asaptrain-aggregate"}
+                                                             "asaptrain-aggregate", "asaptrain-predict"}
     for name, doc in ray_docs:
         spec = doc["spec"].get("rayClusterSpec", doc["spec"])
         assert spec["authOptions"]["mode"] == "token", name
@@ -154,6 +154,7 @@ def test_gpu_groups_and_auth():
     workers = {d["metadata"]["name"]: d["spec"]["rayClusterSpec"].get("workerGroupSpecs", [])
                for _, d in _kind("RayJob")}
     assert workers["asaptrain-train"] and workers["asaptrain-tune-hybrid"] and not workers["asaptrain-aggregate"]
+    assert workers["asaptrain-predict"]
 
 
 def test_no_plaintext_secrets_and_references_resolve():

@@ -1,5 +1,5 @@
-"""`asaptrain bench models|compare|quality|train|pipeline|ingest`: every benchmark command. Each prints a
-table and, with --json, writes its rows; the measuring lives in ``asaptrain.perf``.
+"""`asaptrain bench models|compare|quality|train|pipeline|ingest|predict`: every benchmark command.
+Each prints a table and, with --json, writes its rows; the measuring lives in ``asaptrain.perf``.
 
     asaptrain bench models --quick
     asaptrain bench compare hybrid-deblur deblurgan-gopro --size 256x256 --json compare.json
@@ -7,6 +7,7 @@ table and, with --json, writes its rows; the measuring lives in ``asaptrain.perf
     asaptrain bench train --preset hybrid-smoke --precision fp32 --device cpu
     asaptrain bench pipeline ./asaptrain-store/datasets/synth-photos --crops 256x256
     asaptrain bench ingest ./asaptrain-store/datasets/synth-photos --limit 200
+    asaptrain bench predict --preset deblurgan-gopro --images 4
 """
 
 from __future__ import annotations
@@ -254,3 +255,36 @@ def ingest_cmd(uri, s3_endpoint, json_path, limit, threads, decoders, repeats) -
         with open(json_path, "w") as f:
             json.dump(result, f, indent=1)
         click.echo(f"wrote {json_path}")
+
+
+@bench.command("predict")
+@click.option("--preset", "presets", multiple=True,
+              help="Preset(s) to time, at their initial weights [default: deblurgan-gopro, hybrid-deblur].")
+@click.option("--run", "run_uri", metavar="URI", help="Time this trained run instead of presets.")
+@s3_endpoint_option
+@click.option("--images", type=click.IntRange(min=1), default=8, show_default=True, help="Inputs per preset.")
+@click.option("--size", default="720x1280", show_default=True, callback=hw_callback, metavar="HxW",
+              help="Height x width of every input, in pixels.")
+@click.option("--batch", type=click.IntRange(min=1), default=4, show_default=True, help="As `predict --batch`.")
+@click.option("--tile", type=click.IntRange(min=64), default=1024, show_default=True, help="As `predict --tile`.")
+@click.option("--gpus", type=click.FloatRange(min=0), default=0, show_default=True,
+              help="GPUs of the one model worker (0: CPU).")
+@click.option("--cpus", type=click.FloatRange(min=0), default=0, show_default=True,
+              help="CPUs of the model worker [0: as `predict` chooses].")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the rows as JSON here.")
+@friendly_errors
+def predict_bench_cmd(presets, run_uri, s3_endpoint, images, size, batch, tile, gpus, cpus, json_path) -> None:
+    """images/s of `asaptrain predict` per model worker, and its decode / model / encode ms per image."""
+    from asaptrain.perf.predict import GPU_COMMAND, render, run
+
+    height, width = size
+    rows = run(list(presets) or ["deblurgan-gopro", "hybrid-deblur"], run_uri=run_uri, images=images, height=height,
+               width=width, batch=batch, tile=tile, gpus=gpus, cpus=cpus, s3_endpoint=s3_endpoint)
+    console = output_console()
+    console.print(render(rows))
+    if not gpus:
+        console.print(f"GPU: {GPU_COMMAND}")
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(rows, indent=2))
+        console.print(f"wrote {len(rows)} rows to {json_path}")

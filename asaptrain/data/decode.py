@@ -4,7 +4,8 @@ A :class:`Decoder` reads only the columns its task needs, decodes, resizes (bicu
 photos, nearest for id maps), crops (random for training, centred for validation), flips, and
 computes instance edges. ``decode_rows`` turns (shard, row) items into one batch, logging and
 skipping rows that cannot be used (naming shard and key) and failing with :class:`DataError`
-past the bad-image limit. numpy + PIL only: Ray's decode tasks never import torch.
+past the bad-image limit. ``input_array`` reads a whole image for inference (`infer`,
+`predict`). numpy + PIL only: Ray's decode tasks never import torch.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ class DataError(UserError):
     """Training data that cannot be used: the message names the shards and keys at fault."""
 
 
-class _BadImage(Exception):
-    pass
+class BadImage(Exception):
+    """One row or file that cannot be used; the message says why (the caller names it)."""
 
 
 def key_id(key: str) -> int:
@@ -38,15 +39,24 @@ def key_id(key: str) -> int:
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little", signed=True)
 
 
-def _open(data: Any, what: str) -> Image.Image:
+def open_image(data: Any, what: str) -> Image.Image:
     if data is None:
-        raise _BadImage(f"{what} is missing (NULL)")
+        raise BadImage(f"{what} is missing (NULL)")
     try:
         img = Image.open(io.BytesIO(data))
         img.load()
         return img
     except Exception as exc:  # PIL raises many types for damaged data
-        raise _BadImage(f"{what} does not decode ({type(exc).__name__}: {str(exc)[:80]})") from None
+        raise BadImage(f"{what} does not decode ({type(exc).__name__}: {str(exc)[:80]})") from None
+
+
+def input_array(image: Image.Image, cfg: Config) -> np.ndarray:
+    """A whole input image as a generator reads it at inference: label ids (H, W), clamped to
+    the run's labels, or an RGB photo (H, W, 3) uint8."""
+    if cfg.data.task == "labels2photo":
+        ids = np.array(image.convert("L") if image.mode not in ("L", "P", "I;16", "I") else image)
+        return np.clip(ids, 0, cfg.data.num_labels - 1).astype(np.uint8 if cfg.data.num_labels <= 256 else np.int32)
+    return np.array(image.convert("RGB") if image.mode != "RGB" else image)
 
 
 def _nearest(a: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -56,7 +66,7 @@ def _nearest(a: np.ndarray, height: int, width: int) -> np.ndarray:
     return a[rows[:, None], cols[None, :]]
 
 
-def _edges(inst: np.ndarray) -> np.ndarray:
+def edge_map(inst: np.ndarray) -> np.ndarray:
     """pix2pixHD's instance boundaries: 1 where a pixel differs from a 4-neighbour."""
     e = np.zeros(inst.shape, dtype=bool)
     dx, dy = inst[:, 1:] != inst[:, :-1], inst[1:, :] != inst[:-1, :]
@@ -96,15 +106,15 @@ class Decoder:
 
     def row(self, row: dict[str, Any], rng: np.random.Generator | None) -> dict[str, np.ndarray]:
         """Decode, resize, crop (random with ``rng``, centred without) and flip one row."""
-        target = _open(row["target"], "target")
+        target = open_image(row["target"], "target")
         w, h = target.size
         lw, lh = self.load_width, self.load_height
         if lw or lh:  # one of them set: keep the aspect ratio
             w, h = lw or max(1, round(w * lh / h)), lh or max(1, round(h * lw / w))
         ch, cw = self.crop_height, self.crop_width
         if h < ch or w < cw:
-            raise _BadImage(f"{w}x{h} (after resizing) is smaller than the crop {cw}x{ch}: "
-                            "set data.load_width/load_height or a smaller crop")
+            raise BadImage(f"{w}x{h} (after resizing) is smaller than the crop {cw}x{ch}: "
+                           "set data.load_width/load_height or a smaller crop")
         top, left = (int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))) if rng \
             else ((h - ch) // 2, (w - cw) // 2)
         flip = rng is not None and self.flip and rng.random() < 0.5
@@ -117,23 +127,23 @@ class Decoder:
         def ids(img: Image.Image, margin: int = 0) -> np.ndarray:
             a = np.asarray(img)
             if a.ndim != 2:
-                raise _BadImage(f"label/instance map has mode {img.mode}: store one id per pixel (labelIds PNG)")
+                raise BadImage(f"label/instance map has mode {img.mode}: store one id per pixel (labelIds PNG)")
             a = _nearest(a, h, w) if a.shape != (h, w) else a
             return a[max(top - margin, 0): top + ch + margin, max(left - margin, 0): left + cw + margin]
 
         out = {"target": photo(target)}
         if self.stored_input:
-            inp = _open(row.get("input"), "input")
+            inp = open_image(row.get("input"), "input")
             if inp.size != target.size:
-                raise _BadImage(f"input {inp.size[0]}x{inp.size[1]} and target "
-                                f"{target.size[0]}x{target.size[1]} differ in size")
+                raise BadImage(f"input {inp.size[0]}x{inp.size[1]} and target "
+                               f"{target.size[0]}x{target.size[1]} differ in size")
             out["input"] = photo(inp) if self.task == "deblur" else np.clip(ids(inp), 0, 255).astype(np.uint8)
         if self.instance_edges:
             if row.get("instance") is None:
-                raise _BadImage("no instance map (NULL): set data.instance_edges = false for this dataset")
-            inst = ids(_open(row["instance"], "instance"), margin=1).astype(np.int64)
+                raise BadImage("no instance map (NULL): set data.instance_edges = false for this dataset")
+            inst = ids(open_image(row["instance"], "instance"), margin=1).astype(np.int64)
             oy, ox = min(top, 1), min(left, 1)  # edges on the crop border see the pixel beyond it
-            out["instance_edge"] = _edges(inst)[oy: oy + ch, ox: ox + cw]
+            out["instance_edge"] = edge_map(inst)[oy: oy + ch, ox: ox + cw]
         return {k: np.ascontiguousarray(v[:, ::-1] if flip else v) for k, v in out.items()}
 
     def stack(self, rows: list[dict[str, np.ndarray]], ids: list[int]) -> dict[str, np.ndarray]:
@@ -160,7 +170,7 @@ def decode_rows(decoder: Decoder, items, epoch: int | None, report, limit: int, 
         try:
             rows.append(decoder.row(row, None if epoch is None else decoder.rng(epoch, key)))
             ids.append(key_id(key))
-        except _BadImage as exc:
+        except BadImage as exc:
             log.warning("skipping bad image: shard %s key %r: %s", shard, key, exc)
             bad.append({"shard": shard, "key": key, "reason": str(exc)})
     if bad and (over := report(bad)) is not None:

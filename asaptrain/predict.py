@@ -1,0 +1,358 @@
+"""Batch inference over a store with Ray Data: what `asaptrain predict` runs.
+
+    asaptrain predict --run s3://bucket/store/runs/NAME --images s3://bucket/blurry --out s3://bucket/sharp
+    asaptrain predict --run ./asaptrain-store/runs/NAME --dataset ./asaptrain-store/datasets/x --out ./pred
+
+Inputs are a converted dataset's input images (``--dataset``, with instance edges where the run
+uses them) or every JPEG/PNG below a prefix (``--images``: photos to deblur, or label-id PNGs).
+Ray Data runs three stages, so a GPU only ever runs the model:
+
+1. decode (CPU tasks): read a file or shard row and decode it (``data.decode.input_array``);
+   one that does not decode becomes a bad row that names it;
+2. model (an actor pool, one generator per actor, on its GPU): ``infer.generate``, the tiled
+   full-size path of `asaptrain infer`, ``batch`` tiles per forward pass;
+3. encode (CPU tasks): PNG, written under ``--out`` at the input's relative name (atomic).
+
+The driver counts what comes back (images/s), fails once more than ``max_bad`` inputs were bad,
+and writes ``predictions.json`` last. ``_predict.json``, written before the first output, names
+the run, checkpoint and input an output folder belongs to: a rerun with the same ones skips
+finished outputs; other folders are refused (``data/outputs.py``). Decode and encode tasks never
+import torch.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from asaptrain.data.decode import BadImage, edge_map, input_array, open_image
+from asaptrain.data.outputs import (IMAGE_SUFFIXES, JOB_FILE, check_out_folder, finished_outputs, output_name,
+                                    output_names)
+from asaptrain.data.shards import SPLITS, read_manifest, shard_paths
+from asaptrain.data.store import Store, StoreError
+from asaptrain.errors import UserError
+
+MANIFEST = "predictions.json"
+ROWS_PER_TASK = 4
+"""Images per decode / encode call: decoded images are large and differ in size."""
+TASK_CPUS = 0.5
+"""Logical CPUs of one decode or encode task (what the model actors must leave free)."""
+
+
+class PredictError(UserError):
+    """Inputs, outputs or a cluster that `predict` cannot use, or too many bad images."""
+
+
+@dataclass
+class PredictConfig:
+    """One `asaptrain predict` (a field per flag)."""
+
+    run: str
+    """Run directory URI (its config.toml and checkpoints)."""
+    out: str
+    """Output folder URI: never the input's own folder."""
+    dataset: str = ""
+    """A converted dataset (its shards' input images); this or ``images``."""
+    images: str = ""
+    """A prefix of JPEG/PNG files, any sizes, in subfolders too."""
+    splits: tuple[str, ...] = ()
+    """Dataset splits to predict [empty: every split]."""
+    checkpoint: str = ""
+    """Checkpoint directory inside the run [empty: the latest]."""
+    workers: int = 0
+    """Model actors [0: one per GPU of the cluster, or 1 without GPUs]."""
+    gpus_per_worker: float | None = None
+    """GPUs per actor [None: 1 when the cluster has GPUs, else 0: CPU]."""
+    cpus_per_worker: float = 0.0
+    """Logical CPUs per actor [0: 1 with GPUs; on CPU the cluster's CPUs less one, shared]."""
+    batch: int = 4
+    """Images per actor call, and tiles per forward pass."""
+    tile: int = 1024
+    """Largest tile edge in pixels (as `infer --tile`)."""
+    max_bad: int = 0
+    """Inputs that fail to read or decode that are named and skipped before the command fails."""
+    s3_endpoint: str = ""
+    """S3-compatible endpoint of every s3:// URI here [empty: AWS_ENDPOINT_URL*]."""
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def _image_items(src: Store) -> list[dict[str, str]]:
+    rels = [r for r in src.list(recursive=True) if r.lower().endswith(IMAGE_SUFFIXES)]
+    if not rels:
+        raise PredictError(f"no .png, .jpg or .jpeg files below {src.uri_for()}")
+    return [{"source": r, "name": n} for r, n in output_names(rels)[0].items()]
+
+
+def _dataset_items(ds: Store, task: str, splits: tuple[str, ...]) -> tuple[list[dict[str, str]], list[str], frozenset]:
+    """Work items (``split/key`` -> output name), shard paths, and the keys that keep their suffix."""
+    import pyarrow.parquet as pq
+
+    manifest = read_manifest(ds)
+    if manifest["task"] != task:
+        raise PredictError(f"{ds.uri_for()} is a {manifest['task']} dataset; the run was trained for {task}")
+    paths = [p for s in (splits or [s for s in SPLITS if s in manifest["splits"]]) for p in shard_paths(ds, s)]
+    rels, stored = [], 0
+    for path in paths:
+        table = pq.read_table(path, columns=["key", "split", "input_format"], filesystem=ds.fs)
+        rels += [f"{s}/{k}" for k, s in zip(table["key"].to_pylist(), table["split"].to_pylist())]
+        stored += len(table) - table["input_format"].null_count
+    if not stored:
+        raise PredictError(f"{ds.uri_for()} stores no input images (its blur is made during training): "
+                           "give the photos to deblur with --images")
+    names, keep = output_names(rels)
+    return [{"source": r, "name": n} for r, n in names.items()], paths, keep
+
+
+# ----------------------------------------------------------------------------- Ray Data stages
+
+
+def _row(name: str, source: str, error: str = "", image=None, edges=None, ms: float = 0.0, ndim: int = 3):
+    """A decoded row; a bad one keeps its place with empty arrays of the column's rank."""
+    return {"name": name, "source": source, "error": error,
+            "image": np.zeros((0,) * ndim, np.uint8) if image is None else image,
+            "edges": np.zeros((0, 0), np.uint8) if edges is None else edges, "decode_ms": ms}
+
+
+def _decode(data, instance, name: str, source: str, cfg) -> dict[str, Any]:
+    ndim = 2 if cfg.data.task == "labels2photo" else 3
+    t0 = time.perf_counter()
+    try:
+        image = input_array(open_image(data, "image"), cfg)
+        edges = None
+        if instance is not None:
+            edges = edge_map(np.asarray(open_image(instance, "instance map")).astype(np.int64))
+            if edges.shape != image.shape[:2]:
+                raise BadImage(f"instance map {edges.shape[::-1]} and label map {image.shape[1::-1]} differ in size")
+    except BadImage as exc:
+        return _row(name, source, str(exc), ndim=ndim)
+    return _row(name, source, image=image, edges=edges, ms=(time.perf_counter() - t0) * 1000, ndim=ndim)
+
+
+def _columns(rows: list[dict], cfg) -> dict[str, Any]:
+    if not rows:  # every row was finished before: an empty batch, with the columns' types
+        return {k: np.asarray([v])[:0] for k, v in _row("", "", ndim=2 if cfg.data.task == "labels2photo" else 3).items()}
+    return {k: [r[k] for r in rows] for k in rows[0]}
+
+
+def _decode_files(batch: dict[str, np.ndarray], src: Store, cfg) -> dict[str, list]:
+    """Stage 1 for --images: read each listed file from the store and decode it."""
+    rows = []
+    for rel, name in zip(batch["source"], batch["name"]):
+        try:
+            data = src.read_bytes(str(rel))
+        except StoreError as exc:  # gone since listing, or unreadable: this file alone
+            rows.append(_row(str(name), str(rel), f"cannot read ({exc})", ndim=2 if cfg.data.task == "labels2photo" else 3))
+            continue
+        rows.append(_decode(data, None, str(name), str(rel), cfg))
+    return _columns(rows, cfg)
+
+
+def _decode_shard_rows(batch: dict[str, np.ndarray], done: frozenset, keep: frozenset, edges: bool, cfg):
+    """Stage 1 for --dataset: decode each row's input (and instance map) not finished before."""
+    rows = []
+    for i, key in enumerate(batch["key"]):
+        rel = f"{batch['split'][i]}/{key}"
+        name = output_name(rel, rel in keep)
+        if name in done:
+            continue
+        inst = batch["instance"][i] if edges else None
+        source = f"{batch['path'][i]} key {str(key)!r}"
+        if edges and inst is None:
+            rows.append(_row(name, source, "no instance map (NULL), and the run uses instance edges", ndim=2))
+        else:
+            rows.append(_decode(batch["input"][i], inst, name, source, cfg))
+    return _columns(rows, cfg)
+
+
+class Predictor:
+    """Stage 2, one actor: the run's generator (EMA when kept) on this actor's device."""
+
+    def __init__(self, run_dir: Store, checkpoint_rel: str, use_gpu: bool, threads: int, tile: int, batch: int):
+        import torch
+
+        from asaptrain.infer import load_generator, use_bf16
+
+        if not use_gpu:
+            torch.set_num_threads(threads)  # the actor's share of the CPUs, not all of them
+        device = "cuda" if use_gpu else "cpu"
+        self.cfg, self.G = load_generator(run_dir, checkpoint_rel, device)
+        self.tile, self.batch = tile, batch
+        self.precision = "bf16" if use_bf16(self.cfg, device) else "fp32"
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        from asaptrain.infer import generate
+
+        ok = [i for i, e in enumerate(batch["error"]) if not e]
+        edges = [batch["edges"][i] for i in ok] if self.cfg.data.instance_edges else None
+        t0 = time.perf_counter()
+        outs = generate(self.G, self.cfg, [batch["image"][i] for i in ok], edges, tile=self.tile, batch=self.batch)
+        ms = (time.perf_counter() - t0) * 1000 / max(len(ok), 1)  # generate returns CPU arrays: synced
+        output, model_ms = [np.zeros((0, 0, 3), np.uint8)] * len(batch["error"]), [0.0] * len(batch["error"])
+        for i, y in zip(ok, outs):
+            output[i], model_ms[i] = y, ms
+        return {"name": batch["name"], "source": batch["source"], "error": batch["error"],
+                "decode_ms": batch["decode_ms"], "output": output, "model_ms": model_ms,
+                "precision": [self.precision] * len(output)}
+
+
+def _encode(batch: dict[str, np.ndarray], out: Store) -> dict[str, Any]:
+    """Stage 3: PNG-encode and write each output; only names, sizes and timings go on."""
+    from asaptrain.data.sources import encode_png
+
+    sizes, ms = [], []
+    for name, error, rgb in zip(batch["name"], batch["error"], batch["output"]):
+        t0 = time.perf_counter()
+        if not error:
+            out.write_bytes(str(name), encode_png(rgb))
+        sizes.append(rgb.shape[:2])
+        ms.append((time.perf_counter() - t0) * 1000)
+    return {"name": batch["name"], "source": batch["source"], "error": batch["error"],
+            "height": [s[0] for s in sizes], "width": [s[1] for s in sizes], "decode_ms": batch["decode_ms"],
+            "model_ms": batch["model_ms"], "encode_ms": ms, "precision": batch["precision"]}
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def _resources(pc: PredictConfig) -> tuple[int, float, float]:
+    """(actors, GPUs each, CPUs each), checked against the cluster so nothing waits forever."""
+    import ray
+
+    total = ray.cluster_resources()
+    cpus, gpus = total.get("CPU", 0.0), total.get("GPU", 0.0)
+    g = pc.gpus_per_worker if pc.gpus_per_worker is not None else (1.0 if gpus else 0.0)
+    n = pc.workers or (max(1, int(gpus // g)) if g else 1)
+    c = pc.cpus_per_worker or (1.0 if g else max(0.25, min(8.0, (cpus - 1) / n)))
+    if n * g > gpus:
+        raise PredictError(f"{n} workers x {g:g} GPUs need {n * g:g} GPUs; the Ray cluster has {gpus:g}: "
+                           "lower --workers or --gpus-per-worker (0 runs on CPUs)")
+    if cpus - n * c < TASK_CPUS:
+        raise PredictError(f"{n} workers x {c:g} CPUs leave under {TASK_CPUS} of the cluster's {cpus:g} CPUs to "
+                           "decode and encode: lower --workers or --cpus-per-worker")
+    return n, g, c
+
+
+def _pipeline(pc: PredictConfig, cfg, source: Store, out: Store, run_dir: Store, ckpt: str, todo: list[dict],
+              dataset: tuple[list[str], frozenset] | None, done: set[str], resources: tuple[int, float, float]):
+    """The lazy Ray Dataset of the three stages over the unfinished inputs."""
+    import ray
+
+    workers, gpus, cpus = resources
+    if dataset is not None:
+        paths, keep = dataset
+        edges = cfg.data.task == "labels2photo" and cfg.data.instance_edges
+        ds = ray.data.read_parquet(paths, filesystem=source.fs, include_paths=True,
+                                   columns=["key", "split", "input"] + ["instance"] * edges)
+        ds = ds.map_batches(_decode_shard_rows, batch_size=ROWS_PER_TASK, num_cpus=TASK_CPUS,
+                            fn_kwargs={"done": frozenset(done), "keep": keep, "edges": edges, "cfg": cfg})
+    else:
+        ds = ray.data.from_items(todo).map_batches(_decode_files, batch_size=ROWS_PER_TASK, num_cpus=TASK_CPUS,
+                                                   fn_kwargs={"src": source, "cfg": cfg})
+    ds = ds.map_batches(Predictor, batch_size=pc.batch, concurrency=workers, num_gpus=gpus, num_cpus=cpus,
+                        fn_constructor_kwargs={"run_dir": run_dir, "checkpoint_rel": ckpt, "use_gpu": gpus > 0,
+                                               "threads": max(1, round(cpus)), "tile": pc.tile, "batch": pc.batch})
+    return ds.map_batches(_encode, batch_size=ROWS_PER_TASK, num_cpus=TASK_CPUS, fn_kwargs={"out": out})
+
+
+def _collect(ds, total: int, max_bad: int, progress: Callable[[dict], None]) -> tuple[list[dict], list[dict], dict]:
+    """Drain the pipeline: the outputs it wrote, the bad inputs, and ms per image per stage."""
+    written, bad, precisions, ms = [], [], set(), {"decode_ms": 0.0, "model_ms": 0.0, "encode_ms": 0.0}
+    t0, shown = time.perf_counter(), 0.0
+    batches = iter(ds.iter_batches(batch_size=None, batch_format="numpy"))
+    try:
+        for batch in batches:
+            for i, name in enumerate(batch["name"]):
+                if batch["error"][i]:
+                    bad.append({"input": str(batch["source"][i]), "reason": str(batch["error"][i])})
+                    if len(bad) > max_bad:
+                        listed = "; ".join(f"{b['input']}: {b['reason']}" for b in bad[:10])
+                        raise PredictError(f"{len(bad)} bad inputs, more than --max-bad={max_bad}: {listed}. Fix or "
+                                           "remove them, or raise --max-bad; finished outputs stay, a rerun skips them")
+                    continue
+                written.append({"output": str(name), "input": str(batch["source"][i]), "status": "written",
+                                "width": int(batch["width"][i]), "height": int(batch["height"][i])})
+                precisions.add(str(batch["precision"][i]))
+                for k in ms:
+                    ms[k] += float(batch[k][i])
+            seconds = time.perf_counter() - t0
+            if seconds - shown >= 2.0:
+                shown = seconds
+                progress({"done": len(written) + len(bad), "total": total, "bad": len(bad),
+                          "images_per_s": len(written) / seconds})
+    finally:
+        batches.close()  # stops the pipeline now (its actors too), not when garbage collected
+    seconds = time.perf_counter() - t0
+    progress({"done": len(written) + len(bad), "total": total, "bad": len(bad),
+              "images_per_s": len(written) / max(seconds, 1e-9)})
+    timing = {"seconds": seconds, "images_per_s": len(written) / max(seconds, 1e-9),
+              "precision": ",".join(sorted(precisions))}
+    return written, bad, timing | {f"{k}_per_image": v / max(len(written), 1) for k, v in ms.items()}
+
+
+def predict(pc: PredictConfig, progress: Callable[[dict], None] = lambda info: None) -> dict[str, Any]:
+    """Run the generator of ``pc.run`` over every unfinished input; returns the manifest it wrote.
+
+    ``progress`` gets ``{"done", "total", "bad", "images_per_s"}`` every 2 s and at the end.
+    """
+    from asaptrain.infer import read_run_config
+    from asaptrain.train.launch import ensure_ray
+    from asaptrain.train.resume import fallback_note, mismatch, newest_loadable, read_state
+    from asaptrain.train.state import STATE_FILE
+
+    if bool(pc.dataset) == bool(pc.images):
+        raise PredictError("give exactly one of --dataset and --images")
+    run_dir, out, source = (Store.open(u, s3_endpoint=pc.s3_endpoint or None)
+                            for u in (pc.run, pc.out, pc.dataset or pc.images))
+    cfg = read_run_config(run_dir)
+    if pc.checkpoint:
+        ckpt = f"{pc.checkpoint.rstrip('/')}/{STATE_FILE}"
+        if not run_dir.exists(ckpt):
+            raise PredictError(f"{run_dir.uri_for(ckpt)} does not exist: name a checkpoint directory of the run")
+        state = read_state(run_dir, ckpt)
+    else:
+        found = newest_loadable(run_dir)
+        if found.skipped:
+            print(f"[asaptrain] {fallback_note(found)}", flush=True)
+        ckpt, state = found.rel, found.state
+    if (problem := mismatch(cfg, state)) is not None:  # the actors would fail on it, one by one
+        raise PredictError(f"{run_dir.uri_for(ckpt)} does not fit the run's config.toml: {problem}")
+    del state  # the actors load their own copies; the driver keeps none while they run
+    job = {"run": run_dir.uri_for(), "checkpoint": ckpt, "input": source.uri_for(),
+           "kind": "dataset" if pc.dataset else "images", "splits": list(pc.splits)}
+    resuming = check_out_folder(out, source, job)
+    dataset = None
+    if pc.dataset:
+        items, paths, keep = _dataset_items(source, cfg.data.task, pc.splits)
+        dataset = (paths, keep)
+    else:
+        items = _image_items(source)
+    done = finished_outputs(out) if resuming else set()
+    todo = [it for it in items if it["name"] not in done]
+    written, bad, timing, resources = [], [], {}, (0, 0.0, 0.0)
+    if todo:
+        ensure_ray()
+        resources = _resources(pc)
+        if not resuming:
+            out.write_json(JOB_FILE, job)
+        ds = _pipeline(pc, cfg, source, out, run_dir, ckpt, todo, dataset, done, resources)
+        written, bad, timing = _collect(ds, len(todo), pc.max_bad, progress)
+    by_name = {w["output"]: w for w in written}
+    outputs = [by_name.get(it["name"]) or {"output": it["name"], "input": it["source"], "status": "existing"}
+               for it in items if it["name"] in by_name or it["name"] in done]
+    manifest = {
+        **job, "out": out.uri_for(), "task": cfg.data.task, "model": cfg.model.name,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "settings": {k: v for k, v in asdict(pc).items() if k in ("batch", "tile", "max_bad")},
+        "workers": resources[0], "gpus_per_worker": resources[1], "cpus_per_worker": resources[2], "timing": timing,
+        "counts": {"outputs": len(outputs), "written": len(written), "existing": len(outputs) - len(written),
+                   "bad": len(bad)},
+        "outputs": outputs, "bad": bad,
+    }
+    out.write_json(MANIFEST, manifest)
+    return manifest
