@@ -49,7 +49,8 @@ def ray_cluster():
 
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False,
+    # address="local": a new Ray of its own, never one a stale /tmp/ray/ray_current_cluster names
+    ray.init(address="local", num_cpus=2, include_dashboard=True, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": os.getcwd()}})
     yield ray
     ray.shutdown()
