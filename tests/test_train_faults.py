@@ -26,6 +26,7 @@ from asaptrain.data.store import Store
 from asaptrain.data.synth import synth_plan
 from asaptrain.train.launch import fit
 from asaptrain.train.run_files import RunFiles
+from asaptrain.train.resume import checkpoint_names
 
 pytestmark = pytest.mark.slow
 
@@ -225,7 +226,7 @@ def test_s3_outage_is_ridden_out_or_ends_the_run_clearly_and_resume_loses_nothin
     assert len(done) >= 15 and done == list(range(1, len(done) + 1)), done  # the short outage cost no step
 
     # Damage what a crash could leave behind: a newest checkpoint that does not load, a torn line.
-    names = sorted(n for n in files.dir.list("") if n.startswith("checkpoint_"))
+    names = checkpoint_names(files.dir)  # Ray's checkpoint_manager_snapshot.json is not one
     newest = f"{names[-1]}/state.pt"
     files.dir.write_bytes(newest, files.dir.read_bytes(newest)[:1000])
     files.dir.write_text("metrics.jsonl", files.dir.read_text("metrics.jsonl") + '{"step": 99, "ki')

@@ -50,7 +50,7 @@ def worker_resources(cfg: Config, use_gpu: bool, cluster_cpus: float | None = No
         cluster_cpus = float(ray.cluster_resources().get("CPU", 0))
     workers = cfg.scaling.num_workers
     free = cluster_cpus - driver_cpus - DATA_TASK_CPUS
-    fix = (f"use fewer workers (--workers / scaling.num_workers), or a cluster with more CPUs "
+    fix = ("use fewer workers (--workers / scaling.num_workers), or a cluster with more CPUs "
            f"(`ray start --num-cpus`)")
     if not given:
         per = min(1.0, math.floor(free / workers * 100) / 100)
