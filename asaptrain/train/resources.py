@@ -51,7 +51,7 @@ def worker_resources(cfg: Config, use_gpu: bool, cluster_cpus: float | None = No
     workers = cfg.scaling.num_workers
     free = cluster_cpus - driver_cpus - DATA_TASK_CPUS
     fix = ("use fewer workers (--workers / scaling.num_workers), or a cluster with more CPUs "
-           f"(`ray start --num-cpus`)")
+           "(`ray start --num-cpus`)")
     if not given:
         per = min(1.0, math.floor(free / workers * 100) / 100)
         if per < MIN_WORKER_CPUS:
