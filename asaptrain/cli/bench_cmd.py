@@ -22,6 +22,14 @@ from asaptrain.cli.groups import bench, friendly_errors, hw_callback, hw_list_ca
 from asaptrain.config.io import load_config, replace
 
 
+
+def _write_json(json_path: str | None, result) -> None:
+    """Write a benchmark's numbers to --json FILE (when given) and say where."""
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(result, f, indent=1)
+        click.echo(f"wrote {json_path}")
+
 @bench.command("models")
 @click.option("--json", "json_file", type=click.Path(dir_okay=False), help="Also write the rows to this JSON file.")
 @click.option("--sizes", callback=hw_list_callback, metavar="HxW,...", help="Comma list of HEIGHTxWIDTH for every model [default: each model's paper sizes].")
@@ -182,10 +190,7 @@ def pipeline_cmd(uri, s3_endpoint, json_path, crops, batch, batches, warmup, str
     result = run(uri, s3_endpoint=s3_endpoint, crops=crops, batch=batch, batches=batches, warmup=warmup,
                  strength=strength, device=device)
     output_console().print(render(result))
-    if json_path:
-        with open(json_path, "w") as f:
-            json.dump(result, f, indent=1)
-        click.echo(f"wrote {json_path}")
+    _write_json(json_path, result)
 
 
 @bench.command("train")
@@ -251,10 +256,7 @@ def ingest_cmd(uri, s3_endpoint, json_path, limit, threads, decoders, repeats) -
     result = run(Store.open(uri, s3_endpoint=s3_endpoint), limit=limit, threads=threads, decoders=chosen,
                  repeats=repeats)
     output_console().print(render(result))
-    if json_path:
-        with open(json_path, "w") as f:
-            json.dump(result, f, indent=1)
-        click.echo(f"wrote {json_path}")
+    _write_json(json_path, result)
 
 
 @bench.command("predict")
