@@ -14,9 +14,9 @@ rounding (the ONNX check below measures it):
 
 * the pixelwise MLPs run as batched matmuls on aligned tiles gathered by unfold and reshape
   (``_traceable_tiles``): the fused Triton kernel is a CUDA-only custom op that no exporter
-  can see through, and the training path's strided gather and fold freeze traced sizes. A
-  generator with ``tile_blend`` (a blend band) has no such form yet: its ONNX / TorchScript
-  export refuses, naming the field; safetensors works for every model;
+  can see through, and the training path's strided gather and fold freeze traced sizes. With
+  ``tile_blend`` (a blend band) the overlapping extended tiles are split into pieces that
+  aligned tiles hold, and overlap-added by padding and summing (``_traceable_blend``);
 * the fixed antialiased shrink before the low-res stream (``TentDownsample``, used when
   ``tile_size > lowres_downsample``) becomes the same tent filter as a strided depthwise conv
   with border renormalization: ONNX has no antialiased bilinear resize in the TorchScript
@@ -168,17 +168,73 @@ def _traceable_tiles(self: PixelMLP, x: torch.Tensor, params: torch.Tensor) -> t
     return h.view(B, hc, wc, S, S, out).permute(0, 5, 1, 3, 2, 4).reshape(B, out, H, W)
 
 
+def _band_profile(tile_size: int, band: int) -> torch.Tensor:
+    """(T,): an interior cell's blend weight along one axis of its extended tile (``blend_weights``
+    without the image-border cases, which ``_traceable_blend`` gets by renormalizing)."""
+    S, b = tile_size, band
+    d = torch.arange(S + 2 * b, dtype=torch.float32) - b + 0.5
+    return ((d + b) / (2 * b)).clamp(0, 1) * ((S + b - d) / (2 * b)).clamp(0, 1)
+
+
+def _traceable_blend(self: PixelMLP, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    """``PixelMLP.forward`` with a blend band, in ops whose sizes a trace keeps symbolic.
+
+    Along one axis, padded row p (the image padded by the band b) is reached by its own cell
+    c = p // S at offset p % S of c's extended tile, and, when p % S < 2b, by cell c - 1 at
+    offset S + p % S. So every cell's extended tile splits into two pieces read from aligned
+    S-row tiles of the padded input: rows [0, S) of tile c ("own") and rows [0, 2b) of tile
+    c + 1 ("next"). In 2-D the four pieces (own / next per axis) are T^2 rows per cell, run
+    through the one bmm chain, weighted, and put back by zero-padding to whole tiles (the next
+    pieces one tile on) and summing: an overlap-add made of reshapes and pads. At the image
+    border only one cell reaches a pixel; dividing by the summed weights gives it weight 1 there,
+    as ``blend_weights`` does, and changes nothing inside (the weights sum to 1).
+    """
+    B, C, H, W = x.shape
+    S, k, b = self.tile_size, self.context, self.band
+    hc, wc = H // S, W // S
+    ck, K = C * k * k, self.coords.shape[-1]
+    xp = pad_input(x, k, b)
+    xc = F.unfold(xp, k).view(B, ck, H + 2 * b, W + 2 * b) if k > 1 else xp
+    tiles = F.pad(xc, (0, S - 2 * b, 0, S - 2 * b)).reshape(B, ck, hc + 1, S, wc + 1, S)
+    prof = _band_profile(S, b).to(x.device)
+    # per axis: (tiles, rows inside them, offsets in the extended tile, zero tiles before / after)
+    spans = [(slice(None, -1), slice(0, S), slice(0, S), (0, 1)),
+             (slice(1, None), slice(0, 2 * b), slice(S, S + 2 * b), (1, 0))]
+    pieces = [(sy, sx) for sy in spans for sx in spans]
+    rows, coords, weights = [], [], []
+    for (ty, ry, oy, _), (tx, rx, ox, _) in pieces:
+        p = tiles[:, :, ty, ry, tx, rx]  # (B, ck, hc, ny, wc, nx)
+        rows.append(p.permute(0, 2, 4, 3, 5, 1).reshape(B * hc * wc, -1, ck))
+        coords.append(self.coords[oy, ox].reshape(-1, K))
+        weights.append((prof[oy, None] * prof[None, ox]).reshape(-1, 1))
+    h = torch.cat(rows, dim=1)
+    c = torch.cat(coords).to(h.dtype).unsqueeze(0).expand(h.shape[0], -1, -1)
+    h = torch.cat([h, c, torch.ones_like(h[..., :1])], dim=-1)
+    widths = [d + 1 for d in self.dims[:-1]] + [self.dims[-1]]
+    mats = layer_matrices(params.reshape(B * hc * wc, self.num_params).to(h.dtype), self.dims, widths)
+    for i, w in enumerate(mats):
+        h = torch.bmm(h, w)
+        h = F.leaky_relu(h, 0.01) if i < len(mats) - 1 else torch.tanh(h)
+    wt = torch.cat(weights).to(h.dtype).unsqueeze(0).expand(h.shape[0], -1, -1)
+    h = torch.cat([h * wt, wt], dim=-1)  # the weight rides along as one more channel
+    out, total, start = self.dims[-1], 0, 0
+    for (_, ry, _, (ay0, ay1)), (_, rx, _, (ax0, ax1)) in pieces:
+        ny, nx = ry.stop - ry.start, rx.stop - rx.start
+        part = h[:, start:start + ny * nx].reshape(B, hc, wc, ny, nx, out + 1).permute(0, 5, 1, 3, 2, 4)
+        start += ny * nx
+        part = F.pad(part, (0, S - nx, ax0, ax1, 0, S - ny, ay0, ay1))  # (B, out+1, hc+1, S, wc+1, S)
+        total = total + part.reshape(B, out + 1, (hc + 1) * S, (wc + 1) * S)
+    total = total[:, :, b:b + H, b:b + W]
+    return total[:, :out] / total[:, out:]
+
+
 def exportable(G: nn.Module) -> nn.Module:
     """``G`` (in place) on the paths exporters can trace: matmul MLPs, the tent as a conv."""
     G.eval()
     for module in G.modules():
         if isinstance(module, PixelMLP):
-            if module.band:
-                raise ExportError("model.tile_blend (a blend band of neighbouring cells' MLPs) has no traceable "
-                                  "form with dynamic sizes yet: use --format safetensors, or a run trained with "
-                                  "model.tile_blend=false")
             module.fused = False
-            module.forward = types.MethodType(_traceable_tiles, module)
+            module.forward = types.MethodType(_traceable_blend if module.band else _traceable_tiles, module)
     if isinstance(G, ASAPNetGenerator) and isinstance(G.lowres.shrink, TentDownsample):
         G.lowres.shrink = TentConv(G.lowres.shrink.factor, G.cfg.in_channels)
     return G

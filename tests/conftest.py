@@ -7,6 +7,8 @@ over HTTP exactly as they would to a user's MinIO.
 from __future__ import annotations
 
 import os
+import secrets
+import tempfile
 import uuid
 
 import pytest
@@ -18,6 +20,18 @@ os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# Ray's token auth (2.60's default for a local cluster) is on for every Ray the tests start, heads
+# started with `ray start` included, with one token of this process's own. One mode for the whole
+# process: Ray caches the mode per process, so a test that switched it and switched it back would
+# leave the next ray.init's driver and GCS disagreeing (InvalidAuthToken). The token file lives in a
+# temp dir, so the user's ~/.ray is never touched.
+_token_path = os.path.join(tempfile.mkdtemp(prefix="asaptrain-ray-auth-"), "auth_token")
+with open(os.open(_token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as _fh:
+    _fh.write(secrets.token_hex(32))
+os.environ["RAY_AUTH_MODE"] = "token"
+os.environ["RAY_AUTH_TOKEN_PATH"] = _token_path
+os.environ.pop("RAY_AUTH_TOKEN", None)
 
 
 @pytest.fixture(scope="session")

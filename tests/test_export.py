@@ -17,9 +17,10 @@ from asaptrain.config.io import apply_overrides
 from asaptrain.config.presets import SMOKE_PRESETS, get_preset
 from asaptrain.data.store import Store
 from asaptrain.export import (
-    ExportError, TentConv, example_input, export_generator, load_safetensors, size_rules,
+    ExportError, TentConv, _traceable_blend, example_input, export_generator, load_safetensors, size_rules,
 )
 from asaptrain.models.asapnet import TentDownsample
+from asaptrain.models.pixel_mlp import PixelMLP
 from asaptrain.train.nets import build_generator
 from asaptrain.train.run_files import RunFiles
 from asaptrain.train.state import to_bytes
@@ -42,11 +43,6 @@ def trained_like(G: torch.nn.Module, seed: int) -> torch.nn.Module:
     return G
 
 
-# The hybrid's tile blending has no traceable form yet (see export.exportable): its graph
-# exports are checked with aligned tiles, and the blended one must refuse clearly.
-TRACEABLE = {"hybrid-smoke": ["model.tile_blend=false"]}
-
-
 def make_run(tmp_path, preset: str, ema: bool = True, overrides=()):
     """A run directory as training leaves it: config.toml and a checkpoint whose EMA differs from G."""
     cfg = apply_overrides(get_preset(preset), list(overrides))
@@ -67,9 +63,24 @@ def test_tent_conv_is_the_antialiased_shrink():
         assert torch.allclose(TentConv(factor, 5)(x), TentDownsample(factor)(x), atol=1e-5)
 
 
+@pytest.mark.parametrize("tile,band,context", [(16, 4, 3), (16, 8, 1), (8, 2, 3), (16, 1, 3)])
+def test_traceable_blend_is_the_training_path(tile, band, context):
+    """The export form of a blended PixelMLP (pieces of aligned tiles, pad-and-sum overlap-add)
+    equals the training path (strided gather, fold), border cells included, at several sizes."""
+    mlp = PixelMLP(3, 3, 16, 3, tile, context=context, band=band)
+    mlp.fused = False
+    g = torch.Generator().manual_seed(tile + band)
+    for h, w in [(2 * tile, 3 * tile), (4 * tile, tile)]:
+        x = torch.randn(2, 3, h, w, generator=g)
+        params = torch.randn(2, h // tile, w // tile, mlp.num_params, generator=g) * 0.3
+        want = mlp(x, params)
+        assert float(want.std()) > 0.1
+        assert torch.allclose(_traceable_blend(mlp, x, params), want, atol=1e-6)
+
+
 @pytest.mark.parametrize("preset", SMOKE_PRESETS)
 def test_onnx_matches_pytorch_at_any_allowed_size(preset, tmp_path):
-    run_dir, cfg, ema, _ = make_run(tmp_path, preset, overrides=TRACEABLE.get(preset, ()))
+    run_dir, cfg, ema, _ = make_run(tmp_path, preset)
     out = str(tmp_path / "g.onnx")
     result = export_generator(run_dir, "onnx", out)
     meta = json.load(open(out + ".json"))
@@ -94,7 +105,8 @@ def test_onnx_matches_pytorch_at_any_allowed_size(preset, tmp_path):
 
 
 def test_torchscript_matches_pytorch_at_other_sizes(tmp_path):
-    run_dir, cfg, ema, _ = make_run(tmp_path, "hybrid-smoke", overrides=TRACEABLE["hybrid-smoke"])
+    run_dir, cfg, ema, _ = make_run(tmp_path, "hybrid-smoke")
+    assert cfg.model.tile_blend  # the blended hybrid, as trained
     out = str(tmp_path / "g.pt")
     export_generator(run_dir, "torchscript", out)
     traced = torch.jit.load(out)
@@ -116,13 +128,6 @@ def test_safetensors_reload_into_build_generator_exactly(preset, tmp_path):
         assert torch.equal(loaded(x), expected(x))
         if ema_kept:
             assert not torch.allclose(loaded(x), G(x))  # the EMA weights, not G's
-
-
-def test_blended_hybrid_graph_export_refuses_and_writes_nothing(tmp_path):
-    run_dir, *_ = make_run(tmp_path, "hybrid-smoke")
-    with pytest.raises(ExportError, match="tile_blend"):
-        export_generator(run_dir, "onnx", str(tmp_path / "g.onnx"))
-    assert not [p for p in os.listdir(tmp_path) if p.startswith("g.")]
 
 
 def test_export_never_overwrites_unasked(tmp_path):

@@ -89,9 +89,7 @@ def two_nodes():
     # Short paths: Ray's unix sockets live under the temp dir (at most ~107 bytes).
     dirs = [tempfile.mkdtemp(prefix="r2h", dir="/tmp"), tempfile.mkdtemp(prefix="r2w", dir="/tmp")]
     gcs, dash, client = _free_ports(3)
-    # Token auth is not what is tested here: off for the nodes and for every client the tests start.
-    saved_auth = os.environ.get("RAY_AUTH_MODE")
-    os.environ["RAY_AUTH_MODE"] = "disabled"
+    # Token auth is on (conftest's token): the nodes, the driver and submit present the same token.
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["PYTHONPATH"] = str(ROOT)  # the nodes' workers import this checkout
     env["RAY_USAGE_STATS_ENABLED"] = "0"
@@ -107,10 +105,6 @@ def two_nodes():
         _stop(dirs)
         for d in dirs:
             shutil.rmtree(d, ignore_errors=True)
-        if saved_auth is None:
-            os.environ.pop("RAY_AUTH_MODE", None)
-        else:
-            os.environ["RAY_AUTH_MODE"] = saved_auth
 
 
 def _train_args(store_uri: str, endpoint: str, name: str) -> list[str]:

@@ -36,6 +36,7 @@ DRIVER = {"AWS_ACCESS_KEY_ID": f"DRVKEY{uuid.uuid4().hex[:14].upper()}",
 NODE = {"AWS_ACCESS_KEY_ID": f"NODEKEY{uuid.uuid4().hex[:13].upper()}",
         "AWS_SECRET_ACCESS_KEY": f"node-secret-{uuid.uuid4().hex}"}
 PLANTED = [v.encode() for v in (*DRIVER.values(), *NODE.values())]
+RAY_TOKEN = Path(os.environ["RAY_AUTH_TOKEN_PATH"]).read_bytes().strip()  # conftest's; a credential too
 
 
 def _free_port() -> int:
@@ -56,10 +57,9 @@ def head():
     if ray.is_initialized():
         ray.shutdown()
     temp = tempfile.mkdtemp(prefix="asr-", dir="/tmp")
-    # Token auth is not what is tested here; off on both sides, so the driver needs no token file.
-    driver_env = {**DRIVER, "RAY_AUTH_MODE": "disabled"}
-    saved = {k: os.environ.get(k) for k in driver_env}
-    os.environ.update(driver_env)
+    # Token auth stays on (conftest's token, on both sides): the submitted job goes through it too.
+    saved = {k: os.environ.get(k) for k in DRIVER}
+    os.environ.update(DRIVER)
     node_env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",)}
     node_env.update(NODE, RAY_TMPDIR=temp, RAY_USAGE_STATS_ENABLED="0", PYTHONPATH=os.getcwd())
     gcs, dash = _free_port(), _free_port()
@@ -111,14 +111,14 @@ def _leaks_in_files(root: str) -> list[str]:
     return found
 
 
-def _leaks_in_bucket(endpoint: str, bucket: str) -> tuple[list[str], int]:
+def _leaks_in_bucket(endpoint: str, bucket: str, planted: list[bytes]) -> tuple[list[str], int]:
     s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
     found, count = [], 0
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
         for obj in page.get("Contents", []):
             count += 1
             data = s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
-            found += [f"s3://{bucket}/{obj['Key']}: {p.decode()[:7]}…" for p in PLANTED if p in data]
+            found += [f"s3://{bucket}/{obj['Key']}: {p.decode()[:7]}…" for p in planted if p in data]
     return found, count
 
 
@@ -150,7 +150,7 @@ def test_no_credential_in_store_runs_or_ray_logs(head, s3_endpoint, s3_bucket):
     state = sub.wait_for_job(job, dashboard, timeout_s=300)
     assert state == "SUCCEEDED", sub.logs(job, dashboard)[-3000:]
 
-    in_bucket, objects = _leaks_in_bucket(s3_endpoint, s3_bucket)
+    in_bucket, objects = _leaks_in_bucket(s3_endpoint, s3_bucket, [*PLANTED, RAY_TOKEN])
     in_ray = _leaks_in_files(temp)
     assert objects > 20 and any(Path(temp).rglob("runtime_env_agent.log"))  # there was much to look through
     assert in_bucket + in_ray == [], "credentials written to:\n" + "\n".join(in_bucket + in_ray)

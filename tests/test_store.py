@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import time
 import urllib.request
 
 import boto3
@@ -80,6 +81,29 @@ def test_retry_only_transient():
     with pytest.raises(ClientError):
         retry(missing, base_delay_s=0.001)
     assert len(calls) == 1
+
+
+def test_retry_rides_out_an_outage_of_outage_s_and_no_longer():
+    """boto3 calls (large puts, uploads, listings, deletes) keep trying for storage.outage_s, as
+    the pyarrow filesystem does: 4 quick attempts alone would end a run at a 2-second blip."""
+    from botocore.exceptions import EndpointConnectionError
+
+    def down_for(seconds: float):
+        until = time.monotonic() + seconds
+
+        def call():
+            if time.monotonic() < until:
+                raise EndpointConnectionError(endpoint_url="http://127.0.0.1:9")
+            return "ok"
+        return call
+
+    assert retry(down_for(1.0), base_delay_s=0.01, max_delay_s=0.1, outage_s=3) == "ok"
+    start = time.monotonic()
+    with pytest.raises(EndpointConnectionError):
+        retry(down_for(60), base_delay_s=0.01, max_delay_s=0.1, outage_s=1)
+    assert 0.9 < time.monotonic() - start < 2
+    with pytest.raises(EndpointConnectionError):
+        retry(down_for(1.0), base_delay_s=0.01, max_delay_s=0.1)  # no outage_s: the 4 attempts only
 
 
 def test_s3_store(s3_endpoint, s3_bucket, tmp_path):

@@ -12,7 +12,7 @@ Kept apart from the Store so the one place that touches secrets is small enough 
 - the endpoint (MinIO, Ceph, R2; none = AWS) comes from ``--s3-endpoint`` or
   ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``; pyarrow ignores those variables, so it is
   handed to pyarrow explicitly;
-- :func:`retry` retries transient boto3 failures; pyarrow retries with exponential backoff for
+- :func:`retry` retries transient boto3 failures (for ``outage_s`` seconds too); pyarrow retries with exponential backoff for
   up to ``outage_s`` seconds (:class:`RetryingS3FileSystem`, whose pickle keeps that strategy,
   so Ray's controller and workers ride out a short outage of the endpoint too);
 - :func:`describe_error` turns any failure into a :class:`StoreError` naming the endpoint and
@@ -120,16 +120,26 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, BotoConnectionError)
 
 
-def retry(fn: Callable[[], T], attempts: int = ATTEMPTS, base_delay_s: float = 0.2) -> T:
-    """Call ``fn``; retry transient S3 errors (connection, 5xx, throttling) with jittered backoff."""
-    for attempt in range(attempts):
+def retry(fn: Callable[[], T], attempts: int = ATTEMPTS, base_delay_s: float = 0.2,
+          outage_s: float = 0.0, max_delay_s: float = 5.0) -> T:
+    """Call ``fn``; retry transient S3 errors (connection, 5xx, throttling) with jittered backoff.
+
+    At least ``attempts`` tries, and with ``outage_s`` > 0 further tries until that many
+    seconds have passed since the first (the pyarrow filesystem's ``storage.outage_s``, so a
+    boto3 call rides out the same outage); waits double from ``base_delay_s`` up to ``max_delay_s``.
+    """
+    start = time.monotonic()
+    attempt = 0
+    while True:
         try:
             return fn()
         except Exception as exc:
-            if attempt == attempts - 1 or not is_transient(exc):
+            attempt += 1
+            delay = min(max_delay_s, base_delay_s * 2 ** (attempt - 1)) * (0.5 + random.random())
+            more = attempt < attempts or time.monotonic() - start + delay <= outage_s
+            if not more or not is_transient(exc):
                 raise
-            time.sleep(base_delay_s * 2**attempt * (0.5 + random.random()))
-    raise AssertionError("unreachable")
+            time.sleep(delay)
 
 
 def is_store_failure(exc: BaseException) -> bool:

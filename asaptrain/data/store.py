@@ -191,7 +191,8 @@ class Store:
             if not self.is_s3:
                 self._write_local(rel, lambda tmp: open(tmp, "wb").write(data))
             elif len(data) > SINGLE_PUT_BYTES:  # pyarrow would go multipart, which it cannot abort
-                retry(lambda: self.boto_client().put_object(Bucket=self.bucket, Key=self._key(rel), Body=data))
+                retry(lambda: self.boto_client().put_object(Bucket=self.bucket, Key=self._key(rel), Body=data),
+                      outage_s=self.outage_s)
             else:
                 with self.fs.open_output_stream(self.path(rel)) as f:  # delayed open: one PutObject
                     f.write(data)
@@ -208,7 +209,8 @@ class Store:
             from boto3.s3.transfer import TransferConfig
 
             config = TransferConfig(multipart_threshold=64 * 2**20, multipart_chunksize=16 * 2**20)
-            retry(lambda: self.boto_client().upload_file(local_path, self.bucket, self._key(rel), Config=config))
+            retry(lambda: self.boto_client().upload_file(local_path, self.bucket, self._key(rel), Config=config),
+                  outage_s=self.outage_s)
 
         self._call(f"writing {self.uri_for(rel)}", put)
 
@@ -257,7 +259,8 @@ class Store:
         token = None
         while True:
             page = self._call(f"listing {self.uri_for(rel)}", lambda: retry(
-                lambda: self.boto_client().list_objects_v2(**kwargs, **({"ContinuationToken": token} if token else {}))))
+                lambda: self.boto_client().list_objects_v2(**kwargs, **({"ContinuationToken": token} if token else {})),
+                outage_s=self.outage_s))
             bucket_root = self.root.split("/", 1)[1] if "/" in self.root else ""
             found = [o["Key"] for o in page.get("Contents", [])] + [p["Prefix"] for p in page.get("CommonPrefixes", [])]
             for key in found:
@@ -284,7 +287,7 @@ class Store:
         for start in range(0, len(keys), 1000):  # DeleteObjects takes 1000 keys per request
             batch = {"Objects": [{"Key": k} for k in keys[start:start + 1000]], "Quiet": True}
             self._call(f"deleting {self.uri_for(rel)}", lambda: retry(
-                lambda: self.boto_client().delete_objects(Bucket=self.bucket, Delete=batch)))
+                lambda: self.boto_client().delete_objects(Bucket=self.bucket, Delete=batch), outage_s=self.outage_s))
 
     def ray_storage(self) -> tuple[str, pafs.FileSystem]:
         """``(storage_path, storage_filesystem)`` for ``ray.train.RunConfig`` and ``tune.RunConfig``.
