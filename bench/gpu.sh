@@ -18,9 +18,10 @@
 #   compare-720     25
 #   train           60  `bench train`: the four full presets uncompiled, 20 steps, fp32 and bf16 (MFU)
 #   ray             90  a Ray Train run of 100 steps from shards (its timing.json: data-wait share)
+#   predict         35  `bench predict` on one GPU worker: images/s at 720x1280, decode / model / encode
 #   sweep           60  a 2-trial hybrid sweep, only if the total budget leaves room
 #   smoke           90  `asaptrain smoke` timed, only if the total budget leaves room
-# The required stages add up to 470 s: inside one 10-minute call even if every one runs out.
+# The required stages add up to 505 s: inside one 10-minute call even if every one runs out.
 # Then summary.txt: one line per stage (status, seconds, budget, JSON written).
 #
 # The GPU machine has torch 2.11, triton 3.6, torchvision, torchmetrics, pyarrow, numpy, pillow,
@@ -96,6 +97,7 @@ if [ "$DRY" = 1 ]; then
   TRAIN_STEPS=1 RAY_PRESET=hybrid-smoke RAY_STEPS=4 SYNTH="--count 16 --val-count 4 --size 64x64"
   RAY_GPU="--set scaling.use_gpu=false --set scaling.resources_per_worker={CPU=1}"
   RAY_SETS="--set train.batch_size=4 --set eval.images=4" SWEEP_STEPS=4 SMOKE_STEPS=2 DRYFLAG=--dry
+  PREDICT="--preset hybrid-smoke --images 2 --size 64x64 --batch 2"
 else
   LABEL_BIG=1024x2048 LABEL_MID=512x1024 PHOTO_BIG=720x1280 PHOTO_SMALL=256x256
   VARIANTS=fp32,bf16,bf16-cl COMPILE_VARIANT=bf16-cl-compile
@@ -104,6 +106,7 @@ else
   TRAIN_PRESETS="" TRAIN_STEPS=20 RAY_PRESET=hybrid-deblur RAY_STEPS=100
   SYNTH="--count 128 --val-count 16 --size 512x512" RAY_GPU="--gpus-per-worker 1"
   RAY_SETS="--set eval.images=16" SWEEP_STEPS=100 SMOKE_STEPS=20 DRYFLAG=
+  PREDICT="--preset hybrid-deblur --preset deblurgan-gopro --gpus 1 --images 16 --batch 4"
 fi
 
 # ---------------------------------------------------------------- setup: the wheels the image lacks
@@ -154,7 +157,10 @@ stage ray 90/300 required "$A data synth --kind photos $SYNTH --out '$STORE/data
      --set eval.every=$RAY_STEPS --set train.checkpoint_every=$RAY_STEPS --set train.log_every=$(( RAY_STEPS / 2 )) \
   && cp '$STORE/runs/gpu-ray/timing.json' '$OUT/ray.json'"
 
-# ---------------------------------------------------------------- 5. only if time remains
+# ---------------------------------------------------------------- 5. batch inference through Ray
+stage predict 35/200 required "$A bench predict $PREDICT --json '$OUT/predict.json'"
+
+# ---------------------------------------------------------------- 6. only if time remains
 stage sweep 60/200 optional "$A tune --preset hybrid-smoke --store '$STORE' --trials 2 --steps $SWEEP_STEPS --name gpu-sweep \
   --no-progress $([ "$DRY" = 1 ] && echo "--gpus-per-trial 0" || echo "--gpus-per-trial 1") \
   && cp '$STORE/sweeps/gpu-sweep/sweep.json' '$OUT/sweep.json'"

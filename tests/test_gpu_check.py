@@ -17,7 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUIRED = ("setup", "correct", "models-1024", "models-512", "models-720", "models-compile", "compare-256", "train",
-            "ray")
+            "ray", "predict")
 
 
 def _gpu_image_env() -> dict[str, str]:

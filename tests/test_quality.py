@@ -5,7 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from asaptrain.perf.quality import grid_checks, summarize
+from asaptrain.config.io import replace
+from asaptrain.config.presets import get_preset
+from asaptrain.data.store import Store
+from asaptrain.perf.quality import QualityError, grid_checks, run_name, run_quality, summarize
+from asaptrain.train.run_files import RunFiles
 from asaptrain.train.visual import sample_grid
 
 
@@ -31,3 +35,16 @@ def test_summary_is_mean_and_sd_per_preset():
     a, b = summarize(rows)
     assert (a["preset"], a["runs"], a["psnr"], a["ssim_sd"]) == ("a", 2, 18.5, 0.0)
     assert a["psnr_sd"] == pytest.approx(0.7071, abs=1e-4) and b["psnr_sd"] == 0.0
+
+
+def test_a_stored_run_of_another_config_is_refused_before_anything_is_written(tmp_path):
+    """A comparison never reuses a run trained with another version of the preset as its own."""
+    store = Store.open(str(tmp_path))
+    name = run_name("hybrid-smoke", 32, 0)
+    files = RunFiles(store, name)
+    files.write_config(replace(get_preset("hybrid-smoke"), {"model.mlp_depth": 3}))
+    files.write_run(status="finished")
+    with pytest.raises(QualityError, match=name):
+        run_quality(str(tmp_path), presets=["hybrid-smoke"], seeds=[0], size=32, steps=5)
+    assert not store.exists("datasets/quality-photos-32")  # checked before the dataset is made
+    assert run_name("hybrid-smoke", 32, 0, {"model.mlp_context": 5}) != name  # --set: a run of its own

@@ -166,3 +166,9 @@ def test_space_searches_lowres_and_mlp_width_and_depth(preset):
         section, field = key.split(".")
         for value in values:  # every value builds a valid config
             assert getattr(getattr(trial_config(base, {key: value}), section), field) == value
+    # the blend band is searched too, and every band fits every tile size the space offers
+    assert len(space["model.blend_band"]["choice"]) >= 2
+    for tile in space["model.tile_size"]["choice"]:
+        for band in space["model.blend_band"]["choice"]:
+            cfg = trial_config(base, {"model.tile_size": tile, "model.blend_band": band, "model.tile_blend": True})
+            assert cfg.model.blend_band == band

@@ -19,7 +19,7 @@ from pathlib import Path
 import click
 
 from asaptrain.cli.groups import bench, friendly_errors, hw_callback, hw_list_callback, output_console, s3_endpoint_option
-from asaptrain.config.io import load_config, replace
+from asaptrain.config.io import load_config, parse_overrides, replace
 
 
 
@@ -136,9 +136,11 @@ def bench_compare_cmd(presets, config_files, size, dtype, big_batch, repeats, wa
 @click.option("--size", type=click.IntRange(32), default=64, show_default=True, help="Square crop and image size, px.")
 @click.option("--steps", type=click.IntRange(1), default=600, show_default=True)
 @click.option("--preset", "presets", multiple=True, help="Presets to train [default: hybrid-smoke, deblurgan-smoke].")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.FIELD=VALUE",
+              help="Change every preset's config after the recipe (runs are named with a hash of the changes).")
 @click.option("--json", "json_file", type=click.Path(dir_okay=False), help="Also write runs and summary as JSON.")
 @friendly_errors
-def bench_quality_cmd(store, seeds, size, steps, presets, json_file) -> None:
+def bench_quality_cmd(store, seeds, size, steps, presets, overrides, json_file) -> None:
     """Validation PSNR/SSIM of the smoke hybrid and DeblurGAN, one recipe, several seeds (Ray, CPU)."""
     from rich.table import Table
 
@@ -150,7 +152,8 @@ def bench_quality_cmd(store, seeds, size, steps, presets, json_file) -> None:
     except ValueError:
         raise click.BadParameter(f"{seeds!r}: expected comma-separated integers", param_hint="--seeds") from None
     rows, summary = run_quality(store, presets or PRESETS, seed_list, size, steps,
-                                log=lambda line: console.print(f"[dim]{line}[/dim]"))
+                                log=lambda line: console.print(f"[dim]{line}[/dim]"),
+                                changes=parse_overrides(overrides))
     table = Table(title=f"Quality at {size}x{size}, {steps} steps, {len(seed_list)} seed(s): mean ± sd")
     for col in ("preset", "PSNR dB", "SSIM", "input PSNR", "input SSIM", "dark cast", "edge-step ratio", "spot ratio"):
         table.add_column(col, justify="left" if col == "preset" else "right")

@@ -15,16 +15,25 @@ grid's images: a spot in a fixed place shows as a large value).
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from asaptrain.config.io import replace
 from asaptrain.config.presets import get_preset
+from asaptrain.errors import UserError
 
 PRESETS = ("hybrid-smoke", "deblurgan-smoke")
+
+
+class QualityError(UserError):
+    """A comparison that cannot run as asked; the message names the run and what to do."""
+
 RECIPE = {
     "curriculum.kind": "fixed", "curriculum.start": 0.5, "eval.blur_strength": 0.5, "optim.g_lr": 1e-3,
     "optim.d_lr": 5e-4, "optim.decay_start": 0.5, "loss.gan_weight": 0.1, "loss.l1_weight": 10.0,
@@ -63,41 +72,71 @@ def _ensure_photos(store, size: int, count: int, val: int) -> str:
     return rel
 
 
+def run_name(preset: str, size: int, seed: int, changes: Mapping[str, Any] | None = None) -> str:
+    """``quality-SIZE-PRESET-seedN``, plus a short hash of ``changes`` (``--set``) when there are any."""
+    name = f"quality-{size}-{preset}-seed{seed}"
+    if changes:
+        digest = hashlib.sha256(json.dumps(changes, sort_keys=True, default=str).encode()).hexdigest()[:8]
+        name += f"-{digest}"
+    return name
+
+
 def run_quality(
     store_uri: str, presets: Sequence[str] = PRESETS, seeds: Sequence[int] = (0, 1, 2), size: int = 64,
     steps: int = 600, images: int = 96, val_images: int = 16, log: Callable[[str], None] = print,
+    changes: Mapping[str, Any] | None = None,
 ) -> tuple[list[dict], list[dict]]:
-    """Train each preset once per seed; returns (one row per run, one summary row per preset)."""
+    """Train each preset once per seed; returns (one row per run, one summary row per preset).
+
+    ``changes`` (dotted keys, as ``--set``) apply to every preset after the recipe; they are
+    hashed into the run names. A run already in the store is reused only when its config is
+    the one asked for; otherwise this stops, naming the run, before anything is trained.
+    """
     from asaptrain.data.store import Store
+    from asaptrain.infer import read_run_config
     from asaptrain.train.launch import fit
     from asaptrain.train.run_files import RunFiles
 
     store = Store.open(store_uri)
-    dataset = _ensure_photos(store, size, images, val_images)
-    rows = []
+    plan = []
     for seed in seeds:
         for preset in presets:
-            name = f"quality-{size}-{preset}-seed{seed}"
             cfg = replace(get_preset(preset), {
-                **RECIPE, "storage.store": store.uri, "data.dataset": dataset, "data.crop_height": size,
-                "data.crop_width": size, "train.steps": steps, "train.seed": seed,
+                **RECIPE, "storage.store": store.uri, "data.dataset": f"datasets/quality-photos-{size}",
+                "data.crop_height": size, "data.crop_width": size, "train.steps": steps, "train.seed": seed,
                 "train.log_every": max(steps // 10, 1), "eval.every": max(steps // 4, 1),
                 "train.checkpoint_every": steps, "train.sample_every": steps, "eval.images": val_images,
+                **(changes or {}),
             })
-            files = RunFiles(store, name)
-            if not files.exists():
-                result = fit(cfg, preset=preset, name=name, progress=False)
-                if result.status != "finished":
-                    raise RuntimeError(f"{name} did not finish: {result.error}")
-            last = [r for r in files.read_metrics() if r["kind"] == "eval"][-1]
-            png = files.dir.read_bytes(f"samples/{steps:08d}.png")
-            tile = cfg.model.tile_size if cfg.model.name in ("asapnet", "hybrid") else None
-            row = {"preset": preset, "seed": seed, "size": size, "steps": steps, "run": name,
-                   **{k: last.get(k) for k in ("psnr", "ssim", "input_psnr", "input_ssim")},
-                   **grid_checks(png, size, size, tile)}
-            rows.append(row)
-            log(f"{name}: PSNR {row['psnr']:.3f} dB (input {row['input_psnr']:.3f}), SSIM {row['ssim']:.4f}")
+            files = RunFiles(store, run_name(preset, size, seed, changes))
+            if files.exists() and _recipe(read_run_config(files.dir)) != _recipe(cfg):
+                raise QualityError(f"{files.dir.uri}: trained with another config than this comparison asks "
+                                   "for (another version of the preset?); delete it or use another --store")
+            plan.append((preset, seed, cfg, files))
+    _ensure_photos(store, size, images, val_images)
+    rows = []
+    for preset, seed, cfg, files in plan:
+        name = files.name
+        if not files.exists():
+            result = fit(cfg, preset=preset, name=name, progress=False)
+            if result.status != "finished":
+                raise RuntimeError(f"{name} did not finish: {result.error}")
+        last = [r for r in files.read_metrics() if r["kind"] == "eval"][-1]
+        png = files.dir.read_bytes(f"samples/{steps:08d}.png")
+        tile = cfg.model.tile_size if cfg.model.name in ("asapnet", "hybrid") else None
+        row = {"preset": preset, "seed": seed, "size": size, "steps": steps, "run": name,
+               **{k: last.get(k) for k in ("psnr", "ssim", "input_psnr", "input_ssim")},
+               **grid_checks(png, size, size, tile)}
+        rows.append(row)
+        log(f"{name}: PSNR {row['psnr']:.3f} dB (input {row['input_psnr']:.3f}), SSIM {row['ssim']:.4f}")
     return rows, summarize(rows)
+
+
+def _recipe(cfg) -> dict:
+    """What decides a run's numbers: every section but where it ran (scaling) and stored (storage)."""
+    from asaptrain.config.io import to_dict
+
+    return {k: v for k, v in to_dict(cfg).items() if k not in ("scaling", "storage")}
 
 
 def summarize(rows: list[dict]) -> list[dict]:
