@@ -13,17 +13,12 @@ import time
 from pathlib import Path
 
 import pytest
+from netports import free_port
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -39,7 +34,7 @@ def ray_head(tmp_path_factory):
 
     if ray.is_initialized():
         ray.shutdown()
-    gcs, dash = _free_port(), _free_port()
+    gcs, dash = free_port(), free_port()
     log = open(tmp_path_factory.mktemp("head") / "head.log", "w")
     head = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",

@@ -46,6 +46,7 @@ def test_local_store_commands_run_without_boto3(tmp_path):
 def test_cpu_rehearsal_runs_every_stage_and_writes_its_json(tmp_path):
     out = tmp_path / "gpu-check"
     env = {**os.environ, "GPU_CHECK_DRY": "1", "GPU_CHECK_BUDGET_S": "0"}  # optional stages: skipped
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # python3: this venv's
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.run(["bash", "bench/gpu.sh", str(out)], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=1800)

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import time
 import urllib.request
 
 import pytest
+from netports import free_port
 
 from asaptrain.config.io import apply_overrides
 from asaptrain.config.presets import get_preset
@@ -27,12 +27,6 @@ from asaptrain.train.curves import MlflowTarget, TrackingError, check_mlflow
 from asaptrain.train.run_files import RunFiles
 
 mlflow = pytest.importorskip("mlflow")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +40,7 @@ def tracking_uri(tmp_path_factory):
         yield f"file://{root}/mlruns"
         os.environ.pop("MLFLOW_ALLOW_FILE_STORE") if old is None else os.environ.update(MLFLOW_ALLOW_FILE_STORE=old)
         return
-    port = _free_port()
+    port = free_port()
     log = open(root / "server.log", "wb")
     proc = subprocess.Popen([server, "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
                              "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1",
@@ -72,7 +66,7 @@ def tracking_uri(tmp_path_factory):
 def test_unreachable_server_and_credentials_in_the_uri_fail_at_once():
     start = time.monotonic()
     with pytest.raises(TrackingError, match="does not answer"):
-        check_mlflow(MlflowTarget(f"http://127.0.0.1:{_free_port()}"), timeout_s=2)
+        check_mlflow(MlflowTarget(f"http://127.0.0.1:{free_port()}"), timeout_s=2)
     assert time.monotonic() - start < 10
     with pytest.raises(TrackingError, match="no credentials in the URI"):
         check_mlflow(MlflowTarget("http://user:secret@127.0.0.1:5000"))

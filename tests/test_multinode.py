@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+from netports import free_block, free_ports
 
 from asaptrain.data.convert import convert
 from asaptrain.data.store import Store
@@ -32,23 +32,12 @@ RAY = str(Path(sys.executable).with_name("ray"))
 pytestmark = pytest.mark.slow
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def _node_ports() -> list[str]:
     """Every port a node opens, chosen free, so nothing collides with another Ray on this machine."""
-    p = _free_ports(7)
-    low = p[6] if p[6] < 60000 else 20000 + p[6] % 20000
+    p, workers = free_ports(6), free_block(61)
     return [f"--node-manager-port={p[0]}", f"--object-manager-port={p[1]}", f"--metrics-export-port={p[2]}",
             f"--dashboard-agent-listen-port={p[3]}", f"--dashboard-agent-grpc-port={p[4]}",
-            f"--runtime-env-agent-port={p[5]}", f"--min-worker-port={low}", f"--max-worker-port={low + 60}"]
+            f"--runtime-env-agent-port={p[5]}", f"--min-worker-port={workers[0]}", f"--max-worker-port={workers[-1]}"]
 
 
 def _pids_under(*dirs: str) -> list[int]:
@@ -88,7 +77,7 @@ def two_nodes():
     """(GCS address, dashboard URL) of a head and a second node, 2 CPUs each, on 127.0.0.1."""
     # Short paths: Ray's unix sockets live under the temp dir (at most ~107 bytes).
     dirs = [tempfile.mkdtemp(prefix="r2h", dir="/tmp"), tempfile.mkdtemp(prefix="r2w", dir="/tmp")]
-    gcs, dash, client = _free_ports(3)
+    gcs, dash, client = free_ports(3)
     # Token auth is on (conftest's token): the nodes, the driver and submit present the same token.
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["PYTHONPATH"] = str(ROOT)  # the nodes' workers import this checkout

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import boto3
 import pytest
+from netports import free_port
 
 from asaptrain.config.io import apply_overrides
 from asaptrain.config.presets import get_preset
@@ -37,12 +38,6 @@ NODE = {"AWS_ACCESS_KEY_ID": f"NODEKEY{uuid.uuid4().hex[:13].upper()}",
         "AWS_SECRET_ACCESS_KEY": f"node-secret-{uuid.uuid4().hex}"}
 PLANTED = [v.encode() for v in (*DRIVER.values(), *NODE.values())]
 RAY_TOKEN = Path(os.environ["RAY_AUTH_TOKEN_PATH"]).read_bytes().strip()  # conftest's; a credential too
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -62,14 +57,14 @@ def head():
     os.environ.update(DRIVER)
     node_env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",)}
     node_env.update(NODE, RAY_TMPDIR=temp, RAY_USAGE_STATS_ENABLED="0", PYTHONPATH=os.getcwd())
-    gcs, dash = _free_port(), _free_port()
+    gcs, dash = free_port(), free_port()
     log = open(os.path.join(temp, "head.log"), "w")
     proc = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
          f"--temp-dir={temp}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
          "--num-gpus=0", "--include-dashboard=true", "--disable-usage-stats",
-         f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
-         f"--metrics-export-port={_free_port()}"],
+         f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
+         f"--metrics-export-port={free_port()}"],
         stdout=log, stderr=subprocess.STDOUT, env=node_env, start_new_session=True)
     try:
         deadline = time.time() + 120
@@ -82,6 +77,9 @@ def head():
                     pytest.fail(f"the Ray head did not start; see {log.name}")
                 time.sleep(1)
         time.sleep(3)  # the job agent starts after the dashboard
+        if proc.poll() is not None:  # ray start --block ends the head when one of its processes dies
+            log.flush()
+            pytest.fail(f"the Ray head exited after starting:\n{open(log.name).read()[-3000:]}")
         ray.init(address=f"127.0.0.1:{gcs}", log_to_driver=False)
         yield f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dash}", temp
     finally:
