@@ -23,7 +23,7 @@ from asaptrain.data.pipeline import (
     validation_set,
 )
 from asaptrain.data.shards import ShardError, ShardWriter
-from asaptrain.data.store import Store
+from asaptrain.data.store import Store, StoreError
 
 H, W = 40, 64  # stored image size
 CROP = (24, 32)
@@ -266,3 +266,27 @@ def test_training_on_a_damaged_shard_names_it(tmp_path, damage):
     ds.delete("val-00000.parquet")
     with pytest.raises(ShardError, match=r"val-00000.parquet.*deleted"):
         validation_set(config(), store)
+
+
+def test_a_failed_shard_read_names_the_endpoint_and_what_to_check():
+    """Ray hands a read task's pyarrow OSError over wrapped, with a hint about its own retry
+    settings and nothing about the store; the worker names the dataset, endpoint and bucket."""
+
+    class TaskError(Exception):  # the shape of Ray's RayTaskError: the original as ``cause``
+        def __init__(self, cause):
+            super().__init__("To change retry attempts, backoff, or which errors are retried, configure ...")
+            self.cause = cause
+
+    class Unreachable:
+        def iter_torch_batches(self, **_):
+            raise TaskError(OSError("When reading information for key 'a/datasets/p/train-00000.parquet' in bucket "
+                                    "'b': AWS Error NETWORK_CONNECTION during HeadObject operation: curlCode: 7, "
+                                    "Couldn't connect to server"))
+            yield  # a generator, as Ray's is
+
+    cfg = Config(data=DataConfig(dataset="datasets/p"))
+    store = Store.open("s3://b/a", s3_endpoint="http://127.0.0.1:9")
+    with pytest.raises(StoreError, match=r"training shards of 'datasets/p'.*cannot reach endpoint http://127\.0\.0\.1:9"):
+        next(iter(iter_train_batches(Unreachable(), cfg, "cpu", 2, store=store)))
+    with pytest.raises(TaskError):  # without the store: Ray's own error, unchanged
+        next(iter(iter_train_batches(Unreachable(), cfg, "cpu", 2)))

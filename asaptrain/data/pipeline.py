@@ -125,10 +125,12 @@ class TrainBatches:
     """One worker's training batches, epoch after epoch (``epoch``, ``batch_in_epoch`` say where)."""
 
     def __init__(self, ds_shard, cfg: Config, device, batch_size: int, epoch_seed: int = 0,
-                 start_epoch: int = 0, epochs: int | None = None):
+                 start_epoch: int = 0, epochs: int | None = None, store=None):
         import torch
 
         self.ds, self.cfg, self.batch_size, self.epoch_seed = ds_shard, cfg, batch_size, epoch_seed
+        self.store = store
+        """The Store the dataset is read from: a failed read is named with its endpoint and bucket."""
         self.device = "auto" if isinstance(device, str) and device == "auto" else str(torch.device(device))
         self.epoch, self.end, self.batch_in_epoch = start_epoch, None if epochs is None else start_epoch + epochs, 0
 
@@ -144,7 +146,7 @@ class TrainBatches:
                     self.batch_in_epoch += 1
                     yield batch
             except Exception as exc:
-                found = _data_error(exc)
+                found = _data_error(exc) or self._read_error(exc)
                 if found is None:
                     raise
                 raise found from None
@@ -152,6 +154,25 @@ class TrainBatches:
                 raise DataError(f"epoch {self.epoch} gave this worker no full batch of {self.batch_size} rows "
                                 f"from {self.cfg.data.dataset!r}: lower train.batch_size or add data")
             self.epoch += 1
+
+
+    def _read_error(self, exc: BaseException):
+        """A StoreError for a read task that failed on the store itself (pyarrow's OSError inside
+        Ray's task error, after its own retries and the filesystem's storage.outage_s): Ray's text
+        names neither the endpoint nor what to check."""
+        if self.store is None:
+            return None
+        while exc is not None:
+            cause = getattr(exc, "cause", None)  # a RayTaskError's original exception (itself an OSError too)
+            if isinstance(cause, BaseException):
+                exc = cause
+            elif isinstance(exc, OSError):
+                break
+            else:
+                exc = exc.__cause__
+        if exc is None:
+            return None
+        return self.store.describe_failure(exc, f"reading the training shards of {self.cfg.data.dataset!r}")
 
 
 def _data_error(exc: BaseException) -> DataError | None:
@@ -169,10 +190,11 @@ def _data_error(exc: BaseException) -> DataError | None:
 
 
 def iter_train_batches(ds_shard, cfg: Config, device, batch_size: int, epoch_seed: int = 0,
-                       start_epoch: int = 0, epochs: int | None = None) -> TrainBatches:
+                       start_epoch: int = 0, epochs: int | None = None, store=None) -> TrainBatches:
     """Batches of ``batch_size`` rows (dicts of tensors on ``device``) from a dataset or its shard
-    (``ray.train.get_dataset_shard``), re-iterated each epoch; endless unless ``epochs`` is set."""
-    return TrainBatches(ds_shard, cfg, device, batch_size, epoch_seed, start_epoch, epochs)
+    (``ray.train.get_dataset_shard``), re-iterated each epoch; endless unless ``epochs`` is set.
+    ``store``: the Store holding the dataset, to name it in an error when reading from it fails."""
+    return TrainBatches(ds_shard, cfg, device, batch_size, epoch_seed, start_epoch, epochs, store)
 
 
 # ----------------------------------------------------------------------------- model tensors

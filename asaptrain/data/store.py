@@ -106,6 +106,11 @@ class Store:
             return StoreNotFound(f"{what}: no such file or directory")
         return StoreError(f"{what}: {str(exc)[:300]}")
 
+    def describe_failure(self, exc: BaseException, what: str) -> StoreError:
+        """The StoreError for ``exc``, a failure of this store met elsewhere (a Ray read task):
+        ``what`` failed, with the endpoint and bucket named and what to check, no secrets."""
+        return self._error(exc, what)
+
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         try:
             return fn()

@@ -74,7 +74,7 @@ def _worker(config: dict[str, Any]) -> None:
     import ray.util
 
     from asaptrain.data.pipeline import iter_train_batches, to_model_batch, validation_set
-    from asaptrain.data.store import store_from_config
+    from asaptrain.data.store import resolve_dataset, store_from_config
     from asaptrain.train.loop import train_loop
 
     cfg = from_dict(config["config"])
@@ -96,7 +96,8 @@ def _worker(config: dict[str, Any]) -> None:
     start_step = checkpoint["step"] if checkpoint else 0
     per_worker = cfg.train.batch_size // dist.world_size()
     batches = iter(iter_train_batches(
-        ray.train.get_dataset_shard("train"), cfg, device, per_worker, epoch_seed=cfg.train.seed + start_step)
+        ray.train.get_dataset_shard("train"), cfg, device, per_worker, epoch_seed=cfg.train.seed + start_step,
+        store=resolve_dataset(cfg.data.dataset, store))
     )
     val = validation_set(cfg, store, device) if main else None
     stop_instead_of_retry(lambda: train_loop(
