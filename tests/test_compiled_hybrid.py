@@ -15,7 +15,7 @@ def test_compiled_training_step_of_the_blended_hybrid_matches_eager():
     torch.manual_seed(0)
     cfg = HybridConfig(tile_size=8, lowres_downsample=4, lowres_width=8, lowres_max_channels=16, lowres_blocks=0,
                        mlp_width=8, mlp_depth=2, last_layer_scale=1.0)
-    assert cfg.tile_blend and cfg.mlp_context == 3
+    assert cfg.tile_blend and cfg.mlp_context == 5
     eager = HybridGenerator(cfg)
     compiled_net = HybridGenerator(dataclasses.replace(cfg))
     compiled_net.load_state_dict(eager.state_dict())

@@ -158,7 +158,7 @@ def naive_asapnet(G: ASAPNetGenerator, x: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("mlp_input,blend,band,context", [
     ("all", False, 0, 1), ("all_but_last", False, 0, 3), ("all", True, 0, 1), ("all", True, 1, 3),
-    ("all_but_last", True, 2, 3)])
+    ("all_but_last", True, 2, 3), ("all", True, 1, 5)])
 def test_fast_pixelwise_mlp_equals_per_pixel_loop(mlp_input, blend, band, context):
     """band 0 = tile_size / 2: the bilinear blend between cell centres; 1: a narrower one."""
     torch.manual_seed(0)
@@ -327,7 +327,8 @@ def test_asap_init_follows_the_model():
 
 
 @pytest.mark.parametrize("S,depth,mlp_input,blend,context", [
-    (4, 3, "all", False, 1), (8, 5, "all_but_last", True, 3), (16, 2, "all", True, 1), (8, 3, "all", False, 3)])
+    (4, 3, "all", False, 1), (8, 5, "all_but_last", True, 3), (16, 2, "all", True, 1), (8, 3, "all", False, 3),
+    (16, 5, "all", True, 5)])  # the last: the hybrid preset's geometry
 def test_fused_triton_kernel_equals_batched_matmuls(monkeypatch, S, depth, mlp_input, blend, context):
     """The CUDA inference kernel, run by Triton's CPU interpreter (fp32), on NCHW and channels-last input,
     with and without the blend band and the k x k context it builds from the padded input."""

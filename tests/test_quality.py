@@ -8,7 +8,7 @@ import torch
 from asaptrain.config.io import replace
 from asaptrain.config.presets import get_preset
 from asaptrain.data.store import Store
-from asaptrain.perf.quality import QualityError, grid_checks, run_name, run_quality, summarize
+from asaptrain.perf.quality import RECIPE, QualityError, grid_checks, run_name, run_quality, summarize
 from asaptrain.train.run_files import RunFiles
 from asaptrain.train.visual import sample_grid
 
@@ -48,3 +48,15 @@ def test_a_stored_run_of_another_config_is_refused_before_anything_is_written(tm
         run_quality(str(tmp_path), presets=["hybrid-smoke"], seeds=[0], size=32, steps=5)
     assert not store.exists("datasets/quality-photos-32")  # checked before the dataset is made
     assert run_name("hybrid-smoke", 32, 0, {"model.mlp_context": 5}) != name  # --set: a run of its own
+
+
+def test_an_unfinished_stored_run_is_not_taken_as_a_result(tmp_path):
+    store = Store.open(str(tmp_path))
+    files = RunFiles(store, run_name("hybrid-smoke", 32, 0))
+    files.write_config(replace(get_preset("hybrid-smoke"), {
+        **RECIPE, "storage.store": store.uri, "data.dataset": "datasets/quality-photos-32", "data.crop_height": 32,
+        "data.crop_width": 32, "train.steps": 5, "train.seed": 0, "train.log_every": 1, "eval.every": 1,
+        "train.checkpoint_every": 5, "train.sample_every": 5, "eval.images": 16}))
+    files.write_run(status="interrupted")
+    with pytest.raises(QualityError, match="did not finish .*interrupted.*--resume"):
+        run_quality(str(tmp_path), presets=["hybrid-smoke"], seeds=[0], size=32, steps=5)

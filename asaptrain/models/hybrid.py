@@ -20,7 +20,9 @@ tile_blend          off: each pixel uses its     on: within blend_band = 4 px of
                     tile's MLP, so every tile    edge two cells' MLPs mix linearly; no
                     edge is a step in the output seams (2.25x the nearest-cell MLP)
 lowres stream       ASAP-Net's 64 -> 1024        32 -> 256 channels, 3 blocks: sized for
-                    channels, 7 blocks           deblurring (8 of DeblurGAN's 99 GFLOPs)
+                    channels, 7 blocks           deblurring
+mlp_context         1: a pixel's own colour      5: the 5 x 5 neighbourhood (9.5 of
+                    (cannot undo a blur)         DeblurGAN's 99 GFLOPs in all)
 ==================  ===========================  =====================================
 
 With reflect padding and no activation norm, a constant image gives identical low-res
@@ -45,7 +47,7 @@ class HybridConfig(ASAPNetConfig):
     Only the defaults differ from :class:`ASAPNetConfig` (whose fields document themselves):
     residual output on, every channel reaches the MLPs, no low-res normalization (instance
     norm can make a fixed-location spot), reflection padding (zero padding marks the frame),
-    the variance-preserving "hyper" init, each MLP sees its pixel's 3 x 3 neighbourhood, and
+    the variance-preserving "hyper" init, each MLP sees its pixel's 5 x 5 neighbourhood, and
     pixels near tile edges blend neighbouring cells' MLPs (no seams); a low-res stream sized for
     deblurring rather than for ASAP-Net's 35-channel label maps.
     """
@@ -57,7 +59,7 @@ class HybridConfig(ASAPNetConfig):
     lowres_norm: NormKind = "none"
     padding: PaddingKind = "reflect"
     init: AsapInit = "hyper"
-    mlp_context: int = 3
+    mlp_context: int = 5
     tile_blend: bool = True
     blend_band: int = 4
     lowres_width: int = 32

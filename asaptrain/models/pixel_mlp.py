@@ -227,10 +227,14 @@ def launch_config(dims: list[int], dtype: torch.dtype, precision: str) -> tuple[
     thread: fine for tf32 / bf16 dots, but the fp32 ``ieee`` dot (3 passes) went to 255 and
     spilled on sm_90a, and width 128 spilled in bf16. So ``ieee`` fp32 and widths above 64
     take BLOCK 64, and width 128 also 8 warps (32 registers of accumulator per thread). Not
-    yet compiled for a GPU (no ptxas here): the health check still guards each shape.
+    yet compiled for a GPU (no ptxas here): the health check still guards each shape. The
+    first layer's input tile is BLOCK x CIN_PAD: a 5 x 5 context of RGB plus coordinates
+    (91 channels, padded to 128) would alone take 128 registers per thread at BLOCK 128, so
+    inputs wider than 64 take BLOCK 64 too.
     """
     wide = _pow2(dims[1]) > 64
-    block = 64 if wide or (dtype == torch.float32 and precision == "ieee") else 128
+    wide_input = _pow2(dims[0]) > 64
+    block = 64 if wide or wide_input or (dtype == torch.float32 and precision == "ieee") else 128
     return block, 8 if wide else 4
 
 

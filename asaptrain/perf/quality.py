@@ -112,6 +112,10 @@ def run_quality(
             if files.exists() and _recipe(read_run_config(files.dir)) != _recipe(cfg):
                 raise QualityError(f"{files.dir.uri}: trained with another config than this comparison asks "
                                    "for (another version of the preset?); delete it or use another --store")
+            if files.exists() and files.read_run().get("status") != "finished":
+                raise QualityError(f"{files.dir.uri} did not finish (status {files.read_run().get('status')!r}); "
+                                   f"finish it with `asaptrain train --resume {files.name} --store {store.uri}` "
+                                   "or delete it")
             plan.append((preset, seed, cfg, files))
     _ensure_photos(store, size, images, val_images)
     rows = []
