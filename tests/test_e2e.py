@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from netports import free_port
+from netports import free_ports
 
 pytestmark = pytest.mark.slow
 
@@ -34,12 +34,13 @@ def ray_head(tmp_path_factory):
 
     if ray.is_initialized():
         ray.shutdown()
-    gcs, dash = free_port(), free_port()
+    gcs, dash, client, agent, metrics = free_ports(5)  # every listening port of its own: no clash with another Ray
     log = open(tmp_path_factory.mktemp("head") / "head.log", "w")
     head = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2", "--num-gpus=0",
-         "--include-dashboard=true", "--disable-usage-stats"],
+         "--include-dashboard=true", "--disable-usage-stats", f"--ray-client-server-port={client}",
+         f"--dashboard-agent-listen-port={agent}", f"--metrics-export-port={metrics}"],
         stdout=log, stderr=subprocess.STDOUT, env=_env(), start_new_session=True,
     )
     url = f"http://127.0.0.1:{dash}"
