@@ -143,6 +143,22 @@ class TentConv(nn.Module):
         return num / den
 
 
+def _cell_mlps(self: PixelMLP, h: torch.Tensor, coords: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    """Each cell's MLP on its rows: h (cells, rows, C k^2 context), coords (rows, K) -> (cells, rows, out).
+
+    The coordinates and the constant-1 bias input are appended, then one bmm per layer
+    (``layer_matrices``), as the training path runs them.
+    """
+    c = coords.to(h.dtype).unsqueeze(0).expand(h.shape[0], -1, -1)
+    h = torch.cat([h, c, torch.ones_like(h[..., :1])], dim=-1)
+    widths = [d + 1 for d in self.dims[:-1]] + [self.dims[-1]]
+    mats = layer_matrices(params.reshape(h.shape[0], self.num_params).to(h.dtype), self.dims, widths)
+    for i, w in enumerate(mats):
+        h = torch.bmm(h, w)
+        h = F.leaky_relu(h, 0.01) if i < len(mats) - 1 else torch.tanh(h)
+    return h
+
+
 def _traceable_tiles(self: PixelMLP, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
     """``PixelMLP.forward`` without blending, in ops whose sizes a trace keeps symbolic.
 
@@ -157,13 +173,7 @@ def _traceable_tiles(self: PixelMLP, x: torch.Tensor, params: torch.Tensor) -> t
     ck = C * k * k
     xc = F.unfold(xp, k).view(B, ck, H, W) if k > 1 else xp  # channel c * k^2 + dy * k + dx, as gather_tiles
     h = xc.reshape(B, ck, hc, S, wc, S).permute(0, 2, 4, 3, 5, 1).reshape(B * hc * wc, S * S, ck)
-    coords = self.coords.reshape(1, S * S, -1).to(h.dtype).expand(h.shape[0], -1, -1)
-    h = torch.cat([h, coords, torch.ones_like(h[..., :1])], dim=-1)
-    widths = [d + 1 for d in self.dims[:-1]] + [self.dims[-1]]
-    mats = layer_matrices(params.reshape(B * hc * wc, self.num_params).to(h.dtype), self.dims, widths)
-    for i, w in enumerate(mats):
-        h = torch.bmm(h, w)
-        h = F.leaky_relu(h, 0.01) if i < len(mats) - 1 else torch.tanh(h)
+    h = _cell_mlps(self, h, self.coords.reshape(S * S, -1), params)
     out = self.dims[-1]
     return h.view(B, hc, wc, S, S, out).permute(0, 5, 1, 3, 2, 4).reshape(B, out, H, W)
 
@@ -207,14 +217,7 @@ def _traceable_blend(self: PixelMLP, x: torch.Tensor, params: torch.Tensor) -> t
         rows.append(p.permute(0, 2, 4, 3, 5, 1).reshape(B * hc * wc, -1, ck))
         coords.append(self.coords[oy, ox].reshape(-1, K))
         weights.append((prof[oy, None] * prof[None, ox]).reshape(-1, 1))
-    h = torch.cat(rows, dim=1)
-    c = torch.cat(coords).to(h.dtype).unsqueeze(0).expand(h.shape[0], -1, -1)
-    h = torch.cat([h, c, torch.ones_like(h[..., :1])], dim=-1)
-    widths = [d + 1 for d in self.dims[:-1]] + [self.dims[-1]]
-    mats = layer_matrices(params.reshape(B * hc * wc, self.num_params).to(h.dtype), self.dims, widths)
-    for i, w in enumerate(mats):
-        h = torch.bmm(h, w)
-        h = F.leaky_relu(h, 0.01) if i < len(mats) - 1 else torch.tanh(h)
+    h = _cell_mlps(self, torch.cat(rows, dim=1), torch.cat(coords), params)
     wt = torch.cat(weights).to(h.dtype).unsqueeze(0).expand(h.shape[0], -1, -1)
     h = torch.cat([h * wt, wt], dim=-1)  # the weight rides along as one more channel
     out, total, start = self.dims[-1], 0, 0
