@@ -160,33 +160,26 @@ class TrainBatches:
         """A StoreError for a read task that failed on the store itself (pyarrow's OSError inside
         Ray's task error, after its own retries and the filesystem's storage.outage_s): Ray's text
         names neither the endpoint nor what to check."""
-        if self.store is None:
+        found = [e for e in _causes(exc) if isinstance(e, OSError)][-1:]
+        if self.store is None or not found:
             return None
-        while exc is not None:
-            cause = getattr(exc, "cause", None)  # a RayTaskError's original exception (itself an OSError too)
-            if isinstance(cause, BaseException):
-                exc = cause
-            elif isinstance(exc, OSError):
-                break
-            else:
-                exc = exc.__cause__
-        if exc is None:
-            return None
-        return self.store.describe_failure(exc, f"reading the training shards of {self.cfg.data.dataset!r}")
+        return self.store.describe_failure(found[0], f"reading the training shards of {self.cfg.data.dataset!r}")
+
+
+def _causes(exc: BaseException | None) -> Iterator[BaseException]:
+    """``exc`` and what it wraps, outermost first: a RayTaskError's ``cause`` (the original
+    exception; the wrapper is an instance of its class too), else ``__cause__``."""
+    while exc is not None:
+        yield exc
+        cause = getattr(exc, "cause", None)
+        exc = cause if isinstance(cause, BaseException) else exc.__cause__
 
 
 def _data_error(exc: BaseException) -> DataError | None:
     """The DataError a decode task raised, found in what Ray hands over (a task error whose
     ``cause`` is the original exception, possibly nested), or None."""
-    while exc is not None:
-        cause = getattr(exc, "cause", None)  # a RayTaskError's original exception
-        if isinstance(cause, BaseException):
-            exc = cause
-        elif isinstance(exc, DataError):
-            return DataError(*exc.args)
-        else:
-            exc = exc.__cause__
-    return None
+    found = [e for e in _causes(exc) if isinstance(e, DataError)][-1:]
+    return DataError(*found[0].args) if found else None
 
 
 def iter_train_batches(ds_shard, cfg: Config, device, batch_size: int, epoch_seed: int = 0,

@@ -29,17 +29,16 @@ from asaptrain.config.presets import get_preset
 from asaptrain.errors import UserError
 
 PRESETS = ("hybrid-smoke", "deblurgan-smoke")
-
-
-class QualityError(UserError):
-    """A comparison that cannot run as asked; the message names the run and what to do."""
-
 RECIPE = {
     "curriculum.kind": "fixed", "curriculum.start": 0.5, "eval.blur_strength": 0.5, "optim.g_lr": 1e-3,
     "optim.d_lr": 5e-4, "optim.decay_start": 0.5, "loss.gan_weight": 0.1, "loss.l1_weight": 10.0,
     "scaling.num_workers": 1, "scaling.use_gpu": "false", "scaling.resources_per_worker": {"CPU": 1},
 }
 """The config changes both presets train with (besides steps, seed, crop and dataset)."""
+
+
+class QualityError(UserError):
+    """A comparison that cannot run as asked; the message names the run and what to do."""
 
 
 def grid_checks(png: bytes, height: int, width: int, tile: int | None) -> dict:
@@ -109,13 +108,14 @@ def run_quality(
                 **(changes or {}),
             })
             files = RunFiles(store, run_name(preset, size, seed, changes))
-            if files.exists() and _recipe(read_run_config(files.dir)) != _recipe(cfg):
-                raise QualityError(f"{files.dir.uri}: trained with another config than this comparison asks "
-                                   "for (another version of the preset?); delete it or use another --store")
-            if files.exists() and files.read_run().get("status") != "finished":
-                raise QualityError(f"{files.dir.uri} did not finish (status {files.read_run().get('status')!r}); "
-                                   f"finish it with `asaptrain train --resume {files.name} --store {store.uri}` "
-                                   "or delete it")
+            if files.exists():  # reused as the result only when it is this comparison's, finished
+                if _recipe(read_run_config(files.dir)) != _recipe(cfg):
+                    raise QualityError(f"{files.dir.uri}: trained with another config than this comparison asks "
+                                       "for (another version of the preset?); delete it or use another --store")
+                status = files.read_run().get("status")
+                if status != "finished":
+                    raise QualityError(f"{files.dir.uri} did not finish (status {status!r}); finish it with "
+                                       f"`asaptrain train --resume {files.name} --store {store.uri}` or delete it")
             plan.append((preset, seed, cfg, files))
     _ensure_photos(store, size, images, val_images)
     rows = []
