@@ -24,7 +24,7 @@ def test_bench_compare_cli_writes_both_models_the_ratio_and_the_device(tmp_path)
     for r in models:
         assert r["ms"] > 0 and r["iqr_ms"] >= 0 and (r["height"], r["width"], r["dtype"]) == (32, 32, "fp32")
         assert r["device"] == "cpu" and r["threads"] >= 1 and r["torch"] and r["repeats"] == 2
-    assert {r["preset"]: r["pixel_path"] for r in models} == {"hybrid-smoke": "matmul", "deblurgan-smoke": None}
+    assert {r["preset"]: r["pixel_path"] for r in models} == {"hybrid-smoke": "planes", "deblurgan-smoke": None}
     ratios = [r for r in rows if r["kind"] == "ratio"]
     assert [r["batch"] for r in ratios] == [1, 2]
     for r in ratios:

@@ -15,6 +15,7 @@ from asaptrain.models import (
     pix2pixhd_generator, published_failure, tile_coordinates,
 )
 from asaptrain.models.asapnet import TentDownsample
+from asaptrain.models.pixel_mlp import pixel_path
 from asaptrain.train.nets import (
     build_discriminator, build_generator, discriminator_in_channels, generator_config, generator_in_channels,
 )
@@ -159,28 +160,65 @@ def naive_asapnet(G: ASAPNetGenerator, x: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("mlp_input,blend,band,context", [
     ("all", False, 0, 1), ("all_but_last", False, 0, 3), ("all", True, 0, 1), ("all", True, 1, 3),
     ("all_but_last", True, 2, 3), ("all", True, 1, 5)])
-def test_fast_pixelwise_mlp_equals_per_pixel_loop(mlp_input, blend, band, context):
-    """band 0 = tile_size / 2: the bilinear blend between cell centres; 1: a narrower one."""
+def test_fast_pixelwise_mlp_equals_per_pixel_loop(monkeypatch, mlp_input, blend, band, context):
+    """band 0 = tile_size / 2: the bilinear blend between cell centres; 1: a narrower one. Both
+    unfused layouts: "planes" (CPU) and "rows" (CUDA's, run here on the CPU)."""
+    from asaptrain.models import pixel_mlp
+
     torch.manual_seed(0)
     G = ASAPNetGenerator(tiny_asap(tile_size=4, lowres_downsample=2, mlp_input=mlp_input, init="hyper",
                                    tile_blend=blend, blend_band=band, mlp_context=context))
     with torch.no_grad():
         G.lowres.head.weight.mul_(30)  # make the predicted MLPs far from trivial
         x = random_input(2, 5, 8, 12)
-        fast = G(x).double()
-        assert fast.std() > 0.05
-        torch.testing.assert_close(fast, naive_asapnet(G, x), rtol=1e-4, atol=1e-5)
+        want = naive_asapnet(G, x)
+        for layout in ("planes", "rows"):
+            monkeypatch.setattr(pixel_mlp, "mlp_layout", lambda t: layout)
+            fast = G(x).double()
+            assert fast.std() > 0.05 and pixel_path(G) == layout
+            torch.testing.assert_close(fast, want, rtol=1e-4, atol=1e-5)
 
 
 def test_channel_padding_for_tensor_cores_changes_nothing():
-    from asaptrain.models.pixel_mlp import mlp_bmm, pad_input
+    from asaptrain.models.pixel_mlp import mlp_rows, pad_input
 
     G = ASAPNetGenerator(tiny_asap(init="hyper", last_layer_scale=1.0, tile_blend=True, mlp_context=3))
     x = random_input(2, 5, 16, 24)  # dims 5*9+12 -> 8 -> 8 -> 3: padded
     params = G.lowres(x).flatten(0, 2)
     m = G.mlp
     args = (pad_input(x, 3, m.band), params, m.coords, m.dims, 8, m.band, 3, torch.float32)
-    torch.testing.assert_close(mlp_bmm(*args, pad=True), mlp_bmm(*args, pad=False), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(mlp_rows(*args, pad=True), mlp_rows(*args, pad=False), rtol=1e-5, atol=1e-6)
+
+
+def test_planes_and_rows_layouts_agree_in_value_and_gradient():
+    """The CPU layout (first layer a grouped conv) and CUDA's (gathered rows) are one function:
+    outputs and the gradients that reach the input and the predicted parameters agree in fp32,
+    and in bf16 the planes layout is no further from fp32 than the rows layout is. In the
+    hybrid preset's geometry (tile 16, band 4, 5 x 5 context), channels-last input too."""
+    from asaptrain.models.pixel_mlp import mlp_bmm, pad_input
+
+    torch.manual_seed(0)
+    G = HybridGenerator(HybridConfig(lowres_max_channels=16, lowres_width=8, lowres_blocks=1, mlp_width=16,
+                                     last_layer_scale=1.0))
+    m = G.mlp
+    x = random_input(2, 3, 32, 48)
+    params = G.lowres(x).flatten(0, 2).detach()
+
+    def run(layout: str, dtype: torch.dtype, fmt: torch.memory_format) -> list[torch.Tensor]:
+        xi = x.clone(memory_format=fmt).requires_grad_(True)
+        pi = params.clone().requires_grad_(True)
+        y = mlp_bmm(pad_input(xi, m.context, m.band), pi, m.coords, m.dims, 16, m.band, m.context, dtype, layout)
+        (y.float() * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        return [y.float(), xi.grad, pi.grad]
+
+    want = run("rows", torch.float32, torch.contiguous_format)
+    assert want[0].std() > 0.05
+    for got, ref in zip(run("planes", torch.float32, torch.channels_last), want):
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
+    rows16 = run("rows", torch.bfloat16, torch.contiguous_format)
+    planes16 = run("planes", torch.bfloat16, torch.channels_last)
+    for p16, r16, ref in zip(planes16, rows16, want):
+        assert float((p16 - ref).abs().max()) <= 1.5 * float((r16 - ref).abs().max()) + 1e-3
 
 
 def test_coordinates_are_the_periodic_encoding():
@@ -447,9 +485,9 @@ def test_the_pixelwise_path_that_ran_is_recorded(monkeypatch):
     x = random_input(1, 3, 16, 16)
     with torch.no_grad():
         G(x)
-    assert pixel_path(G) == "matmul" and pixel_path(DeblurGANGenerator(DeblurGANConfig(ngf=4))) is None
+    assert pixel_path(G) == "planes" and pixel_path(DeblurGANGenerator(DeblurGANConfig(ngf=4))) is None
     monkeypatch.setattr(PixelMLP, "_use_fused", lambda self, x, params: True)  # as on CUDA, but no driver here
     monkeypatch.setattr(pixel_mlp, "_HEALTH", {})
     with torch.no_grad(), pytest.warns(RuntimeWarning, match="unusable"):
         G(x)
-    assert pixel_path(G).startswith("matmul (fused kernel fell back: ")
+    assert pixel_path(G).startswith("planes (fused kernel fell back: ")

@@ -11,14 +11,18 @@ are mixed linearly (a partition of unity; b = S/2 is the bilinear blend between 
 at the image border the edge cell counts alone), so the output has no seam. The MLP work is
 ((S + 2b) / S)^2 of the nearest-cell MLP: 2.25x at b = S/4, 4x at b = S/2.
 
-One layout serves every path: the input is padded once (reflect by k // 2, then replicate by
-b), each cell's (S + 2b)^2 "extended tile" is read by one strided gather that also builds the
-k x k context and casts, and the weighted tiles are overlap-added back by ``F.fold``. No
-per-pixel weights, no Python loop over cells or pixels, no padding of predicted parameters.
+Every path reads one padded copy of the input (reflect by k // 2, then replicate by b), runs
+each cell's MLP on its (S + 2b)^2 "extended tile", and overlap-adds the weighted tiles back
+with ``F.fold``. No per-pixel weights, no Python loop over cells or pixels, no padding of
+predicted parameters. ``mlp_bmm`` picks the unfused layout for the device:
 
-* ``mlp_bmm`` (training, CPU): the gathered pixels (cells, (S + 2b)^2, Cin) go through one
-  ``torch.baddbmm`` per layer against the cells' weights. On CUDA, channel counts are padded
-  to multiples of 8 (zero rows / columns) so 16-bit GEMMs stay tensor-core aligned.
+* ``mlp_planes`` (CPU; training and inference): each cell's tile with its context halo,
+  (C, T + k - 1, T + k - 1), is one group of a single grouped ``conv2d`` whose k x k kernel is
+  the cell's first layer, so the k^2-times larger context is never materialized; the later
+  layers are ``bmm``s on channel-major (cells, width, T^2) planes.
+* ``mlp_rows`` (CUDA training): one strided gather builds the k x k context of every pixel as
+  matmul rows (cells, T^2, C k^2 + coordinates), then one ``bmm`` per layer; channel counts are
+  padded to multiples of 8 (zero rows / columns) so 16-bit GEMMs stay tensor-core aligned.
 * the fused Triton kernel (``triton_mlp.py``; CUDA, no gradient needed): each block of an
   extended tile's pixels is loaded straight from the padded input (context included) and
   stays in registers through all layers; the blend weight is applied before the store.
@@ -151,21 +155,31 @@ def gather_tiles(xp: torch.Tensor, tile_size: int, band: int, context: int, coor
     return h.view(B * hc * wc, T * T, width)
 
 
-def overlap_add(y: torch.Tensor, B: int, H: int, W: int, tile_size: int, band: int) -> torch.Tensor:
-    """(B, hc, wc, T, T, out) weighted tiles -> (B, out, H, W): sum the overlaps, crop the band."""
-    _, hc, wc, T, _, out = y.shape
-    cols = y.permute(0, 5, 3, 4, 1, 2).reshape(B, out * T * T, hc * wc)
+def blend(y: torch.Tensor, tile_size: int, band: int) -> torch.Tensor:
+    """(B, hc, wc, out, T, T) extended tiles (any strides), each times its cell's blend weights."""
+    _, hc, wc, _, T, _ = y.shape
+    if not band:
+        return y
+    wy, wx = blend_weights(hc, tile_size, band, y.device), blend_weights(wc, tile_size, band, y.device)
+    return y * (wy.view(1, hc, 1, 1, T, 1) * wx.view(1, 1, wc, 1, 1, T)).to(y.dtype)
+
+
+def overlap_add(y: torch.Tensor, H: int, W: int, tile_size: int, band: int) -> torch.Tensor:
+    """(B, hc, wc, out, T, T) weighted tiles (any strides) -> (B, out, H, W): sum the overlaps,
+    crop the band."""
+    B, hc, wc, out, T, _ = y.shape
+    cols = y.permute(0, 3, 4, 5, 1, 2).reshape(B, out * T * T, hc * wc)
     full = F.fold(cols, (H + 2 * band, W + 2 * band), T, stride=tile_size)
     return full[..., band:band + H, band:band + W] if band else full
 
 
-def mlp_bmm(xp: torch.Tensor, params: torch.Tensor, coords: torch.Tensor, dims: list[int], tile_size: int,
-            band: int, context: int, dtype: torch.dtype, pad: bool | None = None) -> torch.Tensor:
-    """Batched-matmul MLPs on extended tiles, blended and overlap-added: -> (B, out, H, W).
+def mlp_rows(xp: torch.Tensor, params: torch.Tensor, coords: torch.Tensor, dims: list[int], tile_size: int,
+             band: int, context: int, dtype: torch.dtype, pad: bool | None = None) -> torch.Tensor:
+    """Batched-matmul MLPs on gathered rows, blended and overlap-added: -> (B, out, H, W).
 
     xp: ``pad_input``'s output; params (B*cells, P); coords (T, T, K) (``extended_coordinates``).
     ``pad``: pad channel counts to multiples of 8 (default: on CUDA, where it keeps 16-bit
-    GEMMs tensor-core aligned; elsewhere, e.g. meta for FLOP counts, nominal sizes).
+    GEMMs tensor-core aligned; elsewhere nominal sizes).
     """
     B, S, b = xp.shape[0], tile_size, band
     H, W = xp.shape[2] - 2 * b - context + 1, xp.shape[3] - 2 * b - context + 1
@@ -177,12 +191,56 @@ def mlp_bmm(xp: torch.Tensor, params: torch.Tensor, coords: torch.Tensor, dims: 
     for i, w in enumerate(mats):
         h = torch.bmm(h, w)
         h = F.leaky_relu(h, 0.01, inplace=True) if i < len(mats) - 1 else torch.tanh(h)
-    out = dims[-1]
-    y = h.view(B, hc, wc, T, T, padded[-1])[..., :out]
-    if b:
-        wy, wx = blend_weights(hc, S, b, xp.device), blend_weights(wc, S, b, xp.device)
-        y = y * (wy.view(1, hc, 1, T, 1, 1) * wx.view(1, 1, wc, 1, T, 1)).to(dtype)
-    return overlap_add(y, B, H, W, S, b)
+    y = h.view(B, hc, wc, T, T, padded[-1])[..., :dims[-1]]
+    return overlap_add(blend(y.permute(0, 1, 2, 5, 3, 4), S, b), H, W, S, b)
+
+
+def mlp_planes(xp: torch.Tensor, params: torch.Tensor, coords: torch.Tensor, dims: list[int], tile_size: int,
+               band: int, context: int, dtype: torch.dtype) -> torch.Tensor:
+    """Channel-major MLPs, the first layer one grouped convolution: -> (B, out, H, W).
+
+    Arguments as ``mlp_rows``. Cell n's extended tile and its context halo, xp's (C, T + k - 1,
+    T + k - 1) window at (i S, j S), is group n of one ``conv2d`` whose kernel is the cell's
+    first-layer weight on its k x k context (``gather_tiles``' channel order c k^2 + dy k + dx
+    is the kernel's (c, dy, dx)), with the layer's bias as the conv's bias. So the context,
+    k^2 times the input, is never copied out: on a 2-core CPU that gather cost as much as all
+    the matmuls. The coordinates' share of the first layer is one in-place ``baddbmm_``; the
+    later layers are one ``bmm`` each on (cells, width, T^2), the constant-1 channel of
+    ``layer_matrices`` carrying their biases as in ``mlp_rows``.
+    """
+    B, C, Hp, Wp = xp.shape
+    S, b, k = tile_size, band, context
+    H, W = Hp - 2 * b - k + 1, Wp - 2 * b - k + 1
+    hc, wc, T, E = H // S, W // S, S + 2 * b, S + 2 * b + k - 1
+    n, ck = B * hc * wc, C * k * k
+    sb, sc, sy, sx = xp.stride()
+    tiles = xp.as_strided((B, hc, wc, C, E, E), (sb, S * sy, S * sx, sc, sy, sx)).to(dtype).reshape(1, n * C, E, E)
+    widths = [d + 1 for d in dims[:-1]] + [dims[-1]]  # + the constant-1 channel
+    mats = layer_matrices(params.to(dtype), dims, widths)  # (n, cin + 1, cout (+ 1))
+    first = mats[0]
+    kernel = first[:, :ck].transpose(1, 2).reshape(n * widths[1], C, k, k)
+    h = F.conv2d(tiles, kernel, first[:, -1].reshape(-1), groups=n).view(n, widths[1], T * T)
+    grid = coords.to(dtype).reshape(T * T, -1).t()  # (K, T^2)
+    h = h.baddbmm_(first[:, ck:-1].transpose(1, 2), grid.expand(n, *grid.shape))
+    for i, w in enumerate(mats):
+        if i:
+            h = torch.bmm(w.transpose(1, 2), h)
+        h = F.leaky_relu(h, 0.01, inplace=True) if i < len(mats) - 1 else torch.tanh(h)
+    return overlap_add(blend(h.view(B, hc, wc, dims[-1], T, T), S, b), H, W, S, b)
+
+
+def mlp_bmm(xp: torch.Tensor, params: torch.Tensor, coords: torch.Tensor, dims: list[int], tile_size: int,
+            band: int, context: int, dtype: torch.dtype, layout: str | None = None) -> torch.Tensor:
+    """The unfused MLPs in the device's layout (``mlp_layout``), or in ``layout`` ("rows" / "planes")."""
+    if (layout or mlp_layout(xp)) == "rows":
+        return mlp_rows(xp, params, coords, dims, tile_size, band, context, dtype)
+    return mlp_planes(xp, params, coords, dims, tile_size, band, context, dtype)
+
+
+def mlp_layout(x: torch.Tensor) -> str:
+    """"rows" on CUDA (padded, tensor-core aligned GEMMs; the fused kernel's fallback), "planes"
+    elsewhere (measured on a 2-core CPU: 2.3x faster at the smoke size, 1.2x at 256 x 256)."""
+    return "rows" if x.is_cuda else "planes"
 
 
 # ----------------------------------------------------------------------------- fused kernel
@@ -261,7 +319,7 @@ def launch_fused(xp: torch.Tensor, params: torch.Tensor, coords: torch.Tensor, d
         S=S, T=T, KC=k, WIDTH=dims[1], OUT=dims[-1], HIDDEN=len(dims) - 3, CIN_PAD=_pow2(dims[0]),
         W_PAD=_pow2(dims[1]), OUT_PAD=_pow2(dims[-1]), BLOCK=block, NBLK=nblk, PRECISION=precision, num_warps=warps,
     )
-    return overlap_add(y, B, H, W, S, b)
+    return overlap_add(y.permute(0, 1, 2, 5, 3, 4), H, W, S, b)
 
 
 _HEALTH: dict[tuple, tuple[bool, str]] = {}
@@ -368,7 +426,7 @@ class PixelMLP(nn.Module):
         self.fused = True
         """Use the fused kernel where it applies (False forces the batched-matmul path)."""
         self.last_path: str | None = None
-        """Which path the last forward took: "fused" or "matmul" (see ``path``)."""
+        """Which path the last forward took: "fused", or the unfused layout "rows" / "planes" (see ``path``)."""
         self._health_key: tuple | None = None
 
     def path(self) -> str | None:
@@ -376,7 +434,7 @@ class PixelMLP(nn.Module):
         if self.last_path != "fused" or self._health_key is None:
             return self.last_path
         ok, reason = _HEALTH.get(self._health_key, (True, ""))
-        return "fused" if ok else f"matmul (fused kernel fell back: {reason})"
+        return "fused" if ok else f"{mlp_layout(self.coords)} (fused kernel fell back: {reason})"
 
     def _use_fused(self, x: torch.Tensor, params: torch.Tensor) -> bool:
         needs_grad = torch.is_grad_enabled() and (x.requires_grad or params.requires_grad)
@@ -396,5 +454,5 @@ class PixelMLP(nn.Module):
         if self._use_fused(x, params):
             self.last_path, self._health_key = "fused", _health_key(x.device, params.dtype, self.dims, geometry)
             return pixel_mlp_op(xp, params, self.coords, self.dims, geometry)
-        self.last_path = "matmul"
+        self.last_path = mlp_layout(xp)
         return mlp_bmm(xp, params, self.coords, self.dims, S, self.band, self.context, dtype)
