@@ -193,23 +193,25 @@ def test_channel_padding_for_tensor_cores_changes_nothing():
 def test_planes_and_rows_layouts_agree_in_value_and_gradient():
     """The CPU layout (first layer a grouped conv) and CUDA's (gathered rows) are one function:
     outputs and the gradients that reach the input and the predicted parameters agree in fp32,
-    and in bf16 the planes layout is no further from fp32 than the rows layout is. In the
-    hybrid preset's geometry (tile 16, band 4, 5 x 5 context), channels-last input too."""
-    from asaptrain.models.pixel_mlp import mlp_bmm, pad_input
+    and in bf16 the planes layout is about as far from fp32 as the rows layout is. In the
+    hybrid preset's geometry (tile 16, band 4, 5 x 5 context), channels-last input too, over
+    24 cells: the planes layout's chunks of PLANES_CHUNK_CELLS (16) and a partial one."""
+    from asaptrain.models.pixel_mlp import PLANES_CHUNK_CELLS, mlp_bmm, pad_input
 
     torch.manual_seed(0)
     G = HybridGenerator(HybridConfig(lowres_max_channels=16, lowres_width=8, lowres_blocks=1, mlp_width=16,
                                      last_layer_scale=1.0))
     m = G.mlp
-    x = random_input(2, 3, 32, 48)
+    x = random_input(2, 3, 48, 64)
     params = G.lowres(x).flatten(0, 2).detach()
+    assert PLANES_CHUNK_CELLS < params.shape[0] < 2 * PLANES_CHUNK_CELLS
 
     def run(layout: str, dtype: torch.dtype, fmt: torch.memory_format) -> list[torch.Tensor]:
         xi = x.clone(memory_format=fmt).requires_grad_(True)
         pi = params.clone().requires_grad_(True)
         y = mlp_bmm(pad_input(xi, m.context, m.band), pi, m.coords, m.dims, 16, m.band, m.context, dtype, layout)
         (y.float() * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
-        return [y.float(), xi.grad, pi.grad]
+        return [y.detach().float(), xi.grad, pi.grad]
 
     want = run("rows", torch.float32, torch.contiguous_format)
     assert want[0].std() > 0.05
@@ -218,7 +220,9 @@ def test_planes_and_rows_layouts_agree_in_value_and_gradient():
     rows16 = run("rows", torch.bfloat16, torch.contiguous_format)
     planes16 = run("planes", torch.bfloat16, torch.channels_last)
     for p16, r16, ref in zip(planes16, rows16, want):
-        assert float((p16 - ref).abs().max()) <= 1.5 * float((r16 - ref).abs().max()) + 1e-3
+        # bf16 rounding, not a wrong weight (which would be off by the scale of ref itself)
+        err, rows_err = float((p16 - ref).abs().max()), float((r16 - ref).abs().max())
+        assert err <= 2 * rows_err + 0.01 * float(ref.abs().max())
 
 
 def test_coordinates_are_the_periodic_encoding():

@@ -124,6 +124,8 @@ class ModelConfig:
     """Mix neighbouring cells' MLPs near tile edges: no tile seams (see ``blend_band``)."""
     blend_band: int = 0
     """Pixels each side of a tile edge where two cells' MLPs mix; 0 = tile_size / 2 (bilinear, 4x the MLP FLOPs; tile_size / 4: 2.25x)."""
+    mlp_layout: Literal["auto", "rows", "planes"] = "auto"
+    """ASAP-Net/hybrid unfused pixelwise path (same function): auto (planes on CPU, rows on CUDA), rows (gathered context rows), planes (first layer a grouped conv)."""
     d_conditional: bool = True
     """The discriminator sees the generator's input beside the image (pix2pix-style)."""
     asap_init: Literal["auto", "xavier", "normal", "hyper"] = "auto"

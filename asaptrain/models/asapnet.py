@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from asaptrain.models.blocks import (
     NORMS, MultiscaleDiscriminator, NormKind, PaddingKind, PatchGANConfig, conv_block, init_weights,
 )
-from asaptrain.models.pixel_mlp import PixelMLP, tile_coordinates  # noqa: F401 - re-exported
+from asaptrain.models.pixel_mlp import LAYOUTS, MlpLayout, PixelMLP, tile_coordinates  # noqa: F401 - re-exported
 
 AsapInit = Literal["xavier", "normal", "hyper"]
 
@@ -65,6 +65,8 @@ class ASAPNetConfig:
     blend_band: int = 0
     """With tile_blend: pixels each side of a tile edge over which two cells' MLPs are mixed;
     0 = tile_size / 2 (bilinear between cell centres, 4x the MLP work; S / 4: 2.25x)."""
+    mlp_layout: MlpLayout = "auto"
+    """Unfused pixelwise path: auto (by device), rows or planes (see ``pixel_mlp``); one function."""
     init: AsapInit = "xavier"
     """xavier gain 0.02 (ASAP-Net), normal N(0, 0.02) (the published hybrid), or hyper (see below)."""
     last_layer_scale: float = 0.01
@@ -87,6 +89,8 @@ class ASAPNetConfig:
         if self.residual and self.in_channels != self.out_channels:
             raise ValueError(f"residual output needs in_channels == out_channels, got {self.in_channels} "
                              f"and {self.out_channels}")
+        if self.mlp_layout not in LAYOUTS:
+            raise ValueError(f"mlp_layout must be one of {', '.join(LAYOUTS)}, got {self.mlp_layout!r}")
         if self.mlp_context < 1 or self.mlp_context % 2 == 0:
             raise ValueError(f"mlp_context must be an odd number >= 1, got {self.mlp_context}")
         if not 0 <= self.blend_band <= self.tile_size // 2:
@@ -154,7 +158,7 @@ class ASAPNetGenerator(nn.Module):
         mlp_in = cfg.in_channels - (1 if cfg.mlp_input == "all_but_last" else 0)
         band = (cfg.blend_band or cfg.tile_size // 2) if cfg.tile_blend else 0
         self.mlp = PixelMLP(mlp_in, cfg.out_channels, cfg.mlp_width, cfg.mlp_depth, cfg.tile_size, cfg.mlp_context,
-                            band)
+                            band, cfg.mlp_layout)
         self.lowres = LowResStream(cfg, self.mlp.num_params)
         if cfg.init == "hyper":
             self._init_hyper()

@@ -57,7 +57,7 @@ def generator_config(cfg: Config):
                 lowres_max_channels=m.lowres_max_channels, lowres_blocks=m.lowres_blocks,
                 lowres_norm=m.lowres_norm, padding=m.padding, mlp_depth=m.mlp_depth, mlp_width=m.mlp_width,
                 mlp_input=m.mlp_input, init=_asap_init(cfg), mlp_context=m.mlp_context, tile_blend=m.tile_blend,
-                blend_band=m.blend_band,
+                blend_band=m.blend_band, mlp_layout=m.mlp_layout,
             )
         if m.name == "pix2pixhd":
             return Pix2PixHDConfig(
