@@ -7,6 +7,10 @@ still returns the cases that ran:
   the hybrid) at the presets' inference and training sizes, fp32 and bf16, tiles blended and
   not: max abs error of the generator outputs, and whether the fused kernel really ran (it
   falls back to the matmul path when its health check fails or off CUDA);
+* ``layouts``: the hybrid's two unfused pixel-MLP layouts ("rows", CUDA's default for training,
+  and "planes", the CPU's) on the device, forward + backward at its training crop, fp32 and
+  bf16: max abs error of the outputs and input gradients between them, and the median ms of
+  each (which layout CUDA training should use is measured here, not assumed);
 * ``train``: a few compiled bf16 + channels_last training steps of the hybrid (finite
   losses, graphs compiled, recompiles after the first step, graph breaks), and one eager bf16 step of each other full preset.
 
@@ -95,6 +99,44 @@ def kernel_case(model: str, h: int, w: int, dtype: str, blend: bool, dev: torch.
             "max_abs_error": err, "fused_ran": launches > 0, "finite": bool(torch.isfinite(outs[True]).all())}
 
 
+def _set_layout(G: torch.nn.Module, layout: str) -> None:
+    for m in G.modules():
+        if isinstance(m, pixel_mlp.PixelMLP):
+            m.layout = layout
+
+
+def layout_case(h: int, w: int, batch: int, dtype: str, dev: torch.device, repeats: int) -> dict:
+    """rows against planes with gradients (the training path): errors, and median ms of forward + backward."""
+    cfg = bench_config("hybrid", h, w)
+    torch.manual_seed(0)
+    with torch.device(dev):
+        G = build_generator(cfg).train()
+    x = make_input(cfg, batch, dev, torch.Generator(device=dev).manual_seed(0))
+    row = {"model": "hybrid", "height": h, "width": w, "batch": batch, "dtype": dtype}
+    outs = {}
+    for layout in ("rows", "planes"):
+        _set_layout(G, layout)
+        times = []
+        for _ in range(repeats + 1):  # the first call warms up
+            xi = x.clone().requires_grad_(True)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
+                y = G(xi)
+            y.float().square().mean().backward()
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            times.append((time.perf_counter() - t0) * 1000)
+            G.zero_grad(set_to_none=True)
+        outs[layout] = (y.detach().float(), xi.grad.float())
+        row[f"{layout}_ms"] = sorted(times[1:])[len(times[1:]) // 2]
+        row[f"{layout}_path"] = pixel_mlp.pixel_path(G)
+    row["max_abs_error"] = float((outs["rows"][0] - outs["planes"][0]).abs().max())
+    row["grad_max_abs_error"] = float((outs["rows"][1] - outs["planes"][1]).abs().max())
+    return row
+
+
 def cfg_name(preset: str, dry: bool) -> str:
     return SMOKE_OF[preset] if dry else preset
 
@@ -145,7 +187,8 @@ def main() -> None:
     dev = torch.device("cpu" if args.dry or not torch.cuda.is_available() else "cuda")
     if args.dry:  # dynamo traces as on the GPU; inductor's code generation would take minutes on a CPU
         torch.compile = functools.partial(torch.compile, backend="eager")
-    report = {"device": device_name(dev), "dry": args.dry, "kernel": [], "train": [], "torch": torch.__version__}
+    report = {"device": device_name(dev), "dry": args.dry, "kernel": [], "layouts": [], "train": [],
+              "torch": torch.__version__}
 
     def save() -> None:
         args.out.write_text(json.dumps(report, indent=1))
@@ -162,6 +205,16 @@ def main() -> None:
                 report["kernel"].append(row)
                 print("kernel", json.dumps(row), flush=True)
                 save()
+    for dtype in ("fp32", "bf16"):
+        h, w, batch, repeats = (64, 64, 2, 1) if args.dry else (256, 256, 16, 5)
+        try:
+            row = layout_case(h, w, batch, dtype, dev, repeats)
+        except Exception as exc:  # noqa: BLE001
+            row = {"model": "hybrid", "height": h, "width": w, "dtype": dtype,
+                   "error": f"{type(exc).__name__}: {str(exc).strip()[:300]}"}
+        report["layouts"].append(row)
+        print("layouts", json.dumps(row), flush=True)
+        save()
     cases = [("hybrid-deblur", True, 2 if args.dry else COMPILED_STEPS)] + [(p, False, 1) for p in OTHER_PRESETS]
     for preset, compiled, steps in cases:
         row = train_case(preset, dev, steps, compiled, args.dry)

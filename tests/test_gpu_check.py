@@ -60,6 +60,8 @@ def test_cpu_rehearsal_runs_every_stage_and_writes_its_json(tmp_path):
     assert stages["sweep"]["status"] == stages["smoke"]["status"] == "skipped"
     correct = json.loads((out / "correct.json").read_text())
     assert correct["kernel"] and all("max_abs_error" in r for r in correct["kernel"])
+    assert [r["dtype"] for r in correct["layouts"]] == ["fp32", "bf16"]
+    assert all(r["rows_ms"] > 0 and r["planes_ms"] > 0 and r["max_abs_error"] < 0.1 for r in correct["layouts"])
     assert len(correct["train"]) == 4 and all(r["finite"] and r["error"] is None for r in correct["train"])
     assert json.loads((out / "ray.json").read_text())["data_wait_share"] is not None
     summary = (out / "summary.txt").read_text()

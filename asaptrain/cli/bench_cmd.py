@@ -112,7 +112,8 @@ def bench_compare_cmd(presets, config_files, size, dtype, big_batch, repeats, wa
                               device=device, threads=threads, log=lambda line: console.print(f"[dim]{line}[/dim]"))
     models = [r for r in rows if r["kind"] == "model"]
     env = models[0]
-    table = Table(title=f"Generators side by side, ms per image ({env['device']}, {env['threads']} threads, "
+    cpu = f"{env['cpu_model']}, " if env["device_type"] == "cpu" else ""
+    table = Table(title=f"Generators side by side, ms per image ({env['device']}, {cpu}{env['threads']} threads, "
                         f"torch {env['torch']}" + (f", CUDA {env['cuda']}, TF32 {env['tf32']}" if env["cuda"] else "") + ")")
     for col in ("preset", "size", "dtype", "batch", "ms/image", "IQR", "GFLOPs", "pixelwise path", "peak MiB"):
         table.add_column(col, justify="left" if col in ("preset", "pixelwise path") else "right")

@@ -21,7 +21,7 @@ tile_blend          off: each pixel uses its     on: within blend_band = 4 px of
                     edge is a step in the output seams (2.25x the nearest-cell MLP)
 lowres stream       ASAP-Net's 64 -> 1024        32 -> 256 channels, 3 blocks: sized for
                     channels, 7 blocks           deblurring
-mlp_context         1: a pixel's own colour      5: the 5 x 5 neighbourhood (9.5 of
+mlp_context         1: a pixel's own colour      5: the 5 x 5 neighbourhood (9.1 of
                     (cannot undo a blur)         DeblurGAN's 99 GFLOPs in all)
 ==================  ===========================  =====================================
 

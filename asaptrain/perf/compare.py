@@ -19,6 +19,7 @@ Run by ``asaptrain bench compare`` and by the aggregate report for its speed rat
 from __future__ import annotations
 
 import dataclasses
+import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -79,10 +80,22 @@ def _timed_call(fn: Callable[[], object], cuda: bool) -> Callable[[], float] | f
     return lambda: start.elapsed_time(end)
 
 
+def cpu_model() -> str:
+    """The host CPU's model name (Linux /proc/cpuinfo, else the platform's), e.g. "AMD EPYC"."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
 def environment(device: torch.device, threads: int) -> dict:
     """What every row records about where it was measured."""
     cuda = device.type == "cuda"
-    return {"device": device_label(device), "device_type": device.type, "threads": threads,
+    return {"device": device_label(device), "device_type": device.type, "cpu_model": cpu_model(), "threads": threads,
             "torch": torch.__version__, "cuda": torch.version.cuda if cuda else None,
             "tf32": bool(torch.backends.cuda.matmul.allow_tf32) if cuda else None}
 
@@ -174,8 +187,14 @@ def ratio_text(row: dict) -> str:
     r = row["ratio"]
     how = f"{r:.2f}x faster than" if r >= 1 else f"{1 / r:.2f}x slower than"
     return (f"{row['a']} is {how} {row['b']} at {row['height']}x{row['width']} {row['dtype']} batch "
-            f"{row['batch']} on {row['device']} ({row['threads']} threads): {row['a_ms']:.2f} vs "
+            f"{row['batch']} on {_where(row)}: {row['a_ms']:.2f} vs "
             f"{row['b_ms']:.2f} ms/image; per-round ratio IQR {row['ratio_q1']:.2f}-{row['ratio_q3']:.2f}")
+
+
+def _where(row: dict) -> str:
+    """'cpu (AMD EPYC, 2 threads)' or 'NVIDIA H200 (2 threads)'."""
+    cpu = f"{row['cpu_model']}, " if row.get("device_type") == "cpu" and row.get("cpu_model") else ""
+    return f"{row['device']} ({cpu}{row['threads']} threads)"
 
 
 __all__ = ["compare_generators", "ratio_text", "at_size", "size_multiple", "environment", "CompareError"]
