@@ -99,7 +99,8 @@ def _hybrid_deblur() -> Config:
     stream (instance norm is the droplet mechanism), reflection padding. And each pixel's MLP
     sees its 5 x 5 neighbourhood: a function of one pixel's own colour cannot undo a blur
     (at the smoke size 3 x 3 stayed 0.27 dB below DeblurGAN, 5 x 5 went 0.09 dB above it, for
-    a sixth more GFLOPs; 7 x 7 gained 0.09 dB more and fell below 2.5x DeblurGAN's speed).
+    a sixth more GFLOPs; 7 x 7 gained 0.09 dB more on one seed for 1.15x the time, and is the
+    sweep's to choose).
 
     The low-res stream is sized for deblurring, not for ASAP-Net's label maps: with 16-px
     tiles its grid grows with the image, and at 1024 channels and 7 blocks it alone cost 44 of
