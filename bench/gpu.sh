@@ -8,6 +8,7 @@
 #   setup           30  install .whl/ (below) into /tmp/site when Ray is not importable
 #   correct        100  correct.json: fused pixel-MLP kernel vs the matmul path (ASAP-Net, hybrid; the
 #                       presets' sizes; fp32/bf16; blended or not: max abs error, did the kernel run);
+#                       the hybrid's rows and planes layouts with gradients (error, ms each);
 #                       compiled bf16 + channels_last hybrid steps (finite losses, graphs, graph breaks);
 #                       one eager bf16 step of each other full preset
 #   models-1024     40  `bench models` ms/image, fp32, bf16, bf16 + channels_last, batch 1 and 4:

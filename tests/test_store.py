@@ -106,6 +106,25 @@ def test_retry_rides_out_an_outage_of_outage_s_and_no_longer():
         retry(down_for(1.0), base_delay_s=0.01, max_delay_s=0.1)  # no outage_s: the 4 attempts only
 
 
+@pytest.mark.parametrize("jitter", [0.0, 0.999])
+def test_retry_keeps_trying_up_to_the_end_of_outage_s(monkeypatch, jitter):
+    """The last wait is cut to the end of the window and one more try made there: with the
+    longest jittered wait (1.5x) the retry used to give up up to one wait early (0.85 s of 1 s)."""
+    from botocore.exceptions import EndpointConnectionError
+
+    from asaptrain.data import s3
+
+    monkeypatch.setattr(s3.random, "random", lambda: jitter)
+
+    def down():
+        raise EndpointConnectionError(endpoint_url="http://127.0.0.1:9")
+
+    start = time.monotonic()
+    with pytest.raises(EndpointConnectionError):
+        retry(down, base_delay_s=0.01, max_delay_s=0.1, outage_s=1)
+    assert 0.99 <= time.monotonic() - start < 1.3
+
+
 def test_s3_store(s3_endpoint, s3_bucket, tmp_path):
     store = Store.open(f"s3://{s3_bucket}/pre", s3_endpoint=s3_endpoint)
     assert store.is_s3 and store.root == f"{s3_bucket}/pre" and store.bucket == s3_bucket

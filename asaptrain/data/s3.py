@@ -126,7 +126,8 @@ def retry(fn: Callable[[], T], attempts: int = ATTEMPTS, base_delay_s: float = 0
 
     At least ``attempts`` tries, and with ``outage_s`` > 0 further tries until that many
     seconds have passed since the first (the pyarrow filesystem's ``storage.outage_s``, so a
-    boto3 call rides out the same outage); waits double from ``base_delay_s`` up to ``max_delay_s``.
+    boto3 call rides out the same outage), the last wait cut to end there and one more try
+    made then; waits double from ``base_delay_s`` up to ``max_delay_s``.
     """
     start = time.monotonic()
     attempt = 0
@@ -136,9 +137,11 @@ def retry(fn: Callable[[], T], attempts: int = ATTEMPTS, base_delay_s: float = 0
         except Exception as exc:
             attempt += 1
             delay = min(max_delay_s, base_delay_s * 2 ** (attempt - 1)) * (0.5 + random.random())
-            more = attempt < attempts or time.monotonic() - start + delay <= outage_s
-            if not more or not is_transient(exc):
+            left_s = outage_s - (time.monotonic() - start)
+            if not is_transient(exc) or (attempt >= attempts and left_s <= 0):
                 raise
+            if attempt >= attempts:  # past the quick attempts: only within the outage window
+                delay = min(delay, left_s)
             time.sleep(delay)
 
 
