@@ -74,10 +74,12 @@ class FusedLaunches:
         pixel_mlp.launch_fused = self._launch
 
 
-def _set_fused(G: torch.nn.Module, on: bool) -> None:
+def _set_mlp(G: torch.nn.Module, **attrs) -> None:
+    """Set ``fused`` / ``layout`` on every pixelwise MLP of ``G``."""
     for m in G.modules():
         if isinstance(m, pixel_mlp.PixelMLP):
-            m.fused = on
+            for name, value in attrs.items():
+                setattr(m, name, value)
 
 
 @torch.no_grad()
@@ -90,19 +92,13 @@ def kernel_case(model: str, h: int, w: int, dtype: str, blend: bool, dev: torch.
     x = make_input(cfg, 1, dev, torch.Generator(device=dev).manual_seed(0))
     outs, launches = {}, 0
     for fused in (False, True):
-        _set_fused(G, fused)
+        _set_mlp(G, fused=fused)
         with FusedLaunches() as counter, torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
             outs[fused] = G(x).float()
         launches += counter.count if fused else 0
     err = float((outs[True] - outs[False]).abs().max())
     return {"model": model, "height": h, "width": w, "dtype": dtype, "tile_blend": blend, "tile_size": cfg.model.tile_size,
             "max_abs_error": err, "fused_ran": launches > 0, "finite": bool(torch.isfinite(outs[True]).all())}
-
-
-def _set_layout(G: torch.nn.Module, layout: str) -> None:
-    for m in G.modules():
-        if isinstance(m, pixel_mlp.PixelMLP):
-            m.layout = layout
 
 
 def layout_case(h: int, w: int, batch: int, dtype: str, dev: torch.device, repeats: int) -> dict:
@@ -115,7 +111,7 @@ def layout_case(h: int, w: int, batch: int, dtype: str, dev: torch.device, repea
     row = {"model": "hybrid", "height": h, "width": w, "batch": batch, "dtype": dtype}
     outs = {}
     for layout in ("rows", "planes"):
-        _set_layout(G, layout)
+        _set_mlp(G, layout=layout)
         times = []
         for _ in range(repeats + 1):  # the first call warms up
             xi = x.clone().requires_grad_(True)
