@@ -7,8 +7,9 @@ S x S tile; the MLPs run at full resolution on the input pixels and their coordi
 Speed: the full-resolution part is ``pixel_mlp.PixelMLP`` (on the CPU a grouped conv and
 batched matmuls on channel-major tiles, cache-sized chunks of cells at a time; on CUDA
 gathered rows for training and one fused Triton kernel for inference; no per-pixel weight
-maps, no Python loop over pixels). The low-res stream runs on a 16-row grid and is tiny at full resolution;
-its 1x1 head is applied channels-last so each cell's parameters come out contiguous.
+maps, no Python loop over pixels). The low-res stream runs on a 16-row grid and is tiny at
+full resolution; its 1x1 head is applied channels-last so each cell's parameters come out
+contiguous.
 """
 
 from __future__ import annotations

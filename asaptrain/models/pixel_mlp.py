@@ -255,9 +255,11 @@ def _planes_chunk(tiles: torch.Tensor, mats: list[torch.Tensor], grid: torch.Ten
 
 
 def mlp_bmm(xp: torch.Tensor, params: torch.Tensor, coords: torch.Tensor, dims: list[int], tile_size: int,
-            band: int, context: int, dtype: torch.dtype, layout: str | None = None) -> torch.Tensor:
-    """The unfused MLPs in the device's layout (``mlp_layout``), or in ``layout`` ("rows" / "planes")."""
-    if (layout or mlp_layout(xp)) == "rows":
+            band: int, context: int, dtype: torch.dtype, layout: MlpLayout = "auto") -> torch.Tensor:
+    """The unfused MLPs in ``layout`` ("rows" / "planes"; "auto": the device's, ``mlp_layout``)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    if (mlp_layout(xp) if layout == "auto" else layout) == "rows":
         return mlp_rows(xp, params, coords, dims, tile_size, band, context, dtype)
     return mlp_planes(xp, params, coords, dims, tile_size, band, context, dtype)
 
@@ -484,6 +486,5 @@ class PixelMLP(nn.Module):
         if self._use_fused(x, params):
             self.last_path, self._health_key = "fused", _health_key(x.device, params.dtype, self.dims, geometry)
             return pixel_mlp_op(xp, params, self.coords, self.dims, geometry)
-        layout = mlp_layout(xp) if self.layout == "auto" else self.layout
-        self.last_path = layout
-        return mlp_bmm(xp, params, self.coords, self.dims, S, self.band, self.context, dtype, layout)
+        self.last_path = mlp_layout(xp) if self.layout == "auto" else self.layout
+        return mlp_bmm(xp, params, self.coords, self.dims, S, self.band, self.context, dtype, self.last_path)

@@ -37,7 +37,8 @@ def default_space(base: Config) -> dict[str, dict]:
                                                          m.lowres_max_channels * 2})},
         "model.lowres_blocks": {"choice": sorted({max(0, m.lowres_blocks - 2), m.lowres_blocks, m.lowres_blocks + 2})},
         "model.tile_size": {"choice": tiles or [m.tile_size]},
-        # 7 x 7 fits the speed target at full size since the planes layout (3.9x DeblurGAN at 256 x 256 on a 2-core CPU).
+        # 7 x 7 fits the speed target at full size since the planes layout (3.9x DeblurGAN at
+        # 256 x 256 on a 2-core CPU, bench compare).
         "model.mlp_context": {"choice": [1, 3, 5, 7]},
         "model.tile_blend": {"choice": [True, False]},
         # With tile_blend: px mixed each side of a tile edge; 0 = tile_size / 2 (the full bilinear
