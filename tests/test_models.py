@@ -495,3 +495,16 @@ def test_the_pixelwise_path_that_ran_is_recorded(monkeypatch):
     with torch.no_grad(), pytest.warns(RuntimeWarning, match="unusable"):
         G(x)
     assert pixel_path(G).startswith("planes (fused kernel fell back: ")
+
+
+@pytest.mark.parametrize("name", ["asapnet-smoke", "pix2pixhd-smoke", "deblurgan-smoke", "hybrid-smoke"])
+def test_min_input_size_is_the_smallest_size_each_generator_runs_at(name):
+    from asaptrain.train.nets import min_input_size, size_multiple
+    cfg = get_preset(name)
+    G = build_generator(cfg).eval()
+    s, m = min_input_size(cfg), size_multiple(cfg)
+    assert s % m == 0
+    with torch.no_grad():
+        assert G(torch.zeros(1, generator_in_channels(cfg), s, s)).shape[-2:] == (s, s)
+        with pytest.raises((RuntimeError, ValueError)):
+            G(torch.zeros(1, generator_in_channels(cfg), s - m, s - m))

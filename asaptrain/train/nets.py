@@ -31,6 +31,21 @@ def generator_in_channels(cfg: Config) -> int:
     return IMAGE_CHANNELS
 
 
+def size_multiple(cfg: Config) -> int:
+    """Height and width the generator accepts are multiples of this (pixels): the tile for the
+    pixelwise models, the total stride of the convolutional ones (a local enhancer halves once more)."""
+    m = cfg.model
+    if m.name in ("asapnet", "hybrid"):
+        return m.tile_size
+    return 2 ** (m.downsamplings + (m.local_enhancers if m.name == "pix2pixhd" else 0))
+
+
+def min_input_size(cfg: Config) -> int:
+    """The smallest height or width (pixels) the generator runs at: two multiples, so the coarsest
+    feature map has more than one pixel for instance norm and reflection padding."""
+    return 2 * size_multiple(cfg)
+
+
 def discriminator_in_channels(cfg: Config) -> int:
     """The image, plus the generator's input when the discriminator is conditional."""
     return IMAGE_CHANNELS + (generator_in_channels(cfg) if cfg.model.d_conditional else 0)
@@ -103,6 +118,6 @@ def feature_matching_layer_weight(cfg: Config) -> float:
 
 
 __all__ = [
-    "build_generator", "build_discriminator", "generator_in_channels", "discriminator_in_channels",
+    "build_generator", "build_discriminator", "generator_in_channels", "size_multiple", "min_input_size", "discriminator_in_channels",
     "generator_config", "feature_matching_layer_weight",
 ]
