@@ -30,6 +30,7 @@ Schedule = Literal["fixed", "linear", "cosine", "step", "band"]
 Precision = Literal["fp32", "bf16"]
 UseGpu = Literal["auto", "true", "false"]
 MlpInput = Literal["all", "all_but_last"]
+MemoryCheck = Literal["refuse", "warn", "off"]
 NonFinite = Literal["stop", "skip"]
 
 DEFAULT_STORE = "./asaptrain-store"
@@ -212,6 +213,12 @@ class TrainConfig:
     """Worker-group restarts from the latest checkpoint before the run fails."""
     nonfinite: NonFinite = "stop"
     """On a NaN/inf loss: stop the run naming the step and terms, or skip the step."""
+    activation_checkpointing: bool = False
+    """Recompute the generators' residual trunks and ASAP-Net's low-res stream in backward instead
+    of keeping their activations (less memory, about one more forward of those parts)."""
+    memory_check: MemoryCheck = "refuse"
+    """At worker start on a GPU: refuse a run whose estimated step peak exceeds 85 % of the device's
+    memory (naming settings that fit), only warn, or skip the estimate."""
 
 
 @dataclass

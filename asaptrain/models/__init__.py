@@ -6,7 +6,9 @@ run's :class:`~asaptrain.config.Config` onto them. Images are NCHW in [-1, 1];
 """
 
 from asaptrain.models.asapnet import ASAPNetConfig, ASAPNetGenerator, asapnet_discriminator
-from asaptrain.models.blocks import MultiscaleDiscriminator, PatchGANConfig, ResnetBlock, init_weights
+from asaptrain.models.blocks import (
+    MultiscaleDiscriminator, PatchGANConfig, ResnetBlock, init_weights, set_activation_checkpointing,
+)
 from asaptrain.models.deblurgan import DeblurGANConfig, DeblurGANGenerator, deblurgan_discriminator
 from asaptrain.models.hybrid import HybridConfig, HybridGenerator, published_failure
 from asaptrain.models.pixel_mlp import PixelMLP, tile_coordinates
@@ -16,7 +18,7 @@ from asaptrain.models.pix2pixhd import (
 
 __all__ = [
     "ASAPNetConfig", "ASAPNetGenerator", "PixelMLP", "asapnet_discriminator", "tile_coordinates",
-    "MultiscaleDiscriminator", "PatchGANConfig", "ResnetBlock", "init_weights",
+    "MultiscaleDiscriminator", "PatchGANConfig", "ResnetBlock", "init_weights", "set_activation_checkpointing",
     "DeblurGANConfig", "DeblurGANGenerator", "deblurgan_discriminator",
     "HybridConfig", "HybridGenerator", "published_failure",
     "GlobalGenerator", "LocalEnhancer", "Pix2PixHDConfig", "pix2pixhd_discriminator", "pix2pixhd_generator",

@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from asaptrain.models.blocks import (
-    NORMS, MultiscaleDiscriminator, NormKind, PaddingKind, PatchGANConfig, conv_block, init_weights,
+    NORMS, MultiscaleDiscriminator, NormKind, PaddingKind, PatchGANConfig, Recomputable, conv_block, init_weights,
 )
 from asaptrain.models.pixel_mlp import LAYOUTS, MlpLayout, PixelMLP, tile_coordinates  # noqa: F401 - re-exported
 
@@ -120,7 +120,7 @@ class TentDownsample(nn.Module):
         return F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
 
 
-class LowResStream(nn.Module):
+class LowResStream(Recomputable, nn.Module):
     """Input (B, C, H, W) -> per-cell MLP parameters (B, H/S, W/S, num_params), channels last."""
 
     def __init__(self, cfg: ASAPNetConfig, num_params: int):
@@ -144,7 +144,7 @@ class LowResStream(nn.Module):
         self.head = nn.Linear(width, num_params)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feats = self.body(self.shrink(x))
+        feats = self._maybe_recomputed(self.body, self.shrink(x))
         return self.head(feats.permute(0, 2, 3, 1))
 
 

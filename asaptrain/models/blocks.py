@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm
+from torch.utils.checkpoint import checkpoint
 
 NormKind = Literal["none", "instance", "group", "spectral", "spectral_instance"]
 PaddingKind = Literal["zero", "reflect", "replicate"]
@@ -120,7 +121,29 @@ def init_weights(module: nn.Module, kind: InitKind, gain: float = 0.02) -> None:
 # ----------------------------------------------------------------------------- ResNet trunk
 
 
-class ResnetBlock(nn.Module):
+class Recomputable:
+    """A part whose activations may be recomputed in backward instead of kept (activation
+    checkpointing): with ``recompute`` on, training keeps only the part's input. Off by default;
+    ``set_activation_checkpointing`` switches every such part of a network. Same results either
+    way (dropout's random state is replayed)."""
+
+    recompute: bool = False
+
+    def _maybe_recomputed(self, fn, x: torch.Tensor) -> torch.Tensor:
+        if self.recompute and self.training and torch.is_grad_enabled():
+            return checkpoint(fn, x, use_reentrant=False)
+        return fn(x)
+
+
+def set_activation_checkpointing(net: nn.Module, on: bool) -> int:
+    """Turn recomputation on or off for every :class:`Recomputable` part of ``net``; how many."""
+    parts = [m for m in net.modules() if isinstance(m, Recomputable)]
+    for m in parts:
+        m.recompute = on
+    return len(parts)
+
+
+class ResnetBlock(Recomputable, nn.Module):
     """x + (pad conv3x3 norm ReLU [dropout] pad conv3x3 norm): the paper's two-conv block.
 
     DeblurGAN's reference code builds this block with one conv: its list expression
@@ -139,7 +162,7 @@ class ResnetBlock(nn.Module):
         self.body = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.body(x)
+        return x + self._maybe_recomputed(self.body, x)
 
 
 def resnet_trunk(

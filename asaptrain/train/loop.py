@@ -144,6 +144,7 @@ def train_loop(
     store=None,
 ) -> RunState:
     """Train until ``cfg.train.steps``; ``run`` and ``val`` are used on rank 0 only."""
+    check_device_memory(cfg, device)
     state = build_state(cfg, device, wrap)
     _restore(cfg, state, checkpoint, run if dist.is_main() else None)
     loop = _Loop(cfg, state, device, reporter, run, val, store)
@@ -160,6 +161,17 @@ def train_loop(
             loop.report(step, when, result.skipped, strength, rate)
     loop.finish()
     return state
+
+
+def check_device_memory(cfg: Config, device: torch.device) -> None:
+    """Before anything is allocated on a GPU: a step whose estimate does not fit the device is
+    refused (or warned about, ``train.memory_check``) with the settings that would fit."""
+    if device.type != "cuda" or cfg.train.memory_check == "off":
+        return
+    from asaptrain.train.memory import check_fits
+
+    total = torch.cuda.get_device_properties(device).total_memory
+    check_fits(cfg, total, torch.cuda.get_device_name(device), world_size=dist.world_size())
 
 
 def _restore(cfg: Config, state: RunState, checkpoint: dict | None, run: RunFiles | None) -> None:

@@ -17,6 +17,7 @@ import torch.nn as nn
 
 from asaptrain.config.schema import Config, ConfigError
 from asaptrain.models.asapnet import ASAPNetConfig, ASAPNetGenerator, asapnet_discriminator
+from asaptrain.models.blocks import set_activation_checkpointing
 from asaptrain.models.deblurgan import DeblurGANConfig, DeblurGANGenerator, deblurgan_discriminator
 from asaptrain.models.hybrid import HybridConfig
 from asaptrain.models.pix2pixhd import Pix2PixHDConfig, pix2pixhd_discriminator, pix2pixhd_generator
@@ -92,10 +93,13 @@ def build_generator(cfg: Config) -> nn.Module:
     """G for ``cfg``: ``G(x) -> (B, 3, H, W)`` in [-1, 1]."""
     gcfg = generator_config(cfg)
     if isinstance(gcfg, ASAPNetConfig):  # the hybrid's config too: the same generator
-        return ASAPNetGenerator(gcfg)
-    if isinstance(gcfg, Pix2PixHDConfig):
-        return pix2pixhd_generator(gcfg)
-    return DeblurGANGenerator(gcfg)
+        G = ASAPNetGenerator(gcfg)
+    elif isinstance(gcfg, Pix2PixHDConfig):
+        G = pix2pixhd_generator(gcfg)
+    else:
+        G = DeblurGANGenerator(gcfg)
+    set_activation_checkpointing(G, cfg.train.activation_checkpointing)
+    return G
 
 
 def build_discriminator(cfg: Config) -> nn.Module:
