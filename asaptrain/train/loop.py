@@ -279,16 +279,8 @@ class _Loop:
         self.run.close()  # the curve sinks: last events uploaded, MLflow run ended
 
 
-def _read_uri(uri: str, store) -> bytes:
-    """Bytes of an object named by URI (e.g. s3://bucket/weights/vgg19.pth), with the run's endpoint."""
-    from asaptrain.data.store import Store
-
-    parent, _, name = uri.rpartition("/")
-    return Store.open(parent, getattr(store, "endpoint", None), getattr(store, "region", None)).read_bytes(name)
-
-
 def _perceptual_on(cfg: Config, store, device):
-    module = build_perceptual(cfg.loss, store=store, read_uri=lambda uri: _read_uri(uri, store))
+    module = build_perceptual(cfg.loss, store=store)
     return module.to(device) if module is not None else None
 
 
