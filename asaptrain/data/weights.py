@@ -148,17 +148,19 @@ def find_weights(name: str, source: str = "", store=None) -> tuple[bytes | None,
     return data, where, ""
 
 
-def tensors_only(data: bytes, where: str, pinned: Pinned) -> dict[str, torch.Tensor]:
-    """The state dict in ``data``, loaded as tensors only; anything else is refused unpickled."""
+def tensors_only(data: bytes, where: str, pinned: Pinned, advice: str | None = None) -> dict[str, torch.Tensor]:
+    """The state dict in ``data``, loaded as tensors only; anything else is refused unpickled
+    (the message ends with ``advice``, by default how to get the right file)."""
+    advice = how_to_get(pinned) if advice is None else advice
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - damage, or a pickle that names code: refused either way
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         raise WeightsError(f"{where} is not a plain state dict of tensors, so it was not loaded ({first}); it is not "
-                           f"the {pinned.file} file {pinned.use} needs: {how_to_get(pinned)}") from None
+                           f"the {pinned.file} file {pinned.use} needs" + (f": {advice}" if advice else "")) from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"{where} holds a {type(state).__name__}, not a state dict of tensors; it is not the "
-                           f"{pinned.file} file {pinned.use} needs: {how_to_get(pinned)}")
+                           f"{pinned.file} file {pinned.use} needs" + (f": {advice}" if advice else ""))
     return state
 
 
@@ -166,7 +168,7 @@ def _few(items: list[str], n: int = 3) -> str:
     return ", ".join(items[:n]) + (f", ... {len(items) - n} more" if len(items) > n else "")
 
 
-def check_state(state: dict, where: str, pinned: Pinned, exact: bool = False) -> None:
+def check_state(state: dict, where: str, pinned: Pinned, exact: bool = False, advice: str | None = None) -> None:
     """WeightsError naming the missing, extra and mis-shaped keys when ``state`` is not the table's
     (``exact``: every key; else the keys that start with ``needed_prefix``). BatchNorm's
     ``num_batches_tracked`` counters may be absent: files saved by older torch lack them."""
@@ -179,8 +181,9 @@ def check_state(state: dict, where: str, pinned: Pinned, exact: bool = False) ->
         [f"{len(extra)} unexpected keys ({_few(extra)})"] * bool(extra) + \
         [f"{len(shapes)} shapes differ ({_few(shapes)})"] * bool(shapes)
     if problems:
-        raise WeightsError(f"{where} is not the {pinned.name} state dict {pinned.use} needs: {'; '.join(problems)}; "
-                           f"{how_to_get(pinned)}")
+        advice = how_to_get(pinned) if advice is None else advice
+        raise WeightsError(f"{where} is not the {pinned.name} state dict {pinned.use} needs: {'; '.join(problems)}"
+                           + (f"; {advice}" if advice else ""))
 
 
 def load_state_dict(name: str, source: str = "", store=None) -> tuple[dict[str, torch.Tensor], str]:
