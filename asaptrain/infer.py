@@ -2,8 +2,8 @@
 
     asaptrain infer --run ./asaptrain-store/runs/NAME photo.png --out out/
 
-A run URI (its config.toml and latest checkpoint) or a checkpoint URI plus a config gives the
-generator; inputs are photos (deblurring) or label-id PNGs (label -> photo). Large images go
+A run directory gives the generator (its newest checkpoint that loads, through the run reader,
+``train/run_reader.py``); inputs are photos (deblurring) or label-id PNGs (label -> photo). Large images go
 through in overlapping tiles, blended with a linear ramp, so memory stays bounded.
 ``generate`` is that path, for `infer` here and for `asaptrain predict` (``predict.py``).
 """
@@ -11,7 +11,6 @@ through in overlapping tiles, blended with a linear ramp, so memory stays bounde
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,61 +19,32 @@ import torch.nn.functional as F
 from PIL import Image
 
 from asaptrain.config.schema import Config
-from asaptrain.config.io import from_dict
 from asaptrain.data.decode import input_array
 from asaptrain.data.sources import encode_png
 from asaptrain.errors import UserError
 from asaptrain.train.nets import build_generator
-from asaptrain.train.resume import fallback_note, newest_loadable, read_state
+from asaptrain.train.run_reader import GeneratorWeights, RunReader
 
 
 class InferError(UserError):
     """An input or checkpoint that inference cannot use."""
 
 
-def read_run_config(run_dir) -> Config:
-    """The validated config a run directory was trained with (its config.toml)."""
-    import tomllib
-
-    if not run_dir.exists("config.toml"):
-        raise InferError(f"{run_dir.uri_for('config.toml')} is missing: is this a run directory?")
-    return from_dict(tomllib.loads(run_dir.read_text("config.toml")), source=run_dir.uri_for("config.toml"))
-
-
-@dataclass
-class GeneratorWeights:
-    """What a run's checkpoint holds for inference."""
-
-    cfg: Config
-    state_dict: dict
-    source: str
-    """"ema" (the run kept an EMA copy) or "generator"."""
-    checkpoint: str
-    """The checkpoint file, relative to the run directory."""
-    step: int
-    """Generator updates done when it was saved."""
-
-
 def load_weights(run_dir, checkpoint_rel: str | None = None) -> GeneratorWeights:
-    """The run's config and its generator's weights (the EMA copy when the run kept one), from
-    ``checkpoint_rel`` or else the newest checkpoint that loads (a damaged newer one is named)."""
+    """The generator of the run in ``run_dir`` (a Store), as the run reader gives it
+    (``RunReader.generator``: the EMA copy when the run kept one, the config its checkpoint
+    carries), saying on stderr when a damaged newer checkpoint was passed over."""
     import sys
 
-    cfg = read_run_config(run_dir)
-    if checkpoint_rel:
-        rel, state = checkpoint_rel, read_state(run_dir, checkpoint_rel)
-    else:
-        found = newest_loadable(run_dir)
-        if found.skipped:
-            print(f"[asaptrain] {fallback_note(found)}", file=sys.stderr, flush=True)
-        rel, state = found.rel, found.state
-    ema = state.get("ema") is not None
-    return GeneratorWeights(cfg, state["ema"] if ema else state["generator"], "ema" if ema else "generator", rel,
-                            int(state.get("step") or 0))
+    weights = RunReader(run_dir).generator(checkpoint_rel)
+    if weights.skipped:
+        print(f"[asaptrain] {'; '.join(weights.skipped)}: using the newest checkpoint that loads, {weights.checkpoint} "
+              f"(step {weights.step})", file=sys.stderr, flush=True)
+    return weights
 
 
 def load_generator(run_dir, checkpoint_rel: str | None = None, device: str = "cpu") -> tuple[Config, torch.nn.Module]:
-    """The run's config and its generator (EMA weights when the run kept an EMA)."""
+    """The run's config and its generator (EMA weights when the run kept an EMA), in eval mode on ``device``."""
     weights = load_weights(run_dir, checkpoint_rel)
     G = build_generator(weights.cfg)
     G.load_state_dict(weights.state_dict)

@@ -300,29 +300,18 @@ def predict(pc: PredictConfig, progress: Callable[[dict], None] = lambda info: N
 
     ``progress`` gets ``{"done", "total", "bad", "images_per_s"}`` every 2 s and at the end.
     """
-    from asaptrain.infer import read_run_config
+    from asaptrain.infer import load_weights
     from asaptrain.train.launch import ensure_ray
-    from asaptrain.train.resume import fallback_note, mismatch, newest_loadable, read_state
     from asaptrain.train.state import STATE_FILE
 
     if bool(pc.dataset) == bool(pc.images):
         raise PredictError("give exactly one of --dataset and --images")
     run_dir, out, source = (Store.open(u, s3_endpoint=pc.s3_endpoint or None)
                             for u in (pc.run, pc.out, pc.dataset or pc.images))
-    cfg = read_run_config(run_dir)
-    if pc.checkpoint:
-        ckpt = f"{pc.checkpoint.rstrip('/')}/{STATE_FILE}"
-        if not run_dir.exists(ckpt):
-            raise PredictError(f"{run_dir.uri_for(ckpt)} does not exist: name a checkpoint directory of the run")
-        state = read_state(run_dir, ckpt)
-    else:
-        found = newest_loadable(run_dir)
-        if found.skipped:
-            print(f"[asaptrain] {fallback_note(found)}", flush=True)
-        ckpt, state = found.rel, found.state
-    if (problem := mismatch(cfg, state)) is not None:  # the actors would fail on it, one by one
-        raise PredictError(f"{run_dir.uri_for(ckpt)} does not fit the run's config.toml: {problem}")
-    del state  # the actors load their own copies; the driver keeps none while they run
+    # The run reader checks the generator fits its config here: the actors would fail on it, one by one.
+    weights = load_weights(run_dir, f"{pc.checkpoint.rstrip('/')}/{STATE_FILE}" if pc.checkpoint else None)
+    cfg, ckpt = weights.cfg, weights.checkpoint
+    del weights  # the actors load their own copies; the driver keeps none while they run
     job = {"run": run_dir.uri_for(), "checkpoint": ckpt, "input": source.uri_for(),
            "kind": "dataset" if pc.dataset else "images", "splits": list(pc.splits)}
     resuming = check_out_folder(out, source, job)

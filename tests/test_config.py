@@ -48,6 +48,20 @@ def test_paper_values_in_presets():
     assert hybrid.model.lowres_norm in ("none", "spectral") and hybrid.model.padding == "reflect"
 
 
+def test_vgg_input_follows_each_reference_and_old_configs_keep_imagenet():
+    """The papers' code feeds [-1, 1] images to VGG19 unnormalized; a config written before the
+    field existed (an older run's config.toml) loads with ``imagenet``, so it resumes as trained."""
+    from asaptrain.config.io import to_dict
+
+    for name in ("asapnet-cityscapes", "pix2pixhd-cityscapes", "deblurgan-gopro", "hybrid-deblur"):
+        assert get_preset(name).loss.vgg_input == "raw", name
+    old = to_dict(get_preset("deblurgan-gopro"))
+    del old["loss"]["vgg_input"]
+    assert from_dict(old).loss.vgg_input == "imagenet"
+    with pytest.raises(ConfigError, match="loss.vgg_input must be one of 'imagenet', 'raw'"):
+        apply_overrides(get_preset("deblurgan-gopro"), ["loss.vgg_input=bgr"])
+
+
 def test_overrides_are_typed():
     cfg = apply_overrides(get_preset("deblurgan-smoke"), ["train.steps=7", "optim.g_lr=3e-4", "loss.gan=hinge",
                                                           "scaling.resources_per_worker={CPU = 2}", "train.compile=true"])

@@ -8,9 +8,11 @@ import pytest
 import torch
 import torch.nn as nn
 
+from asaptrain.data.store import Store
+from asaptrain.data.weights import WeightsError
 from asaptrain.errors import UserError
 from asaptrain.train.losses import (
-    LSGAN, WGANGP, Hinge, PerceptualLoss, WeightsError, build_gan_loss, build_perceptual, feature_matching,
+    LSGAN, WGANGP, Hinge, PerceptualLoss, build_gan_loss, build_perceptual, feature_matching,
 )
 
 
@@ -20,7 +22,7 @@ def outs(*logits: float, feats: int = 1) -> list[list[torch.Tensor]]:
 
 
 def cfg(**kw):
-    base = dict(gan="hinge", gp_weight=10.0, perceptual="vgg19-multi", vgg_weights="")
+    base = dict(gan="hinge", gp_weight=10.0, perceptual="vgg19-multi", vgg_weights="", vgg_input="imagenet")
     return types.SimpleNamespace(**{**base, **kw})
 
 
@@ -128,21 +130,6 @@ def vgg_file(tmp_path_factory):
     return path
 
 
-class DictStore:
-    """Anything with exists/read_bytes works as a store."""
-
-    uri = "mem://store"
-
-    def __init__(self, files):
-        self.files = files
-
-    def exists(self, rel):
-        return rel in self.files
-
-    def read_bytes(self, rel):
-        return self.files[rel]
-
-
 def test_perceptual_none_builds_nothing():
     assert build_perceptual(cfg(perceptual="none")) is None
 
@@ -152,20 +139,21 @@ def test_missing_weights_raise_a_user_error_that_says_where(tmp_path):
     with pytest.raises(WeightsError) as err:
         build_perceptual(cfg(vgg_weights=str(missing)))
     msg = str(err.value)
-    assert str(missing) in msg and "weights/vgg19.pth" in msg and "loss.perceptual=none" in msg
+    assert str(missing) in msg and "weights/vgg19.pth" in msg and "asaptrain weights download" in msg
     assert isinstance(err.value, UserError)
-    with pytest.raises(WeightsError, match="mem://store/weights/vgg19.pth"):
-        build_perceptual(cfg(), store=DictStore({}))
+    store = Store.open(str(tmp_path / "store"))
+    with pytest.raises(WeightsError, match=f"{store.uri_for('weights/vgg19.pth')}"):
+        build_perceptual(cfg(), store=store)
     with pytest.raises(WeightsError, match="loss.vgg_weights"):
         build_perceptual(cfg())
     bad = tmp_path / "bad.pth"
-    torch.save({"something": torch.zeros(1)}, bad)
-    with pytest.raises(WeightsError, match="not a torchvision vgg19"):
+    torch.save({"features.0.weight": torch.zeros(1)}, bad)
+    with pytest.raises(WeightsError, match=r"not the vgg19 state dict .* shapes differ"):
         build_perceptual(cfg(vgg_weights=str(bad)))
 
 
 @pytest.mark.parametrize("kind", ["vgg19-multi", "vgg19-conv3_3"])
-def test_perceptual_loss_with_random_weights_from_file_and_store(vgg_file, kind):
+def test_perceptual_loss_with_random_weights_from_file_and_store(vgg_file, kind, tmp_path):
     path = vgg_file
     loss = build_perceptual(cfg(perceptual=kind, vgg_weights=str(path)))
     assert isinstance(loss, PerceptualLoss) and not any(p.requires_grad for p in loss.parameters())
@@ -177,31 +165,34 @@ def test_perceptual_loss_with_random_weights_from_file_and_store(vgg_file, kind)
     assert value.item() > 0
     value.backward()
     assert fake.grad is not None and fake.grad.abs().sum() > 0
-    from_store = build_perceptual(cfg(perceptual=kind), store=DictStore({"weights/vgg19.pth": path.read_bytes()}))
+    store = Store.open(str(tmp_path / "store"))
+    store.put_file(str(path), "weights/vgg19.pth")
+    from_store = build_perceptual(cfg(perceptual=kind), store=store)
     assert from_store(fake, real).item() == pytest.approx(value.item(), rel=1e-5)
     loss.train()
     assert not loss.training  # the frozen VGG stays in eval mode
 
 
-def test_perceptual_weights_from_a_uri_go_through_the_callers_reader(vgg_file):
-    """losses.py knows no storage: a URI is read by the reader the training layer passes."""
-    uri = "s3://bucket/weights/vgg19.pth"
-    with pytest.raises(WeightsError, match="no reader"):
-        build_perceptual(cfg(vgg_weights=uri))
-    asked = []
+def test_perceptual_weights_from_an_s3_uri(vgg_file, s3_bucket, s3_endpoint):
+    """A URI is read by the one loader with the run store's endpoint: no callback into the loop."""
+    store = Store.open(f"s3://{s3_bucket}/run-store", s3_endpoint)
+    Store.open(f"s3://{s3_bucket}/shared", s3_endpoint).put_file(str(vgg_file), "vgg.pth")
+    assert isinstance(build_perceptual(cfg(vgg_weights=f"s3://{s3_bucket}/shared/vgg.pth"), store), PerceptualLoss)
+    with pytest.raises(WeightsError, match=f"s3://{s3_bucket}/shared/missing.pth"):
+        build_perceptual(cfg(vgg_weights=f"s3://{s3_bucket}/shared/missing.pth"), store)
 
-    def reader(u):
-        asked.append(u)
-        return vgg_file.read_bytes()
 
-    assert isinstance(build_perceptual(cfg(vgg_weights=uri), read_uri=reader), PerceptualLoss)
-    assert asked == [uri]
-
-    def missing(u):
-        raise FileNotFoundError(u)
-
-    with pytest.raises(WeightsError, match="s3://bucket/weights/vgg19.pth"):
-        build_perceptual(cfg(vgg_weights=uri), read_uri=missing)
+def test_vgg_input_raw_feeds_the_images_as_they_are(vgg_file):
+    """``raw``: VGG19 sees [-1, 1] images unnormalized (the papers' code); ``imagenet`` normalizes first."""
+    raw = build_perceptual(cfg(perceptual="vgg19-conv3_3", vgg_weights=str(vgg_file), vgg_input="raw"))
+    net = build_perceptual(cfg(perceptual="vgg19-conv3_3", vgg_weights=str(vgg_file)))
+    x = torch.rand(1, 3, 16, 16) * 2 - 1
+    assert torch.equal(raw._features(x)[0], raw.slices[0](x))
+    normalized = ((x + 1) / 2 - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / \
+        torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    assert torch.allclose(net._features(x)[0], net.slices[0](normalized))
+    fake = torch.rand(1, 3, 16, 16) * 2 - 1
+    assert raw(fake, x).item() != pytest.approx(net(fake, x).item(), rel=1e-2)
 
 
 @pytest.mark.parametrize("d_layers", [3, 2])

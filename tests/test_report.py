@@ -143,12 +143,13 @@ def test_report_tables_json_and_pngs(local_store, tmp_path):
 def test_broken_and_empty_runs_are_listed_not_fatal(tmp_path):
     store = Store.open(str(tmp_path / "s"))
     assert build_report(load_runs(store))["runs"] == []  # no runs/ at all
-    store.write_text("runs/half/metrics.jsonl", '{"step": 1, "kind": "train", "loss/d": NaN}\n{"step": 2, "ki')
+    store.write_text("runs/half/metrics.jsonl",
+                     '{"step": 1, "kind": "train", "loss/d": NaN}\n[1, 2]\n"eval"\n{"step": 2, "ki')
     store.write_text("runs/half/config.toml", '[model]\nname = "deblurgan"\n')
     report = aggregate(store, tmp_path / "out")
     (run,) = report["runs"]
     assert run["model"] == "deblurgan" and run["status"] == "unknown"
-    assert "no run.json" in run["problems"] and "1 unreadable metrics.jsonl line(s)" in run["problems"]
+    assert "no run.json" in run["problems"] and "3 unreadable metrics.jsonl line(s)" in run["problems"]
     assert json.loads((tmp_path / "out/report.json").read_text())["runs"][0]["name"] == "half"
     titles = [t["title"] for t in tables(report)]
     assert titles[-1] == "All runs"

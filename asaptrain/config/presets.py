@@ -44,6 +44,7 @@ def _asapnet_cityscapes() -> Config:
         ),
         loss=LossConfig(
             gan="hinge", feature_matching_weight=10.0, perceptual="vgg19-multi", perceptual_weight=10.0,
+            vgg_input="raw",
         ),
         optim=OptimConfig(g_lr=1e-4, d_lr=4e-4, beta1=0.0, beta2=0.9, d_steps=1, decay_start=200 / 300),
         curriculum=CurriculumConfig(kind="fixed", start=0.0, end=0.0),
@@ -65,6 +66,7 @@ def _pix2pixhd_cityscapes() -> Config:
         ),
         loss=LossConfig(
             gan="lsgan", feature_matching_weight=10.0, perceptual="vgg19-multi", perceptual_weight=10.0,
+            vgg_input="raw",
         ),
         optim=OptimConfig(g_lr=2e-4, d_lr=2e-4, beta1=0.5, beta2=0.999, d_steps=1, decay_start=0.5),
         curriculum=CurriculumConfig(kind="fixed", start=0.0, end=0.0),
@@ -82,7 +84,8 @@ def _deblurgan_gopro() -> Config:
             name="deblurgan", ngf=64, ndf=64, num_d=1, d_layers=3, d_norm="instance", g_norm="instance",
             residual_blocks=9, downsamplings=2, dropout=0.5, residual=True, d_conditional=False,
         ),
-        loss=LossConfig(gan="wgan-gp", gp_weight=10.0, perceptual="vgg19-conv3_3", perceptual_weight=100.0),
+        loss=LossConfig(gan="wgan-gp", gp_weight=10.0, perceptual="vgg19-conv3_3", perceptual_weight=100.0,
+                        vgg_input="raw"),
         optim=OptimConfig(g_lr=1e-4, d_lr=1e-4, beta1=0.5, beta2=0.999, d_steps=5, decay_start=0.5),
         curriculum=CurriculumConfig(kind="fixed", start=0.5, end=0.5),
         train=TrainConfig(steps=300 * GOPRO_TRAIN_PAIRS, batch_size=1, checkpoint_every=5000,

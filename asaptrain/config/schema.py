@@ -26,6 +26,7 @@ Norm = Literal["none", "instance", "group", "spectral", "spectral_instance"]
 Padding = Literal["zero", "reflect", "replicate"]
 GanLoss = Literal["hinge", "lsgan", "wgan-gp"]
 Perceptual = Literal["none", "vgg19-multi", "vgg19-conv3_3"]
+VggInput = Literal["imagenet", "raw"]
 Schedule = Literal["fixed", "linear", "cosine", "step", "band"]
 Precision = Literal["fp32", "bf16"]
 UseGpu = Literal["auto", "true", "false"]
@@ -150,7 +151,9 @@ class LossConfig:
     l1_weight: float = 0.0
     """Pixel L1 content-loss weight; 0 disables."""
     vgg_weights: str = ""
-    """VGG19 state dict (torchvision format): path or URI; empty = ``STORE/weights/vgg19.pth``."""
+    """VGG19 state dict (torchvision format): path, file:// or s3:// URI; empty = ``STORE/weights/vgg19.pth``."""
+    vgg_input: VggInput = "imagenet"
+    """VGG19's input: imagenet ([-1, 1] -> [0, 1], ImageNet mean/std) or raw ([-1, 1] as is, as the papers' code)."""
 
 
 @dataclass

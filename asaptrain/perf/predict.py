@@ -45,17 +45,17 @@ def _preset_run(store, name: str):
     """A run directory for a preset: its config and its generator's initial weights."""
     import torch
 
+    from asaptrain.config.io import to_dict
     from asaptrain.config.presets import get_preset
-    from asaptrain.train.nets import build_discriminator, build_generator
+    from asaptrain.train.nets import build_generator
     from asaptrain.train.run_files import RunFiles
-    from asaptrain.train.state import to_bytes
+    from asaptrain.train.state import generator_checkpoint, to_bytes
 
     cfg = get_preset(name)
     torch.manual_seed(0)
     files = RunFiles(store, name)
     files.write_config(cfg)
-    state = {"generator": build_generator(cfg).state_dict(), "discriminator": build_discriminator(cfg).state_dict(),
-             "ema": None}
+    state = generator_checkpoint(to_dict(cfg), build_generator(cfg).state_dict())
     files.dir.write_bytes("checkpoint_000000/state.pt", to_bytes(state))
     return cfg, files.dir
 
@@ -67,8 +67,8 @@ def run(presets: list[str], run_uri: str | None = None, images: int = 8, height:
     import ray
 
     from asaptrain.data.store import Store
-    from asaptrain.infer import read_run_config
     from asaptrain.predict import PredictConfig, predict
+    from asaptrain.train.run_reader import RunReader
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="asaptrain-bench-predict-") as tmp:
@@ -76,7 +76,7 @@ def run(presets: list[str], run_uri: str | None = None, images: int = 8, height:
         for name in [run_uri] if run_uri else presets:
             if run_uri:
                 run_dir = Store.open(run_uri, s3_endpoint=s3_endpoint)
-                cfg = read_run_config(run_dir)
+                cfg = RunReader(run_dir).config()
             else:
                 cfg, run_dir = _preset_run(store, name)
             inputs = store.child("inputs", cfg.data.task)

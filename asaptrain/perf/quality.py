@@ -92,7 +92,7 @@ def run_quality(
     the one asked for; otherwise this stops, naming the run, before anything is trained.
     """
     from asaptrain.data.store import Store
-    from asaptrain.infer import read_run_config
+    from asaptrain.train.run_reader import RunReader
     from asaptrain.train.launch import fit
     from asaptrain.train.run_files import RunFiles
 
@@ -109,7 +109,7 @@ def run_quality(
             })
             files = RunFiles(store, run_name(preset, size, seed, changes))
             if files.exists():  # reused as the result only when it is this comparison's, finished
-                if _recipe(read_run_config(files.dir)) != _recipe(cfg):
+                if _recipe(RunReader(files.dir).config()) != _recipe(cfg):
                     raise QualityError(f"{files.dir.uri}: trained with another config than this comparison asks "
                                        "for (another version of the preset?); delete it or use another --store")
                 status = files.read_run().get("status")
@@ -125,7 +125,7 @@ def run_quality(
             result = fit(cfg, preset=preset, name=name, progress=False)
             if result.status != "finished":
                 raise RuntimeError(f"{name} did not finish: {result.error}")
-        last = [r for r in files.read_metrics() if r["kind"] == "eval"][-1]
+        last = files.read_metrics().evals()[-1]
         png = files.dir.read_bytes(f"samples/{steps:08d}.png")
         tile = cfg.model.tile_size if cfg.model.name in ("asapnet", "hybrid") else None
         row = {"preset": preset, "seed": seed, "size": size, "steps": steps, "run": name,

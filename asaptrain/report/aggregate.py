@@ -21,12 +21,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
 from asaptrain.report.tables import finite, render_markdown
 from asaptrain.train.run_files import json_safe
+from asaptrain.train.run_reader import RunError, RunReader
 
 # Models per task, in table order; the ratio pairs are (new model, baseline).
 TASK_MODELS = {"labels2photo": ("asapnet", "pix2pixhd"), "deblur": ("deblurgan", "hybrid")}
@@ -42,13 +42,14 @@ class Run:
 
     name: str
     info: dict[str, Any] = field(default_factory=dict)  # run.json
-    train: list[dict[str, Any]] = field(default_factory=list)  # kind == "train" records
-    evals: list[dict[str, Any]] = field(default_factory=list)  # kind == "eval" records
+    train: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl's training records
+    evals: list[dict[str, Any]] = field(default_factory=list)  # its validation records
     timing: dict[str, Any] | None = None
-    sample: str | None = None  # store path (rel) of the latest samples/STEP.png
+    sample: str | None = None  # the latest samples/STEP.png, relative to the run
     sample_step: int | None = None
-    config_toml: str | None = None  # the run's resolved config, to rebuild its generator for timing
+    evaluations: dict[str, dict[str, Any]] = field(default_factory=dict)  # split -> eval-SPLIT.json
     problems: list[str] = field(default_factory=list)
+    reader: RunReader | None = None  # the run directory, to read its config and sample grid
 
     @property
     def model(self) -> str:
@@ -91,58 +92,39 @@ def _names_under(store, rel: str) -> list[str]:
     return sorted(names)
 
 
-def _read(store, rel: str, how: str):
-    """``store.read_json``/``read_text`` that returns None for a missing file."""
-    if not store.exists(rel):
-        return None
-    return getattr(store, how)(rel)
-
-
 def load_run(store, prefix: str, name: str) -> Run:
-    """Read one run directory; unreadable or missing pieces become ``problems``, not errors."""
-    base = f"{prefix.strip('/')}/{name}" if prefix.strip("/") else name
-    run = Run(name=name)
+    """Read one run directory (the run reader); unreadable or missing pieces become ``problems``, not errors."""
+    reader = RunReader(store.child(*[p for p in prefix.split("/") if p], name), name)
+    run = Run(name=name, reader=reader)
     try:
-        run.info = _read(store, f"{base}/run.json", "read_json") or {}
-    except ValueError as exc:
+        run.info = reader.info()
+    except RunError as exc:
         run.problems.append(f"run.json unreadable: {exc}")
     if not run.info:
         run.problems.append("no run.json")
-        run.info = {"name": name, **_from_config_toml(store, base)}
-    run.config_toml = _read(store, f"{base}/config.toml", "read_text")
-    text = _read(store, f"{base}/metrics.jsonl", "read_text")
-    if text is None:
+        run.info = {"name": name, **_model_and_task(reader)}
+    metrics = reader.metrics()
+    run.evals, run.train = metrics.evals(), metrics.train()
+    if not metrics.present:
         run.problems.append("no metrics.jsonl")
-    else:
-        bad = 0
-        for line in text.splitlines():
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                bad += 1  # a running job's last line may be half written
-                continue
-            (run.evals if rec.get("kind") == "eval" else run.train).append(rec)
-        if bad:
-            run.problems.append(f"{bad} unreadable metrics.jsonl line(s)")
+    if metrics.unreadable:
+        run.problems.append(f"{metrics.unreadable} unreadable metrics.jsonl line(s)")  # a running job's torn last line
     if not run.evals:
         run.problems.append("no eval")
     try:
-        run.timing = _read(store, f"{base}/timing.json", "read_json")
-    except ValueError as exc:
+        run.timing = reader.timing()
+    except RunError as exc:
         run.problems.append(f"timing.json unreadable: {exc}")
     if run.timing is None:
         run.problems.append("no timing.json")
-    steps = {}  # step -> file name (the engine zero-pads: samples/00000500.png)
-    if store.exists(f"{base}/samples"):
-        for sample in _names_under(store, f"{base}/samples"):
-            stem = sample.removesuffix(".png")
-            if sample.endswith(".png") and stem.isdigit():
-                steps[int(stem)] = sample
-    if steps:
-        run.sample_step = max(steps)
-        run.sample = f"{base}/samples/{steps[run.sample_step]}"
+    try:
+        run.evaluations = reader.evaluations()
+    except RunError as exc:
+        run.problems.append(str(exc))
+    samples = reader.samples()
+    if samples:
+        run.sample_step = max(samples)
+        run.sample = samples[run.sample_step]
     else:
         run.problems.append("no samples")
     if run.status != "finished":
@@ -151,12 +133,11 @@ def load_run(store, prefix: str, name: str) -> Run:
     return run
 
 
-def _from_config_toml(store, base: str) -> dict[str, str]:
+def _model_and_task(reader: RunReader) -> dict[str, str]:
     """Model and task from config.toml, for a run whose run.json is missing."""
     try:
-        text = _read(store, f"{base}/config.toml", "read_text")
-        cfg = tomllib.loads(text) if text else {}
-    except (ValueError, tomllib.TOMLDecodeError):
+        cfg = reader.config_dict() or {}
+    except RunError:
         return {}
     out = {}
     if cfg.get("model", {}).get("name"):
@@ -243,14 +224,13 @@ def _speed_rows(run: Run) -> list[dict[str, Any]]:
 
 def _run_config(run: Run):
     """The run's Config from its config.toml, or raise ValueError saying why not."""
-    from asaptrain.config.io import from_dict
-    from asaptrain.config.schema import validate
+    from asaptrain.errors import UserError
 
-    if not run.config_toml:
-        raise ValueError(f"run {run.name} has no config.toml")
+    if run.reader is None:
+        raise ValueError(f"run {run.name}: no run directory to read its config from")
     try:
-        return validate(from_dict(tomllib.loads(run.config_toml), source=f"{run.name}/config.toml"))
-    except (tomllib.TOMLDecodeError, ValueError) as exc:
+        return run.reader.config()
+    except UserError as exc:
         raise ValueError(f"run {run.name}: config.toml unusable ({exc})") from None
 
 
@@ -294,7 +274,7 @@ def _run_summary(run: Run, used: bool) -> dict[str, Any]:
         "last_step": run.train[-1].get("step") if run.train else None,
         "last_eval": {k: last.get(k) for k in ("step", *_EVAL_KEYS)} if last else None,
         "train_images_per_s": finite((run.timing or {}).get("images_per_s")),
-        "sample": None, "problems": run.problems, "in_tables": used,
+        "evaluations": run.evaluations, "sample": None, "problems": run.problems, "in_tables": used,
     }
 
 
@@ -347,7 +327,7 @@ def aggregate(store, out, prefix: str = "runs", plots: bool = True) -> dict[str,
     for summary, run in zip(report["runs"], runs):
         if run.sample:  # every run's latest grid, so failed and running runs can be looked at too
             dest = f"samples/{run.name}-{run.sample_step}.png"
-            out.write_bytes(dest, store.read_bytes(run.sample))
+            out.write_bytes(dest, run.reader.dir.read_bytes(run.sample))
             summary["sample"] = dest
             report["samples"][run.name] = dest
     if plots:

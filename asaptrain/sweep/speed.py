@@ -24,14 +24,14 @@ architecture, not on the weights' values, so each generator is built from its tr
 from __future__ import annotations
 
 import math
-import tomllib
 from typing import Any
 
 from asaptrain.config.io import from_dict, to_dict
 from asaptrain.config.presets import get_preset
 from asaptrain.config.schema import Config
 from asaptrain.errors import UserError
-from asaptrain.train.run_files import RUNS_PREFIX, RunFiles
+from asaptrain.train.run_files import RUNS_PREFIX
+from asaptrain.train.run_reader import RunReader
 
 REFERENCE_PREFIX = "sweeps/references"
 """Where a sweep trains the DeblurGAN reference it could not find."""
@@ -89,14 +89,14 @@ def find_reference(store, cfg: Config) -> tuple[str, str] | None:
     found = []
     for prefix in (RUNS_PREFIX, REFERENCE_PREFIX):
         for entry in store.child(*prefix.split("/")).list(""):
-            run = RunFiles(store, entry.rstrip("/").split("/")[-1], prefix)
             try:
-                meta = run.read_run() if run.exists() else {}
+                run = RunReader.of(store, entry.rstrip("/").split("/")[-1], prefix)
+                meta = run.info()
                 if (meta.get("status") != "finished" or meta.get("model") != "deblurgan"
                         or int(meta.get("steps_done") or 0) < cfg.train.steps):
                     continue
-                theirs = from_dict(tomllib.loads(run.dir.read_text("config.toml")))
-            except (UserError, ValueError, OSError, tomllib.TOMLDecodeError):
+                theirs = run.config()
+            except (UserError, ValueError, OSError):
                 continue  # an unreadable or older-schema run is simply not a match
             if _recipe(theirs, store) == want:
                 found.append((str(meta.get("finished") or ""), prefix, run.name))
@@ -120,14 +120,14 @@ def ensure_reference(store, base: Config, preset: str, progress: bool = True) ->
         result = fit(cfg, preset=preset, progress=progress, store=store, runs_prefix=REFERENCE_PREFIX)
         prefix, name = REFERENCE_PREFIX, result.name
         out["error"] = result.error if result.status != "finished" else None
-    run = RunFiles(store, name, prefix)
-    evals = [r for r in run.read_metrics() if r.get("kind") == "eval"]
-    out.update({"run": name, "uri": run.dir.uri_for(""), "steps": max((r["step"] for r in evals), default=0),
+    run = RunReader.of(store, name, prefix)
+    evals = run.metrics().evals()
+    out.update({"run": name, "uri": run.uri, "steps": max((r["step"] for r in evals), default=0),
                 "input_psnr": evals[-1].get("input_psnr") if evals else None})
     for metric in ("psnr", "ssim"):  # the same statistic as a trial's: the best validation value seen
         values = [r[metric] for r in evals if isinstance(r.get(metric), (int, float)) and math.isfinite(r[metric])]
         out[f"best_val_{metric}"] = max(values) if values else None
-    out["config"] = to_dict(from_dict(tomllib.loads(run.dir.read_text("config.toml"))))
+    out["config"] = to_dict(run.config())
     return out
 
 

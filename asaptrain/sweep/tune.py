@@ -28,6 +28,7 @@ from asaptrain.sweep.select import best_toml_header, choose, front
 from asaptrain.sweep.space import SweepError, default_space, to_tune, trial_config
 from asaptrain.sweep.speed import ensure_reference, reference_preset, time_trials
 from asaptrain.train.run_files import RunFiles, check_name, new_run_name
+from asaptrain.train.run_reader import RunReader
 
 SWEEPS_PREFIX = "sweeps"
 METRIC_KEYS = {"psnr": "val_psnr", "ssim": "val_ssim"}
@@ -306,7 +307,7 @@ def write_results(store, name: str, base: Config, grid, metric: str, runs_prefix
 
 def _plot(store, runs_prefix: str, sweep_dir, summary: dict) -> None:
     runs_dir = store.child(*runs_prefix.split("/"))
-    histories = {run: [r for r in RunFiles(store, run, runs_prefix).read_metrics() if r.get("kind") == "eval"]
+    histories = {run: RunReader.of(store, run, runs_prefix).metrics().evals()
                  for run in sorted({p.split("/")[0] for p in runs_dir.list("")})}
     png = trials_png(summary, histories)
     if png is not None:

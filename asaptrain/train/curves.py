@@ -36,6 +36,7 @@ from typing import Protocol
 from urllib.parse import urlsplit
 
 from asaptrain.errors import UserError
+from asaptrain.train.run_files import is_eval
 
 
 class CurveSink(Protocol):
@@ -58,7 +59,7 @@ def scalars(record: dict) -> tuple[int, dict[str, float]]:
     """(step, {tag: value}) of a metrics record: train values under their own names
     (``loss/g``, ``lr/g``, ``blur_strength``, ``images_per_s``), eval values under ``val/``;
     missing (None) and non-finite values are left out."""
-    prefix = "val/" if record.get("kind") == "eval" else ""
+    prefix = "val/" if is_eval(record) else ""
     values = {}
     for key, value in record.items():
         if key in ("step", "kind") or not isinstance(value, (int, float)):

@@ -16,6 +16,7 @@ from typing import Protocol
 import torch
 
 from asaptrain.train import dist
+from asaptrain.config.io import to_dict
 from asaptrain.config.schema import Config
 from asaptrain.train.curriculum import build_schedule
 from asaptrain.train.losses import build_gan_loss, build_perceptual
@@ -32,7 +33,7 @@ from asaptrain.train.nets import build_discriminator, build_generator, generator
 from asaptrain.models.pixel_mlp import pixel_path
 from asaptrain.train.cadence import Cadence, Throughput
 from asaptrain.train.gan import GanStep
-from asaptrain.train.run_files import RunFiles
+from asaptrain.train.run_files import EVAL_KIND, RunFiles
 from asaptrain.train.state import RunState, make_ema, update_ema
 from asaptrain.train.visual import training_samples
 
@@ -87,7 +88,7 @@ def build_state(cfg: Config, device: torch.device, wrap: Callable[[torch.nn.Modu
     return RunState(
         generator=G, discriminator=D, g_opt=g_opt, d_opt=d_opt,
         g_sched=torch.optim.lr_scheduler.LambdaLR(g_opt, f), d_sched=torch.optim.lr_scheduler.LambdaLR(d_opt, f),
-        schedule=build_schedule(cfg.curriculum, cfg.train.steps, seed=cfg.train.seed), ema=ema,
+        schedule=build_schedule(cfg.curriculum, cfg.train.steps, seed=cfg.train.seed), ema=ema, config=to_dict(cfg),
     )
 
 
@@ -236,7 +237,7 @@ class _Loop:
         record, first = evaluate(self.cfg, self.state.inference_generator(), self.val, self.device, self.fid_weights)
         self.last_eval = record
         if self.run is not None:
-            self.run.add_metrics({"step": step, "kind": "eval", **record})
+            self.run.add_metrics({"step": step, "kind": EVAL_KIND, **record})
             if when.samples:
                 x, out, y = first
                 self.run.write_samples(step, training_samples(x, out, y, self.cfg.data.task, self.cfg.data.num_labels))
@@ -291,16 +292,8 @@ class _Loop:
         self.run.close()  # the curve sinks: last events uploaded, MLflow run ended
 
 
-def _read_uri(uri: str, store) -> bytes:
-    """Bytes of an object named by URI (e.g. s3://bucket/weights/vgg19.pth), with the run's endpoint."""
-    from asaptrain.data.store import Store
-
-    parent, _, name = uri.rpartition("/")
-    return Store.open(parent, getattr(store, "endpoint", None), getattr(store, "region", None)).read_bytes(name)
-
-
 def _perceptual_on(cfg: Config, store, device):
-    module = build_perceptual(cfg.loss, store=store, read_uri=lambda uri: _read_uri(uri, store))
+    module = build_perceptual(cfg.loss, store=store)
     return module.to(device) if module is not None else None
 
 

@@ -7,21 +7,20 @@
 
 Discriminator outputs are ``[[features..., logits] per scale]``. Losses are computed in
 fp32 whatever the autocast dtype. Weights (gan_weight, feature_matching_weight, ...) are
-applied by the training step, not here. Pure torch; a store is only read when given.
+applied by the training step, not here. The VGG19 weights come through the one loader of helper
+weights (``asaptrain.data.weights``).
 """
 
 from __future__ import annotations
 
 import abc
-import io
-import os
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from asaptrain.errors import UserError
+from asaptrain.data.weights import load_state_dict
 
 Outs = list[list[torch.Tensor]]
 
@@ -159,32 +158,32 @@ def feature_matching(real_outs: Outs, fake_outs: Outs, layer_weight: float = 1.0
 # ----------------------------------------------------------------------------- perceptual
 
 
-class WeightsError(UserError):
-    """Pretrained weights a loss needs are missing or unreadable; the message says where to put them."""
-
-
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 # torchvision vgg19().features indices: relu1_1=1, relu2_1=6, relu3_1=11, relu4_1=20, relu5_1=29; conv3_3=14.
 _MULTI_ENDS = (2, 7, 12, 21, 30)
 _MULTI_WEIGHTS = (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1.0)
 _CONV3_3_END = 15
-STORE_WEIGHTS = "weights/vgg19.pth"
 
 
 class PerceptualLoss(nn.Module):
-    """VGG19 feature loss, ``forward(fake, real)`` with images in [-1, 1] (ImageNet-normalized inside).
+    """VGG19 feature loss, ``forward(fake, real)`` with images in [-1, 1].
 
     kind "vgg19-multi": sum of w_i * L1 at relu1_1..relu5_1, w = 1/32, 1/16, 1/8, 1/4, 1
     (pix2pixHD, ASAP-Net). kind "vgg19-conv3_3": MSE of conv3_3 features before its ReLU
-    (DeblurGAN). The VGG is frozen and never trained; ``features`` must hold loaded weights.
+    (DeblurGAN). ``vgg_input`` "imagenet" maps the images to [0, 1] and normalizes them with
+    ImageNet's mean and std (what VGG19 was trained on); "raw" feeds the [-1, 1] images as they
+    are, as the three papers' code does (their loss weights balance against raw features). The
+    VGG is frozen and never trained; ``features`` must hold loaded weights.
     """
 
-    def __init__(self, features: nn.Sequential, kind: str = "vgg19-multi"):
+    def __init__(self, features: nn.Sequential, kind: str = "vgg19-multi", vgg_input: str = "imagenet"):
         super().__init__()
         if kind not in ("vgg19-multi", "vgg19-conv3_3"):
             raise ValueError(f"perceptual kind must be vgg19-multi or vgg19-conv3_3, got {kind!r}")
-        self.kind = kind
+        if vgg_input not in ("imagenet", "raw"):
+            raise ValueError(f"vgg_input must be imagenet or raw, got {vgg_input!r}")
+        self.kind, self.vgg_input = kind, vgg_input
         layers = list(features)
         for m in layers:
             if isinstance(m, nn.ReLU):
@@ -202,7 +201,8 @@ class PerceptualLoss(nn.Module):
         return super().train(False)  # frozen feature extractor: always eval
 
     def _features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = ((x + 1) / 2 - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+        if self.vgg_input == "imagenet":
+            x = ((x + 1) / 2 - self.mean.to(x.dtype)) / self.std.to(x.dtype)
         feats = []
         for s in self.slices:
             x = s(x)
@@ -217,82 +217,25 @@ class PerceptualLoss(nn.Module):
         return sum(w * dist(f.float(), r.float()) for w, f, r in zip(self.weights, fake_f, real_f))
 
 
-def _missing_message(where: str) -> str:
-    return (
-        f"VGG19 weights for the perceptual loss not found at {where}. Put torchvision's vgg19 state dict "
-        f"(the ImageNet file torchvision downloads as vgg19-dcbb9e9d.pth, saved with torch.save(state_dict)) "
-        f"at STORE/{STORE_WEIGHTS} or give its path with --set loss.vgg_weights=PATH; "
-        f"or run without the perceptual loss: --set loss.perceptual=none"
-    )
-
-
-def _read_weights(loss_cfg: Any, store: Any, read_uri: Any = None) -> tuple[bytes, str]:
-    """The weight file's bytes and a name for it in messages."""
-    src = (loss_cfg.vgg_weights or "").strip()
-    if src:
-        if src.startswith("file://"):
-            src = src[len("file://"):]
-        if "://" in src:  # s3://bucket/key: the caller's reader knows storage; losses do not
-            if read_uri is None:
-                raise WeightsError(f"{_missing_message(src)} (no reader for URIs was given)")
-            try:
-                return read_uri(src), src
-            except WeightsError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - a missing or unreadable object: say where
-                raise WeightsError(f"{_missing_message(src)} ({exc})") from None
-        path = os.path.expanduser(src)
-        if os.path.isfile(path):
-            with open(path, "rb") as fh:
-                return fh.read(), path
-        if store is not None and not os.path.isabs(path) and store.exists(src):
-            return store.read_bytes(src), _store_uri(store, src)
-        raise WeightsError(_missing_message(path if store is None else f"{path} (nor in the store)"))
-    if store is None:
-        raise WeightsError(_missing_message("loss.vgg_weights (empty) and no store was given"))
-    where = _store_uri(store, STORE_WEIGHTS)
-    if not store.exists(STORE_WEIGHTS):
-        raise WeightsError(_missing_message(where))
-    return store.read_bytes(STORE_WEIGHTS), where
-
-
-def _store_uri(store: Any, rel: str) -> str:
-    if hasattr(store, "uri_for"):
-        return store.uri_for(rel)
-    return f"{getattr(store, 'uri', 'STORE')}/{rel}"
-
-
-def load_vgg19_features(data: bytes, where: str = "the weights file") -> nn.Sequential:
-    """torchvision's vgg19().features with the weights of a torchvision state dict (weights_only load)."""
+def vgg19_features(state: dict[str, torch.Tensor]) -> nn.Sequential:
+    """torchvision's vgg19().features holding the ``features.*`` tensors of a checked VGG19 state dict."""
     import torchvision
 
-    try:
-        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means an unusable file
-        raise WeightsError(f"{where} is not a loadable torch state dict ({type(exc).__name__}: {exc}); "
-                           f"{_missing_message(where)}") from None
-    if not isinstance(state, dict):
-        raise WeightsError(f"{where} holds a {type(state).__name__}, not a state dict; {_missing_message(where)}")
     feats = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
     with torch.device("meta"):  # skip building and initializing the 120 M-parameter classifier
         features = torchvision.models.vgg19(weights=None).features
-    try:
-        features.load_state_dict(feats, strict=True, assign=True)
-    except RuntimeError as exc:
-        raise WeightsError(f"{where} is not a torchvision vgg19 state dict ({str(exc).splitlines()[0]}); "
-                           f"{_missing_message(where)}") from None
+    features.load_state_dict(feats, strict=True, assign=True)
     return features
 
 
-def build_perceptual(loss_cfg: Any, store: Any = None, read_uri: Any = None) -> PerceptualLoss | None:
+def build_perceptual(loss_cfg: Any, store: Any = None) -> PerceptualLoss | None:
     """The perceptual loss of ``cfg.loss``, or None when ``loss.perceptual == "none"``.
 
-    Weights come from ``loss.vgg_weights`` (a path, or a URI read by ``read_uri(uri) -> bytes``)
-    or, when that is empty, ``weights/vgg19.pth`` in ``store`` (any object with
-    ``exists``/``read_bytes``).
-    Missing weights raise :class:`WeightsError`; random VGG weights are never used.
+    Weights come from ``loss.vgg_weights`` (a path, file:// or s3:// URI) or, when that is
+    empty, ``STORE/weights/vgg19.pth`` (``asaptrain.data.weights``, the one loader). Missing or
+    wrong weights raise ``asaptrain.data.weights.WeightsError``; random VGG weights are never used.
     """
     if loss_cfg.perceptual == "none":
         return None
-    data, where = _read_weights(loss_cfg, store, read_uri)
-    return PerceptualLoss(load_vgg19_features(data, where), loss_cfg.perceptual)
+    state, _ = load_state_dict("vgg19", loss_cfg.vgg_weights, store)
+    return PerceptualLoss(vgg19_features(state), loss_cfg.perceptual, loss_cfg.vgg_input)

@@ -3,15 +3,14 @@
 PSNR and SSIM are per-image means over the set with an explicit data range of 1.0 on
 images in [0, 1] — what papers report (torchmetrics' default pools the squared error over the
 whole set instead). FID uses the Inception weights papers use (``pt_inception-2015-12-05``)
-from a path or the store; where none are available FID is ``None`` with the reason, never a
-number from random weights. A weights file is loaded as tensors only before anything else
+from a path, a URI or the store (``asaptrain.data.weights``, the one loader); where none are
+available FID is ``None`` with the reason, never a number from random weights. A weights file is loaded as tensors only before anything else
 reads it: one that holds other objects is refused, never unpickled.
 """
 
 from __future__ import annotations
 
 import atexit
-import io
 import os
 import shutil
 import tempfile
@@ -21,9 +20,9 @@ from dataclasses import dataclass
 import torch
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-from asaptrain.errors import UserError
+from asaptrain.data.weights import PINNED, check_state, find_weights, missing_message, tensors_only
 
-INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
+INCEPTION_FILE = PINNED["inception"].file
 """File name of the Inception weights (the pytorch-fid / torch-fidelity port of the TF graph)."""
 
 
@@ -73,28 +72,18 @@ class FidScorer:
         return FidResult(float(self.metric.compute()), None)
 
 
-class WeightsError(UserError):
-    """A weights file that is not a plain state dict of tensors (and so is never unpickled)."""
-
-
 def checked_weights_copy(data: bytes, source: str) -> str:
-    """A private local copy of weights that load as tensors only; the path to hand to torch-fidelity.
+    """A private local copy of Inception weights that load as tensors only and have the
+    Inception's keys and shapes; the path to hand to torch-fidelity.
 
     torch-fidelity unpickles the file with ``weights_only=False``, which runs any code a pickle
-    names. So the bytes are first loaded with ``weights_only=True`` (tensors and containers
-    only; anything else is refused, naming ``source``), and exactly those bytes are written into
-    a fresh directory only this user can enter, removed at exit: no other process can swap the
+    names. So the bytes are first checked by the one loader (``asaptrain.data.weights``: tensors
+    only, anything else refused naming ``source``), and exactly those bytes are written into a
+    fresh directory only this user can enter, removed at exit: no other process can swap the
     file between the check and the load, and nothing is reused from an earlier run.
     """
-    try:
-        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(f"{source} is not a plain state dict of tensors, so it was not loaded ({first}); "
-                           f"replace it with the {INCEPTION_FILE} weights file") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise WeightsError(f"{source} holds a {type(state).__name__}, not a state dict of tensors; "
-                           f"replace it with the {INCEPTION_FILE} weights file")
+    pinned = PINNED["inception"]
+    check_state(tensors_only(data, source, pinned), source, pinned)
     folder = tempfile.mkdtemp(prefix="asaptrain-weights-")  # mode 0700
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     local = os.path.join(folder, INCEPTION_FILE)
@@ -104,37 +93,21 @@ def checked_weights_copy(data: bytes, source: str) -> str:
 
 
 def find_inception_weights(configured: str, store=None) -> tuple[str | None, str]:
-    """A local path to checked Inception weights, or (None, the reason and where to put them).
+    """A local path to checked Inception weights, or (None, the reason and how to get them).
 
-    ``configured`` is a path or empty; with ``store`` given, ``STORE/weights/INCEPTION_FILE`` is
-    tried. Either way the file is checked and copied (:func:`checked_weights_copy`); a file that
-    is not a plain state dict raises :class:`WeightsError`.
+    ``configured`` (``eval.inception_weights``) is a path, file:// or s3:// URI, or empty for
+    ``STORE/weights/INCEPTION_FILE``; it is read by the one loader of helper weights. A file
+    that is there but not the Inception state dict raises ``WeightsError``; an unreadable store
+    is a reason, not a crash of the run.
     """
-    where = []
-    if configured:
-        if os.path.isfile(configured):
-            with open(configured, "rb") as fh:
-                return checked_weights_copy(fh.read(), configured), ""
-        where.append(configured)
-    if store is not None:
-        rel = f"weights/{INCEPTION_FILE}"
-        try:
-            data = store.read_bytes(rel) if store.exists(rel) else None
-        except Exception as exc:  # an unreadable store is a reason, not a crash of the eval
-            where.append(f"{store.uri_for(rel)} ({type(exc).__name__})")
-        else:
-            if data is not None:
-                return checked_weights_copy(data, store.uri_for(rel)), ""
-            where.append(store.uri_for(rel))
+    data, where, looked = find_weights("inception", configured, store)
+    if data is not None:
+        return checked_weights_copy(data, where), ""
     try:
         import torch_fidelity  # noqa: F401
     except ImportError:
         return None, "torch-fidelity is not installed (pip install torch-fidelity)"
-    looked = ", ".join(where) or "nowhere (eval.inception_weights is empty and no store)"
-    return None, (
-        f"Inception weights {INCEPTION_FILE} not found (looked in {looked}); put the file at "
-        f"STORE/weights/{INCEPTION_FILE} or set eval.inception_weights=PATH"
-    )
+    return None, missing_message(PINNED["inception"], looked, store)
 
 
 @torch.no_grad()

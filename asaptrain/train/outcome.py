@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 from asaptrain.data.s3 import StoreError
 from asaptrain.train.gan import NonFiniteLoss
+from asaptrain.train.run_files import Metrics
 
 STOP_FILE = "stop.json"
 """Written by rank 0 when the run stops itself for a reason no restart can fix."""
@@ -101,12 +102,12 @@ def conclude(files, meta: dict, start: int, error: BaseException | None, patienc
                         if files.dir.exists(STOP_FILE) else None, patience_s)
         records = _patient("reading the run's metrics", files.read_metrics, patience_s)
     except StoreError as exc:
-        stop, records = None, []
+        stop, records = None, Metrics()
         notes.append(f"the run's files could not be read ({exc})")
     if stop and not cause:
         cause = f"stopped: {stop['reason']}"
     done = max((r["step"] for r in records), default=start) if records else int(meta.get("steps_done") or start)
-    evals = [r for r in records if r.get("kind") == "eval"]
+    evals = records.evals()
     status = "failed" if cause else "finished"
     refused = _mark(files, meta, {"status": status, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                                   "steps_done": done, "error": cause}, patience_s)

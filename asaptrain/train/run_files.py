@@ -21,8 +21,56 @@ from asaptrain.errors import UserError
 RUNS_PREFIX = "runs"
 
 
-class MetricsError(UserError):
-    """A ``metrics.jsonl`` damaged before its last line (a torn last line is only a crash's trace)."""
+EVAL_KIND = "eval"
+"""``kind`` of a validation record in ``metrics.jsonl`` (training records are ``train``)."""
+
+
+def is_eval(record: dict) -> bool:
+    """A validation record (PSNR, SSIM, FID at a step), as opposed to a training log record."""
+    return record.get("kind") == EVAL_KIND
+
+
+class Metrics(list):
+    """The records of a ``metrics.jsonl``, oldest first, with what could not be read.
+
+    A line that is not JSON, or not a JSON object with an integer ``step``, is counted in
+    ``unreadable`` and skipped, never an error: a crash mid-append leaves a torn last line, and a
+    report or a resume must still read the rest.
+    """
+
+    def __init__(self, records=(), unreadable: int = 0, present: bool = True):
+        super().__init__(records)
+        self.unreadable = unreadable
+        """Lines skipped as unreadable."""
+        self.present = present
+        """False when the run has no ``metrics.jsonl``."""
+
+    def evals(self) -> list[dict]:
+        """The validation records."""
+        return [r for r in self if is_eval(r)]
+
+    def train(self) -> list[dict]:
+        """Everything else: the training log records."""
+        return [r for r in self if not is_eval(r)]
+
+
+def parse_metrics(text: str | None) -> Metrics:
+    """``metrics.jsonl``'s text (None: no file) as :class:`Metrics`."""
+    if text is None:
+        return Metrics(present=False)
+    records, bad = [], 0
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and not isinstance(record["step"], bool):
+            records.append(record)
+        else:
+            bad += 1
+    return Metrics(records, bad)
 
 
 def json_safe(value: Any) -> Any:
@@ -110,31 +158,22 @@ class RunFiles:
             self.dir.append_text("metrics.jsonl", "\n".join(self._pending) + "\n")
         self._pending = []
 
-    def read_metrics(self) -> list[dict]:
-        """The records, without a torn last line: a crash mid-append leaves one, and the
-        resumed run writes its records again. Damage anywhere else is an error naming the line."""
-        if not self.dir.exists("metrics.jsonl"):
-            return []
-        lines = [(n, line) for n, line in enumerate(self.dir.read_text("metrics.jsonl").splitlines(), 1) if line.strip()]
-        records = []
-        for i, (n, line) in enumerate(lines):
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                if i == len(lines) - 1:
-                    break
-                raise MetricsError(
-                    f"{self.dir.uri_for('metrics.jsonl')} line {n} is not JSON ({exc.msg}); fix or delete that line "
-                    "(later lines are intact)") from None
-        return records
+    def read_metrics(self) -> Metrics:
+        """The records that read (:class:`Metrics`: unreadable lines are counted, not raised)."""
+        return parse_metrics(self.dir.read_text("metrics.jsonl") if self.dir.exists("metrics.jsonl") else None)
 
     def truncate_after(self, step: int) -> None:
-        """Drop records past ``step`` (the checkpoint a resumed run continues from)."""
+        """Drop records past ``step`` (the checkpoint a resumed run continues from), and lines
+        that do not read (a crash's torn last line)."""
         self._pending = []
         self._to_sinks("restart", step)
         if not self.dir.exists("metrics.jsonl"):
             return
-        keep = [json.dumps(r, sort_keys=True) for r in self.read_metrics() if r.get("step", 0) <= step]
+        records = self.read_metrics()
+        if records.unreadable:
+            print(f"[asaptrain] {self.dir.uri_for('metrics.jsonl')}: dropping {records.unreadable} unreadable "
+                  "line(s) as the run resumes", flush=True)
+        keep = [json.dumps(r, sort_keys=True) for r in records if r["step"] <= step]
         self.dir.write_text("metrics.jsonl", "".join(line + "\n" for line in keep))
         self._lines = keep
 

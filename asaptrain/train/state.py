@@ -1,6 +1,7 @@
 """One state dict for the whole run: G, D, EMA, both optimizers and schedulers, step,
-curriculum and RNG. One function saves it, one restores it; files load with
-``torch.load(weights_only=True)``.
+curriculum and RNG, and the run's resolved config as a plain dict (``CONFIG_KEY``: the form
+``config.toml`` holds, so a checkpoint alone rebuilds its generator). One function saves it,
+one restores it; files load with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import torch
 from asaptrain.train.dist import unwrap
 
 STATE_FILE = "state.pt"
+CONFIG_KEY = "config"
+"""The checkpoint entry holding ``config.io.to_dict(cfg)`` (plain dicts, strings and numbers only)."""
 
 
 @dataclass
@@ -31,9 +34,12 @@ class RunState:
     ema: torch.nn.Module | None = None
     step: int = 0
     """Generator updates done."""
+    config: dict | None = None
+    """The run's config as ``to_dict`` gives it, saved with the weights (never restored from them)."""
 
     def state_dict(self) -> dict:
         return {
+            CONFIG_KEY: self.config,
             "generator": unwrap(self.generator).state_dict(),
             "discriminator": unwrap(self.discriminator).state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
@@ -86,6 +92,12 @@ def update_ema(ema: torch.nn.Module, generator: torch.nn.Module, decay: float) -
     torch._foreach_lerp_(ema_params, [p.detach() for p in src.parameters()], 1 - decay)
     for b_ema, b in zip(ema.buffers(), src.buffers()):
         b_ema.copy_(b)
+
+
+def generator_checkpoint(config: dict, generator: dict, step: int = 0, ema: dict | None = None) -> dict:
+    """A checkpoint holding a generator only (no D, optimizers or RNG): what ``infer``, ``predict``,
+    ``export`` and evaluation read from a run directory; ``config`` is ``to_dict(cfg)``."""
+    return {CONFIG_KEY: config, "generator": generator, "ema": ema, "step": step}
 
 
 def to_bytes(state: dict) -> bytes:
