@@ -47,10 +47,10 @@ import torch.nn.functional as F
 from asaptrain.config.io import from_dict, to_dict
 from asaptrain.config.schema import Config, validate
 from asaptrain.errors import UserError
-from asaptrain.infer import _multiple, load_weights
+from asaptrain.infer import load_weights
 from asaptrain.models.asapnet import ASAPNetGenerator, TentDownsample
 from asaptrain.models.pixel_mlp import PixelMLP, layer_matrices, pad_input
-from asaptrain.train.nets import build_generator, generator_in_channels
+from asaptrain.train.nets import build_generator, generator_in_channels, min_input_size, size_multiple
 
 FORMATS = ("onnx", "torchscript", "safetensors")
 OPSET = 17
@@ -82,11 +82,10 @@ def size_rules(cfg: Config) -> tuple[int, int]:
     ASAP-Net / hybrid: multiples of the tile size S (one MLP per S x S tile), at least 2 S: the
     low-res stream runs on a grid of (H / S, W / S) cells, whose reflect padding needs 2 cells
     a side and whose instance norm needs more than one cell. pix2pixHD / DeblurGAN: multiples
-    of 2^(downsamplings + local enhancers), at least twice that, since the ResNet blocks
-    reflect-pad the bottleneck.
+    of their total stride (``nets.size_multiple``), at least twice that, since the ResNet blocks
+    reflect-pad the bottleneck (``nets.min_input_size``).
     """
-    multiple = _multiple(cfg)
-    return multiple, 2 * multiple
+    return size_multiple(cfg), min_input_size(cfg)
 
 
 def conventions(cfg: Config) -> dict:

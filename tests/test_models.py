@@ -508,3 +508,39 @@ def test_min_input_size_is_the_smallest_size_each_generator_runs_at(name):
         assert G(torch.zeros(1, generator_in_channels(cfg), s, s)).shape[-2:] == (s, s)
         with pytest.raises((RuntimeError, ValueError)):
             G(torch.zeros(1, generator_in_channels(cfg), s - m, s - m))
+
+
+@pytest.mark.parametrize("name, changes, multiple", [
+    ("deblurgan-smoke", {"model.local_enhancers": 1}, 4),  # a pix2pixHD field: DeblurGAN's stride ignores it
+    ("pix2pixhd-smoke", {"model.local_enhancers": 1}, 32),  # 4 strides, and the enhancer halves once more
+    ("hybrid-smoke", {"model.tile_size": 8, "model.lowres_downsample": 8}, 8),
+])
+def test_every_command_pads_to_the_one_size_multiple(name, changes, multiple):
+    """infer, export and the benchmarks use ``nets.size_multiple``: the generator's true stride."""
+    from asaptrain.config.io import replace
+    from asaptrain.export import size_rules
+    from asaptrain.perf.compare import at_size
+    from asaptrain.perf.models import bench_config
+    from asaptrain.train.nets import min_input_size, size_multiple
+
+    cfg = replace(get_preset(name), changes)
+    assert size_multiple(cfg) == multiple and size_rules(cfg) == (multiple, min_input_size(cfg))
+    at_size(cfg, name, 3 * multiple, 5 * multiple)  # no error: the size fits
+    G = build_generator(cfg).eval()
+    with torch.no_grad():
+        s = min_input_size(cfg) + multiple
+        assert G(torch.zeros(1, generator_in_channels(cfg), s, s)).shape[-2:] == (s, s)
+    assert bench_config("deblurgan", 36, 36) is not None  # DeblurGAN's multiple is 4, whatever local_enhancers
+
+
+def test_the_size_multiple_is_computed_in_one_place():
+    """A second formula for the generator's stride from the config (``2 ** (m.downsamplings ...)``) fails here."""
+    import re
+    from pathlib import Path
+
+    import asaptrain
+
+    root = Path(asaptrain.__file__).parent
+    hits = [str(p.relative_to(root)) for p in root.rglob("*.py")
+            if re.search(r"2\s*\*\*\s*\(?\s*(cfg\.model|\bm)\.downsamplings", p.read_text())]
+    assert hits == ["train/nets.py"], hits
