@@ -26,6 +26,7 @@ from asaptrain.models.blocks import (
     NORMS, MultiscaleDiscriminator, NormKind, PaddingKind, PatchGANConfig, conv_block, init_weights,
 )
 from asaptrain.models.pixel_mlp import LAYOUTS, MlpLayout, PixelMLP, tile_coordinates  # noqa: F401 - re-exported
+from asaptrain.models.traceable import tent_conv
 
 AsapInit = Literal["xavier", "normal", "hyper"]
 
@@ -114,8 +115,12 @@ class TentDownsample(nn.Module):
     def __init__(self, factor: int):
         super().__init__()
         self.factor = factor
+        self.traceable = False
+        """Run as a strided depthwise conv (``traceable.tent_conv``, the same filter) for ONNX export."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.traceable:
+            return tent_conv(x, self.factor)
         size = (x.shape[-2] // self.factor, x.shape[-1] // self.factor)
         return F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
 
@@ -210,6 +215,15 @@ class ASAPNetGenerator(nn.Module):
         b, c, h, w = x.shape
         patches = F.unfold(F.pad(x, (k // 2,) * 4, mode="reflect"), k)  # (B, C*k*k, H*W)
         return patches.view(b, c * k * k, h, w)
+
+    def set_traceable(self, on: bool = True) -> ASAPNetGenerator:
+        """Run (``on``) in ops whose sizes a trace keeps symbolic, for ONNX / TorchScript export:
+        the pixelwise MLPs on aligned tiles and the antialiased shrink as a conv (``traceable.py``).
+        The same function up to float rounding, slower than the training and inference paths."""
+        for module in self.modules():
+            if isinstance(module, (PixelMLP, TentDownsample)):
+                module.traceable = on
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         S = self.cfg.tile_size
