@@ -5,10 +5,11 @@ unconditional PatchGAN critic.
     D = deblurgan_discriminator()
 
 Generator: reflect 7x7 conv to 64, two stride-2 convs (128, 256), ``residual_blocks`` ResNet
-blocks of two convs each (the paper's block; see ``blocks.ResnetBlock`` for the reference
-code's one-conv slip), optional dropout between the two convs, two transposed convs, reflect
-7x7 conv, tanh; with ``residual``: clamp(input + output, -1, 1). Instance norm without affine;
-init N(0, 0.02).
+blocks of two convs each (the paper's block and the published weights' (11.38 M parameters);
+the one-conv block is in the reference code only since a 2019 change made after the weights
+were released, see ``blocks.ResnetBlock``), optional dropout between the two convs, two
+transposed convs, reflect 7x7 conv, tanh; with ``residual``: clamp(input + output, -1, 1).
+Instance norm without affine; init N(0, 0.02).
 """
 
 from __future__ import annotations
