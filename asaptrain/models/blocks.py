@@ -20,11 +20,9 @@ import torch.nn.functional as F
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm
 
-NormKind = Literal["none", "instance", "group", "spectral", "spectral_instance"]
-PaddingKind = Literal["zero", "reflect", "replicate"]
-InitKind = Literal["normal", "xavier", "kaiming"]
+from asaptrain.models.options import NORMS, NormKind, PaddingKind  # noqa: F401 - re-exported
 
-NORMS: tuple[str, ...] = ("none", "instance", "group", "spectral", "spectral_instance")
+InitKind = Literal["normal", "xavier", "kaiming"]
 _TORCH_PADDING = {"zero": "zeros", "reflect": "reflect", "replicate": "replicate"}
 
 

@@ -14,41 +14,14 @@ Instance norm without affine; init N(0, 0.02).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn as nn
 
 from asaptrain.models.blocks import (
     MultiscaleDiscriminator, NormKind, init_weights, resnet_trunk, rgb_head,
 )
+from asaptrain.models.options import DeblurGANConfig
 from asaptrain.models.pix2pixhd import pix2pixhd_discriminator
-
-
-@dataclass
-class DeblurGANConfig:
-    """DeblurGAN generator hyperparameters (defaults: the GoPro model)."""
-
-    channels: int = 3
-    """Image channels in and out."""
-    ngf: int = 64
-    """Width of the first conv, in channels (doubles per downsampling)."""
-    downsamplings: int = 2
-    """Stride-2 convs in the encoder."""
-    residual_blocks: int = 9
-    """ResNet blocks (two 3x3 convs each) at the bottleneck."""
-    dropout: float = 0.5
-    """Dropout probability between the two convs of each block; 0 disables."""
-    norm: NormKind = "instance"
-    """Normalization (instance norm without affine)."""
-    residual: bool = True
-    """Output clamp(input + G(input), -1, 1) (DeblurGAN's learn_residual)."""
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if min(self.ngf, self.downsamplings, self.residual_blocks) < 1:
-            raise ValueError(f"ngf, downsamplings and residual_blocks must be >= 1: {self}")
 
 
 class DeblurGANGenerator(nn.Module):

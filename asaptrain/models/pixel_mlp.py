@@ -41,15 +41,12 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from typing import Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-MlpLayout = Literal["auto", "rows", "planes"]
-LAYOUTS: tuple[str, ...] = ("auto", "rows", "planes")
-"""The unfused paths: auto picks by device (``mlp_layout``)."""
+from asaptrain.models.options import LAYOUTS, MlpLayout  # noqa: F401 - re-exported
 
 MAX_FUSED_WIDTH = 128
 """Widest (padded) hidden layer the fused kernel takes; wider MLPs would spill registers."""
