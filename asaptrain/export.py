@@ -9,18 +9,11 @@ with batch, height and width dynamic. Heights and widths must be multiples of ``
 at least ``min`` pixels (``size_rules``; both are in the JSON): pad the input (reflect) and crop
 the output, as ``asaptrain infer`` does. The graph itself does not check sizes.
 
-Two swaps make the ASAP-Net family exportable; neither changes the numbers beyond float
-rounding (the ONNX check below measures it):
-
-* the pixelwise MLPs run as batched matmuls on aligned tiles gathered by unfold and reshape
-  (``_traceable_tiles``): the fused Triton kernel is a CUDA-only custom op that no exporter
-  can see through, and the training path's strided gather and fold freeze traced sizes. With
-  ``tile_blend`` (a blend band) the overlapping extended tiles are split into pieces that
-  aligned tiles hold, and overlap-added by padding and summing (``_traceable_blend``);
-* the fixed antialiased shrink before the low-res stream (``TentDownsample``, used when
-  ``tile_size > lowres_downsample``) becomes the same tent filter as a strided depthwise conv
-  with border renormalization: ONNX has no antialiased bilinear resize in the TorchScript
-  exporter, and ONNX Resize's antialias mode is not PyTorch's filter.
+The ASAP-Net family is exported on its traceable path (``ASAPNetGenerator.set_traceable``,
+``models/traceable.py``): the pixelwise MLPs on aligned tiles gathered by unfold and reshape,
+and the antialiased shrink as a conv, since the fused Triton kernel, the training path's strided
+gather and fold, and the antialiased resize cannot be traced with dynamic sizes. The numbers
+change by float rounding only (the check below measures it).
 
 ONNX goes through torch's TorchScript-based exporter (``dynamo=False``): it exists on every
 torch this package supports (2.4-2.14) and needs nothing beyond torch; the dynamo exporter
@@ -36,7 +29,6 @@ import inspect
 import json
 import os
 import time
-import types
 import warnings
 from dataclasses import dataclass
 
@@ -47,10 +39,9 @@ import torch.nn.functional as F
 from asaptrain.config.io import from_dict, to_dict
 from asaptrain.config.schema import Config, validate
 from asaptrain.errors import UserError
-from asaptrain.infer import _multiple, load_weights
-from asaptrain.models.asapnet import ASAPNetGenerator, TentDownsample
-from asaptrain.models.pixel_mlp import PixelMLP, layer_matrices, pad_input
-from asaptrain.train.nets import build_generator, generator_in_channels
+from asaptrain.infer import load_weights
+from asaptrain.models.asapnet import ASAPNetGenerator
+from asaptrain.train.nets import build_generator, generator_in_channels, min_input_size, size_multiple
 
 FORMATS = ("onnx", "torchscript", "safetensors")
 OPSET = 17
@@ -82,11 +73,10 @@ def size_rules(cfg: Config) -> tuple[int, int]:
     ASAP-Net / hybrid: multiples of the tile size S (one MLP per S x S tile), at least 2 S: the
     low-res stream runs on a grid of (H / S, W / S) cells, whose reflect padding needs 2 cells
     a side and whose instance norm needs more than one cell. pix2pixHD / DeblurGAN: multiples
-    of 2^(downsamplings + local enhancers), at least twice that, since the ResNet blocks
-    reflect-pad the bottleneck.
+    of their total stride (``nets.size_multiple``), at least twice that, since the ResNet blocks
+    reflect-pad the bottleneck (``nets.min_input_size``).
     """
-    multiple = _multiple(cfg)
-    return multiple, 2 * multiple
+    return size_multiple(cfg), min_input_size(cfg)
 
 
 def conventions(cfg: Config) -> dict:
@@ -116,130 +106,11 @@ def conventions(cfg: Config) -> dict:
 # ----------------------------------------------------------------------------- export-ready module
 
 
-class TentConv(nn.Module):
-    """``TentDownsample(factor)`` as a strided depthwise conv (exportable, same numbers).
-
-    For an even factor f, PyTorch's antialiased bilinear shrink takes 2f taps per output with
-    weights (1, 3, ..., 2f-1, 2f-1, ..., 3, 1) / f^2 centred on the output's footprint, and
-    renormalizes the taps that fall inside the image at the border: a zero-padded conv divided
-    by the same conv of an all-ones image.
-    """
-
-    def __init__(self, factor: int, channels: int):
-        super().__init__()
-        if factor % 2:
-            raise ValueError(f"TentConv needs an even factor, got {factor}")
-        taps = torch.cat([torch.arange(1, 2 * factor, 2), torch.arange(2 * factor - 1, 0, -2)]).double()
-        kernel = (taps[:, None] * taps[None, :] / taps.sum() ** 2).float()
-        self.factor = factor
-        # Not in the state dict: an exported module's weights stay those of build_generator.
-        self.register_buffer("weight", kernel.expand(channels, 1, -1, -1).contiguous(), persistent=False)
-        self.register_buffer("ones_weight", kernel[None, None], persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f = self.factor
-        num = F.conv2d(x, self.weight, stride=f, padding=f // 2, groups=self.weight.shape[0])
-        den = F.conv2d(torch.ones_like(x[:, :1]), self.ones_weight, stride=f, padding=f // 2)
-        return num / den
-
-
-def _cell_mlps(self: PixelMLP, h: torch.Tensor, coords: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-    """Each cell's MLP on its rows: h (cells, rows, C k^2 context), coords (rows, K) -> (cells, rows, out).
-
-    The coordinates and the constant-1 bias input are appended, then one bmm per layer
-    (``layer_matrices``), as the training path runs them.
-    """
-    c = coords.to(h.dtype).unsqueeze(0).expand(h.shape[0], -1, -1)
-    h = torch.cat([h, c, torch.ones_like(h[..., :1])], dim=-1)
-    widths = [d + 1 for d in self.dims[:-1]] + [self.dims[-1]]
-    mats = layer_matrices(params.reshape(h.shape[0], self.num_params).to(h.dtype), self.dims, widths)
-    for i, w in enumerate(mats):
-        h = torch.bmm(h, w)
-        h = F.leaky_relu(h, 0.01) if i < len(mats) - 1 else torch.tanh(h)
-    return h
-
-
-def _traceable_tiles(self: PixelMLP, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-    """``PixelMLP.forward`` without blending, in ops whose sizes a trace keeps symbolic.
-
-    The training path's strided gather (``as_strided``) and overlap-add (``F.fold``) freeze or
-    refuse traced sizes; for aligned tiles (no blend band) the same rows come from an unfold
-    and a reshape, and the same bmm chain (``layer_matrices``) runs on them.
-    """
-    B, C, H, W = x.shape
-    S, k = self.tile_size, self.context
-    hc, wc = H // S, W // S
-    xp = pad_input(x, k, 0)
-    ck = C * k * k
-    xc = F.unfold(xp, k).view(B, ck, H, W) if k > 1 else xp  # channel c * k^2 + dy * k + dx, as gather_tiles
-    h = xc.reshape(B, ck, hc, S, wc, S).permute(0, 2, 4, 3, 5, 1).reshape(B * hc * wc, S * S, ck)
-    h = _cell_mlps(self, h, self.coords.reshape(S * S, -1), params)
-    out = self.dims[-1]
-    return h.view(B, hc, wc, S, S, out).permute(0, 5, 1, 3, 2, 4).reshape(B, out, H, W)
-
-
-def _band_profile(tile_size: int, band: int) -> torch.Tensor:
-    """(T,): an interior cell's blend weight along one axis of its extended tile (``blend_weights``
-    without the image-border cases, which ``_traceable_blend`` gets by renormalizing)."""
-    S, b = tile_size, band
-    d = torch.arange(S + 2 * b, dtype=torch.float32) - b + 0.5
-    return ((d + b) / (2 * b)).clamp(0, 1) * ((S + b - d) / (2 * b)).clamp(0, 1)
-
-
-def _traceable_blend(self: PixelMLP, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-    """``PixelMLP.forward`` with a blend band, in ops whose sizes a trace keeps symbolic.
-
-    Along one axis, padded row p (the image padded by the band b) is reached by its own cell
-    c = p // S at offset p % S of c's extended tile, and, when p % S < 2b, by cell c - 1 at
-    offset S + p % S. So every cell's extended tile splits into two pieces read from aligned
-    S-row tiles of the padded input: rows [0, S) of tile c ("own") and rows [0, 2b) of tile
-    c + 1 ("next"). In 2-D the four pieces (own / next per axis) are T^2 rows per cell, run
-    through the one bmm chain, weighted, and put back by zero-padding to whole tiles (the next
-    pieces one tile on) and summing: an overlap-add made of reshapes and pads. At the image
-    border only one cell reaches a pixel; dividing by the summed weights gives it weight 1 there,
-    as ``blend_weights`` does, and changes nothing inside (the weights sum to 1).
-    """
-    B, C, H, W = x.shape
-    S, k, b = self.tile_size, self.context, self.band
-    hc, wc = H // S, W // S
-    ck, K = C * k * k, self.coords.shape[-1]
-    xp = pad_input(x, k, b)
-    xc = F.unfold(xp, k).view(B, ck, H + 2 * b, W + 2 * b) if k > 1 else xp
-    tiles = F.pad(xc, (0, S - 2 * b, 0, S - 2 * b)).reshape(B, ck, hc + 1, S, wc + 1, S)
-    prof = _band_profile(S, b).to(x.device)
-    # per axis: (tiles, rows inside them, offsets in the extended tile, zero tiles before / after)
-    spans = [(slice(None, -1), slice(0, S), slice(0, S), (0, 1)),
-             (slice(1, None), slice(0, 2 * b), slice(S, S + 2 * b), (1, 0))]
-    pieces = [(sy, sx) for sy in spans for sx in spans]
-    rows, coords, weights = [], [], []
-    for (ty, ry, oy, _), (tx, rx, ox, _) in pieces:
-        p = tiles[:, :, ty, ry, tx, rx]  # (B, ck, hc, ny, wc, nx)
-        rows.append(p.permute(0, 2, 4, 3, 5, 1).reshape(B * hc * wc, -1, ck))
-        coords.append(self.coords[oy, ox].reshape(-1, K))
-        weights.append((prof[oy, None] * prof[None, ox]).reshape(-1, 1))
-    h = _cell_mlps(self, torch.cat(rows, dim=1), torch.cat(coords), params)
-    wt = torch.cat(weights).to(h.dtype).unsqueeze(0).expand(h.shape[0], -1, -1)
-    h = torch.cat([h * wt, wt], dim=-1)  # the weight rides along as one more channel
-    out, total, start = self.dims[-1], 0, 0
-    for (_, ry, _, (ay0, ay1)), (_, rx, _, (ax0, ax1)) in pieces:
-        ny, nx = ry.stop - ry.start, rx.stop - rx.start
-        part = h[:, start:start + ny * nx].reshape(B, hc, wc, ny, nx, out + 1).permute(0, 5, 1, 3, 2, 4)
-        start += ny * nx
-        part = F.pad(part, (0, S - nx, ax0, ax1, 0, S - ny, ay0, ay1))  # (B, out+1, hc+1, S, wc+1, S)
-        total = total + part.reshape(B, out + 1, (hc + 1) * S, (wc + 1) * S)
-    total = total[:, :, b:b + H, b:b + W]
-    return total[:, :out] / total[:, out:]
-
-
 def exportable(G: nn.Module) -> nn.Module:
-    """``G`` (in place) on the paths exporters can trace: matmul MLPs, the tent as a conv."""
+    """``G`` (in place) in eval mode, on the paths exporters can trace (``set_traceable``)."""
     G.eval()
-    for module in G.modules():
-        if isinstance(module, PixelMLP):
-            module.fused = False
-            module.forward = types.MethodType(_traceable_blend if module.band else _traceable_tiles, module)
-    if isinstance(G, ASAPNetGenerator) and isinstance(G.lowres.shrink, TentDownsample):
-        G.lowres.shrink = TentConv(G.lowres.shrink.factor, G.cfg.in_channels)
+    if isinstance(G, ASAPNetGenerator):
+        G.set_traceable()
     return G
 
 

@@ -22,7 +22,7 @@ from asaptrain.config.schema import Config
 from asaptrain.data.decode import input_array
 from asaptrain.data.sources import encode_png
 from asaptrain.errors import UserError
-from asaptrain.train.nets import build_generator
+from asaptrain.train.nets import build_generator, size_multiple
 from asaptrain.train.run_reader import GeneratorWeights, RunReader
 
 
@@ -55,13 +55,6 @@ def use_bf16(cfg: Config, device) -> bool:
     """bf16 autocast where the run trained in bf16 and the device runs it natively (CUDA)."""
     device = torch.device(device)
     return cfg.train.precision == "bf16" and device.type == "cuda" and torch.cuda.is_bf16_supported()
-
-
-def _multiple(cfg: Config) -> int:
-    """Spatial sizes the generator accepts are multiples of this."""
-    if cfg.model.name in ("asapnet", "hybrid"):
-        return cfg.model.tile_size
-    return 2 ** (cfg.model.downsamplings + cfg.model.local_enhancers)
 
 
 def model_input(array: np.ndarray, cfg: Config, edges: np.ndarray | None = None) -> torch.Tensor:
@@ -150,7 +143,7 @@ def generate(G: torch.nn.Module, cfg: Config, arrays: list[np.ndarray], edges: l
     device = next(G.parameters()).device
     xs = [model_input(a, cfg, e).to(device) for a, e in zip(arrays, edges or [None] * len(arrays))]
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(cfg, device)):
-        ys = run_tiles(G, xs, _multiple(cfg), tile=tile, overlap=overlap, batch=batch)
+        ys = run_tiles(G, xs, size_multiple(cfg), tile=tile, overlap=overlap, batch=batch)
     return [to_rgb(y) for y in ys]
 
 

@@ -6,7 +6,7 @@ import dataclasses
 
 import torch
 
-from asaptrain.models import HybridConfig, HybridGenerator
+from asaptrain.models import ASAPNetGenerator, HybridConfig
 
 
 def test_compiled_training_step_of_the_blended_hybrid_matches_eager():
@@ -16,8 +16,8 @@ def test_compiled_training_step_of_the_blended_hybrid_matches_eager():
     cfg = HybridConfig(tile_size=8, lowres_downsample=4, lowres_width=8, lowres_max_channels=16, lowres_blocks=0,
                        mlp_width=8, mlp_depth=2, last_layer_scale=1.0)
     assert cfg.tile_blend and cfg.mlp_context == 5
-    eager = HybridGenerator(cfg)
-    compiled_net = HybridGenerator(dataclasses.replace(cfg))
+    eager = ASAPNetGenerator(cfg)
+    compiled_net = ASAPNetGenerator(dataclasses.replace(cfg))
     compiled_net.load_state_dict(eager.state_dict())
     compiled = torch.compile(compiled_net, backend="inductor")
     x = torch.rand(2, 3, 16, 24) * 1.6 - 0.8

@@ -214,3 +214,213 @@ def test_non_utf8_config_is_named(tmp_path):
         load_toml(path)
     res = CliRunner().invoke(main, ["config", "show", "--config", str(path)])
     assert res.exit_code == 2 and "latin1.toml is not UTF-8" in res.output
+
+
+# ----------------------------------------------------------------------------- the [model] surface
+
+MODEL_KEYS = {
+    "name", "ngf", "ndf", "num_d", "d_layers", "d_norm", "g_norm", "residual_blocks", "downsamplings",
+    "local_enhancers", "dropout", "residual", "mlp_depth", "mlp_width", "tile_size", "lowres_downsample",
+    "lowres_width", "lowres_max_channels", "lowres_blocks", "lowres_norm", "padding", "mlp_input", "mlp_context",
+    "tile_blend", "blend_band", "mlp_layout", "d_conditional", "asap_init",
+}
+"""The [model] keys users type (--set, TOML, sweep spaces): adding or renaming one is a decision, not a side effect."""
+
+# A run's config.toml as training wrote it before [model] was generated from the models' dataclasses
+# (hybrid-smoke with two changes), every field written out.
+OLD_RUN_CONFIG = """\
+[data]
+task = "deblur"
+dataset = "datasets/synth-photos"
+crop_height = 64
+crop_width = 64
+load_height = 0
+load_width = 0
+flip = true
+num_labels = 35
+instance_edges = false
+shuffle_buffer_rows = 16
+prefetch_batches = 2
+max_bad_images = 10
+blur_noise_std = 0.0
+blur_jpeg_quality = 0
+
+[model]
+name = "hybrid"
+ngf = 64
+ndf = 16
+num_d = 2
+d_layers = 4
+d_norm = "spectral_instance"
+g_norm = "instance"
+residual_blocks = 9
+downsamplings = 2
+local_enhancers = 0
+dropout = 0.0
+residual = true
+mlp_depth = 4
+mlp_width = 16
+tile_size = 16
+lowres_downsample = 16
+lowres_width = 8
+lowres_max_channels = 64
+lowres_blocks = 1
+lowres_norm = "none"
+padding = "reflect"
+mlp_input = "all"
+mlp_context = 5
+tile_blend = true
+blend_band = 4
+mlp_layout = "auto"
+d_conditional = true
+asap_init = "auto"
+
+[loss]
+gan = "wgan-gp"
+gan_weight = 1.0
+gp_weight = 10.0
+feature_matching_weight = 0.0
+perceptual = "none"
+perceptual_weight = 100.0
+l1_weight = 10.0
+vgg_weights = ""
+
+[optim]
+g_lr = 0.0001
+d_lr = 0.0001
+beta1 = 0.5
+beta2 = 0.999
+d_steps = 2
+decay_start = 1.0
+ema_decay = 0.0
+
+[curriculum]
+kind = "linear"
+start = 0.2
+end = 0.8
+warmup_steps = 0
+ramp_steps = 0
+stages = 4
+
+[train]
+steps = 20
+batch_size = 4
+seed = 0
+precision = "fp32"
+channels_last = false
+compile = false
+log_every = 5
+checkpoint_every = 10
+keep_checkpoints = 2
+sample_every = 10
+max_failures = 1
+nonfinite = "stop"
+
+[eval]
+every = 10
+images = 4
+batch_size = 4
+blur_strength = 0.5
+fid = false
+inception_weights = ""
+
+[scaling]
+num_workers = 1
+use_gpu = "auto"
+placement_strategy = "PACK"
+
+[scaling.resources_per_worker]
+
+[storage]
+store = "./asaptrain-store"
+s3_endpoint = ""
+region = ""
+outage_s = 60.0
+"""
+
+
+def test_the_model_keys_users_type_are_frozen():
+    import dataclasses
+
+    from asaptrain.config.schema import ModelConfig
+    from asaptrain.sweep.space import default_space
+
+    assert {f.name for f in dataclasses.fields(ModelConfig)} == MODEL_KEYS
+    for key in MODEL_KEYS - {"name"}:  # every key takes --set as before
+        value = getattr(get_preset("hybrid-smoke").model, key)
+        assert getattr(apply_overrides(get_preset("hybrid-smoke"), [f"model.{key}={_toml(value)}"]).model, key) == value
+    assert {k.split(".", 1)[1] for k in default_space(get_preset("hybrid-smoke")) if k.startswith("model.")} <= MODEL_KEYS
+
+
+def _toml(value) -> str:
+    return str(value).lower() if isinstance(value, bool) else (f'"{value}"' if isinstance(value, str) else str(value))
+
+
+def test_an_old_run_config_loads_unchanged_and_builds_the_same_generator(tmp_path):
+    import tomllib
+
+    from asaptrain.config.io import to_dict
+    from asaptrain.models import HybridConfig
+    from asaptrain.train.nets import generator_config
+
+    path = tmp_path / "config.toml"
+    path.write_text(OLD_RUN_CONFIG)
+    cfg = load_toml(path)
+    assert to_dict(cfg) == tomllib.loads(OLD_RUN_CONFIG), "every value as written, none added or dropped"
+    assert generator_config(cfg) == HybridConfig(
+        mlp_depth=4, mlp_width=16, lowres_width=8, lowres_max_channels=64, lowres_blocks=1)
+    assert load_toml(_write(tmp_path / "again.toml", to_toml(cfg))) == cfg
+
+
+def _write(path, text: str):
+    path.write_text(text)
+    return path
+
+
+def test_hybrid_training_uses_the_hybrids_own_defaults(monkeypatch):
+    """The hybrid preset's generator is HybridConfig() as declared in models/hybrid.py: a changed
+    default there is what training builds, not only what the tests see."""
+    from dataclasses import dataclass
+
+    from asaptrain.config import model
+    from asaptrain.models import HybridConfig
+    from asaptrain.train.nets import generator_config
+
+    assert generator_config(get_preset("hybrid-deblur")) == HybridConfig()
+
+    @dataclass
+    class Edited(HybridConfig):
+        mlp_context: int = 3
+        lowres_blocks: int = 2
+
+    monkeypatch.setitem(model.GENERATORS, "hybrid", Edited)
+    for name in ("hybrid-deblur", "hybrid-smoke"):
+        cfg = get_preset(name)
+        assert (cfg.model.mlp_context, generator_config(cfg).mlp_context) == (3, 3)
+    assert generator_config(get_preset("hybrid-deblur")).lowres_blocks == 2
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"model.tile_size": 12}, "model.tile_size must be a power of two >= 2, got 12"),
+    ({"model.tile_size": 8, "model.lowres_downsample": 16},
+     "model.tile_size=8 must be a multiple of model.lowres_downsample=16"),
+    ({"model.mlp_context": 2}, "model.mlp_context must be an odd number >= 1, got 2"),
+    ({"model.blend_band": 9}, "model.blend_band must be in 0..tile_size / 2 = 8, got 9"),
+    ({"model.mlp_width": 0}, "model.mlp_width must be >= 1, got 0"),
+])
+def test_the_models_own_check_names_the_config_key(changes, words):
+    with pytest.raises(ConfigError) as err:
+        replace(get_preset("hybrid-smoke"), changes)
+    assert words in str(err.value)
+
+
+def test_the_config_tree_loads_without_torch():
+    """Reading and checking a config (the CLI, data commands, job drivers) does not import torch,
+    though [model] is built from the models' dataclasses."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from asaptrain.config.io import load_config; "
+            "load_config('hybrid-smoke', overrides=['model.mlp_context=3']); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "False"

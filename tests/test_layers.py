@@ -17,7 +17,7 @@ PACKAGE = Path(asaptrain.__file__).parent
 # folder -> the parts of the package (besides itself) it may import.
 ALLOWED = {
     "models": set(),
-    "config": {"errors"},
+    "config": {"errors", "models"},  # models' option dataclasses only: see the test below
     "data": {"config", "errors"},
 }
 FORBIDDEN_FOR_TRAIN = {"sweep", "report", "cli"}
@@ -78,3 +78,15 @@ def test_folder_imports_only_the_layers_below_it(folder):
 def test_train_knows_nothing_of_sweep_report_or_cli():
     bad = [f"{where} imports asaptrain.{part}" for where, part in imports_of("train") if part in FORBIDDEN_FOR_TRAIN]
     assert not bad, "imports against the layers:\n" + "\n".join(bad)
+
+
+def test_config_reads_only_the_models_option_dataclasses():
+    """``[model]`` is built from the models' own dataclasses (plain Python), never from a module."""
+    modules = set()
+    for path in sorted((PACKAGE / "config").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("asaptrain.models"):
+                modules.add(node.module)
+            elif isinstance(node, ast.Import):
+                modules |= {a.name for a in node.names if a.name.startswith("asaptrain.models")}
+    assert modules <= {"asaptrain.models.options", "asaptrain.models.hybrid"}, modules

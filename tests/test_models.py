@@ -10,14 +10,14 @@ import pytest
 import torch
 
 from asaptrain.models import (
-    ASAPNetConfig, ASAPNetGenerator, DeblurGANConfig, DeblurGANGenerator, HybridConfig, HybridGenerator,
+    ASAPNetConfig, ASAPNetGenerator, DeblurGANConfig, DeblurGANGenerator, HybridConfig,
     Pix2PixHDConfig, ResnetBlock, asapnet_discriminator, deblurgan_discriminator, pix2pixhd_discriminator,
     pix2pixhd_generator, published_failure, tile_coordinates,
 )
 from asaptrain.models.asapnet import TentDownsample
 from asaptrain.models.pixel_mlp import pixel_path
 from asaptrain.train.nets import (
-    build_discriminator, build_generator, discriminator_in_channels, generator_config, generator_in_channels,
+    build_discriminator, build_generator, generator_config, generator_in_channels,
 )
 from asaptrain.config.presets import SMOKE_PRESETS, get_preset
 
@@ -35,7 +35,7 @@ def tiny_hybrid(**kw) -> HybridConfig:
 
 def tiny_generators():
     yield "asapnet", ASAPNetGenerator(tiny_asap(mlp_input="all_but_last")), 5, 8
-    yield "hybrid", HybridGenerator(tiny_hybrid()), 3, 8
+    yield "hybrid", ASAPNetGenerator(tiny_hybrid()), 3, 8
     yield "pix2pixhd", pix2pixhd_generator(Pix2PixHDConfig(in_channels=5, ngf=4, downsamplings=2, residual_blocks=1)), 5, 4
     yield "pix2pixhd-local", pix2pixhd_generator(Pix2PixHDConfig(
         in_channels=5, ngf=4, downsamplings=2, residual_blocks=1, local_enhancers=1, local_residual_blocks=1)), 5, 8
@@ -100,7 +100,7 @@ def _count(cfg) -> int:
 
 def test_parameter_counts_match_the_papers():
     asap = get_preset("asapnet-cityscapes")
-    assert generator_in_channels(asap) == 36 and discriminator_in_channels(asap) == 39
+    assert generator_in_channels(asap) == 36
     assert _count(asap) == pytest.approx(83.2e6, rel=0.02)
     p2p = get_preset("pix2pixhd-cityscapes")
     assert generator_in_channels(p2p) == 36
@@ -199,7 +199,7 @@ def test_planes_and_rows_layouts_agree_in_value_and_gradient():
     from asaptrain.models.pixel_mlp import PLANES_CHUNK_CELLS, mlp_bmm, pad_input
 
     torch.manual_seed(0)
-    G = HybridGenerator(HybridConfig(lowres_max_channels=16, lowres_width=8, lowres_blocks=1, mlp_width=16,
+    G = ASAPNetGenerator(HybridConfig(lowres_max_channels=16, lowres_width=8, lowres_blocks=1, mlp_width=16,
                                      last_layer_scale=1.0))
     m = G.mlp
     x = random_input(2, 3, 48, 64)
@@ -248,7 +248,7 @@ def test_tent_downsample_is_asapnets_tent_filter_and_keeps_constants():
 
 
 def test_channels_last_and_bf16_match_fp32():
-    G = HybridGenerator(tiny_hybrid(init="hyper", last_layer_scale=1.0)).eval()
+    G = ASAPNetGenerator(tiny_hybrid(init="hyper", last_layer_scale=1.0)).eval()
     x = random_input(2, 3, 32, 48)
     ref = G(x)
     torch.testing.assert_close(G(x.contiguous(memory_format=torch.channels_last)), ref, rtol=1e-4, atol=1e-5)
@@ -259,7 +259,7 @@ def test_channels_last_and_bf16_match_fp32():
 
 def test_hybrid_starts_as_identity_and_every_channel_matters():
     torch.manual_seed(1)
-    G = HybridGenerator(tiny_hybrid())
+    G = ASAPNetGenerator(tiny_hybrid())
     x = random_input(2, 3, 32, 32) * 0.8  # stay off the clamp
     y = G(x)
     assert (y - x).abs().max() < 0.05, "with the residual on, G(x) ~ x at init"
@@ -302,14 +302,14 @@ def test_tile_blend_removes_the_seams_at_tile_edges():
 
 def test_hybrid_default_has_no_fixed_location_spot():
     torch.manual_seed(2)
-    G = HybridGenerator(tiny_hybrid(last_layer_scale=1.0))
+    G = ASAPNetGenerator(tiny_hybrid(last_layer_scale=1.0))
     gray = torch.full((1, 3, 64, 64), 0.1)
     assert _tile_spread(G(gray) - gray, 8) < 1e-5, "a constant image must give identical tiles"
 
 
 def test_exact_default_hybrid_has_no_spot_and_starts_near_identity():
     torch.manual_seed(4)
-    G = HybridGenerator()  # HybridConfig() as shipped: 5.9 M parameters, S = 16
+    G = ASAPNetGenerator(HybridConfig())  # HybridConfig() as shipped: 5.9 M parameters, S = 16
     gray = torch.full((1, 3, 64, 64), 0.1)
     with torch.no_grad():
         delta = G(gray) - gray
@@ -318,7 +318,7 @@ def test_exact_default_hybrid_has_no_spot_and_starts_near_identity():
 
 def test_published_failure_config_marks_the_border_on_a_constant_image():
     torch.manual_seed(2)
-    bad = HybridGenerator(published_failure(tile_size=8, lowres_downsample=4, mlp_depth=3, **TINY_LOWRES))
+    bad = ASAPNetGenerator(published_failure(tile_size=8, lowres_downsample=4, mlp_depth=3, **TINY_LOWRES))
     gray = torch.full((1, 3, 64, 64), 0.1)
     assert _tile_spread(bad(gray), 8) > 1e-3, "zero padding + instance norm make position-dependent tiles"
 
@@ -327,14 +327,14 @@ def test_published_failure_config_drops_the_blue_channel():
     torch.manual_seed(3)
     cfg = published_failure(tile_size=8, lowres_downsample=4, mlp_depth=3, **TINY_LOWRES)
     assert cfg.mlp_input == "all_but_last" and not cfg.residual
-    bad = HybridGenerator(cfg)
+    bad = ASAPNetGenerator(cfg)
     x = random_input(1, 3, 32, 32)
     x2 = x.clone()
     x2[:, 2] = random_input(1, 1, 32, 32)[:, 0]  # new blue channel, same red and green
     assert torch.equal(bad.mlp_input(x), bad.mlp_input(x2)), "the MLPs never see blue"
     params = bad.lowres(x)  # with the per-tile MLPs fixed, blue has no effect on any pixel
     torch.testing.assert_close(bad.mlp(bad.mlp_channels(x2), params), bad.mlp(bad.mlp_channels(x), params))
-    good = HybridGenerator(tiny_hybrid())
+    good = ASAPNetGenerator(tiny_hybrid())
     p = good.lowres(x)
     assert (good.mlp(good.mlp_channels(x2), p) - good.mlp(good.mlp_channels(x), p)).abs().max() > 1e-7
 
@@ -358,7 +358,7 @@ def test_every_smoke_preset_builds_and_runs_through_nets(preset):
     assert y.shape == (2, 3, h, w)
     outs = D(y, x if cfg.model.d_conditional else None)
     assert len(outs) == cfg.model.num_d and outs[0][-1].shape[1] == 1
-    assert D.scales[0].layers[0][0].in_channels == discriminator_in_channels(cfg)
+    assert D.scales[0].layers[0][0].in_channels == 3 + (generator_in_channels(cfg) if cfg.model.d_conditional else 0)
 
 
 def test_asap_init_follows_the_model():
@@ -448,9 +448,9 @@ def test_hybrid_mlp_sees_its_neighbourhood():
     """With mlp_context k, each pixel's MLP input is the k x k patch around it (reflect at borders)."""
     import torch.nn.functional as F
 
-    from asaptrain.models.hybrid import HybridConfig, HybridGenerator
+    from asaptrain.models.hybrid import HybridConfig
 
-    G = HybridGenerator(HybridConfig(tile_size=8, lowres_downsample=4, lowres_max_channels=16, lowres_blocks=1,
+    G = ASAPNetGenerator(HybridConfig(tile_size=8, lowres_downsample=4, lowres_max_channels=16, lowres_blocks=1,
                                      mlp_width=8, mlp_depth=2, mlp_context=3))
     x = torch.rand(1, 3, 16, 16) * 2 - 1
     m = G.mlp_input(x)
@@ -484,7 +484,7 @@ def test_the_pixelwise_path_that_ran_is_recorded(monkeypatch):
     from asaptrain.models import pixel_mlp
     from asaptrain.models.pixel_mlp import PixelMLP, pixel_path
 
-    G = HybridGenerator(tiny_hybrid())
+    G = ASAPNetGenerator(tiny_hybrid())
     assert pixel_path(G) is None  # nothing ran yet
     x = random_input(1, 3, 16, 16)
     with torch.no_grad():
@@ -508,3 +508,39 @@ def test_min_input_size_is_the_smallest_size_each_generator_runs_at(name):
         assert G(torch.zeros(1, generator_in_channels(cfg), s, s)).shape[-2:] == (s, s)
         with pytest.raises((RuntimeError, ValueError)):
             G(torch.zeros(1, generator_in_channels(cfg), s - m, s - m))
+
+
+@pytest.mark.parametrize("name, changes, multiple", [
+    ("deblurgan-smoke", {"model.local_enhancers": 1}, 4),  # a pix2pixHD field: DeblurGAN's stride ignores it
+    ("pix2pixhd-smoke", {"model.local_enhancers": 1}, 32),  # 4 strides, and the enhancer halves once more
+    ("hybrid-smoke", {"model.tile_size": 8, "model.lowres_downsample": 8}, 8),
+])
+def test_every_command_pads_to_the_one_size_multiple(name, changes, multiple):
+    """infer, export and the benchmarks use ``nets.size_multiple``: the generator's true stride."""
+    from asaptrain.config.io import replace
+    from asaptrain.export import size_rules
+    from asaptrain.perf.compare import at_size
+    from asaptrain.perf.models import bench_config
+    from asaptrain.train.nets import min_input_size, size_multiple
+
+    cfg = replace(get_preset(name), changes)
+    assert size_multiple(cfg) == multiple and size_rules(cfg) == (multiple, min_input_size(cfg))
+    at_size(cfg, name, 3 * multiple, 5 * multiple)  # no error: the size fits
+    G = build_generator(cfg).eval()
+    with torch.no_grad():
+        s = min_input_size(cfg) + multiple
+        assert G(torch.zeros(1, generator_in_channels(cfg), s, s)).shape[-2:] == (s, s)
+    assert bench_config("deblurgan", 36, 36) is not None  # DeblurGAN's multiple is 4, whatever local_enhancers
+
+
+def test_the_size_multiple_is_computed_in_one_place():
+    """A second formula for the generator's stride from the config (``2 ** (m.downsamplings ...)``) fails here."""
+    import re
+    from pathlib import Path
+
+    import asaptrain
+
+    root = Path(asaptrain.__file__).parent
+    hits = [str(p.relative_to(root)) for p in root.rglob("*.py")
+            if re.search(r"2\s*\*\*\s*\(?\s*(cfg\.model|\bm)\.downsamplings", p.read_text())]
+    assert hits == ["train/nets.py"], hits

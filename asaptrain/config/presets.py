@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
+from asaptrain.config.model import model_defaults
 from asaptrain.config.schema import (
     Config,
     ConfigError,
@@ -18,7 +19,6 @@ from asaptrain.config.schema import (
     DataConfig,
     EvalConfig,
     LossConfig,
-    ModelConfig,
     OptimConfig,
     TrainConfig,
     validate,
@@ -36,12 +36,9 @@ def _asapnet_cityscapes() -> Config:
             task="labels2photo", dataset="datasets/cityscapes", crop_height=256, crop_width=512,
             load_height=256, load_width=512, instance_edges=True,
         ),
-        model=ModelConfig(
-            name="asapnet", ndf=64, num_d=2, d_layers=4, d_norm="spectral_instance",
-            residual=False, mlp_depth=5, mlp_width=64, tile_size=16, lowres_downsample=16,
-            lowres_max_channels=1024, lowres_blocks=7, lowres_norm="instance", padding="zero",
-            mlp_input="all_but_last", d_conditional=True,
-        ),
+        # ASAPNetConfig's defaults are the Cityscapes model; the instance edges reach the low-res stream only.
+        model=model_defaults("asapnet", ndf=64, num_d=2, d_layers=4, d_norm="spectral_instance", d_conditional=True,
+                             mlp_input="all_but_last"),
         loss=LossConfig(
             gan="hinge", feature_matching_weight=10.0, perceptual="vgg19-multi", perceptual_weight=10.0,
             vgg_input="raw",
@@ -60,10 +57,9 @@ def _pix2pixhd_cityscapes() -> Config:
             task="labels2photo", dataset="datasets/cityscapes", crop_height=512, crop_width=1024,
             load_height=512, load_width=1024, flip=True, instance_edges=True,
         ),
-        model=ModelConfig(
-            name="pix2pixhd", ngf=64, ndf=64, num_d=2, d_layers=3, d_norm="instance", g_norm="instance",
-            residual_blocks=9, downsamplings=4, local_enhancers=0, residual=False, d_conditional=True,
-        ),
+        # Pix2PixHDConfig's defaults are the 512x1024 global generator; no global residual (labels in).
+        model=model_defaults("pix2pixhd", ndf=64, num_d=2, d_layers=3, d_norm="instance", d_conditional=True,
+                             residual=False),
         loss=LossConfig(
             gan="lsgan", feature_matching_weight=10.0, perceptual="vgg19-multi", perceptual_weight=10.0,
             vgg_input="raw",
@@ -80,10 +76,8 @@ def _deblurgan_gopro() -> Config:
     # 150 epochs constant + 150 decay, batch 1, 256 crops, 5 critic steps (WGAN-GP).
     return Config(
         data=DataConfig(task="deblur", dataset="datasets/gopro", crop_height=256, crop_width=256),
-        model=ModelConfig(
-            name="deblurgan", ngf=64, ndf=64, num_d=1, d_layers=3, d_norm="instance", g_norm="instance",
-            residual_blocks=9, downsamplings=2, dropout=0.5, residual=True, d_conditional=False,
-        ),
+        # DeblurGANConfig's defaults are the GoPro model; its critic is unconditional.
+        model=model_defaults("deblurgan", ndf=64, num_d=1, d_layers=3, d_norm="instance", d_conditional=False),
         loss=LossConfig(gan="wgan-gp", gp_weight=10.0, perceptual="vgg19-conv3_3", perceptual_weight=100.0,
                         vgg_input="raw"),
         optim=OptimConfig(g_lr=1e-4, d_lr=1e-4, beta1=0.5, beta2=0.999, d_steps=5, decay_start=0.5),
@@ -111,12 +105,8 @@ def _hybrid_deblur() -> Config:
     MLPs mix neighbouring cells within 4 px of a tile edge (2.25x the nearest-cell MLP, not 4x).
     """
     cfg = _deblurgan_gopro()
-    cfg.model = ModelConfig(
-        name="hybrid", ndf=64, num_d=2, d_layers=4, d_norm="spectral_instance", residual=True,
-        mlp_depth=5, mlp_width=64, tile_size=16, lowres_downsample=16, lowres_width=32,
-        lowres_max_channels=256, lowres_blocks=3, lowres_norm="none", padding="reflect", mlp_input="all",
-        d_conditional=True, mlp_context=5, tile_blend=True, blend_band=4,
-    )
+    # HybridConfig's defaults (models/hybrid.py) are the hybrid's generator; ASAP-Net's discriminator.
+    cfg.model = model_defaults("hybrid", ndf=64, num_d=2, d_layers=4, d_norm="spectral_instance", d_conditional=True)
     cfg.loss.l1_weight = 0.0
     cfg.train.batch_size = 16
     cfg.train.steps = 300 * GOPRO_TRAIN_PAIRS // 16

@@ -3,8 +3,9 @@
 Every field has a one-line docstring (the string literal under it) that gives its unit.
 Validation happens where a config is loaded or changed (``asaptrain.config.io``: ``load_config``,
 ``from_dict``, ``replace`` all call :func:`validate`): a bad value is a :class:`ConfigError`
-naming the field and what it accepts. The checks include what each model's own dataclass
-refuses, said in config fields (``_check_model``), so a config that validates also builds.
+naming the field and what it accepts. The ``[model]`` section is built from the models' own
+dataclasses (``config/model.py``); their checks run here, on the named model's dataclass, and
+come back naming the ``model.`` key (``_check_model``), so a config that validates also builds.
 
     cfg = validate(Config(train=TrainConfig(steps=20)))
 """
@@ -12,25 +13,21 @@ refuses, said in config fields (``_check_model``), so a config that validates al
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
-import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
+from asaptrain.config.model import ModelConfig, field_docs, generator_options, option_message
 from asaptrain.errors import UserError
+from asaptrain.models.options import OptionError
 
-ModelName = Literal["asapnet", "pix2pixhd", "deblurgan", "hybrid"]
 Task = Literal["labels2photo", "deblur"]
-Norm = Literal["none", "instance", "group", "spectral", "spectral_instance"]
-Padding = Literal["zero", "reflect", "replicate"]
 GanLoss = Literal["hinge", "lsgan", "wgan-gp"]
 Perceptual = Literal["none", "vgg19-multi", "vgg19-conv3_3"]
 VggInput = Literal["imagenet", "raw"]
 Schedule = Literal["fixed", "linear", "cosine", "step", "band"]
 Precision = Literal["fp32", "bf16"]
 UseGpu = Literal["auto", "true", "false"]
-MlpInput = Literal["all", "all_but_last"]
 MemoryCheck = Literal["refuse", "warn", "off"]
 NonFinite = Literal["stop", "skip"]
 
@@ -72,66 +69,6 @@ class DataConfig:
     """Gaussian noise added after blur, in [0, 1] image units; 0 disables."""
     blur_jpeg_quality: int = 0
     """JPEG-like re-quantization after blur, quality 1..100; 0 disables."""
-
-
-@dataclass
-class ModelConfig:
-    name: ModelName = "deblurgan"
-    """Which generator / discriminator pair to train."""
-    ngf: int = 64
-    """Generator base width, in channels."""
-    ndf: int = 64
-    """Discriminator base width, in channels."""
-    num_d: int = 1
-    """Discriminator scales (1 = single PatchGAN)."""
-    d_layers: int = 3
-    """Layers per discriminator scale (pix2pixHD/DeblurGAN: stride-2 convs; ASAP-Net/hybrid: SPADE counting, one more)."""
-    d_norm: Norm = "instance"
-    """Discriminator normalization."""
-    g_norm: Norm = "instance"
-    """Generator normalization (pix2pixHD, DeblurGAN; ASAP-Net uses ``lowres_norm``)."""
-    residual_blocks: int = 9
-    """Residual blocks in the generator trunk (pix2pixHD global, DeblurGAN)."""
-    downsamplings: int = 2
-    """Stride-2 convolutions in the generator encoder (pix2pixHD global: 4, DeblurGAN: 2)."""
-    local_enhancers: int = 0
-    """pix2pixHD local enhancers (1 for 1024x2048)."""
-    dropout: float = 0.0
-    """Dropout probability inside residual blocks (DeblurGAN option); 0 disables."""
-    residual: bool = True
-    """Global residual output: clamp(input + G(input)) (DeblurGAN, hybrid)."""
-    mlp_depth: int = 5
-    """ASAP-Net pixelwise MLP linear layers."""
-    mlp_width: int = 64
-    """ASAP-Net pixelwise MLP hidden width, in channels."""
-    tile_size: int = 16
-    """ASAP-Net tile S: pixels per MLP cell edge (the low-res grid is input / S)."""
-    lowres_downsample: int = 16
-    """ASAP-Net learned low-res downsampling factor (stride-2 convs = log2 of this)."""
-    lowres_width: int = 64
-    """ASAP-Net low-res stream's first convs (before the last strided one), in channels."""
-    lowres_max_channels: int = 1024
-    """ASAP-Net low-res stream's widest layer (last strided conv and the blocks), in channels."""
-    lowres_blocks: int = 7
-    """ASAP-Net low-res conv-norm-ReLU blocks at the grid resolution."""
-    lowres_norm: Norm = "instance"
-    """ASAP-Net low-res stream normalization (instance can cause the droplet spot)."""
-    padding: Padding = "zero"
-    """Padding of the ASAP-Net low-res convolutions."""
-    mlp_input: MlpInput = "all"
-    """Which input channels reach the pixelwise MLP ("all_but_last": last one low-res only)."""
-    mlp_context: int = 1
-    """k (odd): each pixelwise MLP sees the k x k input patch around its pixel (1 = ASAP-Net)."""
-    tile_blend: bool = False
-    """Mix neighbouring cells' MLPs near tile edges: no tile seams (see ``blend_band``)."""
-    blend_band: int = 0
-    """Pixels each side of a tile edge where two cells' MLPs mix; 0 = tile_size / 2 (bilinear, 4x the MLP FLOPs; tile_size / 4: 2.25x)."""
-    mlp_layout: Literal["auto", "rows", "planes"] = "auto"
-    """ASAP-Net/hybrid unfused pixelwise path (same function): auto (planes on CPU, rows on CUDA), rows (gathered context rows), planes (first layer a grouped conv)."""
-    d_conditional: bool = True
-    """The discriminator sees the generator's input beside the image (pix2pix-style)."""
-    asap_init: Literal["auto", "xavier", "normal", "hyper"] = "auto"
-    """ASAP-Net/hybrid generator init: auto (asapnet xavier gain 0.02, hybrid hyper), xavier, normal N(0, 0.02), hyper (variance-preserving)."""
 
 
 @dataclass
@@ -280,15 +217,6 @@ class Config:
 SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
 
 
-# ----------------------------------------------------------------------------- field docs
-
-
-def field_docs(section_cls: type) -> dict[str, str]:
-    """The one-line docstrings under each field of a section dataclass."""
-    src = inspect.getsource(section_cls)
-    return dict(re.findall(r"^\s+(\w+): [^\n]+\n\s+\"\"\"(.+?)\"\"\"", src, flags=re.M))
-
-
 # ----------------------------------------------------------------------------- validation
 
 
@@ -343,28 +271,6 @@ def validate(cfg: Config) -> Config:
         _check(getattr(d, name) >= 0, f"data.{name} must be >= 0, got {getattr(d, name)}")
     _check(0 <= d.blur_jpeg_quality <= 100, f"data.blur_jpeg_quality must be in 0..100, got {d.blur_jpeg_quality}")
     _check(d.blur_noise_std >= 0, f"data.blur_noise_std must be >= 0, got {d.blur_noise_std}")
-    want_task = "deblur" if m.name in ("deblurgan", "hybrid") else "labels2photo"
-    _check(d.task == want_task, f"data.task must be {want_task!r} for model.name={m.name!r}, got {d.task!r}")
-    _check(m.mlp_context >= 1 and m.mlp_context % 2 == 1, f"model.mlp_context must be odd and >= 1, got {m.mlp_context}")
-    for name in ("ngf", "ndf", "num_d", "d_layers", "mlp_depth", "mlp_width", "tile_size", "lowres_downsample",
-                 "lowres_width", "lowres_max_channels"):
-        _check(getattr(m, name) > 0, f"model.{name} must be > 0, got {getattr(m, name)}")
-    _check(0 <= m.dropout < 1, f"model.dropout must be in [0, 1), got {m.dropout}")
-    for name in ("tile_size", "lowres_downsample"):
-        v = getattr(m, name)
-        _check(v & (v - 1) == 0 and v >= 2, f"model.{name} must be a power of two >= 2, got {v}")
-    if m.name in ("asapnet", "hybrid"):
-        _check(
-            m.tile_size % m.lowres_downsample == 0,
-            f"model.tile_size={m.tile_size} must be a multiple of model.lowres_downsample={m.lowres_downsample}",
-        )
-        _check(0 <= m.blend_band <= m.tile_size // 2,
-               f"model.blend_band must be in 0..model.tile_size / 2 = {m.tile_size // 2}, got {m.blend_band}")
-        for name, size in (("crop_height", d.crop_height), ("crop_width", d.crop_width)):
-            _check(
-                size % m.tile_size == 0,
-                f"data.{name}={size} must be a multiple of model.tile_size={m.tile_size}",
-            )
     _check_model(cfg)
     for name in ("g_lr", "d_lr"):
         _check(getattr(o, name) > 0, f"optim.{name} must be > 0, got {getattr(o, name)}")
@@ -402,8 +308,11 @@ def validate(cfg: Config) -> Config:
 
 
 def _check_model(cfg: Config) -> None:
-    """What each model's own dataclass refuses, said in config fields (the models know no Config)."""
+    """The model section: its cross-section rules and the discriminator here; the generator's own
+    options by building its dataclass (``generator_config``), whose checks are the only ones."""
     m, d = cfg.model, cfg.data
+    want_task = "deblur" if m.name in ("deblurgan", "hybrid") else "labels2photo"
+    _check(d.task == want_task, f"data.task must be {want_task!r} for model.name={m.name!r}, got {d.task!r}")
     if d.task == "labels2photo":
         _check(not m.residual, f"model.residual=true needs an image input, but {m.name} maps label maps to "
                                f"photos; set model.residual=false")
@@ -411,15 +320,35 @@ def _check_model(cfg: Config) -> None:
         _check(d.instance_edges, "model.mlp_input='all_but_last' keeps the last input channel (the instance "
                                  "edges) out of the MLPs, but data.instance_edges=false, so a label channel "
                                  "would be dropped; set model.mlp_input=all or data.instance_edges=true")
+    for name in ("ndf", "num_d", "d_layers"):
+        _check(getattr(m, name) > 0, f"model.{name} must be > 0, got {getattr(m, name)}")
     if m.name in ("asapnet", "hybrid"):
-        _check(m.lowres_blocks >= 0, f"model.lowres_blocks must be >= 0, got {m.lowres_blocks}")
-        _check(m.lowres_max_channels >= 1, f"model.lowres_max_channels must be >= 1, got {m.lowres_max_channels}")
         _check(m.d_layers >= 2, f"model.d_layers must be >= 2 for {m.name} (SPADE counting: the last conv is "
                                 f"stride 1), got {m.d_layers}")
-    else:
-        for name in ("downsamplings", "residual_blocks"):
-            _check(getattr(m, name) >= 1, f"model.{name} must be >= 1, got {getattr(m, name)}")
-        _check(m.local_enhancers >= 0, f"model.local_enhancers must be >= 0, got {m.local_enhancers}")
+    generator_config(cfg)
+    if m.name in ("asapnet", "hybrid"):
+        for name, size in (("crop_height", d.crop_height), ("crop_width", d.crop_width)):
+            _check(size % m.tile_size == 0, f"data.{name}={size} must be a multiple of model.tile_size={m.tile_size}")
+
+
+IMAGE_CHANNELS = 3
+"""Channels of every image a generator makes (and of its input when it deblurs): RGB."""
+
+
+def generator_in_channels(cfg: Config) -> int:
+    """labels2photo: one-hot labels (+1 instance-edge channel); deblur: RGB."""
+    if cfg.data.task == "labels2photo":
+        return cfg.data.num_labels + (1 if cfg.data.instance_edges else 0)
+    return IMAGE_CHANNELS
+
+
+def generator_config(cfg: Config) -> Any:
+    """The named model's own hyperparameter dataclass (``models/options.py``) for ``cfg``; what it
+    refuses is a ConfigError naming the ``model.`` key."""
+    try:
+        return generator_options(cfg.model, generator_in_channels(cfg), IMAGE_CHANNELS)
+    except OptionError as exc:
+        raise ConfigError(f"{option_message(exc)} ({cfg.model.name})") from None
 
 
 __all__ = [
@@ -438,4 +367,7 @@ __all__ = [
     "validate",
     "reject_url_credentials",
     "field_docs",
+    "generator_config",
+    "generator_in_channels",
+    "IMAGE_CHANNELS",
 ]

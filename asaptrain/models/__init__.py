@@ -1,25 +1,36 @@
 """The four generator / discriminator pairs as plain ``nn.Module``s (no Ray, no I/O).
 
-Each model takes its own small dataclass of hyperparameters; ``asaptrain.train.nets`` maps the
-run's :class:`~asaptrain.config.Config` onto them. Images are NCHW in [-1, 1];
+Each model takes its own small dataclass of hyperparameters (``options.py``, ``hybrid.py``: plain
+Python); ``asaptrain.config`` builds its ``[model]`` table from those dataclasses and
+``asaptrain.train.nets`` builds the modules. Images are NCHW in [-1, 1];
 ``D(image, cond=None)`` returns one list per scale of [features..., patch logits].
+
+    from asaptrain.models import ASAPNetConfig, ASAPNetGenerator
+    G = ASAPNetGenerator(ASAPNetConfig(in_channels=3, residual=True))
+
+Names load their module on first use, so that reading the options (``asaptrain.models.options``)
+does not import torch.
 """
 
-from asaptrain.models.asapnet import ASAPNetConfig, ASAPNetGenerator, asapnet_discriminator
-from asaptrain.models.blocks import (
-    MultiscaleDiscriminator, PatchGANConfig, ResnetBlock, init_weights, set_activation_checkpointing,
-)
-from asaptrain.models.deblurgan import DeblurGANConfig, DeblurGANGenerator, deblurgan_discriminator
-from asaptrain.models.hybrid import HybridConfig, HybridGenerator, published_failure
-from asaptrain.models.pixel_mlp import PixelMLP, tile_coordinates
-from asaptrain.models.pix2pixhd import (
-    GlobalGenerator, LocalEnhancer, Pix2PixHDConfig, pix2pixhd_discriminator, pix2pixhd_generator,
-)
+import importlib
 
-__all__ = [
-    "ASAPNetConfig", "ASAPNetGenerator", "PixelMLP", "asapnet_discriminator", "tile_coordinates",
-    "MultiscaleDiscriminator", "PatchGANConfig", "ResnetBlock", "init_weights", "set_activation_checkpointing",
-    "DeblurGANConfig", "DeblurGANGenerator", "deblurgan_discriminator",
-    "HybridConfig", "HybridGenerator", "published_failure",
-    "GlobalGenerator", "LocalEnhancer", "Pix2PixHDConfig", "pix2pixhd_discriminator", "pix2pixhd_generator",
-]
+_HOME = {
+    "ASAPNetConfig": "options", "DeblurGANConfig": "options", "Pix2PixHDConfig": "options",
+    "HybridConfig": "hybrid", "published_failure": "hybrid",
+    "ASAPNetGenerator": "asapnet", "asapnet_discriminator": "asapnet",
+    "MultiscaleDiscriminator": "blocks", "PatchGANConfig": "blocks", "ResnetBlock": "blocks", "init_weights": "blocks",
+    "set_activation_checkpointing": "blocks",
+    "DeblurGANGenerator": "deblurgan", "deblurgan_discriminator": "deblurgan",
+    "PixelMLP": "pixel_mlp", "tile_coordinates": "pixel_mlp",
+    "GlobalGenerator": "pix2pixhd", "LocalEnhancer": "pix2pixhd", "pix2pixhd_discriminator": "pix2pixhd",
+    "pix2pixhd_generator": "pix2pixhd",
+}
+
+
+def __getattr__(name: str):
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_HOME[name]}"), name)
+
+
+__all__ = list(_HOME)

@@ -15,91 +15,15 @@ contiguous.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from asaptrain.models.blocks import (
-    NORMS, MultiscaleDiscriminator, NormKind, PaddingKind, PatchGANConfig, Recomputable, conv_block, init_weights,
-)
-from asaptrain.models.pixel_mlp import LAYOUTS, MlpLayout, PixelMLP, tile_coordinates  # noqa: F401 - re-exported
-
-AsapInit = Literal["xavier", "normal", "hyper"]
-
-
-@dataclass
-class ASAPNetConfig:
-    """Hyperparameters of the ASAP-Net generator (defaults: the Cityscapes model)."""
-
-    in_channels: int = 36
-    """Input channels: one-hot labels (+ instance edges last), or RGB."""
-    out_channels: int = 3
-    """Output image channels."""
-    tile_size: int = 16
-    """S: pixels per MLP cell edge; the low-res grid is (H / S, W / S)."""
-    lowres_downsample: int = 16
-    """Learned downsampling of the low-res stream (log2 of it stride-2 convs); S / this is a fixed shrink."""
-    lowres_width: int = 64
-    """Width of the low-res stream's first convs, in channels."""
-    lowres_max_channels: int = 1024
-    """Width of its last strided conv and its blocks, in channels."""
-    lowres_blocks: int = 7
-    """conv3x3-norm-ReLU blocks at grid resolution."""
-    lowres_norm: NormKind = "instance"
-    """Low-res normalization (instance = affine instance norm, ASAP-Net's default)."""
-    padding: PaddingKind = "zero"
-    """Padding of the low-res convs."""
-    mlp_depth: int = 5
-    """Linear layers per pixelwise MLP."""
-    mlp_width: int = 64
-    """Hidden width of the pixelwise MLPs, in channels."""
-    mlp_input: Literal["all", "all_but_last"] = "all"
-    """all_but_last: the last input channel (instance edges) reaches the low-res stream only."""
-    residual: bool = False
-    """Output clamp(input + MLP output, -1, 1) (needs in_channels == out_channels)."""
-    mlp_context: int = 1
-    """k (odd): each MLP sees the k x k input patch around its pixel (1 = the pixel only, ASAP-Net)."""
-    tile_blend: bool = False
-    """Mix neighbouring cells' MLPs near tile edges (see ``blend_band``): no seams at tile edges."""
-    blend_band: int = 0
-    """With tile_blend: pixels each side of a tile edge over which two cells' MLPs are mixed;
-    0 = tile_size / 2 (bilinear between cell centres, 4x the MLP work; S / 4: 2.25x)."""
-    mlp_layout: MlpLayout = "auto"
-    """Unfused pixelwise path: auto (by device), rows or planes (see ``pixel_mlp``); one function."""
-    init: AsapInit = "xavier"
-    """xavier gain 0.02 (ASAP-Net), normal N(0, 0.02) (the published hybrid), or hyper (see below)."""
-    last_layer_scale: float = 0.01
-    """hyper init: scale of the predicted last MLP layer (small: output ~ input at init)."""
-
-    def __post_init__(self) -> None:
-        for name in ("tile_size", "lowres_downsample"):
-            v = getattr(self, name)
-            if v < 2 or v & (v - 1):
-                raise ValueError(f"{name} must be a power of two >= 2, got {v}")
-        if self.tile_size % self.lowres_downsample:
-            raise ValueError(f"tile_size={self.tile_size} must be a multiple of "
-                             f"lowres_downsample={self.lowres_downsample}")
-        if self.lowres_norm not in NORMS:
-            raise ValueError(f"lowres_norm must be one of {', '.join(NORMS)}, got {self.lowres_norm!r}")
-        if self.mlp_input not in ("all", "all_but_last"):
-            raise ValueError(f"mlp_input must be all or all_but_last, got {self.mlp_input!r}")
-        if self.init not in ("xavier", "normal", "hyper"):
-            raise ValueError(f"init must be xavier, normal or hyper, got {self.init!r}")
-        if self.residual and self.in_channels != self.out_channels:
-            raise ValueError(f"residual output needs in_channels == out_channels, got {self.in_channels} "
-                             f"and {self.out_channels}")
-        if self.mlp_layout not in LAYOUTS:
-            raise ValueError(f"mlp_layout must be one of {', '.join(LAYOUTS)}, got {self.mlp_layout!r}")
-        if self.mlp_context < 1 or self.mlp_context % 2 == 0:
-            raise ValueError(f"mlp_context must be an odd number >= 1, got {self.mlp_context}")
-        if not 0 <= self.blend_band <= self.tile_size // 2:
-            raise ValueError(f"blend_band must be in 0..tile_size / 2 = {self.tile_size // 2}, got {self.blend_band}")
-        if self.mlp_depth < 1 or self.mlp_width < 1 or self.lowres_blocks < 0:
-            raise ValueError(f"mlp_depth and mlp_width must be >= 1, lowres_blocks >= 0: {self}")
-
+from asaptrain.models.blocks import MultiscaleDiscriminator, NormKind, PatchGANConfig, Recomputable, conv_block, init_weights
+from asaptrain.models.options import ASAPNetConfig, AsapInit  # noqa: F401 - re-exported: the model's own options
+from asaptrain.models.pixel_mlp import PixelMLP, tile_coordinates  # noqa: F401 - re-exported
+from asaptrain.models.traceable import tent_conv
 
 class TentDownsample(nn.Module):
     """Fixed bilinear antialiased shrink by ``factor`` (a tent filter 2 x factor taps wide).
@@ -114,8 +38,12 @@ class TentDownsample(nn.Module):
     def __init__(self, factor: int):
         super().__init__()
         self.factor = factor
+        self.traceable = False
+        """Run as a strided depthwise conv (``traceable.tent_conv``, the same filter) for ONNX export."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.traceable:
+            return tent_conv(x, self.factor)
         size = (x.shape[-2] // self.factor, x.shape[-1] // self.factor)
         return F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
 
@@ -210,6 +138,15 @@ class ASAPNetGenerator(nn.Module):
         b, c, h, w = x.shape
         patches = F.unfold(F.pad(x, (k // 2,) * 4, mode="reflect"), k)  # (B, C*k*k, H*W)
         return patches.view(b, c * k * k, h, w)
+
+    def set_traceable(self, on: bool = True) -> ASAPNetGenerator:
+        """Run (``on``) in ops whose sizes a trace keeps symbolic, for ONNX / TorchScript export:
+        the pixelwise MLPs on aligned tiles and the antialiased shrink as a conv (``traceable.py``).
+        The same function up to float rounding, slower than the training and inference paths."""
+        for module in self.modules():
+            if isinstance(module, (PixelMLP, TentDownsample)):
+                module.traceable = on
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         S = self.cfg.tile_size

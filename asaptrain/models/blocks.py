@@ -21,11 +21,9 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm
 from torch.utils.checkpoint import checkpoint
 
-NormKind = Literal["none", "instance", "group", "spectral", "spectral_instance"]
-PaddingKind = Literal["zero", "reflect", "replicate"]
-InitKind = Literal["normal", "xavier", "kaiming"]
+from asaptrain.models.options import NORMS, NormKind, PaddingKind  # noqa: F401 - re-exported
 
-NORMS: tuple[str, ...] = ("none", "instance", "group", "spectral", "spectral_instance")
+InitKind = Literal["normal", "xavier", "kaiming"]
 _TORCH_PADDING = {"zero": "zeros", "reflect": "reflect", "replicate": "replicate"}
 
 
@@ -144,12 +142,13 @@ def set_activation_checkpointing(net: nn.Module, on: bool) -> int:
 
 
 class ResnetBlock(Recomputable, nn.Module):
-    """x + (pad conv3x3 norm ReLU [dropout] pad conv3x3 norm): the paper's two-conv block.
+    """x + (pad conv3x3 norm ReLU [dropout] pad conv3x3 norm): the two-conv block.
 
-    DeblurGAN's reference code builds this block with one conv: its list expression
-    ``a + [ReLU] + [Dropout] if use_dropout else [] + b`` parses as ``(a + ...) if use_dropout
-    else ([] + b)``, so the second conv is lost when dropout is on (6.07 M parameters instead
-    of the paper's ~11.4 M). We build the block the paper describes.
+    DeblurGAN's paper and its published weights (11.38 M parameters) have two convs per block,
+    as built here. Only the reference repository's code since a 2019 commit, made after the
+    weights were released, has one: its list expression ``a + [ReLU] + [Dropout] if use_dropout
+    else [] + b`` parses as ``(a + ...) if use_dropout else ([] + b)``, so the second conv is
+    lost when dropout is on (6.07 M parameters). See ``notes/checkpoints.md``.
     """
 
     def __init__(self, channels: int, norm: str = "instance", dropout: float = 0.0, padding: str = "reflect"):

@@ -5,15 +5,14 @@ unconditional PatchGAN critic.
     D = deblurgan_discriminator()
 
 Generator: reflect 7x7 conv to 64, two stride-2 convs (128, 256), ``residual_blocks`` ResNet
-blocks of two convs each (the paper's block; see ``blocks.ResnetBlock`` for the reference
-code's one-conv slip), optional dropout between the two convs, two transposed convs, reflect
-7x7 conv, tanh; with ``residual``: clamp(input + output, -1, 1). Instance norm without affine;
-init N(0, 0.02).
+blocks of two convs each (the paper's block and the published weights' (11.38 M parameters);
+the one-conv block is in the reference code only since a 2019 change made after the weights
+were released, see ``blocks.ResnetBlock``), optional dropout between the two convs, two
+transposed convs, reflect 7x7 conv, tanh; with ``residual``: clamp(input + output, -1, 1).
+Instance norm without affine; init N(0, 0.02).
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -21,33 +20,8 @@ import torch.nn as nn
 from asaptrain.models.blocks import (
     MultiscaleDiscriminator, NormKind, init_weights, resnet_trunk, rgb_head,
 )
+from asaptrain.models.options import DeblurGANConfig
 from asaptrain.models.pix2pixhd import pix2pixhd_discriminator
-
-
-@dataclass
-class DeblurGANConfig:
-    """DeblurGAN generator hyperparameters (defaults: the GoPro model)."""
-
-    channels: int = 3
-    """Image channels in and out."""
-    ngf: int = 64
-    """Width of the first conv, in channels (doubles per downsampling)."""
-    downsamplings: int = 2
-    """Stride-2 convs in the encoder."""
-    residual_blocks: int = 9
-    """ResNet blocks (two 3x3 convs each) at the bottleneck."""
-    dropout: float = 0.5
-    """Dropout probability between the two convs of each block; 0 disables."""
-    norm: NormKind = "instance"
-    """Normalization (instance norm without affine)."""
-    residual: bool = True
-    """Output clamp(input + G(input), -1, 1) (DeblurGAN's learn_residual)."""
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if min(self.ngf, self.downsamplings, self.residual_blocks) < 1:
-            raise ValueError(f"ngf, downsamplings and residual_blocks must be >= 1: {self}")
 
 
 class DeblurGANGenerator(nn.Module):

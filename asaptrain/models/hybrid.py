@@ -27,17 +27,17 @@ mlp_context         1: a pixel's own colour      5: the 5 x 5 neighbourhood (9.1
 
 With reflect padding and no activation norm, a constant image gives identical low-res
 features in every cell, hence identical tiles: no place in the frame is special.
-``published_failure()`` rebuilds the failed configuration for tests and ablations.
+``published_failure()`` rebuilds the failed configuration for tests and ablations. The hybrid's
+generator is ASAP-Net's (``ASAPNetGenerator(HybridConfig())``); this module is plain Python, so
+the run config reads these defaults without loading torch.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Literal
 
-from asaptrain.models.asapnet import ASAPNetConfig, ASAPNetGenerator, AsapInit
-from asaptrain.models.blocks import NormKind, PaddingKind
+from asaptrain.models.options import ASAPNetConfig, AsapInit, MlpInput, NormKind, PaddingKind
 
 
 @dataclass
@@ -55,7 +55,7 @@ class HybridConfig(ASAPNetConfig):
     in_channels: int = 3
     out_channels: int = 3
     residual: bool = True
-    mlp_input: Literal["all", "all_but_last"] = "all"
+    mlp_input: MlpInput = "all"
     lowres_norm: NormKind = "none"
     padding: PaddingKind = "reflect"
     init: AsapInit = "hyper"
@@ -73,10 +73,3 @@ def published_failure(**overrides) -> HybridConfig:
                        padding="zero", init="normal", mlp_context=1, tile_blend=False, lowres_width=64,
                        lowres_max_channels=1024, lowres_blocks=7)
     return dataclasses.replace(cfg, **overrides)
-
-
-class HybridGenerator(ASAPNetGenerator):
-    """ASAP-Net's generator on RGB input; ``HybridGenerator()`` is the sound default."""
-
-    def __init__(self, cfg: HybridConfig | None = None):
-        super().__init__(cfg or HybridConfig())

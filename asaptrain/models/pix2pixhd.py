@@ -12,8 +12,6 @@ parameters with 36 inputs. Init N(0, 0.02) for convs, N(1, 0.02) for norm weight
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -21,32 +19,7 @@ import torch.nn.functional as F
 from asaptrain.models.blocks import (
     MultiscaleDiscriminator, NormKind, PatchGANConfig, ResnetBlock, conv_block, init_weights, resnet_trunk, rgb_head,
 )
-
-
-@dataclass
-class Pix2PixHDConfig:
-    """pix2pixHD generator hyperparameters (defaults: the 512x1024 global generator)."""
-
-    in_channels: int = 36
-    """Input channels: one-hot labels + the instance-edge channel."""
-    out_channels: int = 3
-    """Output image channels."""
-    ngf: int = 64
-    """Finest width, in channels: the global net's, or with enhancers the outermost enhancer's."""
-    downsamplings: int = 4
-    """Stride-2 convs of the global generator."""
-    residual_blocks: int = 9
-    """ResNet blocks of the global generator."""
-    local_enhancers: int = 0
-    """Local enhancers, each doubling the resolution (1 for 1024x2048)."""
-    local_residual_blocks: int = 3
-    """ResNet blocks per local enhancer."""
-    norm: NormKind = "instance"
-    """Normalization (instance norm without affine, as pix2pixHD)."""
-
-    def __post_init__(self) -> None:
-        if min(self.ngf, self.downsamplings, self.residual_blocks) < 1 or self.local_enhancers < 0:
-            raise ValueError(f"ngf, downsamplings, residual_blocks must be >= 1, local_enhancers >= 0: {self}")
+from asaptrain.models.options import Pix2PixHDConfig
 
 
 class GlobalGenerator(nn.Module):

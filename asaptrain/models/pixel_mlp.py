@@ -31,6 +31,9 @@ predicted parameters. ``mlp_bmm`` picks the unfused layout for the device:
   checks itself once per device / dtype / shape against ``mlp_bmm`` (outside any autocast)
   and falls back to it, with a warning, if Triton cannot compile it or it disagrees;
   ``pixel_path(model)`` says which path ran.
+* the traceable path (``traceable.py``; ``PixelMLP.traceable``, for ONNX / TorchScript
+  export): aligned tiles by unfold and reshape, the blend by padding and summing, so a trace
+  keeps the sizes symbolic.
 """
 
 from __future__ import annotations
@@ -38,15 +41,12 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from typing import Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-MlpLayout = Literal["auto", "rows", "planes"]
-LAYOUTS: tuple[str, ...] = ("auto", "rows", "planes")
-"""The unfused paths: auto picks by device (``mlp_layout``)."""
+from asaptrain.models.options import LAYOUTS, MlpLayout  # noqa: F401 - re-exported
 
 MAX_FUSED_WIDTH = 128
 """Widest (padded) hidden layer the fused kernel takes; wider MLPs would spill registers."""
@@ -457,8 +457,11 @@ class PixelMLP(nn.Module):
         """Use the fused kernel where it applies (False forces the batched-matmul path)."""
         self.layout = layout
         """The unfused path: "rows", "planes", or "auto" (``mlp_layout``: by device)."""
+        self.traceable = False
+        """Run in ops whose sizes a trace keeps symbolic, for ONNX / TorchScript export (``traceable.py``):
+        the same function, slower; inference only."""
         self.last_path: str | None = None
-        """Which path the last forward took: "fused", or the unfused layout "rows" / "planes" (see ``path``)."""
+        """Which path the last forward took: "fused", "traceable", or the unfused layout "rows" / "planes"."""
         self._health_key: tuple | None = None
 
     def path(self) -> str | None:
@@ -483,6 +486,11 @@ class PixelMLP(nn.Module):
         xp = pad_input(x, self.context, self.band)
         params = params.to(dtype).reshape(B * hc * wc, self.num_params)
         geometry = [S, self.band, self.context]
+        if self.traceable:
+            from asaptrain.models.traceable import mlp_traceable  # imports this module: not at the top
+
+            self.last_path = "traceable"
+            return mlp_traceable(x, params, self.coords, self.dims, S, self.context, self.band)
         if self._use_fused(x, params):
             self.last_path, self._health_key = "fused", _health_key(x.device, params.dtype, self.dims, geometry)
             return pixel_mlp_op(xp, params, self.coords, self.dims, geometry)

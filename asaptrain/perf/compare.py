@@ -31,21 +31,13 @@ from asaptrain.errors import UserError
 from asaptrain.models.pixel_mlp import pixel_path
 from asaptrain.perf.flops import summarize_config
 from asaptrain.perf.models import device_label, make_input, resolve_device
-from asaptrain.train.nets import build_generator
+from asaptrain.train.nets import build_generator, size_multiple
 
 DTYPES = ("fp32", "bf16")
 
 
 class CompareError(UserError):
     """A comparison that cannot be timed as asked (size, dtype, names)."""
-
-
-def size_multiple(cfg: Config) -> int:
-    """The factor height and width must be multiples of for ``cfg``'s generator."""
-    m = cfg.model
-    if m.name in ("asapnet", "hybrid"):
-        return m.tile_size
-    return 2 ** (m.downsamplings + (m.local_enhancers if m.name == "pix2pixhd" else 0))
 
 
 def at_size(cfg: Config, name: str, height: int, width: int) -> Config:
@@ -197,4 +189,4 @@ def _where(row: dict) -> str:
     return f"{row['device']} ({cpu}{row['threads']} threads)"
 
 
-__all__ = ["compare_generators", "ratio_text", "at_size", "size_multiple", "environment", "CompareError"]
+__all__ = ["compare_generators", "ratio_text", "at_size", "environment", "CompareError"]

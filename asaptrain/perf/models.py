@@ -24,7 +24,7 @@ import torch
 
 from asaptrain.config.schema import Config
 from asaptrain.models.pixel_mlp import pixel_path
-from asaptrain.train.nets import build_generator, generator_in_channels
+from asaptrain.train.nets import build_generator, generator_in_channels, size_multiple
 
 LABEL_SIZES = ((256, 512), (512, 1024), (1024, 2048))
 PHOTO_SIZES = ((256, 256), (720, 1280))
@@ -61,9 +61,7 @@ def bench_config(model: str, height: int, width: int) -> Config | None:
         cfg.model = dataclasses.replace(m, tile_size=tile, lowres_downsample=min(16, tile))
     elif model == "pix2pixhd" and height >= 1024:
         cfg.model = dataclasses.replace(m, ngf=32, local_enhancers=1, num_d=3)
-    mult = {"asapnet": cfg.model.tile_size, "hybrid": cfg.model.tile_size,
-            "pix2pixhd": 2 ** (cfg.model.downsamplings + cfg.model.local_enhancers),
-            "deblurgan": 2**cfg.model.downsamplings}[model]
+    mult = size_multiple(cfg)
     return cfg if height % mult == 0 and width % mult == 0 else None
 
 

@@ -3,8 +3,9 @@
     G = build_generator(cfg); D = build_discriminator(cfg)
     x = ...  # (B, generator_in_channels(cfg), H, W)
 
-Each model's own dataclass is filled from ``cfg.model`` / ``cfg.data`` here, so the models
-stay usable with plain keyword arguments in a notebook.
+The generator's options are its model's own dataclass (``models/options.py``), which the
+``[model]`` table is generated from: ``generator_config`` (``config/schema.py``) hands it back,
+checked, with the channels the task decides; nothing here copies a field.
 
 Discriminator depth: ``model.d_layers`` is read the way each reference counts it. pix2pixHD
 and DeblurGAN count stride-2 convs (3); SPADE/ASAP-Net count every feature conv including
@@ -15,21 +16,11 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from asaptrain.config.schema import Config, ConfigError
-from asaptrain.models.asapnet import ASAPNetConfig, ASAPNetGenerator, asapnet_discriminator
+from asaptrain.config.schema import IMAGE_CHANNELS, Config, ConfigError, generator_config, generator_in_channels
+from asaptrain.models.asapnet import ASAPNetGenerator, asapnet_discriminator
+from asaptrain.models.deblurgan import DeblurGANGenerator, deblurgan_discriminator
+from asaptrain.models.pix2pixhd import pix2pixhd_discriminator, pix2pixhd_generator
 from asaptrain.models.blocks import set_activation_checkpointing
-from asaptrain.models.deblurgan import DeblurGANConfig, DeblurGANGenerator, deblurgan_discriminator
-from asaptrain.models.hybrid import HybridConfig
-from asaptrain.models.pix2pixhd import Pix2PixHDConfig, pix2pixhd_discriminator, pix2pixhd_generator
-
-IMAGE_CHANNELS = 3
-
-
-def generator_in_channels(cfg: Config) -> int:
-    """labels2photo: one-hot labels (+1 instance-edge channel); deblur: RGB."""
-    if cfg.data.task == "labels2photo":
-        return cfg.data.num_labels + (1 if cfg.data.instance_edges else 0)
-    return IMAGE_CHANNELS
 
 
 def size_multiple(cfg: Config) -> int:
@@ -47,57 +38,11 @@ def min_input_size(cfg: Config) -> int:
     return 2 * size_multiple(cfg)
 
 
-def discriminator_in_channels(cfg: Config) -> int:
-    """The image, plus the generator's input when the discriminator is conditional."""
-    return IMAGE_CHANNELS + (generator_in_channels(cfg) if cfg.model.d_conditional else 0)
-
-
-def _asap_init(cfg: Config) -> str:
-    if cfg.model.asap_init != "auto":
-        return cfg.model.asap_init
-    return "hyper" if cfg.model.name == "hybrid" else "xavier"
-
-
-def generator_config(cfg: Config):
-    """The model's own hyperparameter dataclass for ``cfg``.
-
-    ``config.schema.validate`` already refused, in config fields, what these dataclasses refuse;
-    a ValueError here still comes back as a ConfigError naming the model.
-    """
-    m = cfg.model
-    try:
-        if m.name in ("asapnet", "hybrid"):  # the same generator; the hybrid's class only changes defaults
-            return (HybridConfig if m.name == "hybrid" else ASAPNetConfig)(
-                in_channels=generator_in_channels(cfg), out_channels=IMAGE_CHANNELS, residual=m.residual,
-                tile_size=m.tile_size, lowres_downsample=m.lowres_downsample, lowres_width=m.lowres_width,
-                lowres_max_channels=m.lowres_max_channels, lowres_blocks=m.lowres_blocks,
-                lowres_norm=m.lowres_norm, padding=m.padding, mlp_depth=m.mlp_depth, mlp_width=m.mlp_width,
-                mlp_input=m.mlp_input, init=_asap_init(cfg), mlp_context=m.mlp_context, tile_blend=m.tile_blend,
-                blend_band=m.blend_band, mlp_layout=m.mlp_layout,
-            )
-        if m.name == "pix2pixhd":
-            return Pix2PixHDConfig(
-                in_channels=generator_in_channels(cfg), out_channels=IMAGE_CHANNELS, ngf=m.ngf,
-                downsamplings=m.downsamplings, residual_blocks=m.residual_blocks, local_enhancers=m.local_enhancers,
-                norm=m.g_norm,
-            )
-        return DeblurGANConfig(
-            channels=IMAGE_CHANNELS, ngf=m.ngf, downsamplings=m.downsamplings, residual_blocks=m.residual_blocks,
-            dropout=m.dropout, norm=m.g_norm, residual=m.residual,
-        )
-    except ValueError as exc:
-        raise ConfigError(f"model ({m.name}): {exc}") from None
-
-
 def build_generator(cfg: Config) -> nn.Module:
     """G for ``cfg``: ``G(x) -> (B, 3, H, W)`` in [-1, 1]."""
-    gcfg = generator_config(cfg)
-    if isinstance(gcfg, ASAPNetConfig):  # the hybrid's config too: the same generator
-        G = ASAPNetGenerator(gcfg)
-    elif isinstance(gcfg, Pix2PixHDConfig):
-        G = pix2pixhd_generator(gcfg)
-    else:
-        G = DeblurGANGenerator(gcfg)
+    build = {"asapnet": ASAPNetGenerator, "hybrid": ASAPNetGenerator,  # the hybrid: ASAP-Net's, other defaults
+             "pix2pixhd": pix2pixhd_generator, "deblurgan": DeblurGANGenerator}[cfg.model.name]
+    G = build(generator_config(cfg))
     set_activation_checkpointing(G, cfg.train.activation_checkpointing)
     return G
 
@@ -122,6 +67,6 @@ def feature_matching_layer_weight(cfg: Config) -> float:
 
 
 __all__ = [
-    "build_generator", "build_discriminator", "generator_in_channels", "size_multiple", "min_input_size", "discriminator_in_channels",
+    "build_generator", "build_discriminator", "generator_in_channels", "size_multiple", "min_input_size",
     "generator_config", "feature_matching_layer_weight",
 ]
