@@ -154,11 +154,9 @@ class TrainConfig:
     nonfinite: NonFinite = "stop"
     """On a NaN/inf loss: stop the run naming the step and terms, or skip the step."""
     activation_checkpointing: bool = False
-    """Recompute the generators' residual trunks and ASAP-Net's low-res stream in backward instead
-    of keeping their activations (less memory, about one more forward of those parts)."""
+    """Recompute G's residual trunks / ASAP-Net's low-res stream in backward (less memory, one more forward of them)."""
     memory_check: MemoryCheck = "refuse"
-    """At worker start on a GPU: refuse a run whose estimated step peak exceeds 85 % of the device's
-    memory (naming settings that fit), only warn, or skip the estimate."""
+    """On a GPU, a step estimated above 85 % of its memory: refuse (naming settings that fit), warn, or off."""
 
 
 @dataclass
