@@ -320,7 +320,8 @@ def predict(pc: PredictConfig, progress: Callable[[dict], None] = lambda info: N
         if found.skipped:
             print(f"[asaptrain] {fallback_note(found)}", flush=True)
         ckpt, state = found.rel, found.state
-    if (problem := mismatch(cfg, state)) is not None:  # the actors would fail on it, one by one
+    # The generator is what predict runs (an imported run has no discriminator).
+    if (problem := mismatch(cfg, state, ("generator",))) is not None:  # the actors would fail on it, one by one
         raise PredictError(f"{run_dir.uri_for(ckpt)} does not fit the run's config.toml: {problem}")
     del state  # the actors load their own copies; the driver keeps none while they run
     job = {"run": run_dir.uri_for(), "checkpoint": ckpt, "input": source.uri_for(),

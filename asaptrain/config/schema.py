@@ -212,6 +212,9 @@ class TrainConfig:
     """Worker-group restarts from the latest checkpoint before the run fails."""
     nonfinite: NonFinite = "stop"
     """On a NaN/inf loss: stop the run naming the step and terms, or skip the step."""
+    fix_global_steps: int = 0
+    """Generator updates at the start during which a pix2pixHD local-enhancer run trains its local
+    enhancers only, its global generator held fixed (pix2pixHD's second stage); 0 = none."""
 
 
 @dataclass
@@ -371,6 +374,11 @@ def validate(cfg: Config) -> Config:
     for name in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints", "sample_every"):
         _check(getattr(t, name) > 0, f"train.{name} must be > 0, got {getattr(t, name)}")
     _check(t.max_failures >= 0, f"train.max_failures must be >= 0, got {t.max_failures}")
+    _check(0 <= t.fix_global_steps <= t.steps,
+           f"train.fix_global_steps must be in [0, train.steps={t.steps}], got {t.fix_global_steps}")
+    _check(t.fix_global_steps == 0 or (cfg.model.name == "pix2pixhd" and cfg.model.local_enhancers >= 1),
+           f"train.fix_global_steps={t.fix_global_steps} needs a pix2pixhd model with model.local_enhancers >= 1 "
+           f"(it holds the global generator fixed), got {cfg.model.name} with {cfg.model.local_enhancers}")
     _check(0 <= cfg.storage.outage_s <= 3600, f"storage.outage_s must be in [0, 3600] seconds, got {cfg.storage.outage_s}")
     _check(s.num_workers >= 1, f"scaling.num_workers must be >= 1, got {s.num_workers}")
     _check(

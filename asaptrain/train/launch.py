@@ -164,6 +164,9 @@ def choose_name(
         if not files.exists():
             raise RunError(f"cannot resume {resume!r}: no run at {files.dir.uri_for('run.json')}")
         meta = files.read_run()
+        if meta.get("status") == "imported":
+            raise RunError(f"cannot resume {resume!r}: it is an imported generator, with no discriminator, optimizer "
+                           f"or step to continue from; start a new run from its weights with --init-from {resume}")
         done = int(meta.get("steps_done") or 0)
         if meta.get("status") == "finished" and done >= cfg.train.steps:
             raise RunError(

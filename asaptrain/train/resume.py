@@ -74,12 +74,14 @@ def fallback_note(found: Found) -> str:
             f"{found.rel} (step {found.state.get('step')})")
 
 
-def mismatch(cfg: Config, state: dict) -> str | None:
-    """What differs between ``cfg``'s networks and the weights in ``state`` (None when they fit)."""
+def mismatch(cfg: Config, state: dict, parts: tuple[str, ...] = ("generator", "discriminator")) -> str | None:
+    """What differs between ``cfg``'s networks (those named in ``parts``) and the weights in
+    ``state`` (None when they fit)."""
     from asaptrain.train.nets import build_discriminator, build_generator
 
+    builders = {"generator": build_generator, "discriminator": build_discriminator}
     with torch.device("meta"):  # shapes only: no memory, no initialisation cost
-        nets = {"generator": build_generator(cfg), "discriminator": build_discriminator(cfg)}
+        nets = {part: builders[part](cfg) for part in parts}
     problems = []
     for part, net in nets.items():
         want = {k: tuple(v.shape) for k, v in net.state_dict().items()}
