@@ -123,10 +123,11 @@ def init_weights(module: nn.Module, kind: InitKind, gain: float = 0.02) -> None:
 class ResnetBlock(nn.Module):
     """x + (pad conv3x3 norm ReLU [dropout] pad conv3x3 norm): the paper's two-conv block.
 
-    DeblurGAN's reference code builds this block with one conv: its list expression
+    This is also the block of DeblurGAN's published weights (11.38 M parameters) and of its
+    2018 code. The repository's code since 2019 builds one conv: its list expression
     ``a + [ReLU] + [Dropout] if use_dropout else [] + b`` parses as ``(a + ...) if use_dropout
-    else ([] + b)``, so the second conv is lost when dropout is on (6.07 M parameters instead
-    of the paper's ~11.4 M). We build the block the paper describes.
+    else ([] + b)``, so the second conv is lost when dropout is on (6.07 M parameters), a change
+    made after the weights were released.
     """
 
     def __init__(self, channels: int, norm: str = "instance", dropout: float = 0.0, padding: str = "reflect"):

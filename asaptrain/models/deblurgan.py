@@ -5,8 +5,9 @@ unconditional PatchGAN critic.
     D = deblurgan_discriminator()
 
 Generator: reflect 7x7 conv to 64, two stride-2 convs (128, 256), ``residual_blocks`` ResNet
-blocks of two convs each (the paper's block; see ``blocks.ResnetBlock`` for the reference
-code's one-conv slip), optional dropout between the two convs, two transposed convs, reflect
+blocks of two convs each (the paper's block and the published weights'; see
+``blocks.ResnetBlock`` for the one-conv slip of the reference code since 2019), optional dropout
+between the two convs, two transposed convs, reflect
 7x7 conv, tanh; with ``residual``: clamp(input + output, -1, 1). Instance norm without affine;
 init N(0, 0.02).
 """
