@@ -213,8 +213,7 @@ class TrainConfig:
     nonfinite: NonFinite = "stop"
     """On a NaN/inf loss: stop the run naming the step and terms, or skip the step."""
     fix_global_steps: int = 0
-    """Generator updates at the start during which a pix2pixHD local-enhancer run trains its local
-    enhancers only, its global generator held fixed (pix2pixHD's second stage); 0 = none."""
+    """Generator updates at the start with a local-enhancer G's global generator held fixed (pix2pixHD)."""
 
 
 @dataclass
