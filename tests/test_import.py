@@ -224,3 +224,22 @@ def test_the_1024p_preset_is_the_published_model():
         G = build_generator(cfg)
     assert (cfg.model.ngf, cfg.model.local_enhancers, cfg.model.num_d, generator_in_channels(cfg)) == (32, 1, 3, 36)
     assert sum(p.numel() for p in G.parameters()) == 182_857_059  # notes/checkpoints.md
+
+
+@pytest.mark.slow
+def test_predict_runs_an_imported_generator(tmp_path, ray_cluster):
+    """`predict` (Ray Data actors) reads an imported run, which has no discriminator."""
+    from asaptrain.predict import PredictConfig, predict
+
+    store, name = imported(tmp_path, "asapnet")
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(DATA / "labels.png", images / "labels.png")
+    pc = PredictConfig(run=store.child("runs", name).uri, images=str(images), out=str(tmp_path / "pred"), workers=1,
+                       cpus_per_worker=1)
+    manifest = predict(pc)
+    assert manifest["counts"]["written"] == 1
+    got = np.array(Image.open(tmp_path / "pred" / "labels.png"))
+    want = to_8bit(torch.load(DATA / "asapnet.out.pt", weights_only=True)["out"])
+    diff = np.abs(got.astype(int) - want.astype(int))
+    assert diff.max() <= 1 and (diff > 0).sum() <= 10
