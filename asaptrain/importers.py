@@ -279,10 +279,9 @@ def _detect(kind: str, state: dict, cfg: Config) -> dict:
         first = state.get("model.1.weight")
         if first is None:
             return {}
-        down = 0
-        while f"model.{4 + 3 * down}.weight" in state and state[f"model.{4 + 3 * down}.weight"].dim() == 4 \
-                and state[f"model.{4 + 3 * down}.weight"].shape[2] == 3 and \
-                state[f"model.{4 + 3 * down}.weight"].shape[0] == 2 * state[f"model.{4 + 3 * down}.weight"].shape[1]:
+        down = 0  # stride-2 convs double the width: (2c, c, 3, 3) at model.4, 7, ...
+        while (w := state.get(f"model.{4 + 3 * down}.weight")) is not None and w.dim() == 4 \
+                and w.shape[2] == 3 and w.shape[0] == 2 * w.shape[1]:
             down += 1
         blocks = len({k.split(".")[1] for k in state if k.startswith("model.") and ".conv_block.1.weight" in k})
         changes = {"model.ngf": first.shape[0] // 2 ** local, "model.downsamplings": down,

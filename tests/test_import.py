@@ -243,3 +243,15 @@ def test_predict_runs_an_imported_generator(tmp_path, ray_cluster):
     want = to_8bit(torch.load(DATA / "asapnet.out.pt", weights_only=True)["out"])
     diff = np.abs(got.astype(int) - want.astype(int))
     assert diff.max() <= 1 and (diff > 0).sum() <= 10
+
+
+def test_import_into_an_s3_store_and_read_it_back(s3_endpoint, s3_bucket):
+    f = FIXTURES["pix2pixhd_local"]
+    store = Store.open(f"s3://{s3_bucket}/store", s3_endpoint=s3_endpoint)
+    meta = import_checkpoint("pix2pixhd", str(DATA / f["file"]), fixture_config("pix2pixhd_local"), store, "p2p")
+    run = Store.open(f"s3://{s3_bucket}/store/runs/p2p", s3_endpoint=s3_endpoint)
+    assert run.read_json("run.json") == meta and run.exists(meta["checkpoint"])
+    cfg, G = load_generator(run)
+    with torch.no_grad():
+        got = G(official_input(cfg, edges=True))
+    assert float((got - torch.load(DATA / f["out"], weights_only=True)["out_edges"]).abs().max()) <= fp32_tolerance(G)
