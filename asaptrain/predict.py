@@ -189,7 +189,10 @@ class Predictor:
         from asaptrain.infer import generate
 
         ok = [i for i, e in enumerate(batch["error"]) if not e]
-        edges = [batch["edges"][i] for i in ok] if self.cfg.data.instance_edges else None
+        # A label map without an instance map (an --images folder) has an empty edge array: no
+        # instance boundaries, as `infer` reads it.
+        edges = [batch["edges"][i] if np.size(batch["edges"][i]) else None for i in ok] \
+            if self.cfg.data.instance_edges else None
         t0 = time.perf_counter()
         outs = generate(self.G, self.cfg, [batch["image"][i] for i in ok], edges, tile=self.tile, batch=self.batch)
         ms = (time.perf_counter() - t0) * 1000 / max(len(ok), 1)  # generate returns CPU arrays: synced

@@ -51,9 +51,12 @@ def run_options(fn):
               help="Also send the curves to this MLflow tracking server (needs asaptrain[mlflow]).")
 @click.option("--mlflow-experiment", default="asaptrain", show_default=True, metavar="NAME",
               help="MLflow experiment (created when missing).")
+@click.option("--init-from", "init_from", metavar="RUN_OR_URI",
+              help="Start a new run from this run's weights (a run name in the store, a run directory, or a run "
+                   "written by `asaptrain import`); optimizers, schedules and step start fresh.")
 @friendly_errors
 def train_cmd(preset, config_file, overrides, store, s3_endpoint, name, resume, workers, gpus_per_worker, steps,
-              dry_run, progress, mlflow_uri, mlflow_experiment) -> None:
+              dry_run, progress, mlflow_uri, mlflow_experiment, init_from) -> None:
     """Train one model under Ray Train (DDP across workers); writes STORE/runs/NAME/, TensorBoard
     event files included (`tensorboard --logdir STORE/runs`)."""
     cfg = build_train_config(preset, config_file, overrides, store, s3_endpoint, workers, gpus_per_worker, steps)
@@ -64,7 +67,7 @@ def train_cmd(preset, config_file, overrides, store, s3_endpoint, name, resume, 
     from asaptrain.train.launch import fit
 
     mlflow = MlflowTarget(mlflow_uri, mlflow_experiment) if mlflow_uri else None
-    result = fit(cfg, preset=preset, name=name, resume=resume, progress=progress, mlflow=mlflow)
+    result = fit(cfg, preset=preset, name=name, resume=resume, progress=progress, mlflow=mlflow, init_from=init_from)
     _print_result(result)
     sys.exit(0 if result.status == "finished" else 1)
 

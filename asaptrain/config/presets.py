@@ -72,6 +72,20 @@ def _pix2pixhd_cityscapes() -> Config:
     )
 
 
+def _pix2pixhd_cityscapes_1024() -> Config:
+    """The published 1024x2048 model (label2city_1024p): ngf 32 and one local enhancer around the
+    512p global generator, 36 inputs, 3 discriminator scales; 50 + 50 epochs started from the 512p
+    run (`train --init-from`), the global generator held fixed for the first 10."""
+    cfg = _pix2pixhd_cityscapes()
+    cfg.data = dataclasses.replace(cfg.data, crop_height=1024, crop_width=2048, load_height=1024, load_width=2048)
+    cfg.model = dataclasses.replace(cfg.model, ngf=32, local_enhancers=1, num_d=3)
+    cfg.optim = dataclasses.replace(cfg.optim, decay_start=0.5)
+    cfg.train = dataclasses.replace(cfg.train, steps=100 * CITYSCAPES_TRAIN_IMAGES,
+                                    fix_global_steps=10 * CITYSCAPES_TRAIN_IMAGES)
+    cfg.eval = dataclasses.replace(cfg.eval, batch_size=1)
+    return cfg
+
+
 def _deblurgan_gopro() -> Config:
     # 150 epochs constant + 150 decay, batch 1, 256 crops, 5 critic steps (WGAN-GP).
     return Config(
@@ -162,6 +176,7 @@ def _smoke_photos(base: Callable[[], Config]) -> Callable[[], Config]:
 PRESETS: dict[str, Callable[[], Config]] = {
     "asapnet-cityscapes": _asapnet_cityscapes,
     "pix2pixhd-cityscapes": _pix2pixhd_cityscapes,
+    "pix2pixhd-cityscapes-1024": _pix2pixhd_cityscapes_1024,
     "deblurgan-gopro": _deblurgan_gopro,
     "hybrid-deblur": _hybrid_deblur,
     "asapnet-smoke": _smoke_labels(_asapnet_cityscapes),

@@ -157,6 +157,8 @@ class TrainConfig:
     """Recompute G's residual trunks / ASAP-Net's low-res stream in backward (less memory, one more forward of them)."""
     memory_check: MemoryCheck = "refuse"
     """On a GPU, a step estimated above 85 % of its memory: refuse (naming settings that fit), warn, or off."""
+    fix_global_steps: int = 0
+    """Generator updates at the start with a local-enhancer G's global generator held fixed (pix2pixHD)."""
 
 
 @dataclass
@@ -285,6 +287,11 @@ def validate(cfg: Config) -> Config:
     for name in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints", "sample_every"):
         _check(getattr(t, name) > 0, f"train.{name} must be > 0, got {getattr(t, name)}")
     _check(t.max_failures >= 0, f"train.max_failures must be >= 0, got {t.max_failures}")
+    _check(0 <= t.fix_global_steps <= t.steps,
+           f"train.fix_global_steps must be in [0, train.steps={t.steps}], got {t.fix_global_steps}")
+    _check(t.fix_global_steps == 0 or (cfg.model.name == "pix2pixhd" and cfg.model.local_enhancers >= 1),
+           f"train.fix_global_steps={t.fix_global_steps} needs a pix2pixhd model with model.local_enhancers >= 1 "
+           f"(it holds the global generator fixed), got {cfg.model.name} with {cfg.model.local_enhancers}")
     _check(0 <= cfg.storage.outage_s <= 3600, f"storage.outage_s must be in [0, 3600] seconds, got {cfg.storage.outage_s}")
     _check(s.num_workers >= 1, f"scaling.num_workers must be >= 1, got {s.num_workers}")
     _check(

@@ -17,6 +17,7 @@ import torch
 from asaptrain.train import dist
 from asaptrain.config.schema import Config
 from asaptrain.errors import UserError
+from asaptrain.train.init_from import fixed_global_params
 from asaptrain.train.losses import feature_matching
 from asaptrain.train.nets import feature_matching_layer_weight
 
@@ -110,6 +111,12 @@ class GanStep:
         )
         self.g_params = [p for p in generator.parameters() if p.requires_grad]
         self.d_params = [p for p in discriminator.parameters() if p.requires_grad]
+        # pix2pixHD's second stage: the global generator held fixed for the first steps. Its
+        # gradients are dropped before the G update, so Adam neither moves it nor keeps moments
+        # for it, and it starts with fresh moments when the steps are over (as a new optimizer).
+        self.fixed_until = cfg.train.fix_global_steps
+        self.fixed_params = fixed_global_params(generator) if self.fixed_until else []
+        self._fixing = False
 
     # ------------------------------------------------------------------ timing helpers
     def _mark(self, timed: bool) -> float:
@@ -172,6 +179,9 @@ class GanStep:
         t1 = self._mark(timed)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if phase == "G" and self._fixing:
+            for p in self.fixed_params:
+                p.grad = None
         t2 = self._mark(timed)
         bad = _nonfinite(loss, params)
         _step_unless(opt, bad)
@@ -199,6 +209,7 @@ class GanStep:
         return ok
 
     def __call__(self, x: torch.Tensor, real: torch.Tensor, step: int, times: PhaseTimes, timed: bool) -> StepResult:
+        self._fixing = step <= self.fixed_until
         t0 = self._mark(timed)
         with self.autocast:
             fake = self.G(x)

@@ -100,9 +100,16 @@ def _worker(config: dict[str, Any]) -> None:
         store=resolve_dataset(cfg.data.dataset, store))
     )
     val = validation_set(cfg, store, device) if main else None
+    init = None
+    if checkpoint is None and config.get("init_from"):  # a new run started from another's weights
+        from asaptrain.data.store import Store
+        from asaptrain.train.init_from import init_plan
+
+        source = Store.open(config["init_from"], getattr(store, "endpoint", None), getattr(store, "region", None))
+        init = init_plan(cfg, source)
     stop_instead_of_retry(lambda: train_loop(
         cfg, batches, to_model_batch, device, RayReporter(), run=run_files,
-        val=val, checkpoint=checkpoint, store=store,
+        val=val, checkpoint=checkpoint, store=store, init=init,
         wrap=lambda m: ray.train.torch.prepare_model(m, move_to_device=False),
     ), run_files)
 
@@ -164,6 +171,9 @@ def choose_name(
         if not files.exists():
             raise RunError(f"cannot resume {resume!r}: no run at {files.dir.uri_for('run.json')}")
         meta = files.read_run()
+        if meta.get("status") == "imported":
+            raise RunError(f"cannot resume {resume!r}: it is an imported generator, with no discriminator, optimizer "
+                           f"or step to continue from; start a new run from its weights with --init-from {resume}")
         done = int(meta.get("steps_done") or 0)
         if meta.get("status") == "finished" and done >= cfg.train.steps:
             raise RunError(
@@ -191,9 +201,11 @@ def fit(
     store=None,
     runs_prefix: str = RUNS_PREFIX,
     mlflow: MlflowTarget | None = None,
+    init_from: str | None = None,
 ) -> RunResult:
     """Train ``cfg`` under Ray Train and return where the run is and how it ended; with
-    ``mlflow`` its curves also go to that tracking server."""
+    ``mlflow`` its curves also go to that tracking server; with ``init_from`` (a run name in the
+    store or a run directory URI, imported ones included) a new run starts from its weights."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -203,11 +215,22 @@ def fit(
 
     cfg = pin_store(cfg)
     store = store or store_from_config(cfg.storage)
+    if resume and init_from:
+        raise RunError("give --resume or --init-from, not both: --resume continues a run, --init-from starts a new "
+                       "one from another run's weights")
     name, start = choose_name(store, cfg, preset, name, resume, runs_prefix)
     if mlflow is not None:
         check_mlflow(mlflow)
     if resume:  # the weights must fit the config before anything of the run is rewritten
         start = resume_step(RunFiles(store, name, runs_prefix), cfg, start)
+    init_uri = None
+    if init_from:  # the source's generator must fit before anything is written
+        from asaptrain.train.init_from import init_plan, source_dir
+
+        source = source_dir(store, init_from, getattr(store, "endpoint", None), runs_prefix)
+        for note in init_plan(cfg, source).notes:
+            print(f"[asaptrain] --init-from: {note}", flush=True)
+        init_uri = source.uri_for("")
     ensure_ray()
     use_gpu = resolve_use_gpu(cfg)
     per_worker = worker_resources(cfg, use_gpu)  # leaves Ray Data a CPU, or says what to set
@@ -219,7 +242,7 @@ def fit(
     meta = files.write_run(
         name=name, preset=preset, model=cfg.model.name, task=cfg.data.task, status="running",
         started=time.strftime("%Y-%m-%dT%H:%M:%S%z"), steps=cfg.train.steps, world_size=cfg.scaling.num_workers,
-        use_gpu=use_gpu, steps_done=start, error=None,
+        use_gpu=use_gpu, steps_done=start, error=None, **({"init_from": init_uri} if init_uri else {}),
     )
     clear_stop(files)
     sc = cfg.scaling
@@ -227,7 +250,7 @@ def fit(
     trainer = TorchTrainer(
         _worker,
         train_loop_config={
-            "config": to_dict(cfg), "name": name, "use_gpu": use_gpu, "runs_prefix": runs_prefix,
+            "config": to_dict(cfg), "name": name, "use_gpu": use_gpu, "runs_prefix": runs_prefix, "init_from": init_uri,
             "mlflow": asdict(mlflow) if mlflow else None,
         },
         scaling_config=ray.train.ScalingConfig(

@@ -33,6 +33,7 @@ from asaptrain.train.nets import build_discriminator, build_generator, generator
 from asaptrain.models.pixel_mlp import pixel_path
 from asaptrain.train.cadence import Cadence, Throughput
 from asaptrain.train.gan import GanStep
+from asaptrain.train.init_from import InitPlan, apply_init
 from asaptrain.train.run_files import EVAL_KIND, RunFiles
 from asaptrain.train.state import RunState, make_ema, update_ema
 from asaptrain.train.visual import training_samples
@@ -143,10 +144,14 @@ def train_loop(
     checkpoint: dict | None = None,
     wrap: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m,
     store=None,
+    init: InitPlan | None = None,
 ) -> RunState:
-    """Train until ``cfg.train.steps``; ``run`` and ``val`` are used on rank 0 only."""
+    """Train until ``cfg.train.steps``; ``run`` and ``val`` are used on rank 0 only. A new run
+    (no ``checkpoint``) starts its networks from ``init`` when given (``train --init-from``)."""
     check_device_memory(cfg, device)
     state = build_state(cfg, device, wrap)
+    if checkpoint is None and init is not None:
+        apply_init(state, init)
     _restore(cfg, state, checkpoint, run if dist.is_main() else None)
     loop = _Loop(cfg, state, device, reporter, run, val, store)
     if state.step == 0:
