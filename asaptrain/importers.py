@@ -29,7 +29,7 @@ from asaptrain.config.io import replace, to_dict
 from asaptrain.config.schema import Config
 from asaptrain.errors import UserError
 from asaptrain.train.nets import build_generator, generator_config, generator_in_channels
-from asaptrain.train.resume import CHECKPOINT_PREFIX
+from asaptrain.train.run_reader import CHECKPOINT_PREFIX
 from asaptrain.train.run_files import RunFiles
 from asaptrain.train.state import STATE_FILE, to_bytes
 

@@ -23,7 +23,7 @@ from asaptrain.config.io import from_dict
 from asaptrain.config.schema import Config
 from asaptrain.errors import UserError
 from asaptrain.train.dist import unwrap
-from asaptrain.train.resume import fallback_note, mismatch, newest_loadable
+from asaptrain.train.run_reader import fallback_note, mismatch, newest_loadable
 from asaptrain.train.run_files import RUNS_PREFIX, RunFiles
 from asaptrain.train.state import RunState
 
