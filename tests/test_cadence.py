@@ -20,7 +20,7 @@ def test_cadence_logs_evaluates_and_checkpoints_on_their_steps_and_all_at_the_en
     assert [s for s, c in at.items() if c.eval and s] == [5, 10]
     assert [s for s, c in at.items() if c.checkpoint and s] == [3, 6, 9, 10]
     assert [s for s, c in at.items() if c.samples] == [0, 6, 10]
-    assert [s for s, c in at.items() if c.report and s] == [3, 4, 6, 8, 9, 10]
+    assert [s for s, c in at.items() if c.calls_reporter and s] == [3, 4, 6, 8, 9, 10]
     assert not Cadence.at(1, replace(cfg, {"train.log_every": 1})).timed, "step 1 is warm-up, never timed"
     assert at[4].timed and not at[3].timed
 
@@ -32,7 +32,7 @@ def test_throughput_leaves_out_the_warm_up_interval_and_averages_timed_steps():
     assert meter.steady_images_per_s() == 15.0
     meter.stepped(timed=False, data_wait_s=5.0)
     meter.stepped(timed=True, data_wait_s=0.002)
-    meter.phases.forward = 4.0
+    meter.timer.ms["forward"] = 4.0
     ms = meter.step_ms()
     assert ms["data_wait"] == pytest.approx(2.0) and ms["forward"] == 4.0 and ms["total"] == pytest.approx(6.0)
 
