@@ -24,7 +24,7 @@ ModelName = Literal["asapnet", "pix2pixhd", "deblurgan", "hybrid"]
 Task = Literal["labels2photo", "deblur"]
 Norm = Literal["none", "instance", "group", "spectral", "spectral_instance"]
 Padding = Literal["zero", "reflect", "replicate"]
-GanLoss = Literal["hinge", "lsgan", "wgan-gp"]
+GanFamily = Literal["hinge", "lsgan", "wgan-gp"]
 Perceptual = Literal["none", "vgg19-multi", "vgg19-conv3_3"]
 Schedule = Literal["fixed", "linear", "cosine", "step", "band"]
 Precision = Literal["fp32", "bf16"]
@@ -134,7 +134,7 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    gan: GanLoss = "wgan-gp"
+    gan: GanFamily = "wgan-gp"
     """Adversarial loss family."""
     gan_weight: float = 1.0
     """Weight of the generator's adversarial term."""
