@@ -5,10 +5,11 @@ from __future__ import annotations
 import time
 
 import pytest
+import torch
 
 from asaptrain.config.io import replace
 from asaptrain.config.presets import get_preset
-from asaptrain.train.cadence import Cadence, Throughput
+from asaptrain.train.cadence import Cadence, PhaseTimer, Throughput
 from asaptrain.train.launch import run_polling
 
 
@@ -47,3 +48,20 @@ def test_run_polling_returns_the_result_polls_meanwhile_and_raises_the_error():
 
     with pytest.raises(KeyError, match="boom"):
         run_polling(fail, every_s=0.01)
+
+
+def test_phase_timer_times_only_timed_steps_and_names_each_part_for_the_profiler():
+    timer = PhaseTimer("cpu")
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        timer.begin(False)
+        with timer("forward", "G"):
+            time.sleep(0.01)
+        timer.end()
+        assert timer.ms == {"forward": 0.0, "backward": 0.0, "optimizer": 0.0}
+        timer.begin(True)
+        with timer("backward", "D"):
+            time.sleep(0.02)
+        timer.end()
+    assert timer.ms["backward"] >= 20 and timer.ms["forward"] == 0.0 and not timer.on
+    names = {e.name for e in prof.events()}
+    assert {"G.forward", "D.backward"} <= names

@@ -189,6 +189,16 @@ def test_a_checkpoint_from_unfused_optimizers_loads_into_fused_ones():
     assert resumed.step == 3
 
 
+def test_timing_json_splits_the_timed_steps_into_data_wait_forward_backward_optimizer(tmp_path):
+    cfg = smoke("deblurgan-smoke", "train.steps=3", "train.log_every=1", "optim.d_steps=1")
+    run = RunFiles(Store.open(str(tmp_path)), "timed")
+    train_loop(cfg, tensors(cfg), passthrough, CPU, ListReporter(), run=run)
+    ms = run.dir.read_json("timing.json")["step_ms"]
+    assert list(ms) == ["data_wait", "forward", "backward", "optimizer", "total"]
+    assert all(ms[k] > 0 for k in ("forward", "backward", "optimizer"))
+    assert ms["total"] == pytest.approx(sum(v for k, v in ms.items() if k != "total"))
+
+
 def test_lr_schedule_constant_then_linear_to_zero():
     f = lr_lambda(100, 0.5)
     assert f(0) == 1 and f(49) == 1 and f(50) == 1 and abs(f(75) - 0.5) < 1e-9 and f(100) == 0
