@@ -39,8 +39,7 @@ from asaptrain.config.presets import get_preset
 from asaptrain.models import pixel_mlp
 from asaptrain.perf.models import bench_config, make_input
 from asaptrain.perf.train import _random_batch
-from asaptrain.train.gan import GanStep, PhaseTimes
-from asaptrain.train.losses import build_gan_loss
+from asaptrain.train.gan import GanStep
 from asaptrain.train.loop import build_state
 from asaptrain.train.metrics import device_name
 from asaptrain.train.nets import build_generator
@@ -151,14 +150,13 @@ def train_case(preset: str, dev: torch.device, steps: int, compiled: bool, dry: 
     t0 = time.perf_counter()
     try:
         state = build_state(cfg, dev, wrap=lambda m: m)
-        step = GanStep(cfg, state.generator, state.discriminator, state.g_opt, state.d_opt,
-                       build_gan_loss(cfg.loss), None, dev)
+        step = GanStep(cfg, state)
         x, y = _random_batch(cfg, cfg.train.batch_size, dev)
         if compiled:
             x, y = x.contiguous(memory_format=torch.channels_last), y.contiguous(memory_format=torch.channels_last)
         finite, after_first = True, 0
         for i in range(steps):
-            result = step(x, y, i + 1, PhaseTimes(), False)
+            result = step(x, y, i + 1)
             finite = finite and not result.skipped and all(math.isfinite(float(v.detach())) for v in result.losses.values())
             row["steps"] = i + 1
             if i == 0:

@@ -11,7 +11,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from asaptrain.cli.smoke_cmd import experiment_cmd  # noqa: E402
+from asaptrain.cli.experiment_cmd import experiment_cmd  # noqa: E402
 
 if __name__ == "__main__":
     experiment_cmd(prog_name="jobs/experiment.py")

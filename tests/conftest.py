@@ -1,4 +1,5 @@
-"""Shared fixtures: a real Ray on 2 CPUs and a real S3 endpoint on loopback.
+"""Shared fixtures: a real Ray on 2 CPUs, Ray nodes started with `ray start`, and a real S3
+endpoint on loopback.
 
 The S3 endpoint is moto's threaded HTTP server: pyarrow's C++ client and boto3 talk to it
 over HTTP exactly as they would to a user's MinIO.
@@ -8,10 +9,19 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
 import tempfile
+import time
 import uuid
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+from netports import free_block, free_ports
 
 # Credentials for the loopback endpoint only; set before any client is built.
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing-key-id")
@@ -68,3 +78,112 @@ def ray_cluster():
              runtime_env={"env_vars": {"PYTHONPATH": os.getcwd()}})
     yield ray
     ray.shutdown()
+
+
+ROOT = Path(__file__).resolve().parents[1]
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+@dataclass(frozen=True)
+class RayNodes:
+    """Ray nodes started by :func:`ray_start`."""
+
+    gcs: str
+    """The head's GCS address, ``127.0.0.1:PORT`` (``ray.init(address=...)``, ``RAY_ADDRESS``)."""
+    dashboard: str
+    """The head's dashboard URL (job submission)."""
+    temp_dirs: list[str]
+    """Each node's own temp dir (head first): its logs, sockets and address file."""
+
+
+def _node_ports() -> list[str]:
+    """Every port a node opens, chosen free, so nothing collides with another Ray on this machine."""
+    p, workers = free_ports(6), free_block(61)
+    return [f"--node-manager-port={p[0]}", f"--object-manager-port={p[1]}", f"--metrics-export-port={p[2]}",
+            f"--dashboard-agent-listen-port={p[3]}", f"--dashboard-agent-grpc-port={p[4]}",
+            f"--runtime-env-agent-port={p[5]}", f"--min-worker-port={workers[0]}", f"--max-worker-port={workers[-1]}"]
+
+
+def _pids_under(dirs: list[str]) -> list[int]:
+    """Processes whose command line names one of ``dirs`` (the nodes' temp dirs): ours only."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if any(d in cmd for d in dirs):
+            pids.append(int(entry.name))
+    return pids
+
+
+def _stop_nodes(dirs: list[str]) -> None:
+    """End the nodes' processes by pid (never `ray stop`, which ends every Ray on the machine)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in _pids_under(dirs):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.time() + 10
+        while _pids_under(dirs) and time.time() < deadline:
+            time.sleep(0.3)
+
+
+def _ray_start_node(args: list[str], env: dict[str, str]) -> None:
+    proc = subprocess.run([RAY, "start", *args], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"ray start {' '.join(args)}:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+
+
+def _wait_for_port(port: int, what: str, timeout_s: float = 120) -> None:
+    deadline = time.time() + timeout_s
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.time() > deadline:
+                pytest.fail(f"{what} did not open 127.0.0.1:{port} within {timeout_s:.0f} s")
+            time.sleep(1)
+
+
+@pytest.fixture(scope="module")
+def ray_start():
+    """Start Ray nodes of their own on 127.0.0.1 with `ray start`, as a cluster's are started::
+
+        nodes = ray_start(nodes=2, env={"AWS_ACCESS_KEY_ID": ...})   # a head and one more node
+
+    Each node gets 2 CPUs (``cpus``), no GPU, 300 MB of object store, its own short temp dir and
+    free ports, this checkout on its PYTHONPATH, and conftest's auth token; ``env`` is added to
+    their environment (this process's, without ``RAY_ADDRESS``). Returns :class:`RayNodes` once
+    the dashboard and its job agent answer. Every node started is stopped, by the pids under its
+    temp dir, when the module's tests are done."""
+    started: list[str] = []
+
+    def start(nodes: int = 1, env: dict[str, str] | None = None, cpus: int = 2) -> RayNodes:
+        # Short paths: Ray's unix sockets live under the temp dir (at most ~107 bytes).
+        dirs = [tempfile.mkdtemp(prefix="rn", dir="/tmp") for _ in range(nodes)]
+        started.extend(dirs)
+        gcs, dash, client = free_ports(3)
+        common = [f"--num-cpus={cpus}", "--num-gpus=0", "--node-ip-address=127.0.0.1", "--disable-usage-stats",
+                  "--object-store-memory=300000000"]  # the machine is shared
+        for i, temp in enumerate(dirs):
+            node_env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+            node_env.update({"PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": temp,
+                             "PYTHONUNBUFFERED": "1", **(env or {})})
+            first = ["--head", f"--port={gcs}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+                     f"--dashboard-port={dash}", f"--ray-client-server-port={client}"] if i == 0 \
+                else [f"--address=127.0.0.1:{gcs}"]
+            _ray_start_node([*first, f"--temp-dir={temp}", *common, *_node_ports()], node_env)
+        _wait_for_port(dash, "the Ray head's dashboard")
+        time.sleep(3)  # the job agent starts after the dashboard
+        return RayNodes(f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dash}", dirs)
+
+    try:
+        yield start
+    finally:
+        _stop_nodes(started)
+        for d in started:
+            shutil.rmtree(d, ignore_errors=True)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import time
 
 import pytest
+import torch
 
 from asaptrain.config.io import replace
 from asaptrain.config.presets import get_preset
-from asaptrain.train.cadence import Cadence, Throughput
+from asaptrain.train.cadence import Cadence, PhaseTimer, Throughput
 from asaptrain.train.launch import run_polling
 
 
@@ -20,7 +21,7 @@ def test_cadence_logs_evaluates_and_checkpoints_on_their_steps_and_all_at_the_en
     assert [s for s, c in at.items() if c.eval and s] == [5, 10]
     assert [s for s, c in at.items() if c.checkpoint and s] == [3, 6, 9, 10]
     assert [s for s, c in at.items() if c.samples] == [0, 6, 10]
-    assert [s for s, c in at.items() if c.report and s] == [3, 4, 6, 8, 9, 10]
+    assert [s for s, c in at.items() if c.calls_reporter and s] == [3, 4, 6, 8, 9, 10]
     assert not Cadence.at(1, replace(cfg, {"train.log_every": 1})).timed, "step 1 is warm-up, never timed"
     assert at[4].timed and not at[3].timed
 
@@ -32,7 +33,7 @@ def test_throughput_leaves_out_the_warm_up_interval_and_averages_timed_steps():
     assert meter.steady_images_per_s() == 15.0
     meter.stepped(timed=False, data_wait_s=5.0)
     meter.stepped(timed=True, data_wait_s=0.002)
-    meter.phases.forward = 4.0
+    meter.timer.ms["forward"] = 4.0
     ms = meter.step_ms()
     assert ms["data_wait"] == pytest.approx(2.0) and ms["forward"] == 4.0 and ms["total"] == pytest.approx(6.0)
 
@@ -47,3 +48,20 @@ def test_run_polling_returns_the_result_polls_meanwhile_and_raises_the_error():
 
     with pytest.raises(KeyError, match="boom"):
         run_polling(fail, every_s=0.01)
+
+
+def test_phase_timer_times_only_timed_steps_and_names_each_part_for_the_profiler():
+    timer = PhaseTimer("cpu")
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        timer.begin(False)
+        with timer("forward", "G"):
+            time.sleep(0.01)
+        timer.end()
+        assert timer.ms == {"forward": 0.0, "backward": 0.0, "optimizer": 0.0}
+        timer.begin(True)
+        with timer("backward", "D"):
+            time.sleep(0.02)
+        timer.end()
+    assert timer.ms["backward"] >= 20 and timer.ms["forward"] == 0.0 and not timer.on
+    names = {e.name for e in prof.events()}
+    assert {"G.forward", "D.backward"} <= names

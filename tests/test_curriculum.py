@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 
 from asaptrain.config.schema import ConfigError, CurriculumConfig
-from asaptrain.train.curriculum import build_schedule
+from asaptrain.train.curriculum import build_blur_schedule
 
 
 def sched(kind, start=0.2, end=0.8, warmup=0, ramp=0, total=100, stages=4, seed=0):
     cfg = CurriculumConfig(kind=kind, start=start, end=end, warmup_steps=warmup, ramp_steps=ramp, stages=stages)
-    return build_schedule(cfg, total, seed=seed)
+    return build_blur_schedule(cfg, total, seed=seed)
 
 
 def test_fixed_ignores_end():

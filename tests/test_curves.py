@@ -7,12 +7,13 @@ import itertools
 
 import pytest
 import torch
+from reporting import ListReporter
 
 from asaptrain.config.io import apply_overrides
 from asaptrain.config.presets import get_preset
 from asaptrain.data.store import Store
 from asaptrain.train.curves import TensorBoardSink, scalars
-from asaptrain.train.loop import ListReporter, train_loop
+from asaptrain.train.loop import train_loop
 from asaptrain.train.nets import generator_in_channels
 from asaptrain.train.run_files import RunFiles
 

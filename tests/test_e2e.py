@@ -5,15 +5,11 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from netports import free_ports
 
 pytestmark = pytest.mark.slow
 
@@ -28,43 +24,13 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def ray_head(tmp_path_factory):
-    """`ray start --head --block` on 127.0.0.1 in its own process group; the dashboard URL."""
+def ray_head(ray_start):
+    """A Ray head of its own on 127.0.0.1 (`ray start --head`); its dashboard URL."""
     import ray
 
     if ray.is_initialized():
         ray.shutdown()
-    gcs, dash, client, agent, metrics = free_ports(5)  # every listening port of its own: no clash with another Ray
-    log = open(tmp_path_factory.mktemp("head") / "head.log", "w")
-    head = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2", "--num-gpus=0",
-         "--include-dashboard=true", "--disable-usage-stats", f"--ray-client-server-port={client}",
-         f"--dashboard-agent-listen-port={agent}", f"--metrics-export-port={metrics}"],
-        stdout=log, stderr=subprocess.STDOUT, env=_env(), start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{dash}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", dash), timeout=1):
-                break
-        except OSError:
-            time.sleep(1)
-    else:
-        os.killpg(head.pid, signal.SIGTERM)
-        pytest.fail(f"the Ray head did not open its dashboard on {url}; see {log.name}")
-    time.sleep(3)  # the job agent starts after the dashboard
-    yield url
-    os.killpg(head.pid, signal.SIGTERM)
-    try:
-        head.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(head.pid, signal.SIGKILL)
-    log.close()
-    current = Path("/tmp/ray/ray_current_cluster")  # leave no pointer to the dead head behind
-    if current.exists() and current.read_text().strip().endswith(f":{gcs}"):
-        current.unlink()
+    return ray_start().dashboard
 
 
 def _run(args: list[str], timeout: int = 900, **env: str) -> subprocess.CompletedProcess:

@@ -18,7 +18,8 @@ from asaptrain.data.store import Store
 from asaptrain.importers import import_checkpoint
 from asaptrain.train.init_from import InitError, apply_init, init_plan, source_dir
 from asaptrain.train.launch import RunError, fit
-from asaptrain.train.loop import ListReporter, build_state, train_loop
+from asaptrain.train.loop import build_state, train_loop
+from reporting import ListReporter
 from asaptrain.train.run_files import RunFiles
 from asaptrain.train.state import to_bytes
 

@@ -75,15 +75,21 @@ class LinearCritic(nn.Module):
         return [[(image * self.w).flatten(1).sum(1).view(-1, 1, 1, 1)]]
 
 
+def penalty(loss, D, real, fake, cond=None):
+    """The gradient penalty as the training step takes it: D's outputs at the interpolates."""
+    points = loss.interpolates(real, fake)
+    return loss.penalty_at(D(points, cond), points)
+
+
 def test_wgan_gp_penalty_is_zero_for_a_1_lipschitz_linear_critic():
     torch.manual_seed(0)
     D = LinearCritic((3, 8, 8))
     real, fake = torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8)
-    gp = WGANGP(10.0).penalty(D, real, fake)
+    gp = penalty(WGANGP(10.0), D, real, fake)
     assert gp.item() == pytest.approx(0.0, abs=1e-8)
     with torch.no_grad():
         D.w.mul_(3.0)  # gradient norm 3 everywhere: (3 - 1)^2 * 10
-    gp = WGANGP(10.0).penalty(D, real, fake)
+    gp = penalty(WGANGP(10.0), D, real, fake)
     assert gp.item() == pytest.approx(40.0, rel=1e-5)
     gp.backward()  # the penalty is differentiable in D's parameters
     assert D.w.grad is not None and D.w.grad.abs().sum() > 0
@@ -94,9 +100,11 @@ def test_wgan_gp_penalty_with_a_real_multiscale_discriminator():
 
     D = asapnet_discriminator(3, ndf=4, num_d=2)  # the hybrid's: conditional on its RGB input
     x = torch.rand(2, 3, 32, 32) * 2 - 1
-    gp = WGANGP().penalty(D, torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32), cond=x)
+    gp = penalty(WGANGP(), D, torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32), cond=x)
     assert gp.ndim == 0 and torch.isfinite(gp) and gp >= 0
-    assert Hinge().penalty(D, x, x).item() == 0.0
+    assert not Hinge().has_penalty and not LSGAN().has_penalty
+    with pytest.raises(NotImplementedError):
+        Hinge().interpolates(x, x)
 
 
 def test_feature_matching():
@@ -200,7 +208,7 @@ def test_pix2pixhd_feature_matching_carries_its_layer_weight(d_layers):
     """pix2pixHD scales feature matching by 4 / (n_layers + 1): 1 at its 3 layers, 4/3 at 2."""
     from asaptrain.config.io import replace
     from asaptrain.config.presets import get_preset
-    from asaptrain.train.gan import GanStep, PhaseTimes
+    from asaptrain.train.objective import Objective
     from asaptrain.train.nets import build_discriminator, build_generator, generator_in_channels
 
     cfg = replace(get_preset("pix2pixhd-smoke"), {"model.d_layers": d_layers, "loss.perceptual": "none"})
@@ -211,8 +219,6 @@ def test_pix2pixhd_feature_matching_carries_its_layer_weight(d_layers):
     fake = G(x)
     with torch.no_grad():
         plain = feature_matching(D(real, x), D(fake, x))
-    step = GanStep(cfg, G, D, torch.optim.Adam(G.parameters()), torch.optim.Adam(D.parameters()),
-                   build_gan_loss(cfg.loss), None, torch.device("cpu"))
-    terms, _ = step.g_phase(x, fake, real, PhaseTimes(), timed=False)
+    terms = Objective(cfg, D, build_gan_loss(cfg.loss), None).g_terms(x, fake, real)
     weight = cfg.loss.feature_matching_weight * 4 / (d_layers + 1)
     torch.testing.assert_close(terms["g_fm"].detach(), weight * plain, rtol=1e-4, atol=1e-6)

@@ -3,97 +3,33 @@ own temp dirs and ports, loopback), data and checkpoints on the loopback S3 stor
 two workers placed on different nodes (SPREAD) over gloo, run directly and through
 `asaptrain submit train`; the workers' node ids differ, their weights agree, the run is in the bucket.
 
-Only the Ray processes these tests started are stopped, by their pids (found by the temp dirs in
-their command lines): never `ray stop`, which would end every Ray on the machine.
+The nodes come from conftest's ``ray_start``, which stops only the Ray processes it started.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import pytest
-from netports import free_block, free_ports
 
 from asaptrain.data.convert import convert
 from asaptrain.data.store import Store
 from asaptrain.data.synth import synth_plan
 
 ROOT = Path(__file__).resolve().parent.parent
-RAY = str(Path(sys.executable).with_name("ray"))
 
 pytestmark = pytest.mark.slow
 
 
-def _node_ports() -> list[str]:
-    """Every port a node opens, chosen free, so nothing collides with another Ray on this machine."""
-    p, workers = free_ports(6), free_block(61)
-    return [f"--node-manager-port={p[0]}", f"--object-manager-port={p[1]}", f"--metrics-export-port={p[2]}",
-            f"--dashboard-agent-listen-port={p[3]}", f"--dashboard-agent-grpc-port={p[4]}",
-            f"--runtime-env-agent-port={p[5]}", f"--min-worker-port={workers[0]}", f"--max-worker-port={workers[-1]}"]
-
-
-def _pids_under(*dirs: str) -> list[int]:
-    """Processes whose command line names one of ``dirs`` (the nodes' temp dirs): ours only."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if any(d in cmd for d in dirs):
-            pids.append(int(entry.name))
-    return pids
-
-
-def _ray_start(args: list[str], env: dict[str, str]) -> None:
-    proc = subprocess.run([RAY, "start", *args], env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, f"ray start {' '.join(args)}:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
-
-
-def _stop(dirs: list[str]) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in _pids_under(*dirs):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.time() + 10
-        while _pids_under(*dirs) and time.time() < deadline:
-            time.sleep(0.3)
-
-
 @pytest.fixture(scope="module")
-def two_nodes():
+def two_nodes(ray_start):
     """(GCS address, dashboard URL) of a head and a second node, 2 CPUs each, on 127.0.0.1."""
-    # Short paths: Ray's unix sockets live under the temp dir (at most ~107 bytes).
-    dirs = [tempfile.mkdtemp(prefix="r2h", dir="/tmp"), tempfile.mkdtemp(prefix="r2w", dir="/tmp")]
-    gcs, dash, client = free_ports(3)
-    # Token auth is on (conftest's token): the nodes, the driver and submit present the same token.
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["PYTHONPATH"] = str(ROOT)  # the nodes' workers import this checkout
-    env["RAY_USAGE_STATS_ENABLED"] = "0"
-    common = ["--num-cpus=2", "--num-gpus=0", "--node-ip-address=127.0.0.1", "--disable-usage-stats",
-              "--object-store-memory=300000000"]  # 300 MB each: the machine is shared
-    try:
-        _ray_start(["--head", f"--port={gcs}", f"--temp-dir={dirs[0]}", "--include-dashboard=true",
-                    "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--ray-client-server-port={client}",
-                    *common, *_node_ports()], env)
-        _ray_start([f"--address=127.0.0.1:{gcs}", f"--temp-dir={dirs[1]}", *common, *_node_ports()], env)
-        yield f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dash}"
-    finally:
-        _stop(dirs)
-        for d in dirs:
-            shutil.rmtree(d, ignore_errors=True)
+    nodes = ray_start(nodes=2)  # token auth is on: the nodes, the driver and submit share conftest's token
+    return nodes.gcs, nodes.dashboard
 
 
 def _train_args(store_uri: str, endpoint: str, name: str) -> list[str]:

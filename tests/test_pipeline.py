@@ -14,7 +14,7 @@ from asaptrain.config.schema import Config, CurriculumConfig, DataConfig, EvalCo
 from asaptrain.data.pipeline import (
     DataError,
     bad_images,
-    iter_train_batches,
+    TrainBatches,
     key_id,
     new_bad_image_log,
     to_model_batch,
@@ -141,7 +141,7 @@ def test_labels_on_s3_crops_ids_instances_and_one_hot(ray_cluster, s3_endpoint, 
     make_dataset(store.child("ds"), "labels2photo", 8)
     cfg = config("labels2photo", instance_edges=True)
     ds = train_dataset(cfg, store)
-    batches = list(iter_train_batches(ds, cfg, "cpu", batch_size=4, epochs=1))
+    batches = list(TrainBatches(ds, cfg, "cpu", batch_size=4, epochs=1))
     assert len(batches) == 2
     flips = 0
     src_ids, src_edges = label_map(), instance_map()
@@ -174,7 +174,7 @@ def test_labels_on_s3_crops_ids_instances_and_one_hot(ray_cluster, s3_endpoint, 
 
 def test_synthetic_blur_on_the_device(ray_cluster, deblur_store):
     cfg = config()
-    b = next(iter(iter_train_batches(train_dataset(cfg, deblur_store), cfg, "cpu", batch_size=4)))
+    b = next(iter(TrainBatches(train_dataset(cfg, deblur_store), cfg, "cpu", batch_size=4)))
     assert "input" not in b and b["target"].shape == (4, *CROP, 3)
     g = torch.Generator().manual_seed(0)
     x, y = to_model_batch(b, cfg, blur_strength=torch.tensor([0.2, 0.4, 0.6, 0.8]), generator=g)
@@ -232,7 +232,7 @@ def test_too_many_corrupt_images_stop_the_run(ray_cluster, tmp_path):
     make_dataset(store.child("ds"), "deblur", 8, corrupt={"train-001", "train-002", "train-006"})
     cfg = config(max_bad_images=2)
     with pytest.raises(DataError, match="more than data.max_bad_images=2") as err:
-        list(iter_train_batches(train_dataset(cfg, store), cfg, "cpu", batch_size=2, epochs=1))
+        list(TrainBatches(train_dataset(cfg, store), cfg, "cpu", batch_size=2, epochs=1))
     assert "train-001" in str(err.value) and "train-00000.parquet" in str(err.value)
 
 
@@ -287,6 +287,6 @@ def test_a_failed_shard_read_names_the_endpoint_and_what_to_check():
     cfg = Config(data=DataConfig(dataset="datasets/p"))
     store = Store.open("s3://b/a", s3_endpoint="http://127.0.0.1:9")
     with pytest.raises(StoreError, match=r"training shards of 'datasets/p'.*cannot reach endpoint http://127\.0\.0\.1:9"):
-        next(iter(iter_train_batches(Unreachable(), cfg, "cpu", 2, store=store)))
+        next(iter(TrainBatches(Unreachable(), cfg, "cpu", 2, ds_store=store)))
     with pytest.raises(TaskError):  # without the store: Ray's own error, unchanged
-        next(iter(iter_train_batches(Unreachable(), cfg, "cpu", 2)))
+        next(iter(TrainBatches(Unreachable(), cfg, "cpu", 2)))

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from reporting import ListReporter
 
 from asaptrain.config.io import apply_overrides
 from asaptrain.config.presets import get_preset
@@ -18,7 +19,7 @@ from asaptrain.data.store import Store
 from asaptrain.infer import run_tiles
 from asaptrain.data.outputs import JOB_FILE, OutputError, output_names
 from asaptrain.predict import MANIFEST, PredictConfig, PredictError, predict
-from asaptrain.train.loop import ListReporter, train_loop
+from asaptrain.train.loop import train_loop
 from asaptrain.train.nets import build_generator, generator_in_channels
 from asaptrain.train.run_files import RunFiles
 from asaptrain.train.state import to_bytes

@@ -1,6 +1,6 @@
 """No credential reaches the store, the runs or Ray's logs: planted secrets after train, sweep, submit.
 
-A Ray head of its own (``ray start --head --block``, its own temp dir) runs with the node's
+A Ray head of its own (``ray start --head``, its own temp dir) runs with the node's
 own S3 credentials in its environment, as a cluster node would; this process, the driver, holds
 different ones. After a train run and a sweep on an S3 store (real Ray, moto on loopback) and a
 submitted job, neither the driver's nor the node's key id or secret may appear in any object in
@@ -12,26 +12,18 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
-import time
 import uuid
 from pathlib import Path
 
 import boto3
 import pytest
-from netports import free_port
 
 from asaptrain.config.io import apply_overrides
 from asaptrain.config.presets import get_preset
 
 pytestmark = pytest.mark.slow
 
-BIN = Path(sys.executable).parent
 DRIVER = {"AWS_ACCESS_KEY_ID": f"DRVKEY{uuid.uuid4().hex[:14].upper()}",
           "AWS_SECRET_ACCESS_KEY": f"driver-secret-{uuid.uuid4().hex}"}
 NODE = {"AWS_ACCESS_KEY_ID": f"NODEKEY{uuid.uuid4().hex[:13].upper()}",
@@ -41,58 +33,27 @@ RAY_TOKEN = Path(os.environ["RAY_AUTH_TOKEN_PATH"]).read_bytes().strip()  # conf
 
 
 @pytest.fixture(scope="module")
-def head():
+def head(ray_start):
     """A Ray head whose environment holds NODE's credentials; this process holds DRIVER's.
 
-    Yields ``(gcs address, dashboard URL, temp dir)``. Its own temp dir (short: Unix socket
-    paths) keeps its logs apart from every other Ray on the machine, and its address file there.
+    Yields ``(gcs address, dashboard URL, temp dir)``. Its own temp dir keeps its logs apart from
+    every other Ray on the machine, and its address file there.
     """
     import ray
 
     if ray.is_initialized():
         ray.shutdown()
-    temp = tempfile.mkdtemp(prefix="asr-", dir="/tmp")
     # Token auth stays on (conftest's token, on both sides): the submitted job goes through it too.
     saved = {k: os.environ.get(k) for k in DRIVER}
     os.environ.update(DRIVER)
-    node_env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",)}
-    node_env.update(NODE, RAY_TMPDIR=temp, RAY_USAGE_STATS_ENABLED="0", PYTHONPATH=os.getcwd())
-    gcs, dash = free_port(), free_port()
-    log = open(os.path.join(temp, "head.log"), "w")
-    proc = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
-         f"--temp-dir={temp}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
-         "--num-gpus=0", "--include-dashboard=true", "--disable-usage-stats",
-         f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
-         f"--metrics-export-port={free_port()}"],
-        stdout=log, stderr=subprocess.STDOUT, env=node_env, start_new_session=True)
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", dash), timeout=1).close()
-                break
-            except OSError:
-                if time.time() > deadline or proc.poll() is not None:
-                    pytest.fail(f"the Ray head did not start; see {log.name}")
-                time.sleep(1)
-        time.sleep(3)  # the job agent starts after the dashboard
-        if proc.poll() is not None:  # ray start --block ends the head when one of its processes dies
-            log.flush()
-            pytest.fail(f"the Ray head exited after starting:\n{open(log.name).read()[-3000:]}")
-        ray.init(address=f"127.0.0.1:{gcs}", log_to_driver=False)
-        yield f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dash}", temp
+        nodes = ray_start(env=NODE)  # the node's environment: this one's, NODE's credentials over DRIVER's
+        ray.init(address=nodes.gcs, log_to_driver=False)
+        yield nodes.gcs, nodes.dashboard, nodes.temp_dirs[0]
     finally:
         ray.shutdown()
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
         for k, v in saved.items():
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
-        shutil.rmtree(temp, ignore_errors=True)
 
 
 def _leaks_in_files(root: str) -> list[str]:

@@ -8,13 +8,14 @@ import warnings
 
 import pytest
 import torch
+from reporting import ListReporter
 
 from asaptrain.config.io import apply_overrides
 from asaptrain.train.nets import generator_in_channels
 from asaptrain.config.presets import SMOKE_PRESETS, get_preset
 from asaptrain.data.store import Store
 from asaptrain.train.gan import NonFiniteLoss
-from asaptrain.train.loop import ListReporter, build_state, lr_lambda, train_loop
+from asaptrain.train.loop import build_state, lr_lambda, train_loop
 from asaptrain.train.run_files import RunFiles
 from asaptrain.train.state import from_bytes, to_bytes
 
@@ -85,7 +86,7 @@ def test_resume_from_checkpoint_equals_uninterrupted_run():
     assert state["step"] == 4
     resumed = train_loop(cfg, batches, passthrough, CPU, ListReporter(), checkpoint=state)
     assert resumed.step == 6
-    assert resumed.schedule.state_dict() == full.schedule.state_dict()
+    assert resumed.blur_schedule.state_dict() == full.blur_schedule.state_dict()
     for a, b in zip(resumed.generator.parameters(), full.generator.parameters()):
         torch.testing.assert_close(a, b)
     for a, b in zip(resumed.discriminator.parameters(), full.discriminator.parameters()):
@@ -118,7 +119,8 @@ def test_gan_step_reads_the_device_once_per_step_not_once_per_phase(monkeypatch)
 
         def counted(self, *a, _original=original, **k):
             caller = sys._getframe(1).f_code.co_filename
-            if caller.endswith(("asaptrain/train/gan.py", "asaptrain/train/dist.py")):
+            if caller.endswith(("asaptrain/train/gan.py", "asaptrain/train/objective.py", "asaptrain/train/dist.py",
+                                "asaptrain/train/cadence.py")):
                 reads.append(f"{caller.rsplit('/', 1)[1]}:{sys._getframe(1).f_lineno}")
             return _original(self, *a, **k)
 
@@ -129,18 +131,72 @@ def test_gan_step_reads_the_device_once_per_step_not_once_per_phase(monkeypatch)
     assert len(reads) == 2, f"host reads {reads} over 2 steps of 6 phases"
 
 
-@pytest.mark.parametrize("fused", [True, False])
-def test_a_flagged_step_leaves_weights_and_moments_alone(fused):
-    """Fused optimizers skip on the device; one restored unfused (an older checkpoint) still skips."""
-    from asaptrain.train.gan import _step_unless
+def test_a_flagged_step_leaves_weights_and_moments_alone():
+    """The fused optimizer skips on the device where the flag is set."""
+    from asaptrain.train.gan import step_optimizer
 
     w = torch.nn.Parameter(torch.ones(3))
-    opt = torch.optim.Adam([w], lr=0.1, fused=fused)
+    opt = torch.optim.Adam([w], lr=0.1, fused=True)
     w.grad = torch.ones(3)
-    _step_unless(opt, torch.tensor(1.0))
+    step_optimizer(opt, torch.tensor(1.0))
     assert torch.equal(w.detach(), torch.ones(3)) and all(float(s["step"]) == 0 for s in opt.state.values())
-    _step_unless(opt, torch.tensor(0.0))
+    step_optimizer(opt, torch.tensor(0.0))
     assert (w.detach() < 1).all() and float(opt.state[w]["step"]) == 1
+    assert not hasattr(opt, "found_inf")  # the flag lives only for the call
+
+
+def test_an_unfused_optimizer_is_refused_it_would_apply_a_flagged_step():
+    from asaptrain.train.gan import step_optimizer
+
+    w = torch.nn.Parameter(torch.ones(3))
+    w.grad = torch.ones(3)
+    with pytest.raises(ValueError, match="fused=True"):
+        step_optimizer(torch.optim.Adam([w], lr=0.1), torch.tensor(1.0))
+    assert torch.equal(w.detach(), torch.ones(3))
+
+
+def test_grad_scale_divides_the_gradients_as_a_loss_scaler_needs():
+    """The hook for an fp16 loss scaler: gradients 1024x too large with grad_scale 1024 step as unscaled."""
+    from asaptrain.train.gan import step_optimizer
+
+    torch.manual_seed(0)
+    grad = torch.randn(5)
+    steps = []
+    for scale in (None, 1024.0):
+        w = torch.nn.Parameter(torch.ones(5))
+        opt = torch.optim.Adam([w], lr=0.1, fused=True)
+        for _ in range(3):
+            w.grad = grad * (scale or 1.0)
+            step_optimizer(opt, torch.tensor(0.0), None if scale is None else torch.tensor(scale))
+        steps.append(w.detach().clone())
+    torch.testing.assert_close(steps[0], steps[1])
+
+
+def test_a_checkpoint_from_unfused_optimizers_loads_into_fused_ones():
+    """Optimizer state saved with fused off (before the optimizers were fused) still skips on the device."""
+    cfg = smoke("deblurgan-smoke", "train.steps=2", "optim.d_steps=1")
+    rep = ListReporter()
+    train_loop(cfg, tensors(cfg), passthrough, CPU, rep)
+    saved = from_bytes(to_bytes(rep.last_state))
+    for key in ("g_opt", "d_opt"):
+        for group in saved[key]["param_groups"]:
+            group["fused"] = None
+    state = build_state(cfg, CPU, lambda m: m)
+    state.load_state_dict(saved)
+    assert all(g["fused"] for opt in (state.g_opt, state.d_opt) for g in opt.param_groups)
+    resumed = train_loop(apply_overrides(cfg, ["train.steps=3"]), tensors(cfg), passthrough, CPU, ListReporter(),
+                         checkpoint=saved)
+    assert resumed.step == 3
+
+
+def test_timing_json_splits_the_timed_steps_into_data_wait_forward_backward_optimizer(tmp_path):
+    cfg = smoke("deblurgan-smoke", "train.steps=3", "train.log_every=1", "optim.d_steps=1")
+    run = RunFiles(Store.open(str(tmp_path)), "timed")
+    train_loop(cfg, tensors(cfg), passthrough, CPU, ListReporter(), run=run)
+    ms = run.dir.read_json("timing.json")["step_ms"]
+    assert list(ms) == ["data_wait", "forward", "backward", "optimizer", "total"]
+    assert all(ms[k] > 0 for k in ("forward", "backward", "optimizer"))
+    assert ms["total"] == pytest.approx(sum(v for k, v in ms.items() if k != "total"))
 
 
 def test_lr_schedule_constant_then_linear_to_zero():

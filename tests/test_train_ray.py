@@ -119,6 +119,41 @@ def test_train_on_s3_store(s3_endpoint, s3_bucket, ray_cluster):
             assert secret not in s3.read_text(key[len("exp/"):])
 
 
+def test_replicas_that_differ_are_named_across_two_gloo_workers(ray_cluster, tmp_path):
+    """``check_replicas`` over 2 real Ray Train workers (gloo): equal weights pass; a tensor changed
+    on rank 1 only is named on both ranks, so both stop at the same checkpoint."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    def worker(config):
+        import torch
+
+        from asaptrain.train import dist
+
+        torch.manual_seed(0)
+        nets = {"G": torch.nn.Linear(3, 3), "D": torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 1))}
+        outcome = []
+        for perturb in (False, True):
+            if perturb and dist.rank() == 1:
+                with torch.no_grad():
+                    nets["D"][1].weight[0, 0] += 1e-3
+            try:
+                dist.check_replicas(nets)
+                outcome.append("same")
+            except dist.ReplicaMismatch as exc:
+                outcome.append(str(exc))
+        with open(f"{config['out']}/rank{dist.rank()}.txt", "w") as fh:
+            fh.write("\n".join(outcome))
+
+    TorchTrainer(worker, train_loop_config={"out": str(tmp_path)},
+                 scaling_config=ScalingConfig(num_workers=2, use_gpu=False, resources_per_worker={"CPU": 0.5}),
+                 run_config=RunConfig(storage_path=str(tmp_path / "ray"), name="replicas")).fit()
+    for rank in (0, 1):
+        same, differ = (tmp_path / f"rank{rank}.txt").read_text().split("\n")
+        assert same == "same"
+        assert differ.startswith("replicas differ at D.1.weight (rank 0: sum ") and "rank 1: sum" in differ
+
+
 def test_run_names_are_never_silently_reused(store):
     cfg = smoke_cfg("deblurgan-smoke", store)
     name, start = choose_name(store, cfg, "deblurgan-smoke", None, None)

@@ -1,4 +1,4 @@
-"""`asaptrain smoke` (the README's main command) and `asaptrain experiment` (the whole study)."""
+"""`asaptrain smoke`: the README's main command, the whole study at its smallest on synthetic data."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import click
 from asaptrain.cli.groups import friendly_errors, main, output_console, store_options
 
 
-def _finish(outcome: dict) -> None:
+def finish_study(outcome: dict) -> None:
+    """Print a study's sweep and report; exit 1 when a run or the sweep failed."""
     from asaptrain.cli.report_cmd import print_report
     from asaptrain.cli.tune_cmd import print_sweep
 
@@ -44,21 +45,4 @@ def smoke_cmd(store, s3_endpoint, steps, trials, progress) -> None:
     ensure_ray()
     gpus = int(ray.cluster_resources().get("GPU", 0))
     plan = smoke_plan(store or StorageConfig().store, s3_endpoint, steps, trials, use_gpu=gpus > 0, gpus=gpus)
-    _finish(run_study(plan, progress=progress, console=output_console()))
-
-
-@main.command("experiment")
-@store_options
-@click.option("--set", "overrides", multiple=True, metavar="SECTION.FIELD=VALUE",
-              help="Override for every run, e.g. --set scaling.num_workers=8.")
-@click.option("--trials", default=16, show_default=True, type=click.IntRange(min=1), help="Sweep trials.")
-@click.option("--progress/--no-progress", default=True)
-@friendly_errors
-def experiment_cmd(store, s3_endpoint, overrides, trials, progress) -> None:
-    """The full study: train the four paper presets, sweep the hybrid, retrain its best config,
-    aggregate. Needs the converted datasets in the store (datasets/cityscapes, datasets/gopro)."""
-    from asaptrain.config.schema import StorageConfig
-    from asaptrain.experiment import full_plan, run_study
-
-    _finish(run_study(full_plan(store or StorageConfig().store, s3_endpoint, list(overrides), trials), progress,
-                         console=output_console()))
+    finish_study(run_study(plan, progress=progress, console=output_console()))

@@ -22,7 +22,7 @@ from asaptrain.errors import UserError
 from asaptrain.models.options import OptionError
 
 Task = Literal["labels2photo", "deblur"]
-GanLoss = Literal["hinge", "lsgan", "wgan-gp"]
+GanFamily = Literal["hinge", "lsgan", "wgan-gp"]
 Perceptual = Literal["none", "vgg19-multi", "vgg19-conv3_3"]
 VggInput = Literal["imagenet", "raw"]
 Schedule = Literal["fixed", "linear", "cosine", "step", "band"]
@@ -73,7 +73,7 @@ class DataConfig:
 
 @dataclass
 class LossConfig:
-    gan: GanLoss = "wgan-gp"
+    gan: GanFamily = "wgan-gp"
     """Adversarial loss family."""
     gan_weight: float = 1.0
     """Weight of the generator's adversarial term."""

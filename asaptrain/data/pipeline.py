@@ -5,7 +5,7 @@ Ray Data tasks (CPU) read only the columns the task needs, decode, resize, crop 
 scaling to [-1, 1]), where it is cheap and a quarter of the bytes travel::
 
     ds = train_dataset(cfg, store)                    # driver: TorchTrainer(datasets={"train": ds})
-    for batch in iter_train_batches(ray.train.get_dataset_shard("train"), cfg, device, batch_size):
+    for batch in TrainBatches(ray.train.get_dataset_shard("train"), cfg, device, batch_size):
         x, y = to_model_batch(batch, cfg, schedule.strength(step))
 
 Dataset rows: ``target`` (H, W, 3) uint8; ``input`` (H, W) uint8 label ids (labels2photo) or
@@ -125,12 +125,12 @@ class TrainBatches:
     """One worker's training batches, epoch after epoch (``epoch``, ``batch_in_epoch`` say where)."""
 
     def __init__(self, ds_shard, cfg: Config, device, batch_size: int, epoch_seed: int = 0,
-                 start_epoch: int = 0, epochs: int | None = None, store=None):
+                 start_epoch: int = 0, epochs: int | None = None, ds_store=None):
         import torch
 
         self.ds, self.cfg, self.batch_size, self.epoch_seed = ds_shard, cfg, batch_size, epoch_seed
-        self.store = store
-        """The Store the dataset is read from: a failed read is named with its endpoint and bucket."""
+        self.ds_store = ds_store
+        """The Store holding the dataset (its shards): a failed read is named with its endpoint and bucket."""
         self.device = "auto" if isinstance(device, str) and device == "auto" else str(torch.device(device))
         self.epoch, self.end, self.batch_in_epoch = start_epoch, None if epochs is None else start_epoch + epochs, 0
 
@@ -161,9 +161,9 @@ class TrainBatches:
         Ray's task error, after its own retries and the filesystem's storage.outage_s): Ray's text
         names neither the endpoint nor what to check."""
         found = [e for e in _causes(exc) if isinstance(e, OSError)][-1:]
-        if self.store is None or not found:
+        if self.ds_store is None or not found:
             return None
-        return self.store.describe_failure(found[0], f"reading the training shards of {self.cfg.data.dataset!r}")
+        return self.ds_store.describe_failure(found[0], f"reading the training shards of {self.cfg.data.dataset!r}")
 
 
 def _causes(exc: BaseException | None) -> Iterator[BaseException]:
@@ -180,14 +180,6 @@ def _data_error(exc: BaseException) -> DataError | None:
     ``cause`` is the original exception, possibly nested), or None."""
     found = [e for e in _causes(exc) if isinstance(e, DataError)][-1:]
     return DataError(*found[0].args) if found else None
-
-
-def iter_train_batches(ds_shard, cfg: Config, device, batch_size: int, epoch_seed: int = 0,
-                       start_epoch: int = 0, epochs: int | None = None, store=None) -> TrainBatches:
-    """Batches of ``batch_size`` rows (dicts of tensors on ``device``) from a dataset or its shard
-    (``ray.train.get_dataset_shard``), re-iterated each epoch; endless unless ``epochs`` is set.
-    ``store``: the Store holding the dataset, to name it in an error when reading from it fails."""
-    return TrainBatches(ds_shard, cfg, device, batch_size, epoch_seed, start_epoch, epochs, store)
 
 
 # ----------------------------------------------------------------------------- model tensors
@@ -293,6 +285,6 @@ def validation_set(cfg: Config, store, device=None, max_images: int | None = Non
     return next(validation_batches(cfg, store, device, batch_size=2**31, max_images=max_images))
 
 
-__all__ = ["DataError", "Decoder", "train_dataset", "iter_train_batches", "TrainBatches", "to_model_batch",
+__all__ = ["DataError", "Decoder", "train_dataset", "TrainBatches", "to_model_batch",
            "validation_set", "validation_batches", "validation_raw", "new_bad_image_log", "bad_images",
            "key_id", "VAL_BLUR_SEED"]

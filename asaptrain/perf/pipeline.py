@@ -3,7 +3,7 @@ and what the device side (blur or one-hot) costs per batch.
 
 For each crop size it builds the real training dataset (``data/pipeline.py``: read_parquet
 with the store's filesystem, decode, crop, flip in ``map_batches``), iterates it with
-``iter_train_batches`` as one Ray Train worker would (re-reading the shards each epoch when
+``TrainBatches`` as one Ray Train worker would (re-reading the shards each epoch when
 the dataset is small), skips ``warmup`` batches (worker start-up, first reads) and times the
 next ``batches``. Then it times ``to_model_batch`` on the last batch on the training device
 (CUDA when present): the synthetic blur (kernels + application) for deblurring, the one-hot
@@ -63,7 +63,7 @@ def run(uri: str, s3_endpoint: str | None = None, crops: list[tuple[int, int]] =
     import ray
     import torch
 
-    from asaptrain.data.pipeline import DataError, iter_train_batches, train_dataset
+    from asaptrain.data.pipeline import DataError, TrainBatches, train_dataset
     from asaptrain.data.shards import read_manifest
     from asaptrain.data.store import Store
 
@@ -83,7 +83,7 @@ def run(uri: str, s3_endpoint: str | None = None, crops: list[tuple[int, int]] =
                      train=TrainConfig(batch_size=batch))
         row: dict[str, Any] = {"crop": f"{h}x{w}"}
         try:
-            it = iter(iter_train_batches(train_dataset(cfg, None, ds_store=ds_store), cfg, "cpu", batch))
+            it = iter(TrainBatches(train_dataset(cfg, None, ds_store=ds_store), cfg, "cpu", batch))
             t0 = time.perf_counter()
             for _ in range(warmup):
                 last = next(it)

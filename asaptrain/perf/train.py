@@ -15,10 +15,9 @@ import time
 import torch
 
 from asaptrain.config.schema import Config
-from asaptrain.train.losses import build_gan_loss
 from asaptrain.train.metrics import device_name
 from asaptrain.train.nets import generator_in_channels
-from asaptrain.train.gan import GanStep, PhaseTimes
+from asaptrain.train.gan import GanStep
 from asaptrain.train.loop import build_state
 
 # Dense bf16 tensor-core peaks, FLOP/s (vendor data sheets, SXM parts).
@@ -51,22 +50,20 @@ def bench_preset(cfg: Config, device: torch.device, steps: int = 20, warmup: int
 
     batch = batch or cfg.train.batch_size
     state = build_state(cfg, device, wrap=lambda m: m)
-    step = GanStep(cfg, state.generator, state.discriminator, state.g_opt, state.d_opt, build_gan_loss(cfg.loss),
-                   None, device)
+    step = GanStep(cfg, state)
     x, y = _random_batch(cfg, batch, device)
     if cfg.train.channels_last:
         x, y = x.contiguous(memory_format=torch.channels_last), y.contiguous(memory_format=torch.channels_last)
-    times = PhaseTimes()
     with FlopCounterMode(display=False) as counter:
-        step(x, y, 0, times, False)
+        step(x, y, 0)
     flops = counter.get_total_flops()
     for i in range(warmup):
-        step(x, y, i, times, False)
+        step(x, y, i)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     t0 = time.perf_counter()
     for i in range(steps):
-        step(x, y, i, times, False)
+        step(x, y, i)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = (time.perf_counter() - t0) / steps

@@ -2,7 +2,7 @@
 
 Pure Python, no Ray. The training loop asks once per step::
 
-    schedule = build_schedule(cfg.curriculum, total_steps=cfg.train.steps, seed=cfg.train.seed)
+    schedule = build_blur_schedule(cfg.curriculum, total_steps=cfg.train.steps, seed=cfg.train.seed)
     strength = schedule.strength(step)
 
 Every kind holds ``start`` for ``warmup_steps``, then moves toward ``end`` over ``ramp_steps``
@@ -95,7 +95,7 @@ class BlurSchedule:
         self.__post_init__()
 
 
-def build_schedule(cfg: CurriculumConfig, total_steps: int, seed: int = 0) -> BlurSchedule:
+def build_blur_schedule(cfg: CurriculumConfig, total_steps: int, seed: int = 0) -> BlurSchedule:
     """The schedule ``cfg`` describes for a run of ``total_steps`` steps; ``seed`` feeds "band"."""
     if total_steps < 1:
         raise ConfigError(f"train.steps must be > 0, got {total_steps}")
@@ -105,4 +105,4 @@ def build_schedule(cfg: CurriculumConfig, total_steps: int, seed: int = 0) -> Bl
     )
 
 
-__all__ = ["BlurSchedule", "build_schedule", "KINDS"]
+__all__ = ["BlurSchedule", "build_blur_schedule", "KINDS"]

@@ -7,6 +7,7 @@ notebooks, one worker) it is a world of one. Nothing else in asaptrain touches p
 
     if dist.is_main(): ...
     bad = dist.max_over_ranks(flag)   # the same decision on every rank, left on the device
+    dist.check_replicas({"G": G, "D": D})   # at each checkpoint: raises ReplicaMismatch
 """
 
 from __future__ import annotations
@@ -75,6 +76,65 @@ def gather_objects(value) -> list:
 def gather(value: float) -> list[float]:
     """One float from every rank, in rank order (every rank gets the list)."""
     return [float(v) for v in gather_objects(float(value))]
+
+
+def gather_tensor(t: torch.Tensor) -> torch.Tensor:
+    """``t`` from every rank stacked in rank order, ``(world, *t.shape)``, on ``t``'s device."""
+    if world_size() == 1:
+        return t[None]
+    on = t.device
+    t = t if torch_dist.get_backend() == "nccl" else t.cpu()
+    out = [torch.empty_like(t) for _ in range(world_size())]
+    torch_dist.all_gather(out, t.contiguous())
+    return torch.stack(out).to(on)
+
+
+class ReplicaMismatch(RuntimeError):
+    """DDP replicas hold different weights; the message names the first tensor that differs."""
+
+
+def tensor_checksums(modules: dict[str, torch.nn.Module]) -> tuple[list[str], torch.Tensor]:
+    """Names (``G.net.0.weight``) and ``(sum, sum of squares)`` in float64 of every parameter and
+    buffer of ``modules``: ``(n, 2)``, on the tensors' device. One float64 copy of one tensor at a
+    time; any change a diverging replica makes to a tensor moves one of the two."""
+    names, rows = [], []
+    for prefix, module in modules.items():
+        module = unwrap(module)
+        for name, t in [*module.named_parameters(), *module.named_buffers()]:
+            v = t.detach().double()
+            names.append(f"{prefix}.{name}")
+            rows.append(torch.stack([v.sum(), (v * v).sum()]))
+    return names, torch.stack(rows)
+
+
+def first_mismatch(names: list[str], sums: torch.Tensor) -> str | None:
+    """The message for the first tensor whose checksums differ between ranks (``sums``:
+    ``(world, n, 2)`` from :func:`tensor_checksums` on each rank), or None when all agree.
+    Exact comparison: DDP gives every replica the same bits (NaN agrees with NaN)."""
+    ref = sums[0:1]
+    same = ((sums == ref) | (sums.isnan() & ref.isnan())).all(dim=2)  # (world, n)
+    bad = (~same).any(dim=0).nonzero()
+    if not len(bad):
+        return None
+    i = int(bad[0])
+    ranks = [r for r in range(sums.shape[0]) if not bool(same[r, i])]
+    values = "; ".join(f"rank {r}: sum {sums[r, i, 0].item():.17g}, sum of squares {sums[r, i, 1].item():.17g}"
+                       for r in [0, *ranks])
+    more = int(len(bad)) - 1
+    return (f"replicas differ at {names[i]} ({values})" + (f", and {more} more tensors" if more else "")
+            + ": DDP must keep every rank's weights identical; a rank-dependent update or a buffer "
+              "changed outside DDP's broadcast breaks that")
+
+
+def check_replicas(modules: dict[str, torch.nn.Module]) -> None:
+    """Raise :class:`ReplicaMismatch` on every rank when the ranks' ``modules`` differ (EDM's
+    ``check_ddp_consistency``, cheaply: one all-gather of two float64 numbers per tensor)."""
+    if world_size() == 1:
+        return
+    names, sums = tensor_checksums(modules)
+    message = first_mismatch(names, gather_tensor(sums).cpu())
+    if message is not None:
+        raise ReplicaMismatch(message)
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

@@ -1,25 +1,37 @@
-"""The GAN step as explicit phases around loss objects (StyleGAN3's ``accumulate_gradients``).
+"""The GAN step: phases as data, timing around each call (StyleGAN3's training_loop.py).
 
-One step = generator forward once, ``d_steps`` discriminator updates on the detached output,
-then one generator update through the discriminator. Each discriminator call sees real and
-fake (and, for WGAN-GP, the interpolates) concatenated into one batch: one forward per
-phase, which is also what DDP expects (no second forward before a backward).
+One step = the generator's forward once, then the phases in order: ``optim.d_steps``
+discriminator updates on the detached output, then one generator update through the
+discriminator. A :class:`Phase` names its network, optimizer and loss terms
+(``train/objective.py``, the math only); :meth:`GanStep.run_phase` runs each as forward,
+backward and optimizer step, each inside the timer (``record_function`` ranges for the profiler;
+CUDA events or ``perf_counter`` on timed steps)::
+
+    step = GanStep(cfg, state, perceptual, timer)
+    result = step(x, real, step_number)     # StepResult: loss terms, skipped or not
+
+A non-finite loss or gradient skips that phase's update on the device (:func:`step_optimizer`);
+the step reads every phase's flag at once at its end, one host sync per step.
 """
 
 from __future__ import annotations
 
 import contextlib
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
-from asaptrain.train import dist
 from asaptrain.config.schema import Config
 from asaptrain.errors import UserError
+from asaptrain.train import dist
+from asaptrain.train.cadence import PhaseTimer
 from asaptrain.train.init_from import fixed_global_params
-from asaptrain.train.losses import feature_matching
-from asaptrain.train.nets import feature_matching_layer_weight
+from asaptrain.train.losses import build_gan_loss
+from asaptrain.train.objective import Objective
+from asaptrain.train.state import RunState
+
+Terms = dict[str, torch.Tensor]
 
 
 class NonFiniteLoss(UserError):
@@ -27,28 +39,57 @@ class NonFiniteLoss(UserError):
 
 
 @dataclass
-class PhaseTimes:
-    """Milliseconds spent per part of a step (measured only on timed steps)."""
-
-    forward: float = 0.0
-    backward: float = 0.0
-    optimizer: float = 0.0
-
-
-@dataclass
 class StepResult:
-    losses: dict[str, torch.Tensor] = field(default_factory=dict)
+    losses: Terms = field(default_factory=dict)
     skipped: bool = False
 
 
-def _split(outs: list[list[torch.Tensor]], sizes: list[int]) -> list[list[list[torch.Tensor]]]:
-    """Split every tensor of multi-scale D outputs along the batch into ``sizes`` parts."""
-    parts = [[[] for _ in outs] for _ in sizes]
-    for s, scale in enumerate(outs):
-        for feat in scale:
-            for i, chunk in enumerate(torch.split(feat, sizes)):
-                parts[i][s].append(chunk)
-    return parts
+@dataclass(frozen=True)
+class Phase:
+    """One kind of update within a step."""
+
+    name: str
+    """``"D"`` or ``"G"``: the network it updates; its terms' sum is logged as ``loss/d`` or ``loss/g``."""
+    module: torch.nn.Module
+    """The network this phase trains."""
+    opt: torch.optim.Optimizer
+    params: list[torch.nn.Parameter]
+    """``module``'s trainable parameters (their gradients are checked for non-finite values)."""
+    terms: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], Terms]
+    """``(x, fake, real) -> named loss terms``: the math, from ``train/objective.py``."""
+    repeats: int = 1
+    """Updates per step (``optim.d_steps`` for D)."""
+    frozen: list[torch.nn.Parameter] = field(default_factory=list)
+    """Parameters held without gradients during the phase (D's in the G phase)."""
+
+
+def require_fused(opt: torch.optim.Optimizer) -> None:
+    """Refuse an optimizer that would ignore :func:`step_optimizer`'s device-side skip."""
+    if not all(group.get("fused") for group in opt.param_groups):
+        raise ValueError(f"{type(opt).__name__} must be built with fused=True: only the fused step reads "
+                         "found_inf, so an unfused one would apply a non-finite update")
+
+
+def step_optimizer(opt: torch.optim.Optimizer, skip: torch.Tensor, grad_scale: torch.Tensor | None = None) -> None:
+    """``opt.step()``, left undone on the device where ``skip`` (a float scalar) is nonzero:
+    weights, moments and step count stay as they were, and the host waits for nothing.
+
+    This is the contract torch's fused Adam / AdamW keep with ``torch.amp.GradScaler``: during
+    ``step()`` they read the attributes ``found_inf`` (skip where nonzero) and ``grad_scale``
+    (divide every gradient by it first) off the optimizer (torch/optim/adam.py), so only a fused
+    optimizer is accepted. A loss scaler (fp16) plugs in here: the gradients' scale goes in as
+    ``grad_scale``, its overflow check into ``skip``, its scale update after this call.
+    """
+    require_fused(opt)
+    opt.found_inf = skip
+    if grad_scale is not None:
+        opt.grad_scale = grad_scale
+    try:
+        opt.step()
+    finally:
+        del opt.found_inf
+        if grad_scale is not None:
+            del opt.grad_scale
 
 
 @contextlib.contextmanager
@@ -64,163 +105,90 @@ def _frozen(params: list[torch.nn.Parameter]):
 
 
 def _nonfinite(loss: torch.Tensor, params: list[torch.nn.Parameter]) -> torch.Tensor:
-    """A scalar device tensor, nonzero where the loss or a gradient is non-finite on any rank.
-
-    Not read on the host: the optimizer skips on it on the device, and the step reads all its
-    phases' flags at once at its end (one host sync per step, not one per phase).
-    """
+    """A float scalar on the device, nonzero where the loss or a gradient is non-finite on any
+    rank. Not read on the host: the optimizer skips on it, and the step reads all its phases'
+    flags at once at its end."""
     grads = [p.grad for p in params if p.grad is not None]
     bad = ~torch.isfinite(loss.detach().float())
     if grads:
         bad = bad | ~torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()
-    return dist.max_over_ranks(bad.float().reshape(()))  # a scalar, as the fused optimizers take it
+    return dist.max_over_ranks(bad.float().reshape(()))
 
 
-def _step_unless(opt: torch.optim.Optimizer, bad: torch.Tensor) -> None:
-    """``opt.step()`` that leaves weights, moments and step count as they were where ``bad`` is
-    nonzero, decided on the device: the fused optimizers' ``found_inf`` skip, which
-    ``torch.amp.GradScaler`` drives the same way."""
-    if not all(group.get("fused") for group in opt.param_groups):
-        # Optimizer state from a checkpoint written before the optimizers were fused keeps
-        # ``fused`` off: such an optimizer has no device-side skip, so read the flag here.
-        if not bool(bad):
-            opt.step()
-        return
-    opt.found_inf = bad
-    try:
-        opt.step()
-    finally:
-        del opt.found_inf
+def _trainable(module: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in module.parameters() if p.requires_grad]
 
 
 class GanStep:
-    """Holds G, D, their optimizers and the losses; ``__call__`` runs one full step."""
+    """The phases of one run's GAN step; ``__call__`` runs one full step."""
 
-    def __init__(self, cfg: Config, generator, discriminator, g_opt, d_opt, gan_loss, perceptual, device):
-        self.cfg = cfg
-        self.G, self.D = generator, discriminator
-        self.g_opt, self.d_opt = g_opt, d_opt
-        self.gan_loss, self.perceptual = gan_loss, perceptual
-        self.device = device
-        self.cuda = device.type == "cuda"
-        self.fm_layer_weight = feature_matching_layer_weight(cfg)
-        self.autocast = (
-            torch.autocast(device.type, dtype=torch.bfloat16)
-            if cfg.train.precision == "bf16"
-            else contextlib.nullcontext()
-        )
-        self.g_params = [p for p in generator.parameters() if p.requires_grad]
-        self.d_params = [p for p in discriminator.parameters() if p.requires_grad]
+    def __init__(self, cfg: Config, state: RunState, perceptual: torch.nn.Module | None = None,
+                 timer: PhaseTimer | None = None) -> None:
+        self.cfg, self.G = cfg, state.generator
+        device = next(self.G.parameters()).device
+        self.timer = timer or PhaseTimer(device)  # off unless begun: no timing, ranges only
+        D = state.discriminator
+        self.objective = Objective(cfg, D, build_gan_loss(cfg.loss), perceptual, device.type)
+        self.autocast = self.objective.autocast
+        d_params = _trainable(D)
+        self.phases = [
+            Phase("D", D, state.d_opt, d_params, self.objective.d_terms, repeats=cfg.optim.d_steps),
+            Phase("G", self.G, state.g_opt, _trainable(self.G), self.objective.g_terms, frozen=d_params),
+        ]
         # pix2pixHD's second stage: the global generator held fixed for the first steps. Its
         # gradients are dropped before the G update, so Adam neither moves it nor keeps moments
         # for it, and it starts with fresh moments when the steps are over (as a new optimizer).
         self.fixed_until = cfg.train.fix_global_steps
-        self.fixed_params = fixed_global_params(generator) if self.fixed_until else []
+        self.fixed_params = fixed_global_params(self.G) if self.fixed_until else []
         self._fixing = False
 
-    # ------------------------------------------------------------------ timing helpers
-    def _mark(self, timed: bool) -> float:
-        if timed and self.cuda:
-            torch.cuda.synchronize(self.device)
-        return time.perf_counter()
+    def run_phase(self, phase: Phase, x: torch.Tensor, fake: torch.Tensor, real: torch.Tensor) -> tuple[Terms, torch.Tensor]:
+        """One update of ``phase``: its terms, backward, the optimizer step unless non-finite.
+        Returns the terms with their sum (``"d"`` / ``"g"``) and the non-finite flag, unread."""
+        timer, key = self.timer, phase.name.lower()
+        with _frozen(phase.frozen):
+            with timer("forward", phase.name):
+                terms = phase.terms(x, fake, real)
+                loss = sum(terms.values())
+            with timer("backward", phase.name):
+                phase.opt.zero_grad(set_to_none=True)
+                loss.backward()  # an fp16 loss scaler scales ``loss`` here (see step_optimizer)
+                if phase.name == "G" and self._fixing:
+                    for p in self.fixed_params:
+                        p.grad = None
+            with timer("optimizer", phase.name):
+                bad = _nonfinite(loss, phase.params)
+                step_optimizer(phase.opt, bad)
+        return {**terms, key: loss}, bad
 
-    def _cond(self, x: torch.Tensor) -> torch.Tensor | None:
-        return x if self.cfg.model.d_conditional else None
-
-    def _run_d(self, images: torch.Tensor, cond: torch.Tensor | None):
-        with self.autocast:
-            return self.D(images, cond)
-
-    # ------------------------------------------------------------------ phases
-    def d_phase(self, x, fake, real, times: PhaseTimes, timed: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """One discriminator update; returns its loss terms and its non-finite flag (unread)."""
-        t0 = self._mark(timed)
-        n = real.shape[0]
-        batch = [real, fake.detach()]
-        if self.gan_loss.has_penalty:
-            batch.append(self.gan_loss.interpolates(real, fake))
-        cond = self._cond(x)
-        outs = self._run_d(torch.cat(batch), None if cond is None else torch.cat([cond] * len(batch)))
-        parts = _split(outs, [n] * len(batch))
-        terms = {"d_adv": self.gan_loss.d_loss(parts[0], parts[1])}
-        if self.gan_loss.has_penalty:
-            terms["d_gp"] = self.gan_loss.penalty_at(parts[2], batch[2])
-        return self._update("D", terms, self.d_opt, self.d_params, times, timed, t0)
-
-    def g_phase(self, x, fake, real, times: PhaseTimes, timed: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """One generator update through D; returns its loss terms and its non-finite flag (unread)."""
-        t0 = self._mark(timed)
-        lc = self.cfg.loss
-        with _frozen(self.d_params):
-            n = real.shape[0]
-            cond = self._cond(x)
-            need_real = lc.feature_matching_weight > 0
-            images = torch.cat([fake, real]) if need_real else fake
-            conds = None if cond is None else (torch.cat([cond, cond]) if need_real else cond)
-            outs = self._run_d(images, conds)
-            parts = _split(outs, [n, n]) if need_real else [outs]
-            terms = {"g_adv": lc.gan_weight * self.gan_loss.g_loss(parts[0])}
-            if need_real:
-                real_feats = [[f.detach() for f in scale] for scale in parts[1]]
-                terms["g_fm"] = lc.feature_matching_weight * feature_matching(real_feats, parts[0], self.fm_layer_weight)
-            if self.perceptual is not None:
-                with self.autocast:
-                    terms["g_perceptual"] = lc.perceptual_weight * self.perceptual(fake, real).float()
-            if lc.l1_weight > 0:
-                terms["g_l1"] = lc.l1_weight * (fake.float() - real.float()).abs().mean()
-            return self._update("G", terms, self.g_opt, self.g_params, times, timed, t0)
-
-    def _update(self, phase: str, terms: dict[str, torch.Tensor], opt, params, times: PhaseTimes, timed: bool,
-                t0: float) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """Backward and the optimizer step of one phase begun at ``t0``, skipped on the device
-        where anything is non-finite. Returns the phase's terms and their sum (``"d"`` / ``"g"``),
-        and the non-finite flag, unread."""
-        loss = sum(terms.values())
-        t1 = self._mark(timed)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if phase == "G" and self._fixing:
-            for p in self.fixed_params:
-                p.grad = None
-        t2 = self._mark(timed)
-        bad = _nonfinite(loss, params)
-        _step_unless(opt, bad)
-        t3 = self._mark(timed)
-        times.forward += (t1 - t0) * 1000
-        times.backward += (t2 - t1) * 1000
-        times.optimizer += (t3 - t2) * 1000
-        return {**terms, phase.lower(): loss}, bad
-
-    def _check(self, step: int, phases: list[tuple[str, dict[str, torch.Tensor], torch.Tensor]]) -> list[bool]:
-        """Which phases were finite everywhere (one host read for the whole step); a non-finite
-        one (its update already skipped on the device) is reported with its terms, or raises."""
-        ok = [not b for b in torch.stack([bad for _, _, bad in phases]).tolist()]
-        for (phase, terms, _), fine in zip(phases, ok):
-            if fine:
-                continue
-            values = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
-            if self.cfg.train.nonfinite == "skip":
-                print(f"[asaptrain] step {step}: non-finite {phase} gradients ({values}); step skipped", flush=True)
-                continue
-            raise NonFiniteLoss(
-                f"step {step}: non-finite {phase} loss/gradients ({values}); lower optim.g_lr/optim.d_lr, "
-                f"try train.precision=fp32, or set train.nonfinite=skip to skip such steps"
-            )
-        return ok
-
-    def __call__(self, x: torch.Tensor, real: torch.Tensor, step: int, times: PhaseTimes, timed: bool) -> StepResult:
+    def __call__(self, x: torch.Tensor, real: torch.Tensor, step: int) -> StepResult:
         self._fixing = step <= self.fixed_until
-        t0 = self._mark(timed)
-        with self.autocast:
+        with self.timer("forward", "G"), self.autocast:
             fake = self.G(x)
         fake = fake.float()
-        times.forward += (self._mark(timed) - t0) * 1000
-        phases = [("D", *self.d_phase(x, fake, real, times, timed)) for _ in range(self.cfg.optim.d_steps)]
-        phases.append(("G", *self.g_phase(x, fake, real, times, timed)))
+        done = [(phase.name, *self.run_phase(phase, x, fake, real))
+                for phase in self.phases for _ in range(phase.repeats)]
         result = StepResult()
-        for (_, terms, _), fine in zip(phases, self._check(step, phases)):
+        for (_, terms, _), fine in zip(done, self._check(step, done)):
             if fine:
                 result.losses.update(terms)
             else:
                 result.skipped = True
         return result
+
+    def _check(self, step: int, done: list[tuple[str, Terms, torch.Tensor]]) -> list[bool]:
+        """Which updates were finite everywhere (one host read for the whole step); a non-finite
+        one (its update already skipped on the device) is reported with its terms, or raises."""
+        ok = [not b for b in torch.stack([bad for _, _, bad in done]).tolist()]
+        for (name, terms, _), fine in zip(done, ok):
+            if fine:
+                continue
+            values = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
+            if self.cfg.train.nonfinite == "skip":
+                print(f"[asaptrain] step {step}: non-finite {name} gradients ({values}); step skipped", flush=True)
+                continue
+            raise NonFiniteLoss(
+                f"step {step}: non-finite {name} loss/gradients ({values}); lower optim.g_lr/optim.d_lr, "
+                f"try train.precision=fp32, or set train.nonfinite=skip to skip such steps"
+            )
+        return ok

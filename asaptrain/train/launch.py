@@ -73,7 +73,7 @@ def _worker(config: dict[str, Any]) -> None:
     import ray.train.torch
     import ray.util
 
-    from asaptrain.data.pipeline import iter_train_batches, to_model_batch, validation_set
+    from asaptrain.data.pipeline import TrainBatches, to_model_batch, validation_set
     from asaptrain.data.store import resolve_dataset, store_from_config
     from asaptrain.train.loop import train_loop
 
@@ -95,9 +95,9 @@ def _worker(config: dict[str, Any]) -> None:
     checkpoint = worker_checkpoint(ray.train.get_checkpoint(), RunFiles(store, config["name"], config["runs_prefix"]).dir)
     start_step = checkpoint["step"] if checkpoint else 0
     per_worker = cfg.train.batch_size // dist.world_size()
-    batches = iter(iter_train_batches(
+    batches = iter(TrainBatches(
         ray.train.get_dataset_shard("train"), cfg, device, per_worker, epoch_seed=cfg.train.seed + start_step,
-        store=resolve_dataset(cfg.data.dataset, store))
+        ds_store=resolve_dataset(cfg.data.dataset, store))
     )
     val = validation_set(cfg, store, device) if main else None
     init = None
@@ -109,7 +109,7 @@ def _worker(config: dict[str, Any]) -> None:
         init = init_plan(cfg, source)
     stop_instead_of_retry(lambda: train_loop(
         cfg, batches, to_model_batch, device, RayReporter(), run=run_files,
-        val=val, checkpoint=checkpoint, store=store, init=init,
+        val=val, checkpoint=checkpoint, weights_store=store, init=init,
         wrap=lambda m: ray.train.torch.prepare_model(m, move_to_device=False),
     ), run_files)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
@@ -18,7 +17,7 @@ import torch
 from asaptrain.train import dist
 from asaptrain.config.io import to_dict
 from asaptrain.config.schema import Config
-from asaptrain.train.curriculum import build_schedule
+from asaptrain.train.curriculum import build_blur_schedule
 from asaptrain.train.losses import build_gan_loss, build_perceptual
 from asaptrain.train.metrics import (
     FidScorer,
@@ -31,7 +30,7 @@ from asaptrain.train.metrics import (
 )
 from asaptrain.train.nets import build_discriminator, build_generator, generator_in_channels
 from asaptrain.models.pixel_mlp import pixel_path
-from asaptrain.train.cadence import Cadence, Throughput
+from asaptrain.train.cadence import Cadence, PhaseTimer, Throughput
 from asaptrain.train.gan import GanStep
 from asaptrain.train.init_from import InitPlan, apply_init
 from asaptrain.train.run_files import EVAL_KIND, RunFiles
@@ -40,21 +39,10 @@ from asaptrain.train.visual import training_samples
 
 
 class Reporter(Protocol):
+    """Where the loop's reports go: Ray's calls ``ray.train.report``; tests record into a list."""
+
     def report(self, metrics: dict, state: dict | None) -> None:
         """Called by every rank the same number of times; ``state`` only on checkpoints."""
-
-
-@dataclass
-class ListReporter:
-    """Records reports in memory (tests, notebooks)."""
-
-    reports: list[tuple[dict, bool]] = field(default_factory=list)
-    last_state: dict | None = None
-
-    def report(self, metrics: dict, state: dict | None) -> None:
-        self.reports.append((metrics, state is not None))
-        if state is not None:
-            self.last_state = state
 
 
 def lr_lambda(total_steps: int, decay_start: float) -> Callable[[int], float]:
@@ -82,19 +70,20 @@ def build_state(cfg: Config, device: torch.device, wrap: Callable[[torch.nn.Modu
         # graph cannot do: D stays eager there.
         D = D if build_gan_loss(cfg.loss).has_penalty else torch.compile(D)
     o = cfg.optim
-    # Fused: it can skip a non-finite step on the device (``found_inf``), with no host sync.
+    # Fused: it can skip a non-finite step on the device (``gan.step_optimizer``), with no host sync.
     g_opt = torch.optim.Adam(G.parameters(), lr=o.g_lr, betas=(o.beta1, o.beta2), fused=True)
     d_opt = torch.optim.Adam(D.parameters(), lr=o.d_lr, betas=(o.beta1, o.beta2), fused=True)
     f = lr_lambda(cfg.train.steps, o.decay_start)
     return RunState(
         generator=G, discriminator=D, g_opt=g_opt, d_opt=d_opt,
-        g_sched=torch.optim.lr_scheduler.LambdaLR(g_opt, f), d_sched=torch.optim.lr_scheduler.LambdaLR(d_opt, f),
-        schedule=build_schedule(cfg.curriculum, cfg.train.steps, seed=cfg.train.seed), ema=ema, config=to_dict(cfg),
+        g_lr_schedule=torch.optim.lr_scheduler.LambdaLR(g_opt, f),
+        d_lr_schedule=torch.optim.lr_scheduler.LambdaLR(d_opt, f),
+        blur_schedule=build_blur_schedule(cfg.curriculum, cfg.train.steps, seed=cfg.train.seed), ema=ema, config=to_dict(cfg),
     )
 
 
 @torch.no_grad()
-def evaluate(cfg: Config, generator: torch.nn.Module, val: tuple[torch.Tensor, torch.Tensor], device, fid_weights):
+def score_validation(cfg: Config, generator: torch.nn.Module, val: tuple[torch.Tensor, torch.Tensor], device, fid_weights):
     """PSNR/SSIM (per-image means), the blurred input's PSNR/SSIM for deblurring, FID or its reason."""
     x_all, y_all = val
     was_training = generator.training
@@ -143,28 +132,29 @@ def train_loop(
     val: tuple[torch.Tensor, torch.Tensor] | None = None,
     checkpoint: dict | None = None,
     wrap: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m,
-    store=None,
+    weights_store=None,
     init: InitPlan | None = None,
 ) -> RunState:
-    """Train until ``cfg.train.steps``; ``run`` and ``val`` are used on rank 0 only. A new run
-    (no ``checkpoint``) starts its networks from ``init`` when given (``train --init-from``)."""
+    """Train until ``cfg.train.steps``; ``run`` and ``val`` are used on rank 0 only.
+    ``weights_store``: the Store whose ``weights/`` folder holds VGG19 / Inception weights. A new
+    run (no ``checkpoint``) starts its networks from ``init`` when given (``train --init-from``)."""
     check_device_memory(cfg, device)
     state = build_state(cfg, device, wrap)
     if checkpoint is None and init is not None:
         apply_init(state, init)
     _restore(cfg, state, checkpoint, run if dist.is_main() else None)
-    loop = _Loop(cfg, state, device, reporter, run, val, store)
+    loop = _Loop(cfg, state, device, reporter, run, val, weights_store)
     if state.step == 0:
-        loop.evaluate(0, Cadence.at(0, cfg))
+        loop.validate(0, Cadence.at(0, cfg))
     while state.step < cfg.train.steps:
         step = state.step + 1
         when = Cadence.at(step, cfg)
         result, strength = loop.train_step(step, when, batches, to_model_batch)
         rate = loop.meter.interval_rate()  # before evaluating, which is not training
         if when.eval:
-            loop.evaluate(step, when)
-        if when.report:
-            loop.report(step, when, result.skipped, strength, rate)
+            loop.validate(step, when)
+        if when.calls_reporter:
+            loop.report_step(step, when, result.skipped, strength, rate)
     loop.finish()
     return state
 
@@ -197,19 +187,16 @@ class _Loop:
     """One worker's run between steps: the GAN step, evaluation, reports, the closing timing."""
 
     def __init__(self, cfg: Config, state: RunState, device: torch.device, reporter: Reporter,
-                 run: RunFiles | None, val, store) -> None:
+                 run: RunFiles | None, val, weights_store) -> None:
         self.cfg, self.state, self.device, self.reporter = cfg, state, device, reporter
         self.main = dist.is_main()
         self.run, self.val = (run, val) if self.main else (None, None)
         t = cfg.train
         self.blur_rng = torch.Generator(device=device).manual_seed(t.seed * 7919 + dist.rank() * 104729 + state.step)
-        self.step_fn = GanStep(
-            cfg, state.generator, state.discriminator, state.g_opt, state.d_opt,
-            build_gan_loss(cfg.loss), _perceptual_on(cfg, store, device), device,
-        )
-        self.fid_weights = find_inception_weights(cfg.eval.inception_weights, store) if (self.main and cfg.eval.fid) \
-            else (None, "")
-        self.meter = Throughput(t.batch_size)
+        self.meter = Throughput(t.batch_size, PhaseTimer(device))
+        self.step_fn = GanStep(cfg, state, _perceptual_on(cfg, weights_store, device), self.meter.timer)
+        self.fid_weights = find_inception_weights(cfg.eval.inception_weights, weights_store) \
+            if (self.main and cfg.eval.fid) else (None, "")
         self.last_eval: dict = {}
         self.loss_tensors: dict[str, torch.Tensor] = {}  # read (a device sync) only when logging
 
@@ -218,16 +205,17 @@ class _Loop:
         cfg, state = self.cfg, self.state
         w0 = time.perf_counter()
         batch = next(batches)
-        strength = state.schedule.strength(step)
+        strength = state.blur_schedule.strength(step)
         x, y = to_model_batch(batch, cfg, strength, self.blur_rng)
         if cfg.train.channels_last:
             x, y = x.contiguous(memory_format=torch.channels_last), y.contiguous(memory_format=torch.channels_last)
         wait_s = time.perf_counter() - w0
-        result = self.step_fn(x, y, step, self.meter.phases, when.timed)
+        self.meter.timer.begin(when.timed)
+        result = self.step_fn(x, y, step)
         self.meter.stepped(when.timed, wait_s)
-        # The schedule counts steps, skipped ones (non-finite losses) included.
-        state.g_sched.step()
-        state.d_sched.step()
+        # The schedules count steps, skipped ones (non-finite losses) included.
+        state.g_lr_schedule.step()
+        state.d_lr_schedule.step()
         if state.ema is not None:
             update_ema(state.ema, state.generator, cfg.optim.ema_decay)
         state.step = step
@@ -235,11 +223,11 @@ class _Loop:
             self.loss_tensors = result.losses
         return result, strength
 
-    def evaluate(self, step: int, when: Cadence) -> None:
+    def validate(self, step: int, when: Cadence) -> None:
         """Validation metrics (rank 0, when it has a validation set) and, when due, a sample grid."""
         if self.val is None:
             return
-        record, first = evaluate(self.cfg, self.state.inference_generator(), self.val, self.device, self.fid_weights)
+        record, first = score_validation(self.cfg, self.state.inference_generator(), self.val, self.device, self.fid_weights)
         self.last_eval = record
         if self.run is not None:
             self.run.add_metrics({"step": step, "kind": EVAL_KIND, **record})
@@ -247,17 +235,20 @@ class _Loop:
                 x, out, y = first
                 self.run.write_samples(step, training_samples(x, out, y, self.cfg.data.task, self.cfg.data.num_labels))
 
-    def report(self, step: int, when: Cadence, skipped: bool, strength: float, rate: float) -> None:
-        """Every rank reports (a log line, a checkpoint or both); rank 0 writes the run's files."""
+    def report_step(self, step: int, when: Cadence, skipped: bool, strength: float, rate: float) -> None:
+        """Every rank reports (a log line, a checkpoint or both); rank 0 writes the run's files.
+        Before a checkpoint the ranks' G and D are compared: a diverged replica stops the run."""
         if when.log:
-            report = self._log(step, when, skipped, strength, rate)
+            metrics = self._log(step, when, skipped, strength, rate)
         else:
-            report = {"step": step}
+            metrics = {"step": step}
             if self.run is not None:
                 self.run.flush(durable=True)
         # Every report carries the latest validation numbers (Tune's schedulers need them in each).
-        report.update({f"val_{k}": v for k, v in self.last_eval.items() if isinstance(v, float)})
-        self.reporter.report(report, self.state.state_dict() if (when.checkpoint and self.main) else None)
+        metrics.update({f"val_{k}": v for k, v in self.last_eval.items() if isinstance(v, float)})
+        if when.checkpoint:
+            dist.check_replicas({"G": self.state.generator, "D": self.state.discriminator})
+        self.reporter.report(metrics, self.state.state_dict() if (when.checkpoint and self.main) else None)
 
     def _log(self, step: int, when: Cadence, skipped: bool, strength: float, rate: float) -> dict:
         state, steps = self.state, self.cfg.train.steps

@@ -30,7 +30,8 @@ def _logits(outs: Outs) -> list[torch.Tensor]:
 
 
 class GanLoss(abc.ABC):
-    """Base: ``d_loss(real_outs, fake_outs)``, ``g_loss(fake_outs)``, optional ``penalty``."""
+    """Base: ``d_loss(real_outs, fake_outs)``, ``g_loss(fake_outs)``; a regularized family sets
+    ``has_penalty`` and gives ``interpolates`` / ``penalty_at``."""
 
     name = "base"
     has_penalty = False
@@ -42,12 +43,6 @@ class GanLoss(abc.ABC):
     @abc.abstractmethod
     def g_loss(self, fake_outs: Outs) -> torch.Tensor:
         """Generator adversarial loss from the discriminator's outputs on generated images."""
-
-    def penalty(
-        self, D: nn.Module, real: torch.Tensor, fake: torch.Tensor, cond: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Discriminator regularizer; zero for families without one."""
-        return real.new_zeros(())
 
     def interpolates(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
         """The points the penalty is taken at (families with ``has_penalty``), requiring grad."""
@@ -88,7 +83,7 @@ class LSGAN(GanLoss):
 class WGANGP(GanLoss):
     """DeblurGAN's critic loss: D mean(fake) - mean(real); G -mean(fake); scales averaged.
 
-    ``penalty`` is Gulrajani et al.'s gradient penalty, lambda = ``gp_weight``: one alpha per
+    The penalty is Gulrajani et al.'s gradient penalty, lambda = ``gp_weight``: one alpha per
     sample, the critic's patch logits summed (all scales) per sample, the gradient norm over
     the whole image. (DeblurGAN's code draws one alpha per batch and takes the norm over
     channels only; with its batch of 1 the first is the same.)
@@ -107,12 +102,6 @@ class WGANGP(GanLoss):
     def g_loss(self, fake_outs: Outs) -> torch.Tensor:
         fake = _logits(fake_outs)
         return -sum(f.mean() for f in fake) / len(fake)
-
-    def penalty(
-        self, D: nn.Module, real: torch.Tensor, fake: torch.Tensor, cond: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        interp = self.interpolates(real.float(), fake.float())
-        return self.penalty_at(D(interp, None if cond is None else cond.detach()), interp)
 
     def interpolates(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
         """One random point per sample on the line from real to fake (both detached), requiring grad."""

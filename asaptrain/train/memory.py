@@ -120,11 +120,13 @@ def _perceptual(cfg: Config):
 
 
 def _step_fn(cfg: Config, G, D, g_opt, d_opt, perceptual):
-    from asaptrain.train.gan import GanStep, PhaseTimes
-    from asaptrain.train.losses import build_gan_loss
+    """The training step itself (``train/gan.py``) over these networks and optimizers."""
+    from types import SimpleNamespace
 
-    step = GanStep(cfg, G, D, g_opt, d_opt, build_gan_loss(cfg.loss), perceptual, torch.device("cpu"))
-    return lambda x, y, i: step(x, y, i, PhaseTimes(), False)
+    from asaptrain.train.gan import GanStep
+
+    state = SimpleNamespace(generator=G, discriminator=D, g_opt=g_opt, d_opt=d_opt)
+    return GanStep(cfg, state, perceptual)
 
 
 def _at(cfg: Config, batch: int, height: int, width: int) -> Config:

@@ -27,10 +27,12 @@ class RunState:
     discriminator: torch.nn.Module
     g_opt: torch.optim.Optimizer
     d_opt: torch.optim.Optimizer
-    g_sched: torch.optim.lr_scheduler.LRScheduler
-    d_sched: torch.optim.lr_scheduler.LRScheduler
-    schedule: Any
-    """The blur-strength schedule (curriculum); has state_dict / load_state_dict."""
+    g_lr_schedule: torch.optim.lr_scheduler.LRScheduler
+    """The generator's learning-rate schedule (its checkpoint key: ``g_sched``)."""
+    d_lr_schedule: torch.optim.lr_scheduler.LRScheduler
+    """The discriminator's learning-rate schedule (its checkpoint key: ``d_sched``)."""
+    blur_schedule: Any
+    """The blur-strength curriculum; has state_dict / load_state_dict (its checkpoint key: ``schedule``)."""
     ema: torch.nn.Module | None = None
     step: int = 0
     """Generator updates done."""
@@ -45,9 +47,10 @@ class RunState:
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "g_opt": self.g_opt.state_dict(),
             "d_opt": self.d_opt.state_dict(),
-            "g_sched": self.g_sched.state_dict(),
-            "d_sched": self.d_sched.state_dict(),
-            "schedule": self.schedule.state_dict(),
+            # The keys stay as the first checkpoints wrote them: those still load.
+            "g_sched": self.g_lr_schedule.state_dict(),
+            "d_sched": self.d_lr_schedule.state_dict(),
+            "schedule": self.blur_schedule.state_dict(),
             "step": self.step,
             "rng": {
                 "torch": torch.get_rng_state(),
@@ -61,11 +64,11 @@ class RunState:
         unwrap(self.discriminator).load_state_dict(state["discriminator"])
         if self.ema is not None and state.get("ema") is not None:
             self.ema.load_state_dict(state["ema"])
-        self.g_opt.load_state_dict(state["g_opt"])
-        self.d_opt.load_state_dict(state["d_opt"])
-        self.g_sched.load_state_dict(state["g_sched"])
-        self.d_sched.load_state_dict(state["d_sched"])
-        self.schedule.load_state_dict(state["schedule"])
+        self.g_opt.load_state_dict(_as_built(state["g_opt"], self.g_opt))
+        self.d_opt.load_state_dict(_as_built(state["d_opt"], self.d_opt))
+        self.g_lr_schedule.load_state_dict(state["g_sched"])
+        self.d_lr_schedule.load_state_dict(state["d_sched"])
+        self.blur_schedule.load_state_dict(state["schedule"])
         self.step = int(state["step"])
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
@@ -76,6 +79,18 @@ class RunState:
     def inference_generator(self) -> torch.nn.Module:
         """The generator to evaluate and export: the EMA copy when there is one."""
         return self.ema if self.ema is not None else unwrap(self.generator)
+
+
+_IMPLEMENTATION = ("fused", "foreach", "capturable")
+"""Optimizer switches that say how it runs, not what it learned."""
+
+
+def _as_built(saved: dict, opt: torch.optim.Optimizer) -> dict:
+    """A saved optimizer state with ``opt``'s implementation switches: a checkpoint written before
+    the optimizers were fused loads into fused ones (which skip a non-finite step on the device)."""
+    groups = [{**g, **{k: live[k] for k in _IMPLEMENTATION if k in live}}
+              for g, live in zip(saved["param_groups"], opt.param_groups)]
+    return {**saved, "param_groups": groups}
 
 
 def make_ema(generator: torch.nn.Module) -> torch.nn.Module:

@@ -1,0 +1,28 @@
+"""`asaptrain infer`: a trained generator on image files at their full size."""
+
+from __future__ import annotations
+
+import click
+
+from asaptrain.cli.groups import friendly_errors, main, s3_endpoint_option
+
+
+@main.command("infer")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--run", "run_uri", required=True, metavar="URI", help="A run directory (STORE/runs/NAME).")
+@click.option("--checkpoint", metavar="DIR", help="A checkpoint directory inside the run [default: latest].")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@s3_endpoint_option
+@click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--tile", default=1024, type=click.IntRange(min=64), help="Largest tile edge in pixels.")
+@click.option("--overwrite", is_flag=True, help="Replace outputs that exist (inputs are never replaced).")
+@friendly_errors
+def infer_cmd(inputs, run_uri, checkpoint, out_dir, s3_endpoint, device, tile, overwrite) -> None:
+    """Run a trained generator on photos (deblurring) or label-id PNGs at their full size."""
+    from asaptrain.data.store import Store
+    from asaptrain.infer import infer_files
+
+    run_dir = Store.open(run_uri, s3_endpoint)
+    rel = f"{checkpoint.rstrip('/')}/state.pt" if checkpoint else None
+    for path in infer_files(run_dir, list(inputs), out_dir, rel, device, tile, overwrite):
+        click.echo(path)

@@ -1,0 +1,85 @@
+"""The GAN's loss terms for one step: the math of each phase, nothing else (StyleGAN3's loss.py).
+
+``Objective.d_terms`` and ``Objective.g_terms`` take the generator's input, its output and the
+target and return named loss terms, weighted as the config says; they run no backward, step no
+optimizer and carry no timer (``train/gan.py`` does those around them)::
+
+    objective = Objective(cfg, D, build_gan_loss(cfg.loss), perceptual)
+    terms = objective.g_terms(x, fake, real)   # {"g_adv": ..., "g_fm": ..., "g_l1": ...}
+
+Each discriminator call sees real and fake (and, for WGAN-GP, the interpolates) concatenated
+into one batch: one forward per phase, which is also what DDP expects (no second forward before
+a backward).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from asaptrain.config.schema import Config
+from asaptrain.train.losses import GanLoss, feature_matching
+from asaptrain.train.nets import feature_matching_layer_weight
+
+
+def _split(outs: list[list[torch.Tensor]], sizes: list[int]) -> list[list[list[torch.Tensor]]]:
+    """Split every tensor of multi-scale D outputs along the batch into ``sizes`` parts."""
+    parts = [[[] for _ in outs] for _ in sizes]
+    for s, scale in enumerate(outs):
+        for feat in scale:
+            for i, chunk in enumerate(torch.split(feat, sizes)):
+                parts[i][s].append(chunk)
+    return parts
+
+
+class Objective:
+    """The discriminator's and the generator's loss terms, from ``cfg.loss`` and the loss objects."""
+
+    def __init__(self, cfg: Config, discriminator: torch.nn.Module, gan_loss: GanLoss,
+                 perceptual: torch.nn.Module | None, device_type: str = "cpu") -> None:
+        self.loss_cfg = cfg.loss
+        self.conditional = cfg.model.d_conditional
+        self.D, self.gan_loss, self.perceptual = discriminator, gan_loss, perceptual
+        self.fm_layer_weight = feature_matching_layer_weight(cfg)
+        self.autocast = (torch.autocast(device_type, dtype=torch.bfloat16) if cfg.train.precision == "bf16"
+                         else contextlib.nullcontext())
+
+    def _run_d(self, images: torch.Tensor, cond: torch.Tensor | None):
+        with self.autocast:
+            return self.D(images, cond)
+
+    def d_terms(self, x: torch.Tensor, fake: torch.Tensor, real: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The discriminator's terms on real and the detached fake: ``d_adv`` (and ``d_gp``)."""
+        n = real.shape[0]
+        batch = [real, fake.detach()]
+        if self.gan_loss.has_penalty:
+            batch.append(self.gan_loss.interpolates(real, fake))
+        cond = x if self.conditional else None
+        outs = self._run_d(torch.cat(batch), None if cond is None else torch.cat([cond] * len(batch)))
+        parts = _split(outs, [n] * len(batch))
+        terms = {"d_adv": self.gan_loss.d_loss(parts[0], parts[1])}
+        if self.gan_loss.has_penalty:
+            terms["d_gp"] = self.gan_loss.penalty_at(parts[2], batch[2])
+        return terms
+
+    def g_terms(self, x: torch.Tensor, fake: torch.Tensor, real: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The generator's terms through D: ``g_adv``, and ``g_fm`` / ``g_perceptual`` / ``g_l1``
+        where their weights are on. D's parameters must be frozen by the caller."""
+        lc, n = self.loss_cfg, real.shape[0]
+        cond = x if self.conditional else None
+        need_real = lc.feature_matching_weight > 0
+        images = torch.cat([fake, real]) if need_real else fake
+        conds = None if cond is None else (torch.cat([cond, cond]) if need_real else cond)
+        outs = self._run_d(images, conds)
+        parts = _split(outs, [n, n]) if need_real else [outs]
+        terms = {"g_adv": lc.gan_weight * self.gan_loss.g_loss(parts[0])}
+        if need_real:
+            real_feats = [[f.detach() for f in scale] for scale in parts[1]]
+            terms["g_fm"] = lc.feature_matching_weight * feature_matching(real_feats, parts[0], self.fm_layer_weight)
+        if self.perceptual is not None:
+            with self.autocast:
+                terms["g_perceptual"] = lc.perceptual_weight * self.perceptual(fake, real).float()
+        if lc.l1_weight > 0:
+            terms["g_l1"] = lc.l1_weight * (fake.float() - real.float()).abs().mean()
+        return terms
