@@ -66,9 +66,12 @@ def test_resume_with_another_model_is_refused_before_anything_is_written(tmp_pat
 def test_resume_with_other_widths_names_the_shapes(tmp_path):
     store = Store.open(str(tmp_path))
     make_run(store, "deblurgan-smoke")
-    cfg = cfg_of("deblurgan-smoke", store, "train.steps=8", f"model.ngf={get_preset('deblurgan-smoke').model.ngf * 2}")
-    with pytest.raises(CheckpointError, match=r"shapes differ \(.*in the checkpoint, .* in the config"):
+    ngf = get_preset("deblurgan-smoke").model.ngf
+    cfg = cfg_of("deblurgan-smoke", store, "train.steps=8", f"model.ngf={ngf * 2}")
+    with pytest.raises(CheckpointError, match=r"shapes differ \(.*in the checkpoint, .* in the config") as err:
         fit(cfg, resume="done", store=store, progress=False)
+    # the checkpoint carries its config: the field that differs is named, not only the shapes
+    assert f"model.ngf = {ngf} in the checkpoint, {ngf * 2} in the config" in str(err.value)
 
 
 def test_a_corrupt_latest_checkpoint_is_named_and_passed_over(tmp_path):

@@ -117,6 +117,8 @@ def _hybrid_deblur() -> Config:
     tiles its grid grows with the image, and at 1024 channels and 7 blocks it alone cost 44 of
     53 GFLOPs per 256 x 256 image (DeblurGAN: 99). Here 32 -> 256 channels and 3 blocks; the
     MLPs mix neighbouring cells within 4 px of a tile edge (2.25x the nearest-cell MLP, not 4x).
+    The perceptual loss is DeblurGAN's as its code computes it (``loss.vgg_input = "raw"``): the
+    recipe's weight of 100 was chosen against raw VGG features.
     """
     cfg = _deblurgan_gopro()
     # HybridConfig's defaults (models/hybrid.py) are the hybrid's generator; ASAP-Net's discriminator.

@@ -248,6 +248,8 @@ class RunReader:
 
     def checkpoint(self, rel: str | None = None) -> Found:
         """The checkpoint file ``rel`` (relative to the run), or the newest one that loads."""
+        if not self.exists() and not self.checkpoints():
+            raise RunError(f"{self.dir.uri_for('config.toml')} is missing: is {self.uri} a run directory?")
         if not rel:
             return newest_loadable(self.dir)
         if not self.dir.exists(rel):
