@@ -167,6 +167,19 @@ def test_local_evaluate_equals_numpy_on_infer_pngs_and_torchmetrics_fid(tmp_path
         fid.update(torch.from_numpy(out.copy()).permute(2, 0, 1)[None], real=False)
     assert result["fid_reason"] is None and result["fid"] == pytest.approx(float(fid.compute()), rel=1e-6)
 
+    # aggregate shows it beside the run's last training-time evaluation.
+    from asaptrain.report.aggregate import aggregate
+
+    files = RunFiles(store, "deblur")
+    files.add_metrics({"kind": "eval", "step": 2, "psnr": 12.5, "ssim": 0.25, "fid": None, "fid_reason": "x"})
+    files.flush(durable=True)
+    report = aggregate(store, tmp_path / "report", plots=False)
+    row, = report["evaluations"]
+    assert (row["run"], row["split"], row["images"], row["psnr"], row["train_psnr"], row["train_step"]) == \
+        ("deblur", "val", 3, result["psnr"], 12.5, 2)
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "Whole-split evaluations" in md and f"| {result['psnr']:.2f} |" in md and "| 12.50 |" in md
+
     # Written once: a second evaluate does not replace it unasked.
     before = run.read_bytes("eval-val.json")
     res = CliRunner().invoke(main, args[:-2])
@@ -220,3 +233,72 @@ def test_synthesized_blur_is_the_same_for_every_call(tmp_path):
     again = evaluate(ec)
     assert first["images"] == 2 and first["input_psnr"] == again["input_psnr"] and first["psnr"] == again["psnr"]
     assert first["input_psnr"] < 60  # blurred: not the target itself
+
+
+# ----------------------------------------------------------------------------- under Ray
+
+
+def expected_scores(run: Store, rows: list[dict], labels: bool = False) -> dict[str, tuple[float, float]]:
+    """key -> (PSNR, SSIM) by numpy of `infer`'s output (``infer.generate``, whole image) for each row."""
+    from asaptrain.infer import load_generator
+
+    cfg, G = load_generator(run)
+    out, threads = {}, torch.get_num_threads()
+    torch.set_num_threads(1)  # as the 0.5-CPU workers run: the same summation order, so the same 8-bit outputs
+    try:
+        for row in rows:
+            out[row["key"]] = _expected(G, cfg, row, labels)
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def _expected(G, cfg, row: dict, labels: bool) -> tuple[float, float]:
+    from asaptrain.data.decode import edge_map
+    from asaptrain.infer import generate
+
+    if labels:
+        ids = np.asarray(Image.open(io.BytesIO(row["input"])))
+        edges = edge_map(np.asarray(Image.open(io.BytesIO(row["instance"]))).astype(np.int64))
+        y, = generate(G, cfg, [ids], [edges], tile=4096)
+    else:
+        y, = generate(G, cfg, [rgb(row["input"])], tile=4096)
+    target = rgb(row["target"])
+    return 10 * np.log10(255 ** 2 / np.mean((y.astype(np.float64) - target) ** 2)), numpy_ssim(y, target)
+
+
+@pytest.mark.slow
+def test_ray_workers_on_s3(ray_cluster, s3_endpoint, s3_bucket, tmp_path):
+    store = Store.open(f"s3://{s3_bucket}/store", s3_endpoint=s3_endpoint)
+    run = make_run(store, "deblurgan-smoke", "deblur")
+    ds = store.child("datasets", "pairs")
+    make_pairs(ds, seed=3)
+    res = CliRunner().invoke(main, ["evaluate", "--run", run.uri, "--dataset", ds.uri, "--s3-endpoint", s3_endpoint,
+                                    "--workers", "2", "--cpus-per-worker", "0.5", "--json", str(tmp_path / "d.json")])
+    assert res.exit_code == 0, res.output
+    assert "PSNR" in res.output and "FID missing (not requested" in res.output
+    result = run.read_json("eval-val.json")
+    assert result["mode"] == "ray" and result["workers"] == 2 and result["images"] == 3
+    expected = expected_scores(run, val_rows(ds))
+    for r in json.loads((tmp_path / "d.json").read_text())["per_image"]:
+        assert (r["psnr"], r["ssim"]) == pytest.approx(expected[r["key"]], abs=1e-9)
+    assert not [p for p in store.list("", recursive=True) if "_tmp-" in p]
+
+
+@pytest.mark.slow
+def test_ray_label_maps_with_instance_edges_in_a_local_store(ray_cluster, tmp_path):
+    from asaptrain.data.convert import convert
+    from asaptrain.data.synth import synth_plan
+
+    store = Store.open(str(tmp_path / "store"))
+    run = make_run(store, "pix2pixhd-smoke", "labels")
+    ds = store.child("datasets", "scenes")
+    convert(synth_plan("scenes", 1, (64, 128), seed=0, val_count=2), ds)
+    result = evaluate(EvaluateConfig(run=run.uri, dataset="datasets/scenes", workers=2, cpus_per_worker=0.5,
+                                     json=str(tmp_path / "d.json")))
+    assert result["images"] == 2 and result["input_psnr"] is None and result["task"] == "labels2photo"
+    expected = expected_scores(run, val_rows(ds), labels=True)
+    rows = json.loads((tmp_path / "d.json").read_text())["per_image"]
+    for r in rows:
+        assert (r["psnr"], r["ssim"]) == pytest.approx(expected[r["key"]], abs=1e-9)
+    assert result["psnr"] == pytest.approx(np.mean([e[0] for e in expected.values()]), abs=1e-9)

@@ -48,6 +48,7 @@ class Run:
     sample: str | None = None  # store path (rel) of the latest samples/STEP.png
     sample_step: int | None = None
     config_toml: str | None = None  # the run's resolved config, to rebuild its generator for timing
+    evaluations: list[dict[str, Any]] = field(default_factory=list)  # eval-SPLIT.json of `asaptrain evaluate`
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -145,10 +146,23 @@ def load_run(store, prefix: str, name: str) -> Run:
         run.sample = f"{base}/samples/{steps[run.sample_step]}"
     else:
         run.problems.append("no samples")
+    run.evaluations = _evaluations(store, base, run.problems)
     if run.status != "finished":
         error = run.info.get("error")
         run.problems.insert(0, f"status {run.status}" + (f" ({error})" if error else ""))
     return run
+
+
+def _evaluations(store, base: str, problems: list[str]) -> list[dict[str, Any]]:
+    """The run's ``eval-SPLIT.json`` files (whole-split scores of `asaptrain evaluate`), by split."""
+    out = []
+    for name in _names_under(store, base):
+        if name.startswith("eval-") and name.endswith(".json"):
+            try:
+                out.append({"file": name, **store.read_json(f"{base}/{name}")})
+            except ValueError as exc:
+                problems.append(f"{name} unreadable: {exc}")
+    return sorted(out, key=lambda e: str(e.get("split")))
 
 
 def _from_config_toml(store, base: str) -> dict[str, str]:
@@ -282,6 +296,24 @@ def _ratio(task: str, fast: str, slow: str, chosen: dict[str, Run], repeats: int
     return out
 
 
+def _evaluation_rows(runs: list[Run]) -> list[dict[str, Any]]:
+    """One row per run and evaluated split, with the run's last training-time eval beside it."""
+    rows = []
+    for run in runs:
+        last = run.evals[-1] if run.evals else {}
+        for e in run.evaluations:
+            rows.append({
+                "run": run.name, "model": run.model, "task": run.task, "status": run.status, "split": e.get("split"),
+                "images": e.get("images"), "resolution": ", ".join(e.get("resolution") or {}), "dtype": e.get("dtype"),
+                "step": e.get("step"), "psnr": finite(e.get("psnr")), "ssim": finite(e.get("ssim")),
+                "fid": finite(e.get("fid")), "fid_reason": e.get("fid_reason"),
+                "input_psnr": finite(e.get("input_psnr")), "ms_per_image": finite(e.get("ms_per_image")),
+                "device": e.get("device"), "train_step": last.get("step"), "train_psnr": finite(last.get("psnr")),
+                "train_ssim": finite(last.get("ssim")), "train_fid": finite(last.get("fid")),
+            })
+    return rows
+
+
 def _run_summary(run: Run, used: bool) -> dict[str, Any]:
     last = run.evals[-1] if run.evals else None
     return {
@@ -319,6 +351,7 @@ def build_report(runs: list[Run], store_uri: str = "", prefix: str = "runs") -> 
         "tasks": tasks,
         "speed": {"rows": speed_rows,
                   "ratios": [_ratio(t, f, s, chosen) for t, f, s in SPEED_PAIRS]},
+        "evaluations": _evaluation_rows(runs),
         "runs": [_run_summary(r, r.name in used) for r in runs],
         "plots": {}, "samples": {},
     }
