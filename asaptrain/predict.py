@@ -35,6 +35,7 @@ from asaptrain.data.outputs import (IMAGE_SUFFIXES, JOB_FILE, check_out_folder, 
 from asaptrain.data.shards import SPLITS, read_manifest, shard_paths
 from asaptrain.data.store import Store, StoreError
 from asaptrain.errors import UserError
+from asaptrain.precision import DTYPES
 
 MANIFEST = "predictions.json"
 ROWS_PER_TASK = 4
@@ -314,8 +315,6 @@ def predict(pc: PredictConfig, progress: Callable[[dict], None] = lambda info: N
 
     if bool(pc.dataset) == bool(pc.images):
         raise PredictError("give exactly one of --dataset and --images")
-    from asaptrain.precision import DTYPES
-
     if pc.dtype not in DTYPES:
         raise PredictError(f"--dtype must be one of {', '.join(DTYPES)}, got {pc.dtype!r}")
     run_dir, out, source = (Store.open(u, s3_endpoint=pc.s3_endpoint or None)
