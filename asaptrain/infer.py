@@ -137,12 +137,14 @@ def to_rgb(y: torch.Tensor) -> np.ndarray:
 
 
 def generate(G: torch.nn.Module, cfg: Config, arrays: list[np.ndarray], edges: list[np.ndarray | None] | None = None,
-             tile: int = 1024, overlap: int = 64, batch: int = 1) -> list[np.ndarray]:
+             tile: int = 1024, overlap: int = 64, batch: int = 1, dtype: str | None = None) -> list[np.ndarray]:
     """G's RGB outputs (H, W, 3) uint8 for ``input_array`` arrays, each at its own full size:
-    what `infer` and `predict` both run. bf16 where ``use_bf16`` allows; ``batch`` tiles per call."""
+    what `infer` and `predict` both run. ``dtype`` "fp32" or "bf16" (autocast) [None: bf16 where
+    ``use_bf16`` allows]; ``batch`` tiles per call."""
     device = next(G.parameters()).device
     xs = [model_input(a, cfg, e).to(device) for a, e in zip(arrays, edges or [None] * len(arrays))]
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(cfg, device)):
+    bf16 = use_bf16(cfg, device) if dtype is None else dtype == "bf16"
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         ys = run_tiles(G, xs, size_multiple(cfg), tile=tile, overlap=overlap, batch=batch)
     return [to_rgb(y) for y in ys]
 

@@ -35,6 +35,7 @@ from asaptrain.data.outputs import (IMAGE_SUFFIXES, JOB_FILE, check_out_folder, 
 from asaptrain.data.shards import SPLITS, read_manifest, shard_paths
 from asaptrain.data.store import Store, StoreError
 from asaptrain.errors import UserError
+from asaptrain.precision import DTYPES
 
 MANIFEST = "predictions.json"
 ROWS_PER_TASK = 4
@@ -75,6 +76,9 @@ class PredictConfig:
     """Largest tile edge in pixels (as `infer --tile`)."""
     max_bad: int = 0
     """Inputs that fail to read or decode that are named and skipped before the command fails."""
+    dtype: str = "auto"
+    """Compute precision: fp32, bf16 (autocast), or auto (bf16 where the worker's device computes
+    bf16 natively: ``asaptrain.precision``)."""
     s3_endpoint: str = ""
     """S3-compatible endpoint of every s3:// URI here [empty: AWS_ENDPOINT_URL*]."""
 
@@ -173,17 +177,19 @@ def _decode_shard_rows(batch: dict[str, np.ndarray], done: frozenset, keep: froz
 class Predictor:
     """Stage 2, one actor: the run's generator (EMA when kept) on this actor's device."""
 
-    def __init__(self, run_dir: Store, checkpoint_rel: str, use_gpu: bool, threads: int, tile: int, batch: int):
+    def __init__(self, run_dir: Store, checkpoint_rel: str, use_gpu: bool, threads: int, tile: int, batch: int,
+                 dtype: str = "auto"):
         import torch
 
-        from asaptrain.infer import load_generator, use_bf16
+        from asaptrain.infer import load_generator
+        from asaptrain.precision import resolve_dtype
 
         if not use_gpu:
             torch.set_num_threads(threads)  # the actor's share of the CPUs, not all of them
         device = "cuda" if use_gpu else "cpu"
         self.cfg, self.G = load_generator(run_dir, checkpoint_rel, device)
         self.tile, self.batch = tile, batch
-        self.precision = "bf16" if use_bf16(self.cfg, device) else "fp32"
+        self.precision = resolve_dtype(dtype, device)  # on this worker's own device
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         from asaptrain.infer import generate
@@ -194,7 +200,8 @@ class Predictor:
         edges = [batch["edges"][i] if np.size(batch["edges"][i]) else None for i in ok] \
             if self.cfg.data.instance_edges else None
         t0 = time.perf_counter()
-        outs = generate(self.G, self.cfg, [batch["image"][i] for i in ok], edges, tile=self.tile, batch=self.batch)
+        outs = generate(self.G, self.cfg, [batch["image"][i] for i in ok], edges, tile=self.tile, batch=self.batch,
+                        dtype=self.precision)
         ms = (time.perf_counter() - t0) * 1000 / max(len(ok), 1)  # generate returns CPU arrays: synced
         output, model_ms = [np.zeros((0, 0, 3), np.uint8)] * len(batch["error"]), [0.0] * len(batch["error"])
         for i, y in zip(ok, outs):
@@ -259,7 +266,8 @@ def _pipeline(pc: PredictConfig, cfg, source: Store, out: Store, run_dir: Store,
                                                    fn_kwargs={"src": source, "cfg": cfg})
     ds = ds.map_batches(Predictor, batch_size=pc.batch, concurrency=workers, num_gpus=gpus, num_cpus=cpus,
                         fn_constructor_kwargs={"run_dir": run_dir, "checkpoint_rel": ckpt, "use_gpu": gpus > 0,
-                                               "threads": max(1, round(cpus)), "tile": pc.tile, "batch": pc.batch})
+                                               "threads": max(1, round(cpus)), "tile": pc.tile, "batch": pc.batch,
+                                               "dtype": pc.dtype})
     return ds.map_batches(_encode, batch_size=ROWS_PER_TASK, num_cpus=TASK_CPUS, fn_kwargs={"out": out})
 
 
@@ -309,6 +317,8 @@ def predict(pc: PredictConfig, progress: Callable[[dict], None] = lambda info: N
 
     if bool(pc.dataset) == bool(pc.images):
         raise PredictError("give exactly one of --dataset and --images")
+    if pc.dtype not in DTYPES:
+        raise PredictError(f"--dtype must be one of {', '.join(DTYPES)}, got {pc.dtype!r}")
     run_dir, out, source = (Store.open(u, s3_endpoint=pc.s3_endpoint or None)
                             for u in (pc.run, pc.out, pc.dataset or pc.images))
     # The run reader checks the generator fits its config here: the actors would fail on it, one by one.
@@ -340,7 +350,8 @@ def predict(pc: PredictConfig, progress: Callable[[dict], None] = lambda info: N
     manifest = {
         **job, "out": out.uri_for(), "task": cfg.data.task, "model": cfg.model.name,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "settings": {k: v for k, v in asdict(pc).items() if k in ("batch", "tile", "max_bad")},
+        "settings": {k: v for k, v in asdict(pc).items() if k in ("batch", "tile", "max_bad", "dtype")},
+        "dtype": timing.get("precision") or None,
         "workers": resources[0], "gpus_per_worker": resources[1], "cpus_per_worker": resources[2], "timing": timing,
         "counts": {"outputs": len(outputs), "written": len(written), "existing": len(outputs) - len(written),
                    "bad": len(bad)},

@@ -189,3 +189,41 @@ def test_dataset_label_maps_use_their_instance_edges(ray_cluster, tmp_path):
     without, = generate(G, cfg, [ids])
     got = np.asarray(Image.open(tmp_path / "pred" / "val" / f"{row['key']}.png")).astype(int)
     assert np.abs(got - with_edges).max() <= 1 and np.abs(with_edges.astype(int) - without).max() > 1
+
+
+# ----------------------------------------------------------------------------- precision
+
+
+def test_auto_dtype_is_bf16_only_where_the_device_computes_it_natively(monkeypatch):
+    from asaptrain import precision
+
+    with open("/proc/cpuinfo") as fh:  # this machine, as the kernel lists its flags
+        flags = {f for line in fh if line.startswith("flags") for f in line.split(":", 1)[1].split()}
+    assert set(precision.cpu_bf16_flags()) == flags & {"avx512_bf16", "amx_bf16"}
+    monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: ("amx_bf16",))
+    assert precision.resolve_dtype("auto", "cpu") == "bf16"
+    monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: ())
+    assert precision.resolve_dtype("auto", "cpu") == "fp32" and precision.resolve_dtype("bf16", "cpu") == "bf16"
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        precision.resolve_dtype("fp16", "cpu")
+
+
+@pytest.mark.slow
+def test_dtype_is_chosen_and_recorded(ray_cluster, tmp_path):
+    from asaptrain.infer import generate, load_generator
+
+    store = Store.open(str(tmp_path / "store"))
+    run = make_run(store, "deblurgan-smoke", "deblur")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    image = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    (photos / "a.png").write_bytes(png(image))
+    manifest = predict(PredictConfig(run=run.uri, images=str(photos), out=str(tmp_path / "bf16"), dtype="bf16"))
+    assert manifest["dtype"] == manifest["timing"]["precision"] == "bf16" and manifest["settings"]["dtype"] == "bf16"
+    cfg, G = load_generator(run)
+    fp32, = generate(G, cfg, [image], dtype="fp32")
+    bf16, = generate(G, cfg, [image], dtype="bf16")
+    got = read_rgb((tmp_path / "bf16" / "a.png").read_bytes()).astype(int)
+    assert np.abs(got - bf16).max() <= 1 and np.abs(bf16.astype(int) - fp32).max() > 0  # bf16 really ran
+    with pytest.raises(PredictError, match="--dtype must be one of auto, fp32, bf16"):
+        predict(PredictConfig(run=run.uri, images=str(photos), out=str(tmp_path / "x"), dtype="fp16"))

@@ -10,6 +10,7 @@ from asaptrain.cli import (  # noqa: F401  (imported for their commands)
     config_cmd,
     data_cmd,
     experiment_cmd,
+    evaluate_cmd,
     export_cmd,
     import_cmd,
     infer_cmd,

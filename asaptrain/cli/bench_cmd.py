@@ -277,15 +277,18 @@ def ingest_cmd(uri, s3_endpoint, json_path, limit, threads, decoders, repeats) -
               help="GPUs of the one model worker (0: CPU).")
 @click.option("--cpus", type=click.FloatRange(min=0), default=0, show_default=True,
               help="CPUs of the model worker [0: as `predict` chooses].")
+@click.option("--dtype", "dtypes", multiple=True, type=click.Choice(["auto", "fp32", "bf16"]),
+              help="As `predict --dtype` (repeatable: one row per dtype) [default: auto].")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the rows as JSON here.")
 @friendly_errors
-def predict_bench_cmd(presets, run_uri, s3_endpoint, images, size, batch, tile, gpus, cpus, json_path) -> None:
+def predict_bench_cmd(presets, run_uri, s3_endpoint, images, size, batch, tile, gpus, cpus, dtypes, json_path) -> None:
     """images/s of `asaptrain predict` per model worker, and its decode / model / encode ms per image."""
     from asaptrain.perf.predict import GPU_COMMAND, render, run
 
     height, width = size
     rows = run(list(presets) or ["deblurgan-gopro", "hybrid-deblur"], run_uri=run_uri, images=images, height=height,
-               width=width, batch=batch, tile=tile, gpus=gpus, cpus=cpus, s3_endpoint=s3_endpoint)
+               width=width, batch=batch, tile=tile, gpus=gpus, cpus=cpus, s3_endpoint=s3_endpoint,
+               dtypes=tuple(dtypes) or ("auto",))
     console = output_console()
     console.print(render(rows))
     if not gpus:

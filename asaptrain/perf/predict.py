@@ -62,11 +62,10 @@ def _preset_run(store, name: str):
 
 def run(presets: list[str], run_uri: str | None = None, images: int = 8, height: int = 720, width: int = 1280,
         batch: int = 4, tile: int = 1024, gpus: float = 0.0, cpus: float = 0.0,
-        s3_endpoint: str | None = None) -> list[dict[str, Any]]:
-    """One row per preset (or for ``run_uri``): images/s and ms per image of each stage."""
-    import ray
-
+        s3_endpoint: str | None = None, dtypes: tuple[str, ...] = ("auto",)) -> list[dict[str, Any]]:
+    """One row per preset (or for ``run_uri``) and dtype: images/s and ms per image of each stage."""
     from asaptrain.data.store import Store
+    from asaptrain.precision import describe_cpu_bf16
     from asaptrain.predict import PredictConfig, predict
     from asaptrain.train.run_reader import RunReader
 
@@ -82,20 +81,27 @@ def run(presets: list[str], run_uri: str | None = None, images: int = 8, height:
             inputs = store.child("inputs", cfg.data.task)
             if not inputs.list(""):
                 _inputs(inputs, cfg, images, height, width)
-            out = store.child("out", f"{len(rows)}")
-            m = predict(PredictConfig(run=run_dir.uri, images=inputs.uri, out=out.uri, workers=1,
-                                      gpus_per_worker=gpus, cpus_per_worker=cpus, batch=batch, tile=tile,
-                                      s3_endpoint=s3_endpoint or ""))
-            t = m["timing"]
-            rows.append({"preset": name, "model": cfg.model.name, "task": cfg.data.task, "height": height,
-                         "width": width, "images": m["counts"]["written"], "batch": batch, "tile": tile,
-                         "device": _device(gpus), "precision": t["precision"], "workers": 1,
-                         "cpus_per_worker": m["cpus_per_worker"], "images_per_s": t["images_per_s"],
-                         "decode_ms": t["decode_ms_per_image"], "model_ms": t["model_ms_per_image"],
-                         "encode_ms": t["encode_ms_per_image"], "seconds": t["seconds"],
-                         "cpu_count": os.cpu_count(), "ray_cpus": ray.cluster_resources().get("CPU", 0),
-                         "load_avg_1min": os.getloadavg()[0], "machine": platform.machine()})
+            for dtype in dtypes:
+                out = store.child("out", f"{len(rows)}")
+                m = predict(PredictConfig(run=run_dir.uri, images=inputs.uri, out=out.uri, workers=1,
+                                          gpus_per_worker=gpus, cpus_per_worker=cpus, batch=batch, tile=tile,
+                                          dtype=dtype, s3_endpoint=s3_endpoint or ""))
+                rows.append(_row(name, cfg, m, height, width, batch, tile, gpus, dtype, describe_cpu_bf16()))
     return rows
+
+
+def _row(name, cfg, m, height, width, batch, tile, gpus, dtype, cpu_bf16) -> dict[str, Any]:
+    import ray
+
+    t = m["timing"]
+    return {"preset": name, "model": cfg.model.name, "task": cfg.data.task, "height": height, "width": width,
+            "images": m["counts"]["written"], "batch": batch, "tile": tile, "device": _device(gpus),
+            "precision": t["precision"], "dtype_requested": dtype, "cpu_bf16": cpu_bf16, "workers": 1,
+            "cpus_per_worker": m["cpus_per_worker"], "images_per_s": t["images_per_s"],
+            "decode_ms": t["decode_ms_per_image"], "model_ms": t["model_ms_per_image"],
+            "encode_ms": t["encode_ms_per_image"], "seconds": t["seconds"], "cpu_count": os.cpu_count(),
+            "ray_cpus": ray.cluster_resources().get("CPU", 0), "load_avg_1min": os.getloadavg()[0],
+            "machine": platform.machine()}
 
 
 def _device(gpus: float) -> str:
@@ -108,7 +114,8 @@ def _device(gpus: float) -> str:
 
 def render(rows: list[dict[str, Any]]) -> Table:
     device = rows[0]["device"] if rows else "?"
-    table = Table(title=f"predict, one model worker ({device}); stage ms per image overlap in the pipeline")
+    bf16 = rows[0].get("cpu_bf16", "") if rows else ""
+    table = Table(title=f"predict, one model worker ({device}; CPU: {bf16}); stage ms per image overlap in the pipeline")
     for col in ("preset", "size", "images", "batch", "tile", "precision", "images/s", "decode ms", "model ms",
                 "encode ms"):
         table.add_column(col, justify="left" if col in ("preset", "precision") else "right")

@@ -47,7 +47,7 @@ class Run:
     timing: dict[str, Any] | None = None
     sample: str | None = None  # the latest samples/STEP.png, relative to the run
     sample_step: int | None = None
-    evaluations: dict[str, dict[str, Any]] = field(default_factory=dict)  # split -> eval-SPLIT.json
+    evaluations: list[dict[str, Any]] = field(default_factory=list)  # eval-SPLIT.json of `asaptrain evaluate`, by split
     problems: list[str] = field(default_factory=list)
     reader: RunReader | None = None  # the run directory, to read its config and sample grid
 
@@ -118,7 +118,7 @@ def load_run(store, prefix: str, name: str) -> Run:
     if run.timing is None:
         run.problems.append("no timing.json")
     try:
-        run.evaluations = reader.evaluations()
+        run.evaluations = [{"file": f"eval-{split}.json", **data} for split, data in sorted(reader.evaluations().items())]
     except RunError as exc:
         run.problems.append(str(exc))
     samples = reader.samples()
@@ -262,6 +262,24 @@ def _ratio(task: str, fast: str, slow: str, chosen: dict[str, Run], repeats: int
     return out
 
 
+def _evaluation_rows(runs: list[Run]) -> list[dict[str, Any]]:
+    """One row per run and evaluated split, with the run's last training-time eval beside it."""
+    rows = []
+    for run in runs:
+        last = run.evals[-1] if run.evals else {}
+        for e in run.evaluations:
+            rows.append({
+                "run": run.name, "model": run.model, "task": run.task, "status": run.status, "split": e.get("split"),
+                "images": e.get("images"), "resolution": ", ".join(e.get("resolution") or {}), "dtype": e.get("dtype"),
+                "step": e.get("step"), "psnr": finite(e.get("psnr")), "ssim": finite(e.get("ssim")),
+                "fid": finite(e.get("fid")), "fid_reason": e.get("fid_reason"),
+                "input_psnr": finite(e.get("input_psnr")), "ms_per_image": finite(e.get("ms_per_image")),
+                "device": e.get("device"), "train_step": last.get("step"), "train_psnr": finite(last.get("psnr")),
+                "train_ssim": finite(last.get("ssim")), "train_fid": finite(last.get("fid")),
+            })
+    return rows
+
+
 def _run_summary(run: Run, used: bool) -> dict[str, Any]:
     last = run.evals[-1] if run.evals else None
     return {
@@ -299,6 +317,7 @@ def build_report(runs: list[Run], store_uri: str = "", prefix: str = "runs") -> 
         "tasks": tasks,
         "speed": {"rows": speed_rows,
                   "ratios": [_ratio(t, f, s, chosen) for t, f, s in SPEED_PAIRS]},
+        "evaluations": _evaluation_rows(runs),
         "runs": [_run_summary(r, r.name in used) for r in runs],
         "plots": {}, "samples": {},
     }

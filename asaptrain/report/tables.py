@@ -70,6 +70,8 @@ def tables(report: dict[str, Any]) -> list[dict[str, Any]]:
             rows.append(cells)
         out.append({"title": f"{t['title']}: quality (last evaluation of the latest finished run)",
                     "headers": headers, "rows": rows, "notes": []})
+    if report.get("evaluations"):
+        out.append(evaluation_table(report["evaluations"]))
     speed = report["speed"]
     out.append({
         "title": "Speed: inference at batch 1, training throughput",
@@ -93,6 +95,26 @@ def tables(report: dict[str, Any]) -> list[dict[str, Any]]:
         "notes": ["In tables: the latest finished run of its model, used in the tables above."],
     })
     return out + sweep_tables(report.get("sweeps") or [])
+
+
+def evaluation_table(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """`asaptrain evaluate`'s whole-split scores, each beside its run's last training-time eval."""
+    def fid(r: dict[str, Any]) -> str:
+        return _fmt(r["fid"], 2) if r["fid"] is not None else f"n/a ({r['fid_reason'] or 'not computed'})"
+
+    return {
+        "title": "Whole-split evaluations (asaptrain evaluate) beside the training-time metrics",
+        "headers": ["Run", "Model", "Split", "Images", "Resolution", "dtype", "Step", "FID ↓", "PSNR (dB) ↑", "SSIM ↑",
+                    "Input PSNR", "ms/image", "Train step", "Train FID", "Train PSNR", "Train SSIM"],
+        "rows": [[r["run"], r["model"], str(r["split"]), str(r["images"]), r["resolution"] or "—", r["dtype"] or "—",
+                  str(r["step"] if r["step"] is not None else "—"), fid(r), _fmt(r["psnr"], 2), _fmt(r["ssim"], 3),
+                  _fmt(r["input_psnr"], 2), _fmt(r["ms_per_image"], 1),
+                  str(r["train_step"] if r["train_step"] is not None else "—"), _fmt(r["train_fid"], 2),
+                  _fmt(r["train_psnr"], 2), _fmt(r["train_ssim"], 3)] for r in rows],
+        "notes": ["Whole split at stored size, 8-bit outputs, per-image means (README: How evaluate computes each "
+                  "number); training-time metrics are on centre crops of eval.images validation images.",
+                  *sorted({f"ms/image on {r['device']}" for r in rows if r["device"]})],
+    }
 
 
 def sweep_tables(sweeps: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -160,4 +182,4 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(parts).rstrip() + "\n"
 
 
-__all__ = ["tables", "sweep_tables", "render_markdown", "ratio_text", "finite"]
+__all__ = ["tables", "sweep_tables", "evaluation_table", "render_markdown", "ratio_text", "finite"]
