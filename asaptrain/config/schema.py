@@ -252,6 +252,8 @@ class StorageConfig:
     """S3 region; empty = AWS_REGION / AWS_DEFAULT_REGION or us-east-1."""
     outage_s: float = 60.0
     """Seconds an S3 request keeps retrying an unreachable endpoint (backoff) before the run fails."""
+    claim_stale_s: float = 90.0
+    """Seconds without a heartbeat after which a resume may take over a run's claim from a command that died."""
 
 
 @dataclass
@@ -371,6 +373,7 @@ def validate(cfg: Config) -> Config:
     for name in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints", "sample_every"):
         _check(getattr(t, name) > 0, f"train.{name} must be > 0, got {getattr(t, name)}")
     _check(t.max_failures >= 0, f"train.max_failures must be >= 0, got {t.max_failures}")
+    _check(cfg.storage.claim_stale_s >= 5, f"storage.claim_stale_s must be >= 5 seconds, got {cfg.storage.claim_stale_s}")
     _check(0 <= cfg.storage.outage_s <= 3600, f"storage.outage_s must be in [0, 3600] seconds, got {cfg.storage.outage_s}")
     _check(s.num_workers >= 1, f"scaling.num_workers must be >= 1, got {s.num_workers}")
     _check(

@@ -171,13 +171,21 @@ def choose_name(
             )
         return resume, done
     if name:
-        if RunFiles(store, name, prefix).exists() or store.exists(f"{prefix}/{name}"):
+        if RunFiles(store, name, prefix).exists() or _holds_files(store, f"{prefix}/{name}"):
             raise RunError(
                 f"a run named {name!r} exists at {store.uri_for(prefix, name)}; pass --resume {name} to "
                 f"continue it, or choose another --name"
             )
         return name, 0
     return new_run_name(preset or cfg.model.name), 0
+
+
+def _holds_files(store, rel: str) -> bool:
+    """Whether the folder exists with more in it than a claim (one left by a command killed before
+    it wrote anything is taken over, not a reason to refuse the name)."""
+    from asaptrain.data.claim import CLAIM_FILE
+
+    return store.exists(rel) and store.list(rel) != [f"{rel}/{CLAIM_FILE}"]
 
 
 def fit(
@@ -194,12 +202,7 @@ def fit(
 ) -> RunResult:
     """Train ``cfg`` under Ray Train and return where the run is and how it ended; with
     ``mlflow`` its curves also go to that tracking server."""
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
-    from asaptrain.data.pipeline import train_dataset
     from asaptrain.data.store import store_from_config
-    from asaptrain.train.resources import worker_resources
 
     cfg = pin_store(cfg)
     store = store or store_from_config(cfg.storage)
@@ -208,6 +211,38 @@ def fit(
         check_mlflow(mlflow)
     if resume:  # the weights must fit the config before anything of the run is rewritten
         start = resume_step(RunFiles(store, name, runs_prefix), cfg, start)
+    held = claim_run(store, name, runs_prefix, cfg, resume=bool(resume))
+    try:
+        return _fit_claimed(cfg, store, name, start, preset, progress, callbacks, runs_prefix, mlflow)
+    finally:
+        held.release()
+
+
+def claim_run(store, name: str, prefix: str, cfg: Config, resume: bool):
+    """Claim the run's folder before Ray starts or anything is written: a second command that
+    names the same run is refused, naming the first; a resume takes over the claim of one that
+    died (no heartbeat for ``storage.claim_stale_s``)."""
+    from asaptrain.data.claim import claim, owner_here
+
+    files = RunFiles(store, name, prefix)
+    held = claim(store, f"{prefix}/{name}", owner_here("train"), what=f"run {name!r} ({files.dir.uri_for()})",
+                 take_stale=resume or not files.exists(), stale_s=cfg.storage.claim_stale_s)
+    if not resume and files.exists():  # written by a command that ended between our check and our claim
+        held.release()
+        raise RunError(f"a run named {name!r} exists at {files.dir.uri_for()}; pass --resume {name} to "
+                       "continue it, or choose another --name")
+    return held
+
+
+def _fit_claimed(cfg: Config, store, name: str, start: int, preset: str | None, progress: bool,
+                 callbacks: list | None, runs_prefix: str, mlflow: MlflowTarget | None) -> RunResult:
+    """The rest of :func:`fit`, while this command holds the run's claim."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from asaptrain.data.pipeline import train_dataset
+    from asaptrain.train.resources import worker_resources
+
     ensure_ray()
     use_gpu = resolve_use_gpu(cfg)
     per_worker = worker_resources(cfg, use_gpu)  # leaves Ray Data a CPU, or says what to set
