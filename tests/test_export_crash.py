@@ -19,6 +19,7 @@ import textwrap
 import pytest
 import torch
 
+import asaptrain
 from asaptrain.config.presets import get_preset
 from asaptrain.data.store import Store
 from asaptrain.errors import UserError
@@ -29,7 +30,7 @@ from asaptrain.train.state import to_bytes
 
 pytest.importorskip("safetensors")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(asaptrain.__file__)))  # the package under test
 CHILD = textwrap.dedent("""
     import os, signal, sys
     when, nth, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]

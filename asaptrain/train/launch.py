@@ -206,32 +206,31 @@ def fit(
 
     cfg = pin_store(cfg)
     store = store or store_from_config(cfg.storage)
-    name, start = choose_name(store, cfg, preset, name, resume, runs_prefix)
-    if mlflow is not None:
-        check_mlflow(mlflow)
-    if resume:  # the weights must fit the config before anything of the run is rewritten
-        start = resume_step(RunFiles(store, name, runs_prefix), cfg, start)
-    held = claim_run(store, name, runs_prefix, cfg, resume=bool(resume))
+    # The run's folder is claimed before its name is checked (so that of two commands started
+    # together the second is told which one holds it) and before Ray starts.
+    held = claim_run(store, resume or name, runs_prefix, cfg, bool(resume)) if resume or name else None
     try:
+        name, start = choose_name(store, cfg, preset, name, resume, runs_prefix)
+        held = held or claim_run(store, name, runs_prefix, cfg, False)
+        if mlflow is not None:
+            check_mlflow(mlflow)
+        if resume:  # the weights must fit the config before anything of the run is rewritten
+            start = resume_step(RunFiles(store, name, runs_prefix), cfg, start)
         return _fit_claimed(cfg, store, name, start, preset, progress, callbacks, runs_prefix, mlflow)
     finally:
-        held.release()
+        if held is not None:
+            held.release()
 
 
 def claim_run(store, name: str, prefix: str, cfg: Config, resume: bool):
-    """Claim the run's folder before Ray starts or anything is written: a second command that
-    names the same run is refused, naming the first; a resume takes over the claim of one that
-    died (no heartbeat for ``storage.claim_stale_s``)."""
+    """Claim the run's folder: a second command that names the same run is refused, naming the
+    first; a resume takes over the claim of one that died (no heartbeat for
+    ``storage.claim_stale_s``), a new run only that of one that died before writing the run."""
     from asaptrain.data.claim import claim, owner_here
 
     files = RunFiles(store, name, prefix)
-    held = claim(store, f"{prefix}/{name}", owner_here("train"), what=f"run {name!r} ({files.dir.uri_for()})",
+    return claim(store, f"{prefix}/{name}", owner_here("train"), what=f"run {name!r} ({files.dir.uri_for()})",
                  take_stale=resume or not files.exists(), stale_s=cfg.storage.claim_stale_s)
-    if not resume and files.exists():  # written by a command that ended between our check and our claim
-        held.release()
-        raise RunError(f"a run named {name!r} exists at {files.dir.uri_for()}; pass --resume {name} to "
-                       "continue it, or choose another --name")
-    return held
 
 
 def _fit_claimed(cfg: Config, store, name: str, start: int, preset: str | None, progress: bool,
