@@ -356,6 +356,7 @@ def dataset_uri(dataset: str, store: Store) -> str:
 
 def resolve_dataset(dataset: str, store: Store) -> Store:
     """A dataset directory: a URI or absolute path as is, a relative path inside ``store``."""
+    check_uri(dataset, "dataset path")
     if not is_relative(dataset):
         return Store.open(dataset, s3_endpoint=store.endpoint if store.is_s3 else None,
                           region=store.region if store.is_s3 else None, outage_s=store.outage_s)

@@ -269,7 +269,9 @@ def load_vgg19_features(data: bytes, where: str = "the weights file") -> nn.Sequ
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means an unusable file
-        raise WeightsError(f"{where} is not a loadable torch state dict ({type(exc).__name__}: {exc}); "
+        from asaptrain.train.state import load_error_text
+
+        raise WeightsError(f"{where} is not a loadable torch state dict ({load_error_text(exc)}); "
                            f"{_missing_message(where)}") from None
     if not isinstance(state, dict):
         raise WeightsError(f"{where} holds a {type(state).__name__}, not a state dict; {_missing_message(where)}")

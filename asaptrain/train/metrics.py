@@ -89,8 +89,10 @@ def checked_weights_copy(data: bytes, source: str) -> str:
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(f"{source} is not a plain state dict of tensors, so it was not loaded ({first}); "
+        from asaptrain.train.state import load_error_text
+
+        raise WeightsError(f"{source} is not a plain state dict of tensors, so it was not loaded "
+                           f"({load_error_text(exc)}); "
                            f"replace it with the {INCEPTION_FILE} weights file") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"{source} holds a {type(state).__name__}, not a state dict of tensors; "

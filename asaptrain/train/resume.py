@@ -18,7 +18,7 @@ import torch
 
 from asaptrain.config.schema import Config
 from asaptrain.errors import UserError
-from asaptrain.train.state import STATE_FILE, from_bytes
+from asaptrain.train.state import STATE_FILE, from_bytes, load_error_text
 
 CHECKPOINT_PREFIX = "checkpoint_"
 """Ray Train names checkpoint directories ``checkpoint_YYYY-mm-dd_HH-MM-SS.ffffff``: name order is time order."""
@@ -50,8 +50,7 @@ def read_state(run_dir, rel: str) -> dict:
     except UserError:
         raise
     except Exception as exc:  # torch raises RuntimeError, OSError, EOFError, UnpicklingError for damage
-        raise CheckpointError(f"{run_dir.uri_for(rel)} does not load ({type(exc).__name__}: "
-                              f"{str(exc).strip()[:200]})") from None
+        raise CheckpointError(f"{run_dir.uri_for(rel)} does not load ({load_error_text(exc)})") from None
 
 
 def newest_loadable(run_dir, names: list[str] | None = None) -> Found:
