@@ -117,7 +117,7 @@ class Claim:
                  made_dir: str | None = None):
         self.store, self.rel, self.record, self._etag = store, rel, record, etag
         self._made_dir = made_dir  # a local folder the claim created: removed again if left empty
-        self.lost = False
+        self.lost = self.released = False
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._beat_loop, args=(heartbeat_s,), name="asaptrain-claim",
@@ -138,7 +138,7 @@ class Claim:
     def beat(self) -> None:
         """Refresh the heartbeat, unless the claim was taken over (then ``lost`` is set)."""
         with self._lock:
-            if self.lost or self._etag == "released":
+            if self.lost or self.released:
                 return
             record = dict(self.record, heartbeat=time.time())
             ok, etag = _replace(self.store, self.rel, record, self._etag, self.record["token"], takeover=False)
@@ -154,12 +154,12 @@ class Claim:
         self._stop.set()
         self._thread.join(timeout=5)
         with self._lock:
-            if self.lost or self._etag == "released":
+            if self.lost or self.released:
                 return
             current = _read(self.store, self.rel)
             if current is not None and current[0].get("token") == self.record["token"]:
                 self.store.delete(self.rel)
-            self._etag = "released"
+            self.released = True
         if self._made_dir:
             try:
                 os.rmdir(self._made_dir)  # only when nothing was written into it
