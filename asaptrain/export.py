@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from asaptrain.config.io import from_dict, to_dict
 from asaptrain.config.schema import Config, validate
 from asaptrain.errors import UserError
+from asaptrain.export_files import SIDECAR_SUFFIX, claim_output, verify_pair, write_pair
 from asaptrain.infer import load_weights
 from asaptrain.models.asapnet import ASAPNetGenerator
 from asaptrain.train.nets import build_generator, generator_in_channels, min_input_size, size_multiple
@@ -46,7 +47,6 @@ from asaptrain.train.nets import build_generator, generator_in_channels, min_inp
 FORMATS = ("onnx", "torchscript", "safetensors")
 OPSET = 17
 """ONNX opset: onnxruntime >= 1.14 runs it; every op the four generators need is in it."""
-SIDECAR_SUFFIX = ".json"
 
 
 class ExportError(UserError):
@@ -216,6 +216,13 @@ def export_generator(run_dir, fmt: str, out: str, checkpoint_rel: str | None = N
     parent = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(parent):
         raise ExportError(f"--out {out}: folder {parent} does not exist")
+    with claim_output(out):  # released however the export ends
+        return _export_claimed(run_dir, fmt, out, checkpoint_rel)
+
+
+def _export_claimed(run_dir, fmt: str, out: str, checkpoint_rel: str | None) -> ExportResult:
+    """:func:`export_generator` while ``out`` is claimed; the pair is written by ``write_pair``."""
+    meta_path = out + SIDECAR_SUFFIX
     weights = load_weights(run_dir, checkpoint_rel)
     cfg = weights.cfg
     G = build_generator(cfg)
@@ -235,13 +242,7 @@ def export_generator(run_dir, fmt: str, out: str, checkpoint_rel: str | None = N
             **({"opset": OPSET} if fmt == "onnx" else {}),
             "conventions": conventions(cfg), "check": check, "config": to_dict(cfg),
         }
-        # The model file appears whole, then its description: a FILE without FILE.json is
-        # an export that did not finish.
-        os.replace(tmp, out)
-        with open(meta_path + ".part", "w") as fh:
-            json.dump(meta, fh, indent=1)
-            fh.write("\n")
-        os.replace(meta_path + ".part", meta_path)
+        write_pair(tmp, meta, out)  # never the new file beside the old description
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -263,7 +264,8 @@ def load_safetensors(path: str) -> nn.Module:
     """The generator of a safetensors export: ``build_generator`` of its config, its weights."""
     from safetensors.torch import load_file
 
-    _, cfg = read_sidecar(path)
+    meta, cfg = read_sidecar(path)
+    verify_pair(path, meta)
     G = build_generator(cfg)
     G.load_state_dict(load_file(path))
     return G.eval()

@@ -310,7 +310,22 @@ def predict(pc: PredictConfig, progress: Callable[[dict], None] = lambda info: N
     """Run the generator of ``pc.run`` over every unfinished input; returns the manifest it wrote.
 
     ``progress`` gets ``{"done", "total", "bad", "images_per_s"}`` every 2 s and at the end.
+    ``--out`` is claimed first: a second `predict` into it while this one runs is refused.
     """
+    from asaptrain.data.claim import claim, owner_here
+
+    if bool(pc.dataset) == bool(pc.images):
+        raise PredictError("give exactly one of --dataset and --images")
+    out = Store.open(pc.out, s3_endpoint=pc.s3_endpoint or None)
+    held = claim(out, "", owner_here("predict"), what=f"--out {out.uri_for()}")
+    try:
+        return _predict_claimed(pc, progress)
+    finally:
+        held.release()
+
+
+def _predict_claimed(pc: PredictConfig, progress: Callable[[dict], None]) -> dict[str, Any]:
+    """:func:`predict`, while this command holds the claim of ``--out``."""
     from asaptrain.infer import load_weights
     from asaptrain.train.launch import ensure_ray
     from asaptrain.train.state import STATE_FILE

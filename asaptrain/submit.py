@@ -48,6 +48,7 @@ SECRET_ENV_NAMES = ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_T
                     "AWS_SECURITY_TOKEN", "RAY_AUTH_TOKEN")
 _SECRET_PARTS = {"SECRET", "PASSWORD", "PASSWD", "PASS", "TOKEN", "CREDENTIAL", "CREDENTIALS", "PRIVATE", "APIKEY"}
 _SECRET_INFIXES = ("SECRET", "PASSWORD", "ACCESS_KEY", "API_KEY")
+_NOT_SECRET_VALUES = {"true", "false", "none", "null", "yes", "no", "auto", "disabled", "enabled"}
 _URL_CREDENTIALS = re.compile(r"://[^/@\s]+@")  # scheme://user:password@host
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 AGENT_RETRIES, AGENT_RETRY_S = 5, 3.0
@@ -69,9 +70,43 @@ def project_root() -> Path:
     return root
 
 
-def _secret_values() -> list[str]:
-    """Current values of the credential variables, to catch a secret passed under another name."""
-    return [v for n in SECRET_ENV_NAMES if len(v := os.environ.get(n, "")) >= 8]
+MIN_SECRET_LEN = 4
+"""Shorter values of secret variables are not looked for (they would match ordinary arguments)."""
+SUBSTRING_SECRET_LEN = 8
+"""Values at least this long are refused inside a longer value too, shorter ones only as the whole value."""
+
+
+def _ray_token_files() -> list[Path]:
+    files = [Path.home() / ".ray" / "auth_token"]
+    if os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        files.insert(0, Path(os.environ["RAY_AUTH_TOKEN_PATH"]).expanduser())
+    return files
+
+
+def _secret_values() -> dict[str, str]:
+    """Where each secret now in reach comes from (a variable's name, or the Ray token file) ->
+    its value: every variable whose name marks it secret (AWS_SECRET_ACCESS_KEY, *_PASSWORD,
+    *_TOKEN, MLFLOW_TRACKING_PASSWORD, RAY_AUTH_TOKEN, ...) and the Ray auth token, to catch a
+    secret passed under another name, in an argument or as the submission id."""
+    found = {f"${n}": v.strip() for n, v in os.environ.items() if _looks_secret(n) and len(v.strip()) >= MIN_SECRET_LEN}
+    for path in _ray_token_files():
+        try:
+            token = path.read_text().strip()
+        except OSError:
+            continue
+        if len(token) >= MIN_SECRET_LEN:
+            found.setdefault("the Ray auth token", token)
+    # Switches and numbers under secret-sounding names (HF_HUB_DISABLE_TOKEN=1) are not secrets.
+    return {source: value for source, value in found.items()
+            if value.lower() not in _NOT_SECRET_VALUES and not value.replace(".", "", 1).isdigit()}
+
+
+def _holds_secret(text: str, secrets_: dict[str, str]) -> str | None:
+    """The source of the secret ``text`` holds (its whole value, or a long one inside it), else None."""
+    for source, value in secrets_.items():
+        if text.strip() == value or (len(value) >= SUBSTRING_SECRET_LEN and value in text):
+            return source
+    return None
 
 
 def _looks_secret(name: str) -> bool:
@@ -82,8 +117,10 @@ def _looks_secret(name: str) -> bool:
 
 
 def check_no_secrets(env_vars: dict[str, str], args: list[str] | tuple[str, ...] = (),
-                     store: str | None = None, s3_endpoint: str | None = None) -> None:
-    """Raise SubmitError if a credential would become job metadata (env var, argument, URI or endpoint)."""
+                     store: str | None = None, s3_endpoint: str | None = None,
+                     submission_id: str | None = None) -> None:
+    """Raise SubmitError if a credential would become job metadata (env var, argument, URI,
+    endpoint or submission id). Messages name the flag or variable, never the value."""
     values = _secret_values()
     for name, value in env_vars.items():
         if _looks_secret(name):
@@ -92,16 +129,27 @@ def check_no_secrets(env_vars: dict[str, str], args: list[str] | tuple[str, ...]
                 "metadata that anyone with dashboard access can read. Give the cluster its "
                 "credentials instead (node environment, instance role, or a Kubernetes Secret; see "
                 "k8s/examples/secret-s3.yaml)")
-        if any(v in str(value) for v in values):
-            raise SubmitError(f"refusing to submit: runtime_env variable {name} holds the value of a "
-                              "credential variable; give the cluster its credentials instead")
-    for arg in args:
-        if any(v in arg for v in values):
-            raise SubmitError("refusing to submit: a job argument holds the value of a credential "
-                              "variable (job entrypoints are metadata); pass credentials to the cluster")
+        if (source := _holds_secret(str(value), values)) is not None:
+            raise SubmitError(f"refusing to submit: runtime_env variable {name} (--env) holds the value of "
+                              f"{source}; give the cluster its credentials instead")
+        if _URL_CREDENTIALS.search(str(value)):
+            raise SubmitError(f"refusing to submit: runtime_env variable {name} (--env) holds a URL with "
+                              "user:password@ (runtime-env variables are job metadata); remove it and give the "
+                              "cluster its credentials (e.g. MLFLOW_TRACKING_PASSWORD or AWS_* in a Kubernetes "
+                              "Secret or the nodes' environment)")
+    for i, arg in enumerate(args):
+        if (source := _holds_secret(arg, values)) is not None:
+            raise SubmitError(f"refusing to submit: job argument {i + 1} holds the value of {source} (job "
+                              "entrypoints are metadata); pass credentials to the cluster")
         if _URL_CREDENTIALS.search(arg):
-            raise SubmitError("refusing to submit: a job argument holds a URL with user:password@ (job "
+            raise SubmitError(f"refusing to submit: job argument {i + 1} holds a URL with user:password@ (job "
                               "entrypoints are metadata); remove it and give the cluster its credentials")
+    if submission_id is not None:
+        if (source := _holds_secret(submission_id, values)) is not None:
+            raise SubmitError(f"refusing to submit: --submission-id holds the value of {source} (submission ids "
+                              "are job metadata); choose another id")
+        if _URL_CREDENTIALS.search(submission_id):
+            raise SubmitError("refusing to submit: --submission-id holds a URL with user:password@; choose another id")
     if store and "@" in urlsplit(store).netloc:
         raise SubmitError(f"refusing to submit: the store URI carries credentials ({store.split('@')[-1]}); "
                           "use s3://bucket/prefix and give the cluster its credentials")
@@ -256,6 +304,7 @@ def submit(job: str, args: list[str] | tuple[str, ...] = (), *, address: str | N
     """Submit ``job`` with ``args``; returns the submission id. Secrets are refused before anything is sent."""
     entrypoint = job_entrypoint(job, args, store=store, s3_endpoint=s3_endpoint, python=python)
     runtime_env = build_runtime_env(store=store, s3_endpoint=s3_endpoint, region=region, env=env)
+    check_no_secrets({}, submission_id=submission_id)
     address = resolve_address(address)
     job_client = job_client or client(address)
     for attempt in range(AGENT_RETRIES):

@@ -151,8 +151,11 @@ def test_ctrl_c_marks_the_run_interrupted(local_store, ray_cluster):
 def test_nonfinite_loss_stops_the_run_without_retries(local_store):
     from ray.util.state import list_actors
 
-    def workers() -> int:
-        return len(list_actors(filters=[("class_name", "=", "RayTrainWorker")], limit=10_000))
+    from asaptrain.sweep.tune import this_cluster_state_api
+
+    def workers() -> int:  # this test's own Ray's, asked through its own dashboard
+        with this_cluster_state_api() as url:
+            return len(list_actors(address=url, filters=[("class_name", "=", "RayTrainWorker")], limit=10_000))
 
     before = workers()
     cfg = smoke_cfg(local_store, "train.steps=6", "optim.g_lr=1e30", "optim.d_lr=1e30", "train.max_failures=2")

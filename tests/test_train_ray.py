@@ -6,7 +6,6 @@ import io
 import json
 import os
 import signal
-import subprocess
 import threading
 import time
 
@@ -169,8 +168,16 @@ def test_run_names_are_never_silently_reused(store):
 
 
 def _train_worker_pids() -> list[int]:
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return [int(line.split()[0]) for line in out.splitlines() if "RayTrainWorker" in line and "ps -eo" not in line]
+    """The Train workers of this test's own Ray (asked through its own dashboard), never another
+    Ray's on this machine: looking for processes by name would find (and kill) those too."""
+    from ray.util.state import list_actors
+
+    from asaptrain.sweep.tune import this_cluster_state_api
+
+    with this_cluster_state_api() as url:
+        actors = list_actors(address=url, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")],
+                             timeout=10, raise_on_missing_output=False)
+    return sorted(a.pid for a in actors if a.pid)
 
 
 def test_killed_worker_resumes_from_checkpoint_without_gaps(store):

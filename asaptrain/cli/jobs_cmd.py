@@ -25,7 +25,7 @@ def _parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
     env = {}
     for pair in pairs:
         if "=" not in pair:
-            raise sub.SubmitError(f"--env {pair!r}: expected NAME=VALUE")
+            raise sub.SubmitError("--env takes NAME=VALUE; one value has no '=' (not shown: it may be a secret)")
         name, value = pair.split("=", 1)
         env[name.strip()] = value
     return env

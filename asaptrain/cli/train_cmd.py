@@ -31,6 +31,15 @@ def build_train_config(preset, config_file, overrides, store=None, s3_endpoint=N
     return replace(load_config(preset, config_file), {**changes, **parse_overrides(overrides)}, source="--set")
 
 
+def check_run_names(name: str | None, resume: str | None) -> None:
+    """Refuse a --name or --resume that is no run name, before anything runs (--dry-run too)."""
+    from asaptrain.train.run_files import check_name
+
+    for flag, value in (("--name", name), ("--resume", resume)):
+        if value is not None:
+            check_name(value, flag)
+
+
 def run_options(fn):
     fn = click.option("--dry-run", is_flag=True, help="Print the resolved config as TOML and exit.")(fn)
     fn = click.option("--steps", type=click.IntRange(min=1), help="Generator updates (train.steps).")(fn)
@@ -60,6 +69,7 @@ def train_cmd(preset, config_file, overrides, store, s3_endpoint, name, resume, 
     """Train one model under Ray Train (DDP across workers); writes STORE/runs/NAME/, TensorBoard
     event files included (`tensorboard --logdir STORE/runs`)."""
     cfg = build_train_config(preset, config_file, overrides, store, s3_endpoint, workers, gpus_per_worker, steps)
+    check_run_names(name, resume)
     if dry_run:
         click.echo(to_toml(cfg), nl=False)
         return

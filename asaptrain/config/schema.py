@@ -199,6 +199,8 @@ class StorageConfig:
     """S3 region; empty = AWS_REGION / AWS_DEFAULT_REGION or us-east-1."""
     outage_s: float = 60.0
     """Seconds an S3 request keeps retrying an unreachable endpoint (backoff) before the run fails."""
+    claim_stale_s: float = 90.0
+    """Seconds without a heartbeat after which a resume may take over a run's claim from a command that died."""
 
 
 @dataclass
@@ -292,6 +294,7 @@ def validate(cfg: Config) -> Config:
     _check(t.fix_global_steps == 0 or (cfg.model.name == "pix2pixhd" and cfg.model.local_enhancers >= 1),
            f"train.fix_global_steps={t.fix_global_steps} needs a pix2pixhd model with model.local_enhancers >= 1 "
            f"(it holds the global generator fixed), got {cfg.model.name} with {cfg.model.local_enhancers}")
+    _check(cfg.storage.claim_stale_s >= 5, f"storage.claim_stale_s must be >= 5 seconds, got {cfg.storage.claim_stale_s}")
     _check(0 <= cfg.storage.outage_s <= 3600, f"storage.outage_s must be in [0, 3600] seconds, got {cfg.storage.outage_s}")
     _check(s.num_workers >= 1, f"scaling.num_workers must be >= 1, got {s.num_workers}")
     _check(

@@ -23,9 +23,10 @@ from typing import Any, Callable, TypeVar
 
 import pyarrow.fs as pafs
 
-from asaptrain.config.schema import DEFAULT_STORE, StorageConfig
+from asaptrain.config.schema import DEFAULT_STORE, StorageConfig, reject_url_credentials
 from asaptrain.data.s3 import (DEFAULT_OUTAGE_S, Credentials, StoreError, StoreNotFound, boto_client, connect,
                                describe_error, error_code, is_store_failure, retry, safe_url)
+from asaptrain.errors import UserError
 
 SINGLE_PUT_BYTES = 5 * 2**20
 """S3 objects up to this size go up in one pyarrow PutObject; larger ones in one boto3 PUT."""
@@ -50,6 +51,7 @@ class Store:
         """Open a path, ``file://`` URI or ``s3://bucket/prefix`` (endpoint: flag or AWS_ENDPOINT_URL*);
         S3 requests retry an unreachable endpoint for ``outage_s`` seconds."""
         uri = uri or DEFAULT_STORE
+        check_uri(uri)
         if uri.startswith("s3://"):
             return cls._open_s3(uri, s3_endpoint, region, outage_s)
         if "://" in uri and not uri.startswith("file://"):
@@ -308,6 +310,22 @@ class Store:
         return {k: v for k, v in env.items() if v}
 
 
+def check_uri(uri: str, where: str = "store URI") -> None:
+    """StoreError for a URI that must not be opened: ``user:password@`` (or ``user@``) in it, which
+    would be used and then printed, or a control character (a pasted newline), which would name
+    a path nobody meant."""
+    if "://" in uri:  # a plain local path may hold an "@"; a URI's host part may not
+        try:
+            reject_url_credentials(uri, where)
+        except UserError as exc:
+            raise StoreError(str(exc)) from None
+    bad = next((c for c in uri if ord(c) < 32 or ord(c) == 127), None)
+    if bad is not None:
+        shown = uri.split("@", 1)[-1] if "://" in uri else uri
+        raise StoreError(f"{where} {shown!r} holds a control character ({bad!r}, e.g. a pasted line break); "
+                         "remove it")
+
+
 def _reopen(uri: str, endpoint: str | None, region: str | None, outage_s: float = DEFAULT_OUTAGE_S) -> Store:
     return Store.open(uri, s3_endpoint=endpoint, region=region, outage_s=outage_s)
 
@@ -338,11 +356,12 @@ def dataset_uri(dataset: str, store: Store) -> str:
 
 def resolve_dataset(dataset: str, store: Store) -> Store:
     """A dataset directory: a URI or absolute path as is, a relative path inside ``store``."""
+    check_uri(dataset, "dataset path")
     if not is_relative(dataset):
         return Store.open(dataset, s3_endpoint=store.endpoint if store.is_s3 else None,
                           region=store.region if store.is_s3 else None, outage_s=store.outage_s)
     return store.child(dataset)
 
 
-__all__ = ["Store", "StoreError", "StoreNotFound", "retry", "store_from_config",
+__all__ = ["Store", "StoreError", "StoreNotFound", "retry", "store_from_config", "check_uri",
            "resolve_dataset", "dataset_uri", "absolute_uri", "DEFAULT_STORE"]

@@ -23,7 +23,7 @@ from typing import Callable
 
 import torch
 
-from asaptrain.errors import UserError
+from asaptrain.errors import UserError, load_error_text
 
 WEIGHTS_DIR = "weights"
 """The folder of a store that holds the helper weights."""
@@ -155,8 +155,7 @@ def tensors_only(data: bytes, where: str, pinned: Pinned, advice: str | None = N
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - damage, or a pickle that names code: refused either way
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(f"{where} is not a plain state dict of tensors, so it was not loaded ({first}); it is not "
+        raise WeightsError(f"{where} is not a plain state dict of tensors, so it was not loaded ({load_error_text(exc)}); it is not "
                            f"the {pinned.file} file {pinned.use} needs" + (f": {advice}" if advice else "")) from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"{where} holds a {type(state).__name__}, not a state dict of tensors; it is not the "

@@ -36,8 +36,43 @@ TRIAL_DRIVER_CPUS = 0.25
 """CPUs held by a trial's driver, which only waits on its TorchTrainer (Ray's default is 1)."""
 
 
+def dashboard_url() -> str | None:
+    """The dashboard of the cluster this process is connected to (``http://host:port``), or None
+    when that cluster runs none.
+
+    Ray's state API left to find a cluster itself takes the newest one that `ray start` recorded
+    on this machine, which may be another user's, or one that is gone.
+    """
+    from ray._private import ray_constants
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    url = _internal_kv_get(ray_constants.DASHBOARD_ADDRESS, namespace=ray_constants.KV_NAMESPACE_DASHBOARD)
+    if not url:
+        return None
+    url = url.decode() if isinstance(url, bytes) else str(url)
+    return url if "://" in url else f"http://{url}"
+
+
+@contextmanager
+def this_cluster_state_api():
+    """Point Ray's state API calls (``ray.util.state.*``) made inside at this process's own
+    cluster; yields its dashboard URL, or None when it has none. The API reads
+    RAY_API_SERVER_ADDRESS before its ``address`` argument, so that is what is set."""
+    url = dashboard_url()
+    saved = os.environ.get("RAY_API_SERVER_ADDRESS")
+    if url:
+        os.environ["RAY_API_SERVER_ADDRESS"] = url
+    try:
+        yield url
+    finally:
+        if saved is None:
+            os.environ.pop("RAY_API_SERVER_ADDRESS", None)
+        else:
+            os.environ["RAY_API_SERVER_ADDRESS"] = saved
+
+
 def dashboard_ok() -> bool:
-    """Whether Ray's state API (served by the dashboard) answers.
+    """Whether the connected cluster's state API (served by its dashboard) answers.
 
     On Ray 2.60 a finished trial's placement group is freed through it; without it the next
     trial waits forever for the resources the first one held.
@@ -45,7 +80,10 @@ def dashboard_ok() -> bool:
     try:
         from ray.util.state import list_placement_groups
 
-        list_placement_groups(limit=1, timeout=10, raise_on_missing_output=False)
+        with this_cluster_state_api() as url:
+            if url is None:
+                return False
+            list_placement_groups(address=url, limit=1, timeout=10, raise_on_missing_output=False)
         return True
     except Exception:
         return False

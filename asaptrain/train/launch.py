@@ -181,13 +181,21 @@ def choose_name(
             )
         return resume, done
     if name:
-        if RunFiles(store, name, prefix).exists() or store.exists(f"{prefix}/{name}"):
+        if RunFiles(store, name, prefix).exists() or _holds_files(store, f"{prefix}/{name}"):
             raise RunError(
                 f"a run named {name!r} exists at {store.uri_for(prefix, name)}; pass --resume {name} to "
                 f"continue it, or choose another --name"
             )
         return name, 0
     return new_run_name(preset or cfg.model.name), 0
+
+
+def _holds_files(store, rel: str) -> bool:
+    """Whether the folder exists with more in it than a claim (one left by a command killed before
+    it wrote anything is taken over, not a reason to refuse the name)."""
+    from asaptrain.data.claim import CLAIM_FILE
+
+    return store.exists(rel) and store.list(rel) != [f"{rel}/{CLAIM_FILE}"]
 
 
 def fit(
@@ -206,31 +214,58 @@ def fit(
     """Train ``cfg`` under Ray Train and return where the run is and how it ended; with
     ``mlflow`` its curves also go to that tracking server; with ``init_from`` (a run name in the
     store or a run directory URI, imported ones included) a new run starts from its weights."""
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
-    from asaptrain.data.pipeline import train_dataset
     from asaptrain.data.store import store_from_config
-    from asaptrain.train.resources import worker_resources
 
     cfg = pin_store(cfg)
     store = store or store_from_config(cfg.storage)
     if resume and init_from:
         raise RunError("give --resume or --init-from, not both: --resume continues a run, --init-from starts a new "
                        "one from another run's weights")
-    name, start = choose_name(store, cfg, preset, name, resume, runs_prefix)
-    if mlflow is not None:
-        check_mlflow(mlflow)
-    if resume:  # the weights must fit the config before anything of the run is rewritten
-        start = resume_step(RunFiles(store, name, runs_prefix), cfg, start)
-    init_uri = None
-    if init_from:  # the source's generator must fit before anything is written
-        from asaptrain.train.init_from import init_plan, source_dir
+    # The run's folder is claimed before its name is checked (so that of two commands started
+    # together the second is told which one holds it) and before Ray starts.
+    held = claim_run(store, resume or name, runs_prefix, cfg, bool(resume)) if resume or name else None
+    try:
+        name, start = choose_name(store, cfg, preset, name, resume, runs_prefix)
+        held = held or claim_run(store, name, runs_prefix, cfg, False)
+        if mlflow is not None:
+            check_mlflow(mlflow)
+        if resume:  # the weights must fit the config before anything of the run is rewritten
+            start = resume_step(RunFiles(store, name, runs_prefix), cfg, start)
+        init_uri = None
+        if init_from:  # the source's generator must fit before anything is written
+            from asaptrain.train.init_from import init_plan, source_dir
 
-        source = source_dir(store, init_from, getattr(store, "endpoint", None), runs_prefix)
-        for note in init_plan(cfg, source).notes:
-            print(f"[asaptrain] --init-from: {note}", flush=True)
-        init_uri = source.uri_for("")
+            source = source_dir(store, init_from, getattr(store, "endpoint", None), runs_prefix)
+            for note in init_plan(cfg, source).notes:
+                print(f"[asaptrain] --init-from: {note}", flush=True)
+            init_uri = source.uri_for("")
+        return _fit_claimed(cfg, store, name, start, preset, progress, callbacks, runs_prefix, mlflow, init_uri)
+    finally:
+        if held is not None:
+            held.release()
+
+
+def claim_run(store, name: str, prefix: str, cfg: Config, resume: bool):
+    """Claim the run's folder: a second command that names the same run is refused, naming the
+    first; a resume takes over the claim of one that died (no heartbeat for
+    ``storage.claim_stale_s``), a new run only that of one that died before writing the run."""
+    from asaptrain.data.claim import claim, owner_here
+
+    files = RunFiles(store, name, prefix)
+    return claim(store, f"{prefix}/{name}", owner_here("train"), what=f"run {name!r} ({files.dir.uri_for()})",
+                 take_stale=resume or not files.exists(), stale_s=cfg.storage.claim_stale_s)
+
+
+def _fit_claimed(cfg: Config, store, name: str, start: int, preset: str | None, progress: bool,
+                 callbacks: list | None, runs_prefix: str, mlflow: MlflowTarget | None,
+                 init_uri: str | None = None) -> RunResult:
+    """The rest of :func:`fit`, while this command holds the run's claim."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from asaptrain.data.pipeline import train_dataset
+    from asaptrain.train.resources import worker_resources
+
     ensure_ray()
     use_gpu = resolve_use_gpu(cfg)
     per_worker = worker_resources(cfg, use_gpu)  # leaves Ray Data a CPU, or says what to set

@@ -19,7 +19,6 @@ allocator's fragmentation, which is why the worker-start check keeps a margin.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import weakref
 from dataclasses import dataclass, field
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from asaptrain.config.schema import Config
-from asaptrain.errors import UserError
+from asaptrain.errors import UserError, load_error_text
 from asaptrain.train.run_files import RUNS_PREFIX, Metrics, check_name, parse_metrics
 from asaptrain.train.state import CONFIG_KEY, STATE_FILE, from_bytes
 
@@ -82,8 +82,7 @@ def read_state(run_dir, rel: str) -> dict:
     except UserError:
         raise
     except Exception as exc:  # torch raises RuntimeError, OSError, EOFError, UnpicklingError for damage
-        raise CheckpointError(f"{run_dir.uri_for(rel)} does not load ({type(exc).__name__}: "
-                              f"{str(exc).strip()[:200]})") from None
+        raise CheckpointError(f"{run_dir.uri_for(rel)} does not load ({load_error_text(exc)})") from None
 
 
 def newest_loadable(run_dir, names: list[str] | None = None) -> Found:

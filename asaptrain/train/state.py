@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from asaptrain.errors import load_error_text  # noqa: F401 - where checkpoints' refusals are worded
 from asaptrain.train.dist import unwrap
 
 STATE_FILE = "state.pt"
@@ -127,3 +128,5 @@ def from_bytes(data: bytes, map_location="cpu") -> dict:
 
 def load_file(path: str, map_location="cpu") -> dict:
     return torch.load(path, map_location=map_location, weights_only=True)
+
+
