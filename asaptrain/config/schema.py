@@ -26,7 +26,7 @@ GanFamily = Literal["hinge", "lsgan", "wgan-gp"]
 Perceptual = Literal["none", "vgg19-multi", "vgg19-conv3_3"]
 VggInput = Literal["imagenet", "raw"]
 Schedule = Literal["fixed", "linear", "cosine", "step", "band"]
-Precision = Literal["fp32", "bf16"]
+Precision = Literal["fp32", "bf16", "fp16"]
 UseGpu = Literal["auto", "true", "false"]
 MemoryCheck = Literal["refuse", "warn", "off"]
 NonFinite = Literal["stop", "skip"]
@@ -136,7 +136,7 @@ class TrainConfig:
     seed: int = 0
     """Seed for weights, data order and blur."""
     precision: Precision = "fp32"
-    """Compute precision (bf16 = autocast)."""
+    """Compute precision (bf16 = autocast; fp16 = autocast with a loss scale per network, for GPUs without bf16)."""
     channels_last: bool = False
     """Use the channels_last memory format."""
     compile: bool = False
@@ -153,6 +153,8 @@ class TrainConfig:
     """Worker-group restarts from the latest checkpoint before the run fails."""
     nonfinite: NonFinite = "stop"
     """On a NaN/inf loss: stop the run naming the step and terms, or skip the step."""
+    fp16_max_skips: int = 50
+    """fp16: updates of one network its loss scale may skip in a row (overflows) before ``nonfinite`` applies."""
     activation_checkpointing: bool = False
     """Recompute G's residual trunks / ASAP-Net's low-res stream in backward (less memory, one more forward of them)."""
     memory_check: MemoryCheck = "refuse"
@@ -289,6 +291,8 @@ def validate(cfg: Config) -> Config:
     for name in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints", "sample_every"):
         _check(getattr(t, name) > 0, f"train.{name} must be > 0, got {getattr(t, name)}")
     _check(t.max_failures >= 0, f"train.max_failures must be >= 0, got {t.max_failures}")
+    _check(t.fp16_max_skips >= 1, f"train.fp16_max_skips must be >= 1 (overflowing updates skipped in a row before "
+           f"train.nonfinite applies), got {t.fp16_max_skips}")
     _check(0 <= t.fix_global_steps <= t.steps,
            f"train.fix_global_steps must be in [0, train.steps={t.steps}], got {t.fix_global_steps}")
     _check(t.fix_global_steps == 0 or (cfg.model.name == "pix2pixhd" and cfg.model.local_enhancers >= 1),

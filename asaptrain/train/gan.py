@@ -11,7 +11,10 @@ CUDA events or ``perf_counter`` on timed steps)::
     result = step(x, real, step_number)     # StepResult: loss terms, skipped or not
 
 A non-finite loss or gradient skips that phase's update on the device (:func:`step_optimizer`);
-the step reads every phase's flag at once at its end, one host sync per step.
+the step reads every phase's flag at once at its end, one host sync per step. In fp16 each
+network has a loss scale (``train/loss_scale.py``): an overflow is the scale's to handle (the
+update skipped, the scale halved, counted in ``StepResult.scale_skips``), and ``train.nonfinite``
+applies only once a network's updates overflow ``train.fp16_max_skips`` times in a row.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from asaptrain.errors import UserError
 from asaptrain.train import dist
 from asaptrain.train.cadence import PhaseTimer
 from asaptrain.train.init_from import fixed_global_params
+from asaptrain.train.loss_scale import LossScale, loss_scales
 from asaptrain.train.losses import build_gan_loss
 from asaptrain.train.objective import Objective
 from asaptrain.train.state import RunState
@@ -42,6 +46,9 @@ class NonFiniteLoss(UserError):
 class StepResult:
     losses: Terms = field(default_factory=dict)
     skipped: bool = False
+    """An update was skipped as non-finite under ``train.nonfinite=skip``."""
+    scale_skips: dict[str, int] = field(default_factory=dict)
+    """fp16: updates per network (``"D"``, ``"G"``) skipped for a loss-scale overflow, not failures."""
 
 
 @dataclass(frozen=True)
@@ -141,6 +148,14 @@ class GanStep:
         self.fixed_until = cfg.train.fix_global_steps
         self.fixed_params = fixed_global_params(self.G) if self.fixed_until else []
         self._fixing = False
+        # fp16: the run's loss scales (checkpointed with it); a state without them (the memory
+        # estimate's) gets fresh ones.
+        self.scales: dict[str, LossScale] = {}
+        if cfg.train.precision == "fp16":
+            self.scales = getattr(state, "loss_scales", None) or loss_scales(device)
+            self.objective.penalty_scale = self.scales["D"].value
+        self.skips_in_row = {phase.name: 0 for phase in self.phases}
+        """fp16: each network's updates skipped for overflow since its last applied one."""
 
     def run_phase(self, phase: Phase, x: torch.Tensor, fake: torch.Tensor, real: torch.Tensor) -> tuple[Terms, torch.Tensor]:
         """One update of ``phase``: its terms, backward, the optimizer step unless non-finite.
@@ -150,15 +165,18 @@ class GanStep:
             with timer("forward", phase.name):
                 terms = phase.terms(x, fake, real)
                 loss = sum(terms.values())
+            scale = self.scales.get(phase.name)
             with timer("backward", phase.name):
                 phase.opt.zero_grad(set_to_none=True)
-                loss.backward()  # an fp16 loss scaler scales ``loss`` here (see step_optimizer)
+                (loss if scale is None else loss * scale.value).backward()
                 if phase.name == "G" and self._fixing:
                     for p in self.fixed_params:
                         p.grad = None
             with timer("optimizer", phase.name):
-                bad = _nonfinite(loss, phase.params)
-                step_optimizer(phase.opt, bad)
+                bad = _nonfinite(loss, phase.params)  # on the scaled gradients: an overflow is caught
+                step_optimizer(phase.opt, bad, None if scale is None else scale.value)
+                if scale is not None:
+                    scale.update(bad)
         return {**terms, key: loss}, bad
 
     def __call__(self, x: torch.Tensor, real: torch.Tensor, step: int) -> StepResult:
@@ -169,22 +187,31 @@ class GanStep:
         done = [(phase.name, *self.run_phase(phase, x, fake, real))
                 for phase in self.phases for _ in range(phase.repeats)]
         result = StepResult()
-        for (_, terms, _), fine in zip(done, self._check(step, done)):
+        for (_, terms, _), fine in zip(done, self._check(step, done, result)):
             if fine:
                 result.losses.update(terms)
-            else:
-                result.skipped = True
         return result
 
-    def _check(self, step: int, done: list[tuple[str, Terms, torch.Tensor]]) -> list[bool]:
+    def _check(self, step: int, done: list[tuple[str, Terms, torch.Tensor]], result: StepResult) -> list[bool]:
         """Which updates were finite everywhere (one host read for the whole step); a non-finite
-        one (its update already skipped on the device) is reported with its terms, or raises."""
+        one (its update already skipped on the device) is, in fp16 and within
+        ``train.fp16_max_skips`` in a row, counted in ``result.scale_skips``; else it is
+        reported with its terms (``result.skipped``), or raises."""
         ok = [not b for b in torch.stack([bad for _, _, bad in done]).tolist()]
         for (name, terms, _), fine in zip(done, ok):
+            if self.scales:
+                self.skips_in_row[name] = 0 if fine else self.skips_in_row[name] + 1
+                if not fine and self.skips_in_row[name] <= self.cfg.train.fp16_max_skips:
+                    result.scale_skips[name] = result.scale_skips.get(name, 0) + 1
+                    continue
             if fine:
                 continue
             values = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
+            if self.scales:
+                values += (f"; {self.skips_in_row[name]} {name} updates in a row overflowed the fp16 loss scale "
+                           f"(train.fp16_max_skips={self.cfg.train.fp16_max_skips})")
             if self.cfg.train.nonfinite == "skip":
+                result.skipped = True
                 print(f"[asaptrain] step {step}: non-finite {name} gradients ({values}); step skipped", flush=True)
                 continue
             raise NonFiniteLoss(

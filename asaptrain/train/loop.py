@@ -33,6 +33,8 @@ from asaptrain.models.pixel_mlp import pixel_path
 from asaptrain.train.cadence import Cadence, PhaseTimer, Throughput
 from asaptrain.train.gan import GanStep
 from asaptrain.train.init_from import InitPlan, apply_init
+from asaptrain.train.loss_scale import loss_scales
+from asaptrain.train.objective import AUTOCAST_DTYPES
 from asaptrain.train.run_files import EVAL_KIND, RunFiles
 from asaptrain.train.state import RunState, make_ema, update_ema
 from asaptrain.train.visual import training_samples
@@ -79,6 +81,7 @@ def build_state(cfg: Config, device: torch.device, wrap: Callable[[torch.nn.Modu
         g_lr_schedule=torch.optim.lr_scheduler.LambdaLR(g_opt, f),
         d_lr_schedule=torch.optim.lr_scheduler.LambdaLR(d_opt, f),
         blur_schedule=build_blur_schedule(cfg.curriculum, cfg.train.steps, seed=cfg.train.seed), ema=ema, config=to_dict(cfg),
+        loss_scales=loss_scales(device) if cfg.train.precision == "fp16" else None,
     )
 
 
@@ -90,7 +93,8 @@ def score_validation(cfg: Config, generator: torch.nn.Module, val: tuple[torch.T
     generator.eval()
     psnr, ssim, in_psnr, in_ssim = [], [], [], []
     fid = FidScorer(fid_weights[0], device) if (cfg.eval.fid and fid_weights[0]) else None
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16")
+    dtype = AUTOCAST_DTYPES.get(cfg.train.precision)
+    autocast = torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
     first = None
     for i in range(0, x_all.shape[0], cfg.eval.batch_size):
         x = x_all[i : i + cfg.eval.batch_size].to(device)
@@ -199,6 +203,7 @@ class _Loop:
             if (self.main and cfg.eval.fid) else (None, "")
         self.last_eval: dict = {}
         self.loss_tensors: dict[str, torch.Tensor] = {}  # read (a device sync) only when logging
+        self.scale_skips = {"D": 0, "G": 0}  # fp16: overflowed updates since the last log line
 
     def train_step(self, step: int, when: Cadence, batches: Iterator[dict], to_model_batch: Callable):
         """One GAN step on the next batch (blurred at the curriculum's strength), then schedules and EMA."""
@@ -221,6 +226,8 @@ class _Loop:
         state.step = step
         if result.losses:
             self.loss_tensors = result.losses
+        for name, n in result.scale_skips.items():
+            self.scale_skips[name] += n
         return result, strength
 
     def validate(self, step: int, when: Cadence) -> None:
@@ -258,6 +265,11 @@ class _Loop:
             "lr/d": state.d_opt.param_groups[0]["lr"], "blur_strength": strength, "images_per_s": rate,
             "skipped": skipped,
         }
+        if state.loss_scales:  # fp16: overflow skips are the loss scale's work, reported, not failures
+            for name, scale in state.loss_scales.items():
+                metrics[f"fp16/skipped/{name.lower()}"] = self.scale_skips[name]
+                metrics[f"fp16/scale/{name.lower()}"] = float(scale.value)
+            self.scale_skips = dict.fromkeys(self.scale_skips, 0)
         if self.run is not None:
             self.run.add_metrics(metrics)
             self.run.flush(durable=when.checkpoint)

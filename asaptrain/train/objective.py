@@ -23,6 +23,10 @@ from asaptrain.train.losses import GanLoss, feature_matching
 from asaptrain.train.nets import feature_matching_layer_weight
 
 
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+"""``train.precision`` -> the dtype autocast runs in (fp32: no autocast)."""
+
+
 def _split(outs: list[list[torch.Tensor]], sizes: list[int]) -> list[list[list[torch.Tensor]]]:
     """Split every tensor of multi-scale D outputs along the batch into ``sizes`` parts."""
     parts = [[[] for _ in outs] for _ in sizes]
@@ -42,8 +46,10 @@ class Objective:
         self.conditional = cfg.model.d_conditional
         self.D, self.gan_loss, self.perceptual = discriminator, gan_loss, perceptual
         self.fm_layer_weight = feature_matching_layer_weight(cfg)
-        self.autocast = (torch.autocast(device_type, dtype=torch.bfloat16) if cfg.train.precision == "bf16"
-                         else contextlib.nullcontext())
+        dtype = AUTOCAST_DTYPES.get(cfg.train.precision)
+        self.autocast = torch.autocast(device_type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+        self.penalty_scale: torch.Tensor | None = None
+        """fp16: the discriminator's loss scale, which the gradient penalty is taken at (set by the step)."""
 
     def _run_d(self, images: torch.Tensor, cond: torch.Tensor | None):
         with self.autocast:
@@ -60,7 +66,7 @@ class Objective:
         parts = _split(outs, [n] * len(batch))
         terms = {"d_adv": self.gan_loss.d_loss(parts[0], parts[1])}
         if self.gan_loss.has_penalty:
-            terms["d_gp"] = self.gan_loss.penalty_at(parts[2], batch[2])
+            terms["d_gp"] = self.gan_loss.penalty_at(parts[2], batch[2], self.penalty_scale)
         return terms
 
     def g_terms(self, x: torch.Tensor, fake: torch.Tensor, real: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -1,5 +1,5 @@
 """One state dict for the whole run: G, D, EMA, both optimizers and schedulers, step,
-curriculum and RNG, and the run's resolved config as a plain dict (``CONFIG_KEY``: the form
+curriculum, fp16 loss scales and RNG, and the run's resolved config as a plain dict (``CONFIG_KEY``: the form
 ``config.toml`` holds, so a checkpoint alone rebuilds its generator). One function saves it,
 one restores it; files load with ``torch.load(weights_only=True)``.
 """
@@ -39,6 +39,8 @@ class RunState:
     """Generator updates done."""
     config: dict | None = None
     """The run's config as ``to_dict`` gives it, saved with the weights (never restored from them)."""
+    loss_scales: dict | None = None
+    """fp16: ``{"D": LossScale, "G": LossScale}`` (``train/loss_scale.py``); None in fp32 / bf16."""
 
     def state_dict(self) -> dict:
         return {
@@ -53,6 +55,7 @@ class RunState:
             "d_sched": self.d_lr_schedule.state_dict(),
             "schedule": self.blur_schedule.state_dict(),
             "step": self.step,
+            "loss_scales": {k: v.state_dict() for k, v in self.loss_scales.items()} if self.loss_scales else None,
             "rng": {
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,  # this rank's device
@@ -71,6 +74,11 @@ class RunState:
         self.d_lr_schedule.load_state_dict(state["d_sched"])
         self.blur_schedule.load_state_dict(state["schedule"])
         self.step = int(state["step"])
+        # A checkpoint from before fp16 (or from another precision) has none: the scales start fresh.
+        saved_scales = state.get("loss_scales") or {}
+        for name, scale in (self.loss_scales or {}).items():
+            if name in saved_scales:
+                scale.load_state_dict(saved_scales[name])
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
         if rng["cuda"] is not None and torch.cuda.is_available():
