@@ -202,7 +202,8 @@ def pipeline_cmd(uri, s3_endpoint, json_path, crops, batch, batches, warmup, str
               help="Preset(s) to time [default: the four full presets].")
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.FIELD=VALUE")
 @click.option("--batch", type=click.IntRange(min=1), help="Batch size [default: the preset's].")
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "both"]), default="both")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16", "both"]), default="both",
+              help="train.precision to time; both: fp32 and bf16.")
 @click.option("--steps", default=20, type=click.IntRange(min=1), help="Timed steps per preset.")
 @click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the rows as JSON here.")
