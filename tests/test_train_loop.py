@@ -111,8 +111,10 @@ def test_compile_wraps_the_ddp_module_not_the_other_way_round():
     assert state.generator._orig_mod is wrapped[0] and state.discriminator._orig_mod is wrapped[1]
 
 
-def test_gan_step_reads_the_device_once_per_step_not_once_per_phase(monkeypatch):
-    """The non-finite check must not stall the host on each of the 1 + d_steps phases."""
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_gan_step_reads_the_device_once_per_step_not_once_per_phase(monkeypatch, precision):
+    """The non-finite check must not stall the host on each of the 1 + d_steps phases (nor, in
+    fp16, the loss scales' updates)."""
     reads = []
     for name in ("__bool__", "item", "tolist", "__float__"):
         original = getattr(torch.Tensor, name)
@@ -120,13 +122,13 @@ def test_gan_step_reads_the_device_once_per_step_not_once_per_phase(monkeypatch)
         def counted(self, *a, _original=original, **k):
             caller = sys._getframe(1).f_code.co_filename
             if caller.endswith(("asaptrain/train/gan.py", "asaptrain/train/objective.py", "asaptrain/train/dist.py",
-                                "asaptrain/train/cadence.py")):
+                                "asaptrain/train/cadence.py", "asaptrain/train/loss_scale.py")):
                 reads.append(f"{caller.rsplit('/', 1)[1]}:{sys._getframe(1).f_lineno}")
             return _original(self, *a, **k)
 
         monkeypatch.setattr(torch.Tensor, name, counted)
     cfg = smoke("deblurgan-smoke", "train.steps=2", "optim.d_steps=5", "train.log_every=10", "train.checkpoint_every=10",
-                "eval.every=10")
+                "eval.every=10", f"train.precision={precision}")
     train_loop(cfg, tensors(cfg), passthrough, CPU, ListReporter())
     assert len(reads) == 2, f"host reads {reads} over 2 steps of 6 phases"
 
