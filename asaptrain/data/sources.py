@@ -22,6 +22,7 @@ from PIL import Image
 
 from asaptrain.data import labels
 from asaptrain.data.convert import ConvertError, Item, Plan, Skip
+from asaptrain.data.decode import BadImage, load_image
 
 PHOTO_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 _UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
@@ -29,12 +30,11 @@ _UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 def _open(path: str, what: str) -> Image.Image:
-    """Open and fully decode an image; Skip naming the file when it cannot be read."""
+    """Open and fully decode an image, upright (``decode.load_image``); Skip naming the file when
+    it cannot be read."""
     try:
-        img = Image.open(path)
-        img.load()
-        return img
-    except _UNREADABLE as exc:
+        return load_image(path, what)
+    except BadImage as exc:
         raise Skip(path, f"unreadable {what} ({exc})") from None
 
 
@@ -46,14 +46,16 @@ def encode_png(arr: np.ndarray, compress_level: int = 1) -> bytes:
 
 
 def _photo_bytes(img: Image.Image, path: str, size: tuple[int, int] | None) -> tuple[bytes, str]:
-    """The photo's own bytes when usable as is (RGB PNG/JPEG, no resize), else a re-encode."""
+    """The photo's own bytes when usable as is (RGB PNG/JPEG, upright, no resize), else a re-encode
+    (a photo turned by its EXIF orientation is stored turned: every reader sees it upright)."""
     if size is None and img.mode == "RGB" and img.format in ("PNG", "JPEG"):
         return Path(path).read_bytes(), img.format.lower()
+    source_format = img.format or img.info.get("source_format")
     rgb = img.convert("RGB")
     if size is not None:
         rgb = rgb.resize((size[1], size[0]), Image.Resampling.LANCZOS)
     buf = io.BytesIO()
-    if img.format == "JPEG":
+    if source_format == "JPEG":
         rgb.save(buf, format="JPEG", quality=95)
         return buf.getvalue(), "jpeg"
     rgb.save(buf, format="PNG", compress_level=1)
