@@ -197,12 +197,14 @@ def fit(
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    from asaptrain.data.labelsets import resolve_num_labels
     from asaptrain.data.pipeline import train_dataset
     from asaptrain.data.store import store_from_config
     from asaptrain.train.resources import worker_resources
 
     cfg = pin_store(cfg)
     store = store or store_from_config(cfg.storage)
+    cfg = resolve_num_labels(cfg, store)  # the dataset's label count; a config naming another is refused here
     name, start = choose_name(store, cfg, preset, name, resume, runs_prefix)
     if mlflow is not None:
         check_mlflow(mlflow)
