@@ -203,6 +203,11 @@ def test_label_ids_and_colour_palettes(label_sets, tmp_path):
     assert set(np.unique(decode(row["input"]))) <= set(range(N))
     without = convert(labels_plan(d / "photos", d / "colour", N), Store.open(str(tmp_path / "no-palette")))
     assert all("--palette" in why for _, why in without.skipped)
+    res = CliRunner().invoke(main, ["data", "labels", "--images", str(d / "photos"), "--labels", str(d / "colour"),
+                                    "--num-labels", str(N), "--palette", str(d / "palette.csv"), "--workers", "1",
+                                    "--out", str(tmp_path / "cli")])
+    assert res.exit_code == 0, res.output
+    assert "skipped 1 files" in res.output and "4.png" in res.output and "#010203 (4 px)" in res.output
 
 
 def test_num_labels_comes_from_the_manifest(label_sets, tmp_path):
