@@ -313,3 +313,17 @@ def test_image2image_trains_every_model(preset, tmp_path):
     rep = ListReporter()
     state = train_loop(cfg, itertools.repeat(raw), to_model_batch, torch.device("cpu"), rep, val=(x, y))
     assert state.step == 2 and np.isfinite(rep.reports[-1][0]["loss/g"])
+
+
+def test_sweep_follows_the_blur():
+    from asaptrain.sweep.space import default_space, space_notes
+    from asaptrain.sweep.speed import reference_config
+
+    hybrid = get_preset("hybrid-deblur")
+    ref = reference_config(hybrid, "deblurgan-gopro")
+    assert ref.model.name == "deblurgan" and ref.data.blur == "synthetic"
+    assert (ref.curriculum.kind, ref.curriculum.start, ref.curriculum.end) == ("linear", 0.2, 0.8)
+    assert "curriculum.kind" in default_space(hybrid) and "same inputs" in space_notes(hybrid)[0]
+    stored = apply_overrides(hybrid, ["data.blur=stored", "curriculum.kind=none"])
+    assert not [k for k in default_space(stored) if k.startswith("curriculum.")]
+    assert "no curriculum dimensions" in space_notes(stored)[0]

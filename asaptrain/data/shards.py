@@ -225,7 +225,7 @@ def read_manifest(store: Store) -> dict[str, Any]:
         manifest = store.read_json(MANIFEST)
     except StoreNotFound:
         raise ManifestError(f"{uri} does not exist: {store.uri_for()} is not a converted dataset "
-                            "(make one with `asaptrain data synth|cityscapes|gopro|folder --out URI`)") from None
+                            "(make one with `asaptrain data synth|cityscapes|gopro|pairs|labels|folder --out URI`)") from None
     except ValueError as exc:
         raise ManifestError(f"{uri} is not valid JSON ({exc}); rerun the converter to rewrite it") from None
     if not isinstance(manifest, dict) or manifest.get("schema_version") != SCHEMA_VERSION:
