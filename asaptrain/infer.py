@@ -3,7 +3,8 @@
     asaptrain infer --run ./asaptrain-store/runs/NAME photo.png --out out/
 
 A run directory gives the generator (its newest checkpoint that loads, through the run reader,
-``train/run_reader.py``); inputs are photos (deblurring) or label-id PNGs (label -> photo). Large images go
+``train/run_reader.py``); inputs are photos (deblurring, image-to-image) or label-id PNGs (label ->
+photo, with ``--instances DIR`` for a run trained with instance edges). Large images go
 through in overlapping tiles, blended with a linear ramp, so memory stays bounded.
 ``generate`` is that path, for `infer` here and for `asaptrain predict` (``predict.py``).
 """
@@ -16,10 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from asaptrain.config.schema import Config
-from asaptrain.data.decode import input_array
+from asaptrain.data.decode import BadImage, edge_map, input_array, label_ids, load_image
 from asaptrain.data.sources import encode_png
 from asaptrain.errors import UserError
 from asaptrain.train.nets import build_generator, size_multiple
@@ -71,13 +71,46 @@ def model_input(array: np.ndarray, cfg: Config, edges: np.ndarray | None = None)
 
 
 def read_input(path: Path, cfg: Config) -> np.ndarray:
-    """An input file as ``input_array`` returns it."""
+    """An input file as ``input_array`` returns it (upright, by its EXIF orientation); InferError
+    naming the file when it does not decode, or is a label map the model cannot read."""
     try:
-        image = Image.open(path)
-        image.load()
-    except Exception as exc:
-        raise InferError(f"cannot read {path}: {exc}") from None
-    return input_array(image, cfg)
+        return input_array(load_image(str(path), f"{path}"), cfg, what=str(path))
+    except BadImage as exc:
+        raise InferError(f"cannot use {path}: {exc}") from None
+
+
+INSTANCE_WARNING = ("the run was trained with instance edges (data.instance_edges = true), but no instance maps "
+                    "were given (--instances DIR): its inputs get no instance boundaries, and its outputs are "
+                    "worse than in training")
+
+
+def instance_files(inputs: list[str], instances: str) -> dict[str, Path]:
+    """Input path -> its instance map: the file of the same stem in folder ``instances``
+    (``x.png`` -> ``DIR/x.*``); InferError naming every input without one."""
+    folder = Path(instances)
+    if not folder.is_dir():
+        raise InferError(f"--instances {instances} is not a folder")
+    by_stem: dict[str, Path] = {}
+    for f in sorted(folder.iterdir()):
+        if f.is_file():
+            by_stem.setdefault(f.stem, f)
+    missing = [p for p in inputs if Path(p).stem not in by_stem]
+    if missing:
+        raise InferError(f"no instance map in {folder} for {', '.join(missing)} (looked for {folder}/STEM.*)")
+    return {p: by_stem[Path(p).stem] for p in inputs}
+
+
+def read_edges(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    """The (H, W) 0/1 instance-boundary map of an instance-id file; InferError when it does not
+    decode or differs in size from its label map."""
+    try:
+        edges = edge_map(label_ids(load_image(str(path), str(path))).astype(np.int64))
+    except BadImage as exc:
+        raise InferError(f"cannot use {path}: {exc}") from None
+    if edges.shape != shape:
+        raise InferError(f"instance map {path} is {edges.shape[1]}x{edges.shape[0]}, its label map "
+                         f"{shape[1]}x{shape[0]}: they must be the same size")
+    return edges
 
 
 def _tile_starts(size: int, tile: int, stride: int) -> list[int]:
@@ -188,17 +221,33 @@ def plan_outputs(inputs: list[str], out_dir: str, overwrite: bool = False) -> li
 
 
 def infer_files(run_dir, inputs: list[str], out_dir: str, checkpoint_rel: str | None = None,
-                device: str = "auto", tile: int = 1024, overwrite: bool = False) -> list[str]:
+                device: str = "auto", tile: int = 1024, overwrite: bool = False,
+                instances: str | None = None) -> list[str]:
     """Write ``OUT/<name>.png`` for every input (names from :func:`output_names`); returns the
-    written paths. Nothing is written when an output would replace an input or, without
+    written paths. ``instances``: a folder of instance-id maps, one per label map by file stem,
+    for a run trained with instance edges (without them it warns once, and runs). Nothing is
+    written when an input cannot be used, when an output would replace an input or, without
     ``overwrite``, an existing file."""
+    import sys
+
     plan = plan_outputs(inputs, out_dir, overwrite)
     dev = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
     cfg, G = load_generator(run_dir, checkpoint_rel, dev)
+    edges_used = cfg.data.task == "labels2photo" and cfg.data.instance_edges
+    if instances and not edges_used:
+        raise InferError("--instances gives instance maps, but the run was not trained with instance edges "
+                         "(data.instance_edges = false): leave --instances out")
+    inst = instance_files([str(p) for p, _ in plan], instances) if instances else {}
+    if edges_used and not instances:
+        print(f"[asaptrain] warning: {INSTANCE_WARNING}", file=sys.stderr, flush=True)
+    for path, _ in plan:  # every input checked before the first output is written
+        read_input(path, cfg)
     os.makedirs(out_dir, exist_ok=True)
     written = []
     for path, target in plan:
-        rgb, = generate(G, cfg, [read_input(path, cfg)], tile=tile)
+        array = read_input(path, cfg)
+        edges = [read_edges(inst[str(path)], array.shape[:2])] if inst else None
+        rgb, = generate(G, cfg, [array], edges, tile=tile)
         tmp = target + ".part"
         with open(tmp, "wb") as fh:
             fh.write(encode_png(rgb))

@@ -81,6 +81,8 @@ class PredictConfig:
     bf16 natively: ``asaptrain.precision``)."""
     s3_endpoint: str = ""
     """S3-compatible endpoint of every s3:// URI here [empty: AWS_ENDPOINT_URL*]."""
+    instances: str = ""
+    """With ``images``: a prefix of instance-id maps, one per label map by relative path without extension."""
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -91,6 +93,14 @@ def _image_items(src: Store) -> list[dict[str, str]]:
     if not rels:
         raise PredictError(f"no .png, .jpg or .jpeg files below {src.uri_for()}")
     return [{"source": r, "name": n} for r, n in output_names(rels)[0].items()]
+
+
+def _instance_index(inst: Store, items: list[dict[str, str]]) -> dict[str, str]:
+    """Image rel -> its instance map's rel (same relative path, any image extension). An image
+    without one stays out of the index: its row is named bad."""
+    by_stem = {r.rsplit(".", 1)[0]: r for r in inst.list(recursive=True) if r.lower().endswith(IMAGE_SUFFIXES)}
+    return {it["source"]: by_stem[it["source"].rsplit(".", 1)[0]] for it in items
+            if it["source"].rsplit(".", 1)[0] in by_stem}
 
 
 def _dataset_items(ds: Store, task: str, splits: tuple[str, ...]) -> tuple[list[dict[str, str]], list[str], frozenset]:
@@ -127,7 +137,7 @@ def _decode(data, instance, name: str, source: str, cfg) -> dict[str, Any]:
     ndim = 2 if cfg.data.task == "labels2photo" else 3
     t0 = time.perf_counter()
     try:
-        image = input_array(open_image(data, "image"), cfg)
+        image = input_array(open_image(data, "image"), cfg, what="the image")
         edges = None
         if instance is not None:
             edges = edge_map(np.asarray(open_image(instance, "instance map")).astype(np.int64))
@@ -144,16 +154,23 @@ def _columns(rows: list[dict], cfg) -> dict[str, Any]:
     return {k: [r[k] for r in rows] for k in rows[0]}
 
 
-def _decode_files(batch: dict[str, np.ndarray], src: Store, cfg) -> dict[str, list]:
-    """Stage 1 for --images: read each listed file from the store and decode it."""
+def _decode_files(batch: dict[str, np.ndarray], src: Store, cfg, inst: Store | None = None,
+                  inst_index: dict[str, str] | None = None) -> dict[str, list]:
+    """Stage 1 for --images: read each listed file (and its instance map) from the store and decode it."""
     rows = []
     for rel, name in zip(batch["source"], batch["name"]):
+        ndim = 2 if cfg.data.task == "labels2photo" else 3
+        if inst is not None and str(rel) not in inst_index:
+            rows.append(_row(str(name), str(rel), f"no instance map for it under {inst.uri_for()} (same relative "
+                                                  "path, any image extension)", ndim=ndim))
+            continue
         try:
             data = src.read_bytes(str(rel))
+            instance = inst.read_bytes(inst_index[str(rel)]) if inst is not None else None
         except StoreError as exc:  # gone since listing, or unreadable: this file alone
-            rows.append(_row(str(name), str(rel), f"cannot read ({exc})", ndim=2 if cfg.data.task == "labels2photo" else 3))
+            rows.append(_row(str(name), str(rel), f"cannot read ({exc})", ndim=ndim))
             continue
-        rows.append(_decode(data, None, str(name), str(rel), cfg))
+        rows.append(_decode(data, instance, str(name), str(rel), cfg))
     return _columns(rows, cfg)
 
 
@@ -249,7 +266,8 @@ def _resources(pc: PredictConfig) -> tuple[int, float, float]:
 
 
 def _pipeline(pc: PredictConfig, cfg, source: Store, out: Store, run_dir: Store, ckpt: str, todo: list[dict],
-              dataset: tuple[list[str], frozenset] | None, done: set[str], resources: tuple[int, float, float]):
+              dataset: tuple[list[str], frozenset] | None, done: set[str], resources: tuple[int, float, float],
+              instances: tuple[Store, dict[str, str]] | None = None):
     """The lazy Ray Dataset of the three stages over the unfinished inputs."""
     import ray
 
@@ -263,7 +281,9 @@ def _pipeline(pc: PredictConfig, cfg, source: Store, out: Store, run_dir: Store,
                             fn_kwargs={"done": frozenset(done), "keep": keep, "edges": edges, "cfg": cfg})
     else:
         ds = ray.data.from_items(todo).map_batches(_decode_files, batch_size=ROWS_PER_TASK, num_cpus=TASK_CPUS,
-                                                   fn_kwargs={"src": source, "cfg": cfg})
+                                                   fn_kwargs={"src": source, "cfg": cfg,
+                                                              "inst": instances[0] if instances else None,
+                                                              "inst_index": instances[1] if instances else None})
     ds = ds.map_batches(Predictor, batch_size=pc.batch, concurrency=workers, num_gpus=gpus, num_cpus=cpus,
                         fn_constructor_kwargs={"run_dir": run_dir, "checkpoint_rel": ckpt, "use_gpu": gpus > 0,
                                                "threads": max(1, round(cpus)), "tile": pc.tile, "batch": pc.batch,
@@ -304,6 +324,25 @@ def _collect(ds, total: int, max_bad: int, progress: Callable[[dict], None]) -> 
     timing = {"seconds": seconds, "images_per_s": len(written) / max(seconds, 1e-9),
               "precision": ",".join(sorted(precisions))}
     return written, bad, timing | {f"{k}_per_image": v / max(len(written), 1) for k, v in ms.items()}
+
+
+def _instances(pc: PredictConfig, cfg, items: list[dict[str, str]]) -> tuple[Store, dict[str, str]] | None:
+    """The instance maps of ``--images`` label maps, checked against the run; a run trained with
+    instance edges given none warns once (a dataset's own instance maps come with it)."""
+    import sys
+
+    from asaptrain.infer import INSTANCE_WARNING
+
+    edges_used = cfg.data.task == "labels2photo" and cfg.data.instance_edges
+    if pc.instances and (pc.dataset or not edges_used):
+        raise PredictError("--instances goes with --images, for a run trained with instance edges "
+                           "(data.instance_edges = true); leave it out here")
+    if not pc.instances:
+        if edges_used and pc.images:
+            print(f"[asaptrain] warning: {INSTANCE_WARNING}", file=sys.stderr, flush=True)
+        return None
+    inst = Store.open(pc.instances, s3_endpoint=pc.s3_endpoint or None)
+    return inst, _instance_index(inst, items)
 
 
 def predict(pc: PredictConfig, progress: Callable[[dict], None] = lambda info: None) -> dict[str, Any]:
@@ -349,6 +388,7 @@ def _predict_claimed(pc: PredictConfig, progress: Callable[[dict], None]) -> dic
         dataset = (paths, keep)
     else:
         items = _image_items(source)
+    instances = _instances(pc, cfg, items)
     done = finished_outputs(out) if resuming else set()
     todo = [it for it in items if it["name"] not in done]
     written, bad, timing, resources = [], [], {}, (0, 0.0, 0.0)
@@ -357,7 +397,7 @@ def _predict_claimed(pc: PredictConfig, progress: Callable[[dict], None]) -> dic
         resources = _resources(pc)
         if not resuming:
             out.write_json(JOB_FILE, job)
-        ds = _pipeline(pc, cfg, source, out, run_dir, ckpt, todo, dataset, done, resources)
+        ds = _pipeline(pc, cfg, source, out, run_dir, ckpt, todo, dataset, done, resources, instances)
         written, bad, timing = _collect(ds, len(todo), pc.max_bad, progress)
     by_name = {w["output"]: w for w in written}
     outputs = [by_name.get(it["name"]) or {"output": it["name"], "input": it["source"], "status": "existing"}

@@ -9,7 +9,7 @@ scaling to [-1, 1]), where it is cheap and a quarter of the bytes travel::
         x, y = to_model_batch(batch, cfg, schedule.strength(step))
 
 Dataset rows: ``target`` (H, W, 3) uint8; ``input`` (H, W) uint8 label ids (labels2photo) or
-(H, W, 3) uint8 stored blurred photo (absent when blur is synthesized); ``instance_edge``
+(H, W, 3) uint8 stored input photo (absent when blur is synthesized, ``data.blur``); ``instance_edge``
 (H, W) uint8 0/1 with ``data.instance_edges``; ``key_id`` int64, a stable hash of the key
 (strings cannot reach ``iter_torch_batches``). torch is imported only where needed: decode
 tasks run numpy + PIL, so Ray's CPU workers skip torch's import (1.6 s, ~300 MB each).
@@ -54,10 +54,40 @@ MAP_BATCH_BYTES = 64 * 2**20
 
 
 def _stored_input(paths: list[str], fs) -> bool:
-    """Whether a deblur dataset stores blurred inputs (its first shard's input_format is set)."""
+    """Whether a dataset stores input images (its first shard's input_format is set)."""
     pf = pq.ParquetFile(paths[0], filesystem=fs)
     fmt = pf.read_row_group(0, columns=["input_format"]).column(0) if pf.num_row_groups else None
     return fmt is not None and fmt.null_count < len(fmt)
+
+
+def reads_stored_input(cfg: Config, ds_store, paths: list[str], validation: bool = False) -> bool:
+    """Whether the model's inputs are the shards' stored input images (else the targets are blurred).
+
+    Label maps and plain image pairs are always stored. Deblurring follows ``data.blur``:
+    "stored" needs stored inputs, "synthetic" blurs the sharp targets in training but validates
+    on stored real pairs where the dataset has them (the study's protocol: train on synthetic
+    blur, score on real blur), "auto" uses stored inputs where there are any. DataError when the
+    config needs stored inputs that the dataset lacks.
+    """
+    d = cfg.data
+    if d.task == "labels2photo":
+        return True
+    has = _stored_input(paths, ds_store.fs)
+    if d.task == "image2image" or d.blur == "stored" or (d.blur == "auto" and cfg.curriculum.kind == "none"):
+        if not has:
+            why = ("data.task='image2image' reads stored input images" if d.task == "image2image" else
+                   "data.blur='stored'" if d.blur == "stored" else "curriculum.kind='none' blurs nothing")
+            raise DataError(f"{ds_store.uri_for()} stores only target images (no input column), but {why}: convert "
+                            "input/target pairs (`asaptrain data pairs`), or set data.blur='synthetic' with a "
+                            "curriculum to blur the targets")
+        return True
+    if d.blur == "synthetic" and not validation:
+        return False
+    if has and d.blur == "auto" and not validation:
+        log.warning("%s stores blurred inputs: training reads them, so curriculum.kind=%r does not act (set "
+                    "data.blur='synthetic' to blur the sharp targets, or data.blur='stored' and "
+                    "curriculum.kind='none' to say so)", ds_store.uri_for(), cfg.curriculum.kind)
+    return has
 
 
 # ----------------------------------------------------------------------------- Ray Data
@@ -107,7 +137,7 @@ def train_dataset(cfg: Config, store, bad_log=None, ds_store=None):
     """
     ds_store = ds_store or resolve_dataset(cfg.data.dataset, store)
     paths = shard_paths(ds_store, "train")
-    decoder = Decoder.from_config(cfg, cfg.data.task == "deblur" and _stored_input(paths, ds_store.fs))
+    decoder = Decoder.from_config(cfg, reads_stored_input(cfg, ds_store, paths))
     bad_log = bad_log if bad_log is not None else new_bad_image_log(cfg.data.max_bad_images)
     ds = ray.data.read_parquet(paths, filesystem=ds_store.fs, columns=decoder.columns, include_paths=True,
                                shuffle=FileShuffleConfig(seed=cfg.train.seed))
@@ -194,10 +224,11 @@ def to_model_batch(batch: dict[str, torch.Tensor], cfg: Config, blur_strength: f
                    generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Generator input ``x`` and target ``y`` (NCHW float32 in [-1, 1]) on the batch's device.
 
-    labels2photo: ``x`` is one-hot over ``data.num_labels`` channels (ids outside the range get
-    no channel: all zeros), plus the instance-edge channel last with ``data.instance_edges``.
-    deblur: ``x`` is the stored blurred photo when the dataset has one, else the target blurred
-    with fresh kernels at ``blur_strength`` (float or per-sample tensor), then noise/JPEG when
+    labels2photo: ``x`` is one-hot over ``data.num_labels`` channels (the decoder refuses ids
+    outside the range), plus the instance-edge channel last with ``data.instance_edges``.
+    image2image: ``x`` is the stored input image. deblur: ``x`` is the stored blurred photo
+    when the decoder read one (``reads_stored_input``), else the target blurred with fresh
+    kernels at ``blur_strength`` (float or per-sample tensor), then noise/JPEG when
     ``data.blur_noise_std`` / ``data.blur_jpeg_quality`` are set.
     """
     import torch
@@ -252,7 +283,7 @@ def validation_raw(cfg: Config, store, max_images: int | None = None) -> dict[st
     if not has_val:
         log.warning("%s has no val split: validating on the last rows of train", ds_store.uri_for())
     paths = shard_paths(ds_store, "val" if has_val else "train")
-    decoder = Decoder.from_config(cfg, cfg.data.task == "deblur" and _stored_input(paths, ds_store.fs))
+    decoder = Decoder.from_config(cfg, reads_stored_input(cfg, ds_store, paths, validation=True))
     items = ((ds_store.uri_for(p.rsplit("/", 1)[-1]), row)
              for p, row in _shard_rows(ds_store.fs, paths, decoder.columns, backwards=not has_val))
     limit, want = cfg.data.max_bad_images, min(cfg.eval.images, max_images or cfg.eval.images)

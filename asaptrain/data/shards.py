@@ -34,7 +34,7 @@ SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 PARTS_DIR = "_parts"
 SPLITS = ("train", "val", "test")
-TASKS = ("labels2photo", "deblur")
+TASKS = ("labels2photo", "deblur", "image2image")
 DEFAULT_SHARD_BYTES = 128 * 2**20
 """Shard size at which a writer rolls to the next file, in bytes of encoded media."""
 ROW_GROUP_BYTES = 32 * 2**20
@@ -191,9 +191,11 @@ class ShardWriter:
             self.close()
 
 
-def write_manifest(store: Store, task: str, source: str,
-                   entries: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Write ``manifest.json`` for ``entries`` (default: every shard with a ``_parts`` fragment)."""
+def write_manifest(store: Store, task: str, source: str, entries: list[dict[str, Any]] | None = None,
+                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write ``manifest.json`` for ``entries`` (default: every shard with a ``_parts`` fragment);
+    ``extra`` adds the dataset's own fields (``inputs``: "stored" for real pairs; ``num_labels``
+    and ``palette`` for label maps)."""
     if entries is None:
         entries = []
         for rel in store.list(PARTS_DIR, suffix=".parquet.json"):
@@ -211,7 +213,7 @@ def write_manifest(store: Store, task: str, source: str,
         s["shards"] += 1
     manifest = {"schema_version": SCHEMA_VERSION, "task": task, "source": source,
                 "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                "splits": splits, "shards": shards}
+                **(extra or {}), "splits": splits, "shards": shards}
     store.write_json(MANIFEST, manifest)
     return manifest
 
@@ -223,7 +225,7 @@ def read_manifest(store: Store) -> dict[str, Any]:
         manifest = store.read_json(MANIFEST)
     except StoreNotFound:
         raise ManifestError(f"{uri} does not exist: {store.uri_for()} is not a converted dataset "
-                            "(make one with `asaptrain data synth|cityscapes|gopro|folder --out URI`)") from None
+                            "(make one with `asaptrain data synth|cityscapes|gopro|pairs|labels|folder --out URI`)") from None
     except ValueError as exc:
         raise ManifestError(f"{uri} is not valid JSON ({exc}); rerun the converter to rewrite it") from None
     if not isinstance(manifest, dict) or manifest.get("schema_version") != SCHEMA_VERSION:

@@ -25,7 +25,7 @@ from asaptrain.config.schema import Config
 from asaptrain.config.io import from_dict, replace, to_dict, to_toml
 from asaptrain.sweep.figure import trials_png
 from asaptrain.sweep.select import best_toml_header, choose, front
-from asaptrain.sweep.space import SweepError, default_space, to_tune, trial_config
+from asaptrain.sweep.space import SweepError, default_space, space_notes, to_tune, trial_config
 from asaptrain.sweep.speed import ensure_reference, reference_preset, time_trials
 from asaptrain.train.run_files import RunFiles, check_name, new_run_name
 from asaptrain.train.run_reader import RunReader
@@ -159,6 +159,8 @@ def sweep(
     parallel = _trials_at_once(planned, trials, use_gpu)
     # Written only once the inputs and the cluster are known to be usable.
     space = _open_space(store.child(SWEEPS_PREFIX, name), name, resume, space or default_space(base))
+    for note in space_notes(base):
+        print(f"[asaptrain] {note}", flush=True)
     ref = ensure_reference(store, base, reference or reference_preset(base), progress)
     runs_prefix = f"{SWEEPS_PREFIX}/{name}/runs"
     tuner = _tuner(store, name, planned, space, runs_prefix, trials, parallel, metric, grace_reports,
@@ -331,7 +333,8 @@ def write_results(store, name: str, base: Config, grid, metric: str, runs_prefix
     sweep_dir = store.child(SWEEPS_PREFIX, name)
     summary = {"name": name, "metric": key, "trials": rows, "best": best, "base_steps": base.train.steps,
                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "selection": selection, "front": on_front,
-               "speed": speed, "reference": {k: v for k, v in reference.items() if k != "config"}}
+               "speed": speed, "reference": {k: v for k, v in reference.items() if k != "config"},
+               "notes": space_notes(base)}
     if selection["below_speedup"] is not False:
         print(f"[asaptrain] WARNING: {selection['message']}", flush=True)
     if best is not None:

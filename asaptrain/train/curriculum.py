@@ -9,6 +9,8 @@ Every kind holds ``start`` for ``warmup_steps``, then moves toward ``end`` over 
 (0 = the rest of training), then holds ``end``. ``progress(step)`` is that movement's
 fraction in [0, 1]:
 
+* ``none``    no strength at all (``None``): the inputs are stored blurred photos (``data.blur =
+  "stored"``), and nothing is blurred during training.
 * ``fixed``   ``start`` at every step (``end`` is ignored).
 * ``linear``  ``start + (end - start) · progress``.
 * ``cosine``  ``start + (end - start) · (1 - cos(π · progress)) / 2``: slow at both ends.
@@ -36,7 +38,7 @@ import numpy as np
 
 from asaptrain.config.schema import CurriculumConfig, ConfigError
 
-KINDS = ("fixed", "linear", "cosine", "step", "band")
+KINDS = ("none", "fixed", "linear", "cosine", "step", "band")
 
 
 @dataclass
@@ -65,8 +67,10 @@ class BlurSchedule:
         """Fraction of the ramp done at ``step``, in [0, 1]."""
         return min(max((step - self.warmup_steps) / self.ramp_length, 0.0), 1.0)
 
-    def strength(self, step: int) -> float:
-        """Blur strength in [0, 1] at ``step`` (0-based)."""
+    def strength(self, step: int) -> float | None:
+        """Blur strength in [0, 1] at ``step`` (0-based); None for kind "none"."""
+        if self.kind == "none":
+            return None
         p = self.progress(step)
         span = self.end - self.start
         if self.kind == "fixed":

@@ -216,8 +216,11 @@ def fit(
     store or a run directory URI, imported ones included) a new run starts from its weights."""
     from asaptrain.data.store import store_from_config
 
+    from asaptrain.data.labelsets import resolve_num_labels
+
     cfg = pin_store(cfg)
     store = store or store_from_config(cfg.storage)
+    cfg = resolve_num_labels(cfg, store)  # the dataset's label count; a config naming another is refused here
     if resume and init_from:
         raise RunError("give --resume or --init-from, not both: --resume continues a run, --init-from starts a new "
                        "one from another run's weights")
