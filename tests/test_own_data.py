@@ -26,7 +26,8 @@ from asaptrain.data.pipeline import _shard_rows, reads_stored_input, to_model_ba
 from asaptrain.data.shards import read_manifest, shard_paths
 from asaptrain.data.store import Store
 from asaptrain.data.synth import synth_plan
-from asaptrain.train.loop import ListReporter, train_loop
+from asaptrain.train.loop import train_loop
+from reporting import ListReporter
 
 H, W = 32, 48
 

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from asaptrain.cli import main
 from asaptrain.config.presets import get_preset
 from asaptrain.data.store import Store, StoreError, resolve_dataset
-from asaptrain.train.resume import CheckpointError, newest_loadable, read_state
+from asaptrain.train.run_reader import CheckpointError, newest_loadable, read_state
 from asaptrain.train.run_files import RunFiles
 
 
