@@ -100,6 +100,7 @@ def sweep(
     progress: bool = True,
 ) -> dict:
     """Run (or resume) a sweep and write its results; returns the ``sweep.json`` content."""
+    from asaptrain.data.pipeline import check_crop_and_batch
     from asaptrain.data.s3 import keep_credentials_out_of_tune
     from asaptrain.data.shards import shard_paths
     from asaptrain.data.store import resolve_dataset, store_from_config
@@ -112,6 +113,7 @@ def sweep(
     store = store_from_config(base.storage)
     name = check_name(resume or name or new_run_name("sweep"), "sweep name")
     shard_paths(resolve_dataset(base.data.dataset, store), "train")  # a missing dataset fails here, not per trial
+    check_crop_and_batch(base, resolve_dataset(base.data.dataset, store))  # as a crop the images cannot give
     ensure_ray()
     keep_credentials_out_of_tune()
     use_gpu = resolve_use_gpu(base)

@@ -197,13 +197,15 @@ def fit(
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from asaptrain.data.pipeline import train_dataset
-    from asaptrain.data.store import store_from_config
+    from asaptrain.data.pipeline import check_crop_and_batch, train_dataset
+    from asaptrain.data.store import resolve_dataset, store_from_config
     from asaptrain.train.resources import worker_resources
 
     cfg = pin_store(cfg)
     store = store or store_from_config(cfg.storage)
     name, start = choose_name(store, cfg, preset, name, resume, runs_prefix)
+    # A crop or batch the data cannot give fails here, before Ray starts or anything is written.
+    check_crop_and_batch(cfg, resolve_dataset(cfg.data.dataset, store))
     if mlflow is not None:
         check_mlflow(mlflow)
     if resume:  # the weights must fit the config before anything of the run is rewritten
