@@ -47,10 +47,10 @@ import torch.nn.functional as F
 from asaptrain.config.io import from_dict, to_dict
 from asaptrain.config.schema import Config, validate
 from asaptrain.errors import UserError
-from asaptrain.infer import _multiple, load_weights
+from asaptrain.infer import load_weights
 from asaptrain.models.asapnet import ASAPNetGenerator, TentDownsample
 from asaptrain.models.pixel_mlp import PixelMLP, layer_matrices, pad_input
-from asaptrain.train.nets import build_generator, generator_in_channels
+from asaptrain.train.nets import build_generator, generator_in_channels, min_input_size, size_multiple
 
 FORMATS = ("onnx", "torchscript", "safetensors")
 OPSET = 17
@@ -85,8 +85,7 @@ def size_rules(cfg: Config) -> tuple[int, int]:
     of 2^(downsamplings + local enhancers), at least twice that, since the ResNet blocks
     reflect-pad the bottleneck.
     """
-    multiple = _multiple(cfg)
-    return multiple, 2 * multiple
+    return size_multiple(cfg), min_input_size(cfg)
 
 
 def conventions(cfg: Config) -> dict:

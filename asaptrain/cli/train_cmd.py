@@ -9,6 +9,7 @@ import click
 
 from asaptrain.cli.groups import friendly_errors, main, output_console, preset_options, s3_endpoint_option, store_options
 from asaptrain.config.schema import Config
+from asaptrain.data.decode import DEFAULT_MAX_PIXELS
 from asaptrain.config.io import load_config, parse_overrides, replace, to_toml
 
 
@@ -96,13 +97,15 @@ def _print_result(result) -> None:
 @click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--tile", default=1024, type=click.IntRange(min=64), help="Largest tile edge in pixels.")
 @click.option("--overwrite", is_flag=True, help="Replace outputs that exist (inputs are never replaced).")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True,
+              help="Largest input (width x height), refused before it is decoded.")
 @friendly_errors
-def infer_cmd(inputs, run_uri, checkpoint, out_dir, s3_endpoint, device, tile, overwrite) -> None:
+def infer_cmd(inputs, run_uri, checkpoint, out_dir, s3_endpoint, device, tile, overwrite, max_pixels) -> None:
     """Run a trained generator on photos (deblurring) or label-id PNGs at their full size."""
     from asaptrain.data.store import Store
     from asaptrain.infer import infer_files
 
     run_dir = Store.open(run_uri, s3_endpoint)
     rel = f"{checkpoint.rstrip('/')}/state.pt" if checkpoint else None
-    for path in infer_files(run_dir, list(inputs), out_dir, rel, device, tile, overwrite):
+    for path in infer_files(run_dir, list(inputs), out_dir, rel, device, tile, overwrite, max_pixels):
         click.echo(path)

@@ -39,11 +39,26 @@ def key_id(key: str) -> int:
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little", signed=True)
 
 
-def open_image(data: Any, what: str) -> Image.Image:
+DEFAULT_MAX_PIXELS = 2**26
+"""Largest image (width x height, pixels) `infer` and `predict` take by default: 64 Mpx. At the
+tile size a worker holds the decoded input and the uint8 output (3 bytes a pixel each, about
+0.4 GB here) and one row of tiles in fp32, not the whole image in fp32 (13 GB at this size)."""
+
+
+def open_image(data: Any, what: str, max_pixels: int | None = None) -> Image.Image:
+    """The decoded image; BadImage when it is missing, damaged or, by its header (read before
+    any pixel is decoded), larger than ``max_pixels`` (width x height)."""
     if data is None:
         raise BadImage(f"{what} is missing (NULL)")
     try:
-        img = Image.open(io.BytesIO(data))
+        img = Image.open(io.BytesIO(data))  # lazy: the header only
+    except Exception as exc:  # PIL raises many types for damaged data
+        raise BadImage(f"{what} does not decode ({type(exc).__name__}: {str(exc)[:80]})") from None
+    w, h = img.size
+    if max_pixels is not None and w * h > max_pixels:
+        raise BadImage(f"{what} is {w}x{h} = {w * h} pixels, over the limit of {max_pixels} (--max-pixels): "
+                       "split or downscale it, or raise --max-pixels where the workers have the memory")
+    try:
         img.load()
         return img
     except Exception as exc:  # PIL raises many types for damaged data
