@@ -151,6 +151,20 @@ def resolve_use_gpu(cfg: Config) -> bool:
     return cfg.scaling.use_gpu == "true"
 
 
+AUTO = "auto"
+"""``--resume auto``: continue the run ``--name`` names if it exists, else start it (a job that is
+restarted, by KubeRay's backoffLimit or by hand, runs the same command again)."""
+
+
+def resolve_auto(store, name: str | None, resume: str | None, prefix: str = RUNS_PREFIX) -> str | None:
+    """What ``resume`` means: ``auto`` becomes ``name`` when that run exists, else None (start it)."""
+    if resume != AUTO:
+        return resume
+    if not name:
+        raise RunError("--resume auto needs --name NAME: the run to continue if it exists, or to start")
+    return name if RunFiles(store, name, prefix).exists() else None
+
+
 def choose_name(
     store, cfg: Config, preset: str | None, name: str | None, resume: str | None, prefix: str = RUNS_PREFIX
 ) -> tuple[str, int]:
@@ -180,6 +194,12 @@ def choose_name(
     return new_run_name(preset or cfg.model.name), 0
 
 
+def _finished_steps(files: RunFiles) -> int:
+    """Steps a finished run did (-1 when the run is not finished)."""
+    meta = files.read_run()
+    return int(meta.get("steps_done") or 0) if meta.get("status") == "finished" else -1
+
+
 def fit(
     cfg: Config,
     *,
@@ -203,6 +223,13 @@ def fit(
 
     cfg = pin_store(cfg)
     store = store or store_from_config(cfg.storage)
+    auto = resume == AUTO
+    resume = resolve_auto(store, name, resume, runs_prefix)
+    if auto and resume and (done := _finished_steps(RunFiles(store, resume, runs_prefix))) >= cfg.train.steps:
+        # A job restarted after its run ended: nothing to train, and nothing to fail.
+        print(f"[asaptrain] run {resume!r} already finished {done} steps", flush=True)
+        files = RunFiles(store, resume, runs_prefix)
+        return RunResult(name=resume, status="finished", uri=files.dir.uri_for(""), steps=done)
     name, start = choose_name(store, cfg, preset, name, resume, runs_prefix)
     # A crop or batch the data cannot give fails here, before Ray starts or anything is written.
     check_crop_and_batch(cfg, resolve_dataset(cfg.data.dataset, store))
@@ -210,6 +237,7 @@ def fit(
         check_mlflow(mlflow)
     if resume:  # the weights must fit the config before anything of the run is rewritten
         start = resume_step(RunFiles(store, name, runs_prefix), cfg, start)
+        print(f"[asaptrain] continuing run {name!r} from step {start}", flush=True)
     ensure_ray()
     use_gpu = resolve_use_gpu(cfg)
     per_worker = worker_resources(cfg, use_gpu)  # leaves Ray Data a CPU, or says what to set

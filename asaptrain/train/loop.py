@@ -167,6 +167,8 @@ def _restore(cfg: Config, state: RunState, checkpoint: dict | None, run: RunFile
     seed = cfg.train.seed
     if checkpoint is None:
         torch.manual_seed(seed * 1000 + dist.rank())  # dropout / penalty randomness differs per rank
+        if run is not None and run.dir.exists("metrics.jsonl"):  # a restart before any checkpoint: from 0
+            run.truncate_after(-1)
         return
     planned = [list(state.g_sched.base_lrs), list(state.d_sched.base_lrs)]  # the config's, before the load
     state.load_state_dict(checkpoint)  # also restores the RNG state rank 0 saved
