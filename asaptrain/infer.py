@@ -152,8 +152,8 @@ def pad_to(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def _to_uint8(y: torch.Tensor) -> np.ndarray:
-    """A (3, H, W) output in [-1, 1] -> (H, W, 3) uint8 on the CPU."""
-    return ((y.float().clamp(-1, 1) + 1) * 127.5 + 0.5).byte().permute(1, 2, 0).cpu().numpy()
+    """A (3, H, W) output in [-1, 1] -> (H, W, 3) uint8 on the CPU (one fp32 temporary, not four)."""
+    return y.float().clamp(-1, 1).add_(1).mul_(127.5).add_(0.5).byte().permute(1, 2, 0).cpu().numpy()
 
 
 @dataclass
@@ -222,10 +222,11 @@ def _tiled(G, im: _Image, make_input, tile: int, overlap: int, batch: int, devic
         done = (tops[r + 1] - top) if r + 1 < len(tops) else th  # rows no later tile reaches
         rows = min(done, im.h - top)
         if rows > 0:
-            out[top:top + rows] = _to_uint8(acc[:, :rows, :im.w] / weight[:, :rows, :im.w])
-        # The strip moves down to the next row of tiles, keeping what overlaps it.
-        acc = torch.cat([acc[:, done:], torch.zeros(3, done, W, device=device)], dim=1)
-        weight = torch.cat([weight[:, done:], torch.zeros(1, done, W, device=device)], dim=1)
+            out[top:top + rows] = _to_uint8(acc[:, :rows, :im.w].div_(weight[:, :rows, :im.w]))
+        # The strip moves down to the next row of tiles (in place), keeping what overlaps it.
+        for t in (acc, weight):
+            t[:, :th - done] = t[:, done:].clone()
+            t[:, th - done:] = 0
     return out
 
 
