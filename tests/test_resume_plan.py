@@ -68,3 +68,21 @@ def test_the_lr_each_resumed_step_trains_with_is_the_plans(tmp_path):
     # step 5 is the first: the scheduler has stepped 4 times, so the plan's factor at 4
     expected = {longer.optim.g_lr * lr_lambda(5, 0.5)(4), longer.optim.d_lr * lr_lambda(5, 0.5)(4)}
     assert seen and all(any(abs(s - v) < 1e-12 for v in expected) for s in seen), (seen, expected)
+
+
+def test_the_first_report_after_a_resume_carries_the_last_validation_numbers(tmp_path):
+    """Tune's scheduler refuses a result without its metric: a resumed run's reports before its
+    next evaluation carry the last one the run recorded."""
+    store = Store.open(str(tmp_path / "store"))
+    cfg = _cfg(8, "eval.every=4", "train.log_every=1", "train.checkpoint_every=5")
+    val = (torch.rand(2, 3, 64, 64) * 2 - 1, torch.rand(2, 3, 64, 64) * 2 - 1)
+    rep = ListReporter()
+    train_loop(_cfg(5, "eval.every=4", "train.checkpoint_every=5"), tensors(cfg), passthrough, CPU, rep,
+               run=RunFiles(store, "r"), val=val)
+    again = ListReporter()
+    train_loop(cfg, tensors(cfg), passthrough, CPU, again, run=RunFiles(store, "r"), val=val,
+               checkpoint=rep.last_state)
+    first = again.reports[0][0]
+    assert first["step"] == 6 and "val_psnr" in first
+    (before,) = [r for r in RunFiles(store, "r").read_metrics() if r.get("kind") == "eval" and r["step"] == 4]
+    assert first["val_psnr"] == before["psnr"]

@@ -149,6 +149,9 @@ def train_loop(
     loop = _Loop(cfg, state, device, reporter, run, val, store)
     if state.step == 0:
         loop.evaluate(0, Cadence.at(0, cfg))
+    elif loop.run is not None:  # resumed: every report carries the latest validation numbers (Tune needs them)
+        evals = [r for r in loop.run.read_metrics() if r.get("kind") == "eval"]
+        loop.last_eval = {k: v for k, v in (evals[-1] if evals else {}).items() if k not in ("step", "kind")}
     while state.step < cfg.train.steps:
         step = state.step + 1
         when = Cadence.at(step, cfg)
