@@ -84,5 +84,6 @@ def test_the_first_report_after_a_resume_carries_the_last_validation_numbers(tmp
                checkpoint=rep.last_state)
     first = again.reports[0][0]
     assert first["step"] == 6 and "val_psnr" in first
-    (before,) = [r for r in RunFiles(store, "r").read_metrics() if r.get("kind") == "eval" and r["step"] == 4]
+    # the 5-step run evaluated at its last step, 5, the checkpoint the resume continues from
+    (before,) = [r for r in RunFiles(store, "r").read_metrics() if r.get("kind") == "eval" and r["step"] == 5]
     assert first["val_psnr"] == before["psnr"]

@@ -231,13 +231,13 @@ def fit(
         files = RunFiles(store, resume, runs_prefix)
         return RunResult(name=resume, status="finished", uri=files.dir.uri_for(""), steps=done)
     name, start = choose_name(store, cfg, preset, name, resume, runs_prefix)
-    # A crop or batch the data cannot give fails here, before Ray starts or anything is written.
-    check_crop_and_batch(cfg, resolve_dataset(cfg.data.dataset, store))
     if mlflow is not None:
         check_mlflow(mlflow)
     if resume:  # the weights must fit the config before anything of the run is rewritten
         start = resume_step(RunFiles(store, name, runs_prefix), cfg, start)
         print(f"[asaptrain] continuing run {name!r} from step {start}", flush=True)
+    # A crop or batch the data cannot give fails here, before Ray starts or anything is written.
+    check_crop_and_batch(cfg, resolve_dataset(cfg.data.dataset, store))
     ensure_ray()
     use_gpu = resolve_use_gpu(cfg)
     per_worker = worker_resources(cfg, use_gpu)  # leaves Ray Data a CPU, or says what to set
