@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from asaptrain.data.decode import BadImage, edge_map, input_array, open_image
+from asaptrain.data.decode import DEFAULT_MAX_PIXELS, BadImage, edge_map, input_array, open_image
 from asaptrain.data.outputs import (IMAGE_SUFFIXES, JOB_FILE, check_out_folder, finished_outputs, output_name,
                                     output_names)
 from asaptrain.data.shards import SPLITS, read_manifest, shard_paths
@@ -75,7 +75,9 @@ class PredictConfig:
     tile: int = 1024
     """Largest tile edge in pixels (as `infer --tile`)."""
     max_bad: int = 0
-    """Inputs that fail to read or decode that are named and skipped before the command fails."""
+    """Inputs that fail to read, decode or run that are named and skipped before the command fails."""
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    """Largest input, width x height in pixels; a larger one is a bad input (checked before decoding)."""
     dtype: str = "auto"
     """Compute precision: fp32, bf16 (autocast), or auto (bf16 where the worker's device computes
     bf16 natively: ``asaptrain.precision``)."""
@@ -133,18 +135,20 @@ def _row(name: str, source: str, error: str = "", image=None, edges=None, ms: fl
             "edges": np.zeros((0, 0), np.uint8) if edges is None else edges, "decode_ms": ms}
 
 
-def _decode(data, instance, name: str, source: str, cfg) -> dict[str, Any]:
+def _decode(data, instance, name: str, source: str, cfg, max_pixels: int) -> dict[str, Any]:
     ndim = 2 if cfg.data.task == "labels2photo" else 3
     t0 = time.perf_counter()
     try:
-        image = input_array(open_image(data, "image"), cfg, what="the image")
+        image = input_array(open_image(data, "image", max_pixels), cfg, what="the image")
         edges = None
         if instance is not None:
-            edges = edge_map(np.asarray(open_image(instance, "instance map")).astype(np.int64))
+            edges = edge_map(np.asarray(open_image(instance, "instance map", max_pixels)).astype(np.int64))
             if edges.shape != image.shape[:2]:
                 raise BadImage(f"instance map {edges.shape[::-1]} and label map {image.shape[1::-1]} differ in size")
     except BadImage as exc:
         return _row(name, source, str(exc), ndim=ndim)
+    except Exception as exc:  # anything else one image does (an odd mode, memory) is that image's
+        return _row(name, source, f"does not decode ({type(exc).__name__}: {str(exc)[:200]})", ndim=ndim)
     return _row(name, source, image=image, edges=edges, ms=(time.perf_counter() - t0) * 1000, ndim=ndim)
 
 
@@ -154,7 +158,7 @@ def _columns(rows: list[dict], cfg) -> dict[str, Any]:
     return {k: [r[k] for r in rows] for k in rows[0]}
 
 
-def _decode_files(batch: dict[str, np.ndarray], src: Store, cfg, inst: Store | None = None,
+def _decode_files(batch: dict[str, np.ndarray], src: Store, cfg, max_pixels: int, inst: Store | None = None,
                   inst_index: dict[str, str] | None = None) -> dict[str, list]:
     """Stage 1 for --images: read each listed file (and its instance map) from the store and decode it."""
     rows = []
@@ -170,11 +174,12 @@ def _decode_files(batch: dict[str, np.ndarray], src: Store, cfg, inst: Store | N
         except StoreError as exc:  # gone since listing, or unreadable: this file alone
             rows.append(_row(str(name), str(rel), f"cannot read ({exc})", ndim=ndim))
             continue
-        rows.append(_decode(data, instance, str(name), str(rel), cfg))
+        rows.append(_decode(data, instance, str(name), str(rel), cfg, max_pixels))
     return _columns(rows, cfg)
 
 
-def _decode_shard_rows(batch: dict[str, np.ndarray], done: frozenset, keep: frozenset, edges: bool, cfg):
+def _decode_shard_rows(batch: dict[str, np.ndarray], done: frozenset, keep: frozenset, edges: bool, cfg,
+                       max_pixels: int):
     """Stage 1 for --dataset: decode each row's input (and instance map) not finished before."""
     rows = []
     for i, key in enumerate(batch["key"]):
@@ -187,7 +192,7 @@ def _decode_shard_rows(batch: dict[str, np.ndarray], done: frozenset, keep: froz
         if edges and inst is None:
             rows.append(_row(name, source, "no instance map (NULL), and the run uses instance edges", ndim=2))
         else:
-            rows.append(_decode(batch["input"][i], inst, name, source, cfg))
+            rows.append(_decode(batch["input"][i], inst, name, source, cfg, max_pixels))
     return _columns(rows, cfg)
 
 
@@ -211,19 +216,31 @@ class Predictor:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         from asaptrain.infer import generate
 
-        ok = [i for i, e in enumerate(batch["error"]) if not e]
+        errors = [str(e) for e in batch["error"]]
+        ok = [i for i, e in enumerate(errors) if not e]
         # A label map without an instance map (an --images folder) has an empty edge array: no
         # instance boundaries, as `infer` reads it.
         edges = [batch["edges"][i] if np.size(batch["edges"][i]) else None for i in ok] \
             if self.cfg.data.instance_edges else None
         t0 = time.perf_counter()
-        outs = generate(self.G, self.cfg, [batch["image"][i] for i in ok], edges, tile=self.tile, batch=self.batch,
-                        dtype=self.precision)
+        try:
+            outs = generate(self.G, self.cfg, [batch["image"][i] for i in ok], edges, tile=self.tile, batch=self.batch,
+                            dtype=self.precision)
+        except Exception:  # noqa: BLE001 - one image that G cannot take must not end the job: each alone
+            outs = []
+            for n, i in enumerate(ok):
+                try:
+                    outs += generate(self.G, self.cfg, [batch["image"][i]], edges and [edges[n]], tile=self.tile,
+                                     batch=self.batch, dtype=self.precision)
+                except Exception as exc:  # noqa: BLE001
+                    errors[i] = f"the model failed on it ({type(exc).__name__}: {str(exc).strip()[:200]})"
+                    outs.append(None)
         ms = (time.perf_counter() - t0) * 1000 / max(len(ok), 1)  # generate returns CPU arrays: synced
-        output, model_ms = [np.zeros((0, 0, 3), np.uint8)] * len(batch["error"]), [0.0] * len(batch["error"])
+        output, model_ms = [np.zeros((0, 0, 3), np.uint8)] * len(errors), [0.0] * len(errors)
         for i, y in zip(ok, outs):
-            output[i], model_ms[i] = y, ms
-        return {"name": batch["name"], "source": batch["source"], "error": batch["error"],
+            if y is not None:
+                output[i], model_ms[i] = y, ms
+        return {"name": batch["name"], "source": batch["source"], "error": errors,
                 "decode_ms": batch["decode_ms"], "output": output, "model_ms": model_ms,
                 "precision": [self.precision] * len(output)}
 
@@ -278,10 +295,12 @@ def _pipeline(pc: PredictConfig, cfg, source: Store, out: Store, run_dir: Store,
         ds = ray.data.read_parquet(paths, filesystem=source.fs, include_paths=True,
                                    columns=["key", "split", "input"] + ["instance"] * edges)
         ds = ds.map_batches(_decode_shard_rows, batch_size=ROWS_PER_TASK, num_cpus=TASK_CPUS,
-                            fn_kwargs={"done": frozenset(done), "keep": keep, "edges": edges, "cfg": cfg})
+                            fn_kwargs={"done": frozenset(done), "keep": keep, "edges": edges, "cfg": cfg,
+                                       "max_pixels": pc.max_pixels})
     else:
         ds = ray.data.from_items(todo).map_batches(_decode_files, batch_size=ROWS_PER_TASK, num_cpus=TASK_CPUS,
                                                    fn_kwargs={"src": source, "cfg": cfg,
+                                                              "max_pixels": pc.max_pixels,
                                                               "inst": instances[0] if instances else None,
                                                               "inst_index": instances[1] if instances else None})
     ds = ds.map_batches(Predictor, batch_size=pc.batch, concurrency=workers, num_gpus=gpus, num_cpus=cpus,
@@ -405,7 +424,7 @@ def _predict_claimed(pc: PredictConfig, progress: Callable[[dict], None]) -> dic
     manifest = {
         **job, "out": out.uri_for(), "task": cfg.data.task, "model": cfg.model.name,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "settings": {k: v for k, v in asdict(pc).items() if k in ("batch", "tile", "max_bad", "dtype")},
+        "settings": {k: v for k, v in asdict(pc).items() if k in ("batch", "tile", "max_bad", "max_pixels", "dtype")},
         "dtype": timing.get("precision") or None,
         "workers": resources[0], "gpus_per_worker": resources[1], "cpus_per_worker": resources[2], "timing": timing,
         "counts": {"outputs": len(outputs), "written": len(written), "existing": len(outputs) - len(written),

@@ -44,6 +44,11 @@ def key_id(key: str) -> int:
 EXIF_ORIENTATION = 0x0112
 """The EXIF tag a phone writes instead of rotating the pixels (1 = upright)."""
 
+DEFAULT_MAX_PIXELS = 2**26
+"""Largest image (width x height, pixels) `infer` and `predict` take by default: 64 Mpx. At the
+tile size a worker holds the decoded input and the uint8 output (3 bytes a pixel each, about
+0.4 GB here) and one row of tiles in fp32, not the whole image in fp32 (13 GB at this size)."""
+
 
 def upright(img: Image.Image) -> Image.Image:
     """``img`` turned as its EXIF orientation says (phone photos store their pixels sideways).
@@ -62,14 +67,22 @@ def upright(img: Image.Image) -> Image.Image:
     return turned
 
 
-def load_image(source: Any, what: str) -> Image.Image:
+def load_image(source: Any, what: str, max_pixels: int | None = None) -> Image.Image:
     """The one decode of every image asaptrain reads (converters, training, `infer`, `predict`):
     ``source`` (encoded bytes or a file path) fully decoded and turned upright by its EXIF
-    orientation. :class:`BadImage` saying why when it is missing or does not decode."""
+    orientation. :class:`BadImage` saying why when it is missing, does not decode or, by its
+    header (read before any pixel is decoded), is larger than ``max_pixels`` (width x height)."""
     if source is None:
         raise BadImage(f"{what} is missing (NULL)")
     try:
         img = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source)
+    except Exception as exc:  # PIL raises many types for damaged data
+        raise BadImage(f"{what} does not decode ({type(exc).__name__}: {str(exc)[:80]})") from None
+    w, h = img.size  # lazy: the header only
+    if max_pixels is not None and w * h > max_pixels:
+        raise BadImage(f"{what} is {w}x{h} = {w * h} pixels, over the limit of {max_pixels} (--max-pixels): "
+                       "split or downscale it, or raise --max-pixels where the workers have the memory")
+    try:
         img.load()
     except Exception as exc:  # PIL raises many types for damaged data
         raise BadImage(f"{what} does not decode ({type(exc).__name__}: {str(exc)[:80]})") from None

@@ -39,7 +39,7 @@ from ray.data import DataContext, FileShuffleConfig
 
 from asaptrain.config.schema import Config
 from asaptrain.data.decode import DataError, Decoder, decode_rows, key_id
-from asaptrain.data.shards import read_manifest, shard_paths
+from asaptrain.data.shards import image_size_range, read_manifest, shard_paths
 from asaptrain.data.store import resolve_dataset
 
 if TYPE_CHECKING:
@@ -126,6 +126,46 @@ def _decode_batch(batch: dict[str, np.ndarray], decoder: Decoder, bad_log, limit
     items = ((scheme + str(batch["path"][i]), {c: batch[c][i] for c in decoder.columns})
              for i in range(len(batch["key"])))
     return decode_rows(decoder, items, epoch, lambda bad: ray.get(bad_log.add.remote(bad)), limit)
+
+
+def _resized(size: tuple[int, int], bound: tuple[int, int], load_w: int, load_h: int) -> tuple[int, int]:
+    """An image's (width, height) after ``data.load_*``; ``bound`` is the other extreme of the
+    split's sizes, which bounds the aspect ratio where only one load side is set."""
+    (w, h), (bw, bh) = size, bound
+    if load_w and load_h:
+        return load_w, load_h
+    if load_w:
+        return load_w, max(1, round(h * load_w / bw))
+    if load_h:
+        return max(1, round(w * load_h / bh)), load_h
+    return w, h
+
+
+def check_crop_and_batch(cfg: Config, ds_store) -> None:
+    """DataError, before any worker starts, when ``data.crop_*`` exceeds every image of a split
+    (after ``data.load_*``) or the train split has fewer rows than ``train.batch_size``; a note
+    when some images are smaller than the crop (each is then a bad image, see data.max_bad_images)."""
+    d = cfg.data
+    manifest = read_manifest(ds_store)
+    rows = int((manifest["splits"].get("train") or {}).get("rows") or 0)
+    world = max(1, cfg.scaling.num_workers)
+    if rows // world < cfg.train.batch_size // world:
+        raise DataError(f"train.batch_size = {cfg.train.batch_size} needs that many training rows ({world} worker(s) "
+                        f"share them), {ds_store.uri_for()} has {rows}: lower train.batch_size or add data")
+    for split in [s for s in ("train", "val") if s in manifest["splits"]]:
+        small, large = image_size_range(ds_store, split)
+        (sw, sh), (lw, lh) = _resized(small, large, d.load_width, d.load_height), \
+            _resized(large, small, d.load_width, d.load_height)
+        loaded = f" after data.load_width/load_height = {d.load_width}/{d.load_height}" if d.load_width or d.load_height else ""
+        for field, crop, biggest in (("data.crop_width", d.crop_width, lw), ("data.crop_height", d.crop_height, lh)):
+            if crop > biggest:
+                raise DataError(f"{field} = {crop} is larger than every {split} image of {ds_store.uri_for()} (at most "
+                                f"{lw}x{lh} pixels{loaded}): set data.crop_width/crop_height to at most {lw}x{lh}, "
+                                "or data.load_width/load_height")
+        if d.crop_width > sw or d.crop_height > sh:
+            log.warning("some %s images of %s are smaller than the crop %dx%d (smallest %dx%d%s): each is skipped as a "
+                        "bad image, up to data.max_bad_images", split, ds_store.uri_for(), d.crop_width, d.crop_height,
+                        sw, sh, loaded)
 
 
 def train_dataset(cfg: Config, store, bad_log=None, ds_store=None):

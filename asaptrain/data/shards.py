@@ -282,6 +282,27 @@ def shard_paths(store: Store, split: str) -> list[str]:
     return [store.path(e["path"]) for e in entries]
 
 
+def image_size_range(store: Store, split: str) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((smallest width, smallest height), (largest width, largest height)) in pixels of a split's
+    images, from the shards' Parquet statistics (one footer read per shard; the column itself
+    where a writer left no statistics)."""
+    low, high = [2**31, 2**31], [0, 0]
+    for path in shard_paths(store, split):
+        meta = pq.ParquetFile(path, filesystem=store.fs).metadata
+        names = meta.schema.to_arrow_schema().names
+        for group in range(meta.num_row_groups):
+            for i, col in enumerate(("width", "height")):
+                column = meta.row_group(group).column(names.index(col))
+                stats = column.statistics
+                if stats is not None and stats.has_min_max:
+                    lo, hi = int(stats.min), int(stats.max)
+                else:
+                    values = pq.read_table(path, columns=[col], filesystem=store.fs)[col].to_pylist()
+                    lo, hi = min(values, default=low[i]), max(values, default=high[i])
+                low[i], high[i] = min(low[i], lo), max(high[i], hi)
+    return (low[0], low[1]), (high[0], high[1])
+
+
 def _check_shard(store: Store, entry: dict[str, Any], checksums: bool) -> list[str]:
     name, uri = entry["path"], store.uri_for(entry["path"])
     try:

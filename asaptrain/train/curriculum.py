@@ -24,8 +24,8 @@ The band's draw at step ``s`` is a pure function of ``(seed, s)`` (numpy's SeedS
 not the next number of a stateful generator. So asking twice for one step, or from every
 rank, gives the same strength, and a run restored from a checkpoint draws exactly the
 sequence it would have drawn, even when it replays steps after a failure.
-``state_dict()`` carries the seed and every parameter; a restored run continues the
-schedule it was trained with.
+``state_dict()`` carries the seed and every parameter, as trained; a resumed run follows
+the schedule its config plans (``train.loop``: a longer ``--steps`` stretches the ramp).
 """
 
 from __future__ import annotations
