@@ -262,8 +262,6 @@ def fit(
         if resume:  # the weights must fit the config before anything of the run is rewritten
             start = resume_step(RunFiles(store, name, runs_prefix), cfg, start)
             print(f"[asaptrain] continuing run {name!r} from step {start}", flush=True)
-        # A crop or batch the data cannot give fails here, before Ray starts or anything is written.
-        check_crop_and_batch(cfg, resolve_dataset(cfg.data.dataset, store))
         init_uri = None
         if init_from:  # the source's generator must fit before anything is written
             from asaptrain.train.init_from import init_plan, source_dir
@@ -272,6 +270,8 @@ def fit(
             for note in init_plan(cfg, source).notes:
                 print(f"[asaptrain] --init-from: {note}", flush=True)
             init_uri = source.uri_for("")
+        # A crop or batch the data cannot give fails here, before Ray starts or anything is written.
+        check_crop_and_batch(cfg, resolve_dataset(cfg.data.dataset, store))
         return _fit_claimed(cfg, store, name, start, preset, progress, callbacks, runs_prefix, mlflow, init_uri)
     finally:
         if held is not None:
