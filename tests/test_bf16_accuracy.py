@@ -110,3 +110,10 @@ def test_pixelwise_mlps_in_bf16_round_only_their_layer_outputs(preset):
     layers = len(net.mlp.dims) - 1
     rel = float((g16 - g32).norm() / g32.norm())
     assert 0 < rel <= U_BF16 * math.sqrt(layers), (rel, rel / U_BF16)
+
+
+def test_planes_chunks_hold_as_many_bytes_in_every_dtype():
+    from asaptrain.models.pixel_mlp import PLANES_CHUNK_CELLS, planes_chunk_cells
+
+    assert planes_chunk_cells(torch.float32) == PLANES_CHUNK_CELLS
+    assert planes_chunk_cells(torch.bfloat16) == planes_chunk_cells(torch.float16) == 2 * PLANES_CHUNK_CELLS

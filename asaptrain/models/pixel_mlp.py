@@ -205,9 +205,16 @@ def mlp_rows(xp: torch.Tensor, params: torch.Tensor, coords: torch.Tensor, dims:
 
 
 PLANES_CHUNK_CELLS = 16
-"""Cells per pass of ``mlp_planes``: a chunk's activations stay in cache through every layer.
+"""Cells per pass of ``mlp_planes`` in fp32: a chunk's activations stay in cache through every layer.
 Measured on a 2-core CPU at widths 16 and 64: 16 was the fastest of 4 to 64, and 2-3x faster
-than one pass over all cells (whose activations went to memory and back at every layer)."""
+than one pass over all cells (whose activations went to memory and back at every layer).
+16-bit dtypes take as many bytes per chunk, so twice the cells (``planes_chunk_cells``)."""
+
+
+def planes_chunk_cells(dtype: torch.dtype) -> int:
+    """Cells per chunk for ``dtype``: ``PLANES_CHUNK_CELLS`` fp32 cells' worth of bytes (bf16: 32;
+    on a 2-core AVX-512 CPU without bf16 units 32 bf16 cells beat 16 and 8)."""
+    return max(1, PLANES_CHUNK_CELLS * 4 // torch.empty((), dtype=dtype).element_size())
 
 
 def mlp_planes(xp: torch.Tensor, params: torch.Tensor, coords: torch.Tensor, dims: list[int], tile_size: int,
@@ -222,7 +229,7 @@ def mlp_planes(xp: torch.Tensor, params: torch.Tensor, coords: torch.Tensor, dim
     the matmuls. The coordinates' share of the first layer is one in-place ``baddbmm_``; the
     later layers are one ``bmm`` each on (cells, width, T^2), the constant-1 channel of
     ``layer_matrices`` carrying their biases as in ``mlp_rows``. Cells go through all layers
-    ``PLANES_CHUNK_CELLS`` at a time (in one pass under torch.compile, which would unroll the loop).
+    ``planes_chunk_cells(dtype)`` at a time (in one pass under torch.compile, which would unroll the loop).
     """
     B, C, Hp, Wp = xp.shape
     S, b, k = tile_size, band, context
@@ -237,7 +244,7 @@ def mlp_planes(xp: torch.Tensor, params: torch.Tensor, coords: torch.Tensor, dim
     # The first layer output-major, (n, cout + 1, cin + 1), in one copy for all cells: its conv
     # kernel, coordinate weights and bias are then views, not a strided copy per chunk.
     first = mats[0].transpose(1, 2).contiguous()
-    step = n if torch.compiler.is_compiling() else PLANES_CHUNK_CELLS
+    step = n if torch.compiler.is_compiling() else planes_chunk_cells(dtype)
     ys = [_planes_chunk(tiles[i:i + step], [first[i:i + step]] + [w[i:i + step] for w in mats[1:]], grid, k)
           for i in range(0, n, step)]
     y = torch.cat(ys) if len(ys) > 1 else ys[0]
