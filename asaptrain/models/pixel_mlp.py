@@ -120,14 +120,11 @@ def layer_matrices(params: torch.Tensor, dims: list[int], padded: list[int]) -> 
         w = params[:, off:off + n].unflatten(-1, (cin + 1, cout))
         off += n
         pin, pout = padded[i], padded[i + 1] if i < last else padded[-1]
-        if (pin, pout) != (cin + 1, cout) or i < last:
-            # one zeroed buffer and one copy (not a pad and an add: two passes over every weight,
-            # and the largest copies of a bf16 forward on the CPU)
-            full = w.new_zeros(w.shape[0], pin, pout)
-            full[:, :cin + 1, :cout] = w
-            if i < last:
-                full[:, cin, cout] = 1.0
-            w = full
+        w = F.pad(w, (0, pout - cout, 0, pin - cin - 1))
+        if i < last:
+            one = torch.zeros(pin, pout, dtype=w.dtype, device=w.device)
+            one[cin, cout] = 1.0
+            w = w + one
         mats.append(w)
     return mats
 
