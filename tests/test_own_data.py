@@ -241,9 +241,9 @@ def test_blur_and_curriculum_config_checks():
         apply_overrides(get_preset("hybrid-smoke"), ["data.task=image2image"])
     for name in SMOKE_PRESETS:
         assert get_preset(name).data.blur in ("synthetic", "auto")
-    from asaptrain.train.curriculum import build_schedule
+    from asaptrain.train.curriculum import build_blur_schedule
 
-    assert build_schedule(cfg.curriculum, 10).strength(3) is None  # nothing is blurred: no strength logged
+    assert build_blur_schedule(cfg.curriculum, 10).strength(3) is None  # nothing is blurred: no strength logged
 
 
 def gopro_store(tmp_path) -> Store:

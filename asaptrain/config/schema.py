@@ -348,9 +348,7 @@ def _check_blur(cfg: Config) -> None:
 def _check_model(cfg: Config) -> None:
     """The model section: its cross-section rules and the discriminator here; the generator's own
     options by building its dataclass (``generator_config``), whose checks are the only ones."""
-    m, d = cfg.model, cfg.data
-    want_task = "deblur" if m.name in ("deblurgan", "hybrid") else "labels2photo"
-    _check(d.task == want_task, f"data.task must be {want_task!r} for model.name={m.name!r}, got {d.task!r}")
+    m, d = cfg.model, cfg.data  # the task itself is checked in ``validate`` (image2image: every model)
     if d.task == "labels2photo":
         _check(not m.residual, f"model.residual=true needs an image input, but {m.name} maps label maps to "
                                f"photos; set model.residual=false")
