@@ -158,6 +158,8 @@ class TrainConfig:
     """On a NaN/inf loss: stop the run naming the step and terms, or skip the step."""
     fp16_max_skips: int = 50
     """fp16: updates of one network its loss scale may skip in a row (overflows) before ``nonfinite`` applies."""
+    fp16_growth_interval: int = 2000
+    """fp16: clean updates of one network in a row after which its loss scale doubles (GradScaler's growth_interval)."""
     activation_checkpointing: bool = False
     """Recompute G's residual trunks / ASAP-Net's low-res stream in backward (less memory, one more forward of them)."""
     memory_check: MemoryCheck = "refuse"
@@ -300,6 +302,8 @@ def validate(cfg: Config) -> Config:
     _check(t.max_failures >= 0, f"train.max_failures must be >= 0, got {t.max_failures}")
     _check(t.fp16_max_skips >= 1, f"train.fp16_max_skips must be >= 1 (overflowing updates skipped in a row before "
            f"train.nonfinite applies), got {t.fp16_max_skips}")
+    _check(t.fp16_growth_interval >= 1, f"train.fp16_growth_interval must be >= 1 (clean updates in a row before the "
+           f"fp16 loss scale doubles), got {t.fp16_growth_interval}")
     _check(0 <= t.fix_global_steps <= t.steps,
            f"train.fix_global_steps must be in [0, train.steps={t.steps}], got {t.fix_global_steps}")
     _check(t.fix_global_steps == 0 or (cfg.model.name == "pix2pixhd" and cfg.model.local_enhancers >= 1),

@@ -13,8 +13,9 @@ CUDA events or ``perf_counter`` on timed steps)::
 A non-finite loss or gradient skips that phase's update on the device (:func:`step_optimizer`);
 the step reads every phase's flag at once at its end, one host sync per step. In fp16 each
 network has a loss scale (``train/loss_scale.py``): an overflow is the scale's to handle (the
-update skipped, the scale halved, counted in ``StepResult.scale_skips``), and ``train.nonfinite``
-applies only once a network's updates overflow ``train.fp16_max_skips`` times in a row.
+update skipped, the scale halved, counted in ``StepResult.scale_skips``, its loss terms still
+reported: they were computed, only the update was not applied), and ``train.nonfinite`` applies
+only once a network's updates overflow ``train.fp16_max_skips`` times in a row.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class NonFiniteLoss(UserError):
 @dataclass
 class StepResult:
     losses: Terms = field(default_factory=dict)
+    """The last update of each phase's terms, unless it failed as non-finite (fp16 overflows included)."""
     skipped: bool = False
     """An update was skipped as non-finite under ``train.nonfinite=skip``."""
     scale_skips: dict[str, int] = field(default_factory=dict)
@@ -152,10 +154,7 @@ class GanStep:
         # estimate's) gets fresh ones.
         self.scales: dict[str, LossScale] = {}
         if cfg.train.precision == "fp16":
-            self.scales = getattr(state, "loss_scales", None) or loss_scales(device)
-            self.objective.penalty_scale = self.scales["D"].value
-        self.skips_in_row = {phase.name: 0 for phase in self.phases}
-        """fp16: each network's updates skipped for overflow since its last applied one."""
+            self.scales = getattr(state, "loss_scales", None) or loss_scales(device, cfg.train.fp16_growth_interval)
 
     def run_phase(self, phase: Phase, x: torch.Tensor, fake: torch.Tensor, real: torch.Tensor) -> tuple[Terms, torch.Tensor]:
         """One update of ``phase``: its terms, backward, the optimizer step unless non-finite.
@@ -187,28 +186,31 @@ class GanStep:
         done = [(phase.name, *self.run_phase(phase, x, fake, real))
                 for phase in self.phases for _ in range(phase.repeats)]
         result = StepResult()
-        for (_, terms, _), fine in zip(done, self._check(step, done, result)):
-            if fine:
+        for (_, terms, _), computed in zip(done, self._check(step, done, result)):
+            if computed:
                 result.losses.update(terms)
         return result
 
     def _check(self, step: int, done: list[tuple[str, Terms, torch.Tensor]], result: StepResult) -> list[bool]:
-        """Which updates were finite everywhere (one host read for the whole step); a non-finite
-        one (its update already skipped on the device) is, in fp16 and within
-        ``train.fp16_max_skips`` in a row, counted in ``result.scale_skips``; else it is
-        reported with its terms (``result.skipped``), or raises."""
+        """Which updates' terms to report (one host read for the whole step): the finite ones,
+        and in fp16 those the loss scale skipped within ``train.fp16_max_skips`` in a row
+        (counted in ``result.scale_skips``). Any other non-finite one (its update already skipped
+        on the device) is printed with its terms and marks ``result.skipped``, or raises."""
         ok = [not b for b in torch.stack([bad for _, _, bad in done]).tolist()]
+        report = []
         for (name, terms, _), fine in zip(done, ok):
-            if self.scales:
-                self.skips_in_row[name] = 0 if fine else self.skips_in_row[name] + 1
-                if not fine and self.skips_in_row[name] <= self.cfg.train.fp16_max_skips:
-                    result.scale_skips[name] = result.scale_skips.get(name, 0) + 1
-                    continue
+            report.append(fine)
+            scale = self.scales.get(name)
+            in_row = scale.count_overflow(not fine) if scale is not None else 0
             if fine:
                 continue
+            if scale is not None and in_row <= self.cfg.train.fp16_max_skips:
+                result.scale_skips[name] = result.scale_skips.get(name, 0) + 1
+                report[-1] = True
+                continue
             values = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
-            if self.scales:
-                values += (f"; {self.skips_in_row[name]} {name} updates in a row overflowed the fp16 loss scale "
+            if scale is not None:
+                values += (f"; {in_row} {name} updates in a row overflowed the fp16 loss scale "
                            f"(train.fp16_max_skips={self.cfg.train.fp16_max_skips})")
             if self.cfg.train.nonfinite == "skip":
                 result.skipped = True
@@ -218,4 +220,4 @@ class GanStep:
                 f"step {step}: non-finite {name} loss/gradients ({values}); lower optim.g_lr/optim.d_lr, "
                 f"try train.precision=fp32, or set train.nonfinite=skip to skip such steps"
             )
-        return ok
+        return report

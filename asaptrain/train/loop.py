@@ -81,7 +81,7 @@ def build_state(cfg: Config, device: torch.device, wrap: Callable[[torch.nn.Modu
         g_lr_schedule=torch.optim.lr_scheduler.LambdaLR(g_opt, f),
         d_lr_schedule=torch.optim.lr_scheduler.LambdaLR(d_opt, f),
         blur_schedule=build_blur_schedule(cfg.curriculum, cfg.train.steps, seed=cfg.train.seed), ema=ema, config=to_dict(cfg),
-        loss_scales=loss_scales(device) if cfg.train.precision == "fp16" else None,
+        loss_scales=loss_scales(device, cfg.train.fp16_growth_interval) if cfg.train.precision == "fp16" else None,
     )
 
 

@@ -48,9 +48,8 @@ class GanLoss(abc.ABC):
         """The points the penalty is taken at (families with ``has_penalty``), requiring grad."""
         raise NotImplementedError(f"{self.name} has no penalty")
 
-    def penalty_at(self, points_outs: Outs, points: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
-        """The penalty from D's outputs at :meth:`interpolates` (families with ``has_penalty``);
-        ``scale``: the fp16 loss scale the gradient is taken at (see :meth:`WGANGP.penalty_at`)."""
+    def penalty_at(self, points_outs: Outs, points: torch.Tensor) -> torch.Tensor:
+        """The penalty from D's outputs at :meth:`interpolates` (families with ``has_penalty``)."""
         raise NotImplementedError(f"{self.name} has no penalty")
 
 
@@ -110,24 +109,14 @@ class WGANGP(GanLoss):
         alpha = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), device=real.device)
         return (alpha * real + (1 - alpha) * fake).requires_grad_(True)
 
-    def penalty_at(self, points_outs: Outs, points: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+    def penalty_at(self, points_outs: Outs, points: torch.Tensor) -> torch.Tensor:
         """The penalty from D's outputs at ``points`` (from :meth:`interpolates`); the training
-        step takes it with the interpolates in the same D forward as real and fake.
-
-        In fp16 the gradient through D's half-precision layers would underflow: with ``scale``
-        (the discriminator's loss scale) it is taken of the scaled score and divided back, and
-        its norm computed in fp32 outside autocast (the recipe of PyTorch's AMP examples). An
-        overflow there makes the penalty non-finite, and the step skips the update as for any
-        other overflow."""
+        step takes it with the interpolates in the same D forward as real and fake (in fp16, in
+        a forward of their own in fp32: ``train/objective.py`` says why)."""
         score = sum(logits.float().sum() for logits in _logits(points_outs))
-        if scale is not None:
-            score = score * scale
         (grad,) = torch.autograd.grad(score, points, create_graph=True)
-        with torch.autocast(points.device.type, enabled=False):
-            grad = grad.float()
-            if scale is not None:
-                grad = grad / scale
-            return self.gp_weight * ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
+        with torch.autocast(points.device.type, enabled=False):  # the norm in fp32, whatever D ran in
+            return self.gp_weight * ((grad.float().flatten(1).norm(2, dim=1) - 1) ** 2).mean()
 
 
 def build_gan_loss(loss_cfg: Any) -> GanLoss:

@@ -8,8 +8,8 @@ optimizer and carry no timer (``train/gan.py`` does those around them)::
     terms = objective.g_terms(x, fake, real)   # {"g_adv": ..., "g_fm": ..., "g_l1": ...}
 
 Each discriminator call sees real and fake (and, for WGAN-GP, the interpolates) concatenated
-into one batch: one forward per phase, which is also what DDP expects (no second forward before
-a backward).
+into one batch: one forward per phase. The exception is WGAN-GP in fp16, whose interpolates get a
+forward of their own in fp32 (:meth:`Objective.d_terms` says why), in the same backward.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from __future__ import annotations
 import contextlib
 
 import torch
+from torch.nn.utils import parametrize
 
 from asaptrain.config.schema import Config
 from asaptrain.train.losses import GanLoss, feature_matching
 from asaptrain.train.nets import feature_matching_layer_weight
-
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 """``train.precision`` -> the dtype autocast runs in (fp32: no autocast)."""
@@ -48,25 +48,46 @@ class Objective:
         self.fm_layer_weight = feature_matching_layer_weight(cfg)
         dtype = AUTOCAST_DTYPES.get(cfg.train.precision)
         self.autocast = torch.autocast(device_type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-        self.penalty_scale: torch.Tensor | None = None
-        """fp16: the discriminator's loss scale, which the gradient penalty is taken at (set by the step)."""
+        self.fp32 = torch.autocast(device_type, enabled=False)
+        self.penalty_in_fp32 = cfg.train.precision == "fp16" and gan_loss.has_penalty
+        """fp16: the gradient penalty's D pass runs in fp32 (see :meth:`d_terms`)."""
 
     def _run_d(self, images: torch.Tensor, cond: torch.Tensor | None):
         with self.autocast:
             return self.D(images, cond)
 
     def d_terms(self, x: torch.Tensor, fake: torch.Tensor, real: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The discriminator's terms on real and the detached fake: ``d_adv`` (and ``d_gp``)."""
+        """The discriminator's terms on real and the detached fake: ``d_adv`` (and ``d_gp``).
+
+        In fp16 the penalty's pass runs in fp32. Its first-order gradient (of the logits' sum,
+        1 per logit) flows back through D, and an instance norm multiplies it by 1/sigma of its
+        input: at init (weights ~N(0, 0.02)) by ~80 in the smoke critic. Taken in fp16 at the
+        loss scale (2^16 rounds to inf in fp16 already; 2^12 still overflows 65504 there), it
+        turns to inf, and the next conv's backward adds +inf to -inf: NaN, for every scale the
+        D loss scale would start at. Unscaled it can underflow instead, and no one scale fits
+        both ends for a whole run; fp32's range holds it. The loss scale still scales the D
+        update's backward, through this fp32 graph as through the fp16 one. Spectral-norm
+        weights are computed once for both forwards (``parametrize.cached``), as in one forward.
+        """
         n = real.shape[0]
+        cond = x if self.conditional else None
+        if self.penalty_in_fp32:
+            points = self.gan_loss.interpolates(real, fake)
+            with parametrize.cached():
+                outs = self._run_d(torch.cat([real, fake.detach()]), None if cond is None else torch.cat([cond, cond]))
+                with self.fp32:
+                    points_outs = self.D(points, cond)
+            parts = _split(outs, [n, n])
+            return {"d_adv": self.gan_loss.d_loss(parts[0], parts[1]),
+                    "d_gp": self.gan_loss.penalty_at(points_outs, points)}
         batch = [real, fake.detach()]
         if self.gan_loss.has_penalty:
             batch.append(self.gan_loss.interpolates(real, fake))
-        cond = x if self.conditional else None
         outs = self._run_d(torch.cat(batch), None if cond is None else torch.cat([cond] * len(batch)))
         parts = _split(outs, [n] * len(batch))
         terms = {"d_adv": self.gan_loss.d_loss(parts[0], parts[1])}
         if self.gan_loss.has_penalty:
-            terms["d_gp"] = self.gan_loss.penalty_at(parts[2], batch[2], self.penalty_scale)
+            terms["d_gp"] = self.gan_loss.penalty_at(parts[2], batch[2])
         return terms
 
     def g_terms(self, x: torch.Tensor, fake: torch.Tensor, real: torch.Tensor) -> dict[str, torch.Tensor]:
