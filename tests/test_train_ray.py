@@ -77,6 +77,22 @@ def test_smoke_preset_trains_on_two_workers(preset, store, tmp_path):
         check_infer(files, preset, tmp_path)
 
 
+def test_wgan_gp_preset_trains_in_fp16_on_two_workers(store):
+    """fp16 under DDP: the critic's penalty pass (a second D forward, in fp32) and the loss scales
+    keep both replicas identical, and the scales' metrics reach the run's files."""
+    cfg = smoke_cfg("deblurgan-smoke", store, *TWO_WORKERS, "train.precision=fp16")
+    result = fit(cfg, preset="deblurgan-smoke", progress=False)
+    assert result.status == "finished", result.error
+    files = RunFiles(store, result.name)
+    timing = files.dir.read_json("timing.json")
+    assert timing["replica_checksums"][0] == pytest.approx(timing["replica_checksums"][1], rel=0, abs=1e-9)
+    train = [r for r in files.read_metrics() if r["kind"] == "train"]
+    assert [r["step"] for r in train] == [2, 4]
+    for r in train:
+        assert all(isinstance(r[k], float) for k in ("loss/d", "loss/g")), r  # logged, finite (NaN is written as null)
+        assert r["fp16/scale/d"] >= 1 and r["fp16/skipped/d"] >= 0 and not r["skipped"]
+
+
 def check_infer(files: RunFiles, preset: str, tmp_path) -> None:
     """`asaptrain infer` on an odd-sized input, forced through several blended tiles."""
     import numpy as np
