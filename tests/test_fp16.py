@@ -192,3 +192,11 @@ def test_wgan_gp_penalty_in_fp16_is_finite_and_equals_fp32s():
     score = sum(o[-1].float().sum() for o in outs) * INIT_SCALE
     (grad,) = torch.autograd.grad(score, at)
     assert torch.isnan(grad).any()
+
+
+def test_bench_train_times_an_fp16_wgan_gp_step():
+    """``bench train --precision fp16`` counts FLOPs through the penalty's fp32 pass too."""
+    from asaptrain.perf.train import bench_preset
+
+    row = bench_preset(fp16("deblurgan-smoke", "optim.d_steps=1"), CPU, steps=1, warmup=0, batch=1)
+    assert row["precision"] == "fp16" and row["tflop_per_step"] > 0 and row["ms_per_step"] > 0

@@ -76,7 +76,9 @@ class Objective:
             with parametrize.cached():
                 outs = self._run_d(torch.cat([real, fake.detach()]), None if cond is None else torch.cat([cond, cond]))
                 with self.fp32:
-                    points_outs = self.D(points, cond)
+                    # D gets a view, not the leaf itself: torch's module hooks (FlopCounterMode's,
+                    # in ``bench train``) refuse a leaf input inside autograd.grad.
+                    points_outs = self.D(points.view_as(points), cond)
             parts = _split(outs, [n, n])
             return {"d_adv": self.gan_loss.d_loss(parts[0], parts[1]),
                     "d_gp": self.gan_loss.penalty_at(points_outs, points)}
