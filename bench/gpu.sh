@@ -1,28 +1,37 @@
 #!/usr/bin/env bash
-# Every GPU number the project reports, in one call of about 8 minutes on one GPU.
+# Every GPU number the project reports, in one call of at most 8 minutes on one GPU.
 #
 # Stages run in order of value, each under its own `timeout` (its budget, in seconds), each
 # writing its JSON under OUT as soon as it is done, so a run cut off early still returns what
 # ran; a failing stage is recorded and the next one runs. Budgets on an H100/H200-class GPU
-# (the wheel install and Ray's start are counted in):
+# (the wheel install and Ray's start are counted in). Required, in this order:
 #   setup           30  install .whl/ (below) into /tmp/site when Ray is not importable
-#   correct        100  correct.json: fused pixel-MLP kernel vs the matmul path (ASAP-Net, hybrid; the
+#   correct         90  correct.json: fused pixel-MLP kernel vs the matmul path (ASAP-Net, hybrid; the
 #                       presets' sizes; fp32/bf16; blended or not: max abs error, did the kernel run);
 #                       the hybrid's rows and planes layouts with gradients (error, ms each);
 #                       compiled bf16 + channels_last hybrid steps (finite losses, graphs, graph breaks);
 #                       one eager bf16 step of each other full preset
-#   models-1024     40  `bench models` ms/image, fp32, bf16, bf16 + channels_last, batch 1 and 4:
-#   models-512      15    ASAP-Net and pix2pixHD local at 1024x2048; pix2pixHD global at 512x1024;
-#   models-720      25    DeblurGAN and the hybrid at 720x1280
-#   models-compile  60  the same, compiled: one row per model (each compile costs tens of seconds)
+#   import          20  import.json: the official-format fixtures of tests/data/official imported and
+#                       run here (fp32, fp32 without TF32, bf16): max abs error against the official
+#                       code's stored CPU output and this machine's CPU output (bench/gpu_import.py;
+#                       needs neither Ray nor boto3)
 #   compare-256     25  `bench compare hybrid-deblur deblurgan-gopro`, fp32 and bf16, side by side
 #   compare-720     25
-#   train           60  `bench train`: the four full presets uncompiled, 20 steps, fp32 and bf16 (MFU)
-#   ray             90  a Ray Train run of 100 steps from shards (its timing.json: data-wait share)
+#   models-720      25  `bench models` ms/image, fp32, bf16, bf16 + channels_last, batch 4:
+#                       DeblurGAN and the hybrid at 720x1280
+#   train           60  `bench train`: the four full presets uncompiled, 10 steps, in every precision
+#                       `train.precision` accepts (the schema's Precision; MFU)
+#   ray             75  a Ray Train run of 60 steps from shards (its timing.json: data-wait share)
+#   evaluate        20  evaluate.json: `evaluate --local` of that run on the val split it used (PSNR,
+#                       SSIM; FID missing: no Inception weights there), model images/s on one GPU
+# The required stages add up to 340 s (370 s with setup): inside 6 minutes even if every one runs out.
+# Optional, in order of value, each run only if the total budget still leaves room for it:
+#   models-1024     40  `bench models` as above: ASAP-Net and pix2pixHD local at 1024x2048;
+#   models-512      15    pix2pixHD global at 512x1024
+#   models-compile  60  the same, compiled: one row per model (each compile costs tens of seconds)
 #   predict         35  `bench predict` on one GPU worker: images/s at 720x1280, decode / model / encode
-#   sweep           60  a 2-trial hybrid sweep, only if the total budget leaves room
-#   smoke           90  `asaptrain smoke` timed, only if the total budget leaves room
-# The required stages add up to 505 s: inside one 10-minute call even if every one runs out.
+#   sweep           60  a 2-trial hybrid sweep
+#   smoke           90  `asaptrain smoke` timed
 # Then summary.txt: one line per stage (status, seconds, budget, JSON written).
 #
 # The GPU machine has torch 2.11, triton 3.6, torchvision, torchmetrics, pyarrow, numpy, pillow,
@@ -36,8 +45,9 @@
 # Usage, from the repository root:
 #   bench/gpu.sh [OUT]                     # OUT defaults to gpu-bench
 #   GPU_CHECK_PACK=FILE.tar.gz bench/gpu.sh OUT   # also re-pack OUT into FILE after every stage
-#   GPU_CHECK_DRY=1 bench/gpu.sh OUT       # CPU rehearsal: tiny sizes, few steps, smoke presets, and
-#                                          # bench/gpu_image hides what the GPU machine lacks
+#   GPU_CHECK_DRY=1 bench/gpu.sh OUT       # CPU rehearsal of every stage: tiny sizes, 1 step, smoke
+#                                          # presets, and bench/gpu_image hides what the GPU machine
+#                                          # lacks (Ray too, for the import stage)
 # On the GPU machine, after bench/gpu-wheels.sh here, with .whl carried (results come back packed):
 #   GPU_CHECK_PACK=$OUT/gpu-check.tar.gz bench/gpu.sh /tmp/gpu-check; cp /tmp/gpu-check/summary.txt $OUT/
 # GPU_CHECK_BUDGET_S (default 480; dry 1800) is the total the optional stages must fit into;
@@ -90,25 +100,36 @@ stage() {
 
 # ---------------------------------------------------------------- sizes: the GPU's, or tiny ones on a CPU
 if [ "$DRY" = 1 ]; then
-  LABEL_BIG=64x128 LABEL_MID=64x128 PHOTO_BIG=64x64 PHOTO_SMALL=64x64
-  VARIANTS=fp32,bf16-cl COMPILE_VARIANT=bf16-cl  # inductor on a CPU takes minutes: rehearsed in correct
-  PRECISION=bf16 COMPARE_DTYPES=bf16
-  REPEATS="--repeats 1 --warmup 0" BATCH=2
+  LABEL_BIG=32x64 LABEL_MID=32x64 PHOTO_BIG=64x64 PHOTO_SMALL=64x64
+  VARIANTS=bf16-cl COMPILE_VARIANT=bf16-cl  # inductor on a CPU takes minutes: rehearsed in correct
+  COMPARE_DTYPES=bf16 REPEATS="--repeats 1 --warmup 0" BATCH=2
   TRAIN_PRESETS="--preset asapnet-smoke --preset pix2pixhd-smoke --preset deblurgan-smoke --preset hybrid-smoke"
-  TRAIN_STEPS=1 RAY_PRESET=hybrid-smoke RAY_STEPS=4 SYNTH="--count 16 --val-count 4 --size 64x64"
+  TRAIN_STEPS=1 TRAIN_WARMUP="--warmup 0" RAY_PRESET=hybrid-smoke RAY_STEPS=2
+  SYNTH="--count 8 --val-count 2 --size 64x64"
   RAY_GPU="--set scaling.use_gpu=false --set scaling.resources_per_worker={CPU=1}"
-  RAY_SETS="--set train.batch_size=4 --set eval.images=4" SWEEP_STEPS=4 SMOKE_STEPS=2 DRYFLAG=--dry
+  RAY_SETS="--set train.batch_size=4 --set eval.images=2" SWEEP_TRIALS=1 SWEEP_STEPS=2 SMOKE_STEPS=2 DRYFLAG=--dry
   PREDICT="--preset hybrid-smoke --images 2 --size 64x64 --batch 2"
+  NO_RAY="env GPU_IMAGE_ALSO_ABSENT=ray"  # the import stage must not need Ray (nor boto3: always hidden)
 else
   LABEL_BIG=1024x2048 LABEL_MID=512x1024 PHOTO_BIG=720x1280 PHOTO_SMALL=256x256
   VARIANTS=fp32,bf16,bf16-cl COMPILE_VARIANT=bf16-cl-compile
-  PRECISION=both COMPARE_DTYPES="fp32 bf16"
-  REPEATS="--repeats 10 --warmup 3" BATCH=4
-  TRAIN_PRESETS="" TRAIN_STEPS=20 RAY_PRESET=hybrid-deblur RAY_STEPS=100
+  COMPARE_DTYPES="fp32 bf16" REPEATS="--repeats 10 --warmup 3" BATCH=4
+  TRAIN_PRESETS="" TRAIN_STEPS=10 TRAIN_WARMUP="" RAY_PRESET=hybrid-deblur RAY_STEPS=60
   SYNTH="--count 128 --val-count 16 --size 512x512" RAY_GPU="--gpus-per-worker 1"
-  RAY_SETS="--set eval.images=16" SWEEP_STEPS=100 SMOKE_STEPS=20 DRYFLAG=
+  RAY_SETS="--set eval.images=16" SWEEP_TRIALS=2 SWEEP_STEPS=100 SMOKE_STEPS=20 DRYFLAG=
   PREDICT="--preset hybrid-deblur --preset deblurgan-gopro --gpus 1 --images 16 --batch 4"
+  NO_RAY=""
 fi
+# evaluate.json: eval-val.json's summary, with the model's images/s (1000 / ms_per_image, the
+# forward pass alone) beside the end-to-end rate (decode, model and metrics).
+export EVAL_SUMMARY='import json, sys
+r = json.load(open(sys.argv[1]))
+keep = ("model", "images", "resolution", "dtype", "device", "mode", "psnr", "ssim", "fid", "fid_reason",
+        "ms_per_image", "metric_ms_per_image", "seconds")
+e = {k: r.get(k) for k in keep}
+e["images_per_s"] = 1000 / r["ms_per_image"] if r.get("ms_per_image") else None
+e["end_to_end_images_per_s"] = r.get("images_per_s")
+json.dump(e, open(sys.argv[2], "w"), indent=1)'
 
 # ---------------------------------------------------------------- setup: the wheels the image lacks
 start=$(date +%s)
@@ -133,39 +154,41 @@ printf '{"stage": "setup", "status": "%s", "rc": 0, "seconds": %d, "budget_s": 3
 cat "$OUT/setup.json"
 
 # ---------------------------------------------------------------- 1. correctness
-stage correct 100/300 required "python3 bench/gpu_correct.py '$OUT/correct.json' $DRYFLAG"
+stage correct 90/300 required "python3 bench/gpu_correct.py '$OUT/correct.json' $DRYFLAG"
+stage import 20/120 required "$NO_RAY python3 bench/gpu_import.py '$OUT/import.json' $DRYFLAG"
 
-# ---------------------------------------------------------------- 2. inference speed
-M="$A bench models $REPEATS --batch $BATCH"
-stage models-1024 40/150 required "$M --model asapnet --model pix2pixhd --sizes $LABEL_BIG --variants $VARIANTS --json '$OUT/models-1024.json'"
-stage models-512 15/120 required "$M --model pix2pixhd --sizes $LABEL_MID --variants $VARIANTS --json '$OUT/models-512.json'"
-stage models-720 25/120 required "$M --model deblurgan --model hybrid --sizes $PHOTO_BIG --variants $VARIANTS --json '$OUT/models-720.json'"
-# One compiled row per model (batch 1 twice: a second batch size would compile again).
-stage models-compile 60/120 required "$A bench models $REPEATS --batch 1 --variants $COMPILE_VARIANT --model asapnet --model pix2pixhd --sizes $LABEL_BIG --json '$OUT/models-compile-label.json' && $A bench models $REPEATS --batch 1 --variants $COMPILE_VARIANT --model deblurgan --model hybrid --sizes $PHOTO_BIG --json '$OUT/models-compile.json'"
+# ---------------------------------------------------------------- 2. the hybrid against DeblurGAN
 for tag in 256 720; do
   size=$([ $tag = 256 ] && echo $PHOTO_SMALL || echo $PHOTO_BIG)
-  [ "$DRY" = 1 ] && [ $tag = 720 ] && continue  # the same tiny size twice
   stage compare-$tag 25/150 required "for d in $COMPARE_DTYPES; do $A bench compare hybrid-deblur deblurgan-gopro --size $size --dtype \$d $REPEATS --batch $(( BATCH < 2 ? 2 : BATCH )) --json '$OUT/compare-$tag-'\$d.json || exit; done; cp '$OUT/compare-$tag-bf16.json' '$OUT/compare-$tag.json'"
 done
+M="$A bench models $REPEATS --batch $BATCH"
+stage models-720 25/120 required "$M --model deblurgan --model hybrid --sizes $PHOTO_BIG --variants $VARIANTS --json '$OUT/models-720.json'"
 
 # ---------------------------------------------------------------- 3. training speed (one device, random data)
-stage train 60/240 required "$A bench train $TRAIN_PRESETS --steps $TRAIN_STEPS --precision $PRECISION --json '$OUT/train.json'"
+# Every precision train.precision accepts, as the schema lists them (`--precision all`).
+stage train 60/240 required "$A bench train $TRAIN_PRESETS --steps $TRAIN_STEPS $TRAIN_WARMUP --precision all --json '$OUT/train.json'"
 
-# ---------------------------------------------------------------- 4. one Ray Train run from shards
-stage ray 90/300 required "$A data synth --kind photos $SYNTH --out '$STORE/datasets/synth-photos' \
+# ---------------------------------------------------------------- 4. one Ray Train run from shards, then its evaluation
+stage ray 75/300 required "$A data synth --kind photos $SYNTH --out '$STORE/datasets/synth-photos' \
   && $A train --preset $RAY_PRESET --store '$STORE' --name gpu-ray --steps $RAY_STEPS --workers 1 $RAY_GPU --no-progress \
      --set data.dataset=datasets/synth-photos --set loss.perceptual=none --set eval.fid=false $RAY_SETS \
      --set eval.every=$RAY_STEPS --set train.checkpoint_every=$RAY_STEPS --set train.log_every=$(( RAY_STEPS / 2 )) \
   && cp '$STORE/runs/gpu-ray/timing.json' '$OUT/ray.json'"
+# In this process, no Ray: PSNR/SSIM of the whole val split (FID needs Inception weights: reported missing).
+stage evaluate 20/120 required "$A evaluate --local --run '$STORE/runs/gpu-ray' --dataset datasets/synth-photos \
+  --store '$STORE' --split val && python3 -c \"\$EVAL_SUMMARY\" '$STORE/runs/gpu-ray/eval-val.json' '$OUT/evaluate.json'"
 
-# ---------------------------------------------------------------- 5. batch inference through Ray
-stage predict 35/200 required "$A bench predict $PREDICT --json '$OUT/predict.json'"
-
-# ---------------------------------------------------------------- 6. only if time remains
-stage sweep 60/200 optional "$A tune --preset hybrid-smoke --store '$STORE' --trials 2 --steps $SWEEP_STEPS --name gpu-sweep \
+# ---------------------------------------------------------------- 5. only if time remains, in order of value
+stage models-1024 40/150 optional "$M --model asapnet --model pix2pixhd --sizes $LABEL_BIG --variants $VARIANTS --json '$OUT/models-1024.json'"
+stage models-512 15/120 optional "$M --model pix2pixhd --sizes $LABEL_MID --variants $VARIANTS --json '$OUT/models-512.json'"
+# One compiled row per model (batch 1 twice: a second batch size would compile again).
+stage models-compile 60/120 optional "$A bench models $REPEATS --batch 1 --variants $COMPILE_VARIANT --model asapnet --model pix2pixhd --sizes $LABEL_BIG --json '$OUT/models-compile-label.json' && $A bench models $REPEATS --batch 1 --variants $COMPILE_VARIANT --model deblurgan --model hybrid --sizes $PHOTO_BIG --json '$OUT/models-compile.json'"
+stage predict 35/200 optional "$A bench predict $PREDICT --json '$OUT/predict.json'"
+stage sweep 60/200 optional "$A tune --preset hybrid-smoke --store '$STORE' --trials $SWEEP_TRIALS --steps $SWEEP_STEPS --name gpu-sweep \
   --no-progress $([ "$DRY" = 1 ] && echo "--gpus-per-trial 0" || echo "--gpus-per-trial 1") \
   && cp '$STORE/sweeps/gpu-sweep/sweep.json' '$OUT/sweep.json'"
-stage smoke 90/300 optional "s=\$(date +%s); $A smoke --store '$OUT/smoke-store' --steps $SMOKE_STEPS --trials 2 --no-progress \
+stage smoke 90/300 optional "s=\$(date +%s); $A smoke --store '$OUT/smoke-store' --steps $SMOKE_STEPS --trials $SWEEP_TRIALS --no-progress \
   && printf '{\"seconds\": %d}\n' \$((\$(date +%s) - s)) > '$OUT/smoke.json'"
 
 # ---------------------------------------------------------------- summary

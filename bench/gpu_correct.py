@@ -50,7 +50,7 @@ DRY_KERNEL_CASES = (("asapnet", 64, 128), ("hybrid", 64, 64))
 OTHER_PRESETS = ("asapnet-cityscapes", "pix2pixhd-cityscapes", "deblurgan-gopro")
 SMOKE_OF = {"hybrid-deblur": "hybrid-smoke", "asapnet-cityscapes": "asapnet-smoke",
             "pix2pixhd-cityscapes": "pix2pixhd-smoke", "deblurgan-gopro": "deblurgan-smoke"}
-COMPILED_STEPS = 4
+COMPILED_STEPS = 3  # the first compiles; graphs compiled after it are recompiles
 
 
 class FusedLaunches:
@@ -200,7 +200,7 @@ def main() -> None:
                 print("kernel", json.dumps(row), flush=True)
                 save()
     for dtype in ("fp32", "bf16"):
-        h, w, batch, repeats = (64, 64, 2, 1) if args.dry else (256, 256, 16, 5)
+        h, w, batch, repeats = (64, 64, 2, 1) if args.dry else (256, 256, 16, 3)
         try:
             row = layout_case(h, w, batch, dtype, dev, repeats)
         except Exception as exc:  # noqa: BLE001

@@ -14,12 +14,17 @@ from __future__ import annotations
 
 import json
 import os
+import typing
 from pathlib import Path
 
 import click
 
 from asaptrain.cli.groups import bench, friendly_errors, hw_callback, hw_list_callback, output_console, s3_endpoint_option
 from asaptrain.config.io import load_config, parse_overrides, replace
+from asaptrain.config.schema import Precision
+
+PRECISIONS = typing.get_args(Precision)
+"""Every value train.precision accepts, in the schema's order."""
 
 
 
@@ -202,12 +207,15 @@ def pipeline_cmd(uri, s3_endpoint, json_path, crops, batch, batches, warmup, str
               help="Preset(s) to time [default: the four full presets].")
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.FIELD=VALUE")
 @click.option("--batch", type=click.IntRange(min=1), help="Batch size [default: the preset's].")
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "both"]), default="both")
+@click.option("--precision", type=click.Choice([*PRECISIONS, "both", "all"]), default="both", show_default=True,
+              help="Precision to time; both: fp32 and bf16; all: every precision train.precision accepts.")
 @click.option("--steps", default=20, type=click.IntRange(min=1), help="Timed steps per preset.")
+@click.option("--warmup", default=3, show_default=True, type=click.IntRange(min=0),
+              help="Untimed steps per preset before the timed ones (after the one that counts FLOPs).")
 @click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the rows as JSON here.")
 @friendly_errors
-def bench_train_cmd(presets, overrides, batch, precision, steps, device, json_path) -> None:
+def bench_train_cmd(presets, overrides, batch, precision, steps, warmup, device, json_path) -> None:
     """Training images/s and model FLOP utilization per preset (random data, one device)."""
     import torch
     from rich.table import Table
@@ -218,9 +226,9 @@ def bench_train_cmd(presets, overrides, batch, precision, steps, device, json_pa
     presets = presets or ("asapnet-cityscapes", "pix2pixhd-cityscapes", "deblurgan-gopro", "hybrid-deblur")
     rows = []
     for name in presets:
-        for prec in (("fp32", "bf16") if precision == "both" else (precision,)):
+        for prec in {"both": ("fp32", "bf16"), "all": PRECISIONS}.get(precision, (precision,)):
             cfg = replace(load_config(name, overrides=overrides), {"train.precision": prec})
-            row = bench_preset(cfg, dev, steps=steps, batch=batch)
+            row = bench_preset(cfg, dev, steps=steps, warmup=warmup, batch=batch)
             rows.append({"preset": name, **row})
     table = Table(title=f"training step, {rows[0]['gpu'] if rows else dev}")
     for col in ("preset", "size", "batch", "precision", "ms/step", "images/s", "TFLOP/s", "MFU"):
