@@ -93,7 +93,7 @@ def test_cpu_rehearsal_runs_every_stage_and_writes_its_json(tmp_path):
 
     train = json.loads((out / "train.json").read_text())
     assert {r["precision"] for r in train} == set(typing.get_args(Precision))  # every precision offered
-    assert len(train) == 4 * len(typing.get_args(Precision))
+    assert len(train) == len(typing.get_args(Precision))  # one preset on the CPU
     assert json.loads((out / "ray.json").read_text())["data_wait_share"] is not None
     evaluation = json.loads((out / "evaluate.json").read_text())
     assert evaluation["images"] == 2 and evaluation["psnr"] is not None and evaluation["ssim"] is not None
