@@ -170,13 +170,14 @@ stage models-720 25/120 required "$M --model deblurgan --model hybrid --sizes $P
 stage train 60/240 required "$A bench train $TRAIN_PRESETS --steps $TRAIN_STEPS $TRAIN_WARMUP --precision all --json '$OUT/train.json'"
 
 # ---------------------------------------------------------------- 4. one Ray Train run from shards, then its evaluation
-stage ray 75/300 required "$A data synth --kind photos $SYNTH --out '$STORE/datasets/synth-photos' \
+stage ray 75/480 required "$A data synth --kind photos $SYNTH --out '$STORE/datasets/synth-photos' \
   && $A train --preset $RAY_PRESET --store '$STORE' --name gpu-ray --steps $RAY_STEPS --workers 1 $RAY_GPU --no-progress \
      --set data.dataset=datasets/synth-photos --set loss.perceptual=none --set eval.fid=false $RAY_SETS \
      --set eval.every=$RAY_STEPS --set train.checkpoint_every=$RAY_STEPS --set train.log_every=$(( RAY_STEPS / 2 )) \
   && cp '$STORE/runs/gpu-ray/timing.json' '$OUT/ray.json'"
-# In this process, no Ray: PSNR/SSIM of the whole val split (FID needs Inception weights: reported missing).
-stage evaluate 20/120 required "$A evaluate --local --run '$STORE/runs/gpu-ray' --dataset datasets/synth-photos \
+# In this process, no Ray: PSNR/SSIM of the whole val split; FID is asked for and reported missing
+# (no Inception weights in that store), with the reason.
+stage evaluate 20/120 required "$A evaluate --local --fid --run '$STORE/runs/gpu-ray' --dataset datasets/synth-photos \
   --store '$STORE' --split val && python3 -c \"\$EVAL_SUMMARY\" '$STORE/runs/gpu-ray/eval-val.json' '$OUT/evaluate.json'"
 
 # ---------------------------------------------------------------- 5. only if time remains, in order of value
