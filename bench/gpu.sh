@@ -186,7 +186,7 @@ stage models-512 15/120 optional "$M --model pix2pixhd --sizes $LABEL_MID --vari
 # One compiled row per model (batch 1 twice: a second batch size would compile again).
 stage models-compile 60/120 optional "$A bench models $REPEATS --batch 1 --variants $COMPILE_VARIANT --model asapnet --model pix2pixhd --sizes $LABEL_BIG --json '$OUT/models-compile-label.json' && $A bench models $REPEATS --batch 1 --variants $COMPILE_VARIANT --model deblurgan --model hybrid --sizes $PHOTO_BIG --json '$OUT/models-compile.json'"
 stage predict 35/200 optional "$A bench predict $PREDICT --json '$OUT/predict.json'"
-stage sweep 60/200 optional "$A tune --preset hybrid-smoke --store '$STORE' --trials $SWEEP_TRIALS --steps $SWEEP_STEPS --name gpu-sweep \
+stage sweep 60/360 optional "$A tune --preset hybrid-smoke --store '$STORE' --trials $SWEEP_TRIALS --steps $SWEEP_STEPS --name gpu-sweep \
   --no-progress $([ "$DRY" = 1 ] && echo "--gpus-per-trial 0" || echo "--gpus-per-trial 1") \
   && cp '$STORE/sweeps/gpu-sweep/sweep.json' '$OUT/sweep.json'"
 stage smoke 90/300 optional "s=\$(date +%s); $A smoke --store '$OUT/smoke-store' --steps $SMOKE_STEPS --trials $SWEEP_TRIALS --no-progress \
