@@ -16,7 +16,7 @@ _TORCH_HINTS = ("weights only load failed", "weights_only", "add_safe_globals", 
 
 
 def load_error_text(exc: BaseException) -> str:
-    """Why ``torch.load(weights_only=True)`` refused a file, without torch's advice to load it
+    """Why ``torch.load`` with ``weights_only=True`` refused a file, without torch's advice to load it
     with ``weights_only=False`` (which would run the code it names): ``UnpicklingError: Trying
     to load unsupported GLOBAL posix.system whose module posix is blocked.``"""
     text = str(exc).strip()

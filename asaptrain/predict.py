@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from asaptrain.data.decode import BadImage, edge_map, input_array, open_image
+from asaptrain.data.decode import DEFAULT_MAX_PIXELS, BadImage, edge_map, input_array, open_image
 from asaptrain.data.outputs import (IMAGE_SUFFIXES, JOB_FILE, check_out_folder, finished_outputs, output_name,
                                     output_names)
 from asaptrain.data.shards import SPLITS, read_manifest, shard_paths
@@ -75,12 +75,16 @@ class PredictConfig:
     tile: int = 1024
     """Largest tile edge in pixels (as `infer --tile`)."""
     max_bad: int = 0
-    """Inputs that fail to read or decode that are named and skipped before the command fails."""
+    """Inputs that fail to read, decode or run that are named and skipped before the command fails."""
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    """Largest input, width x height in pixels; a larger one is a bad input (checked before decoding)."""
     dtype: str = "auto"
     """Compute precision: fp32, bf16 (autocast), or auto (bf16 where the worker's device computes
     bf16 natively: ``asaptrain.precision``)."""
     s3_endpoint: str = ""
     """S3-compatible endpoint of every s3:// URI here [empty: AWS_ENDPOINT_URL*]."""
+    instances: str = ""
+    """With ``images``: a prefix of instance-id maps, one per label map by relative path without extension."""
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -91,6 +95,14 @@ def _image_items(src: Store) -> list[dict[str, str]]:
     if not rels:
         raise PredictError(f"no .png, .jpg or .jpeg files below {src.uri_for()}")
     return [{"source": r, "name": n} for r, n in output_names(rels)[0].items()]
+
+
+def _instance_index(inst: Store, items: list[dict[str, str]]) -> dict[str, str]:
+    """Image rel -> its instance map's rel (same relative path, any image extension). An image
+    without one stays out of the index: its row is named bad."""
+    by_stem = {r.rsplit(".", 1)[0]: r for r in inst.list(recursive=True) if r.lower().endswith(IMAGE_SUFFIXES)}
+    return {it["source"]: by_stem[it["source"].rsplit(".", 1)[0]] for it in items
+            if it["source"].rsplit(".", 1)[0] in by_stem}
 
 
 def _dataset_items(ds: Store, task: str, splits: tuple[str, ...]) -> tuple[list[dict[str, str]], list[str], frozenset]:
@@ -123,18 +135,20 @@ def _row(name: str, source: str, error: str = "", image=None, edges=None, ms: fl
             "edges": np.zeros((0, 0), np.uint8) if edges is None else edges, "decode_ms": ms}
 
 
-def _decode(data, instance, name: str, source: str, cfg) -> dict[str, Any]:
+def _decode(data, instance, name: str, source: str, cfg, max_pixels: int) -> dict[str, Any]:
     ndim = 2 if cfg.data.task == "labels2photo" else 3
     t0 = time.perf_counter()
     try:
-        image = input_array(open_image(data, "image"), cfg)
+        image = input_array(open_image(data, "image", max_pixels), cfg, what="the image")
         edges = None
         if instance is not None:
-            edges = edge_map(np.asarray(open_image(instance, "instance map")).astype(np.int64))
+            edges = edge_map(np.asarray(open_image(instance, "instance map", max_pixels)).astype(np.int64))
             if edges.shape != image.shape[:2]:
                 raise BadImage(f"instance map {edges.shape[::-1]} and label map {image.shape[1::-1]} differ in size")
     except BadImage as exc:
         return _row(name, source, str(exc), ndim=ndim)
+    except Exception as exc:  # anything else one image does (an odd mode, memory) is that image's
+        return _row(name, source, f"does not decode ({type(exc).__name__}: {str(exc)[:200]})", ndim=ndim)
     return _row(name, source, image=image, edges=edges, ms=(time.perf_counter() - t0) * 1000, ndim=ndim)
 
 
@@ -144,20 +158,28 @@ def _columns(rows: list[dict], cfg) -> dict[str, Any]:
     return {k: [r[k] for r in rows] for k in rows[0]}
 
 
-def _decode_files(batch: dict[str, np.ndarray], src: Store, cfg) -> dict[str, list]:
-    """Stage 1 for --images: read each listed file from the store and decode it."""
+def _decode_files(batch: dict[str, np.ndarray], src: Store, cfg, max_pixels: int, inst: Store | None = None,
+                  inst_index: dict[str, str] | None = None) -> dict[str, list]:
+    """Stage 1 for --images: read each listed file (and its instance map) from the store and decode it."""
     rows = []
     for rel, name in zip(batch["source"], batch["name"]):
+        ndim = 2 if cfg.data.task == "labels2photo" else 3
+        if inst is not None and str(rel) not in inst_index:
+            rows.append(_row(str(name), str(rel), f"no instance map for it under {inst.uri_for()} (same relative "
+                                                  "path, any image extension)", ndim=ndim))
+            continue
         try:
             data = src.read_bytes(str(rel))
+            instance = inst.read_bytes(inst_index[str(rel)]) if inst is not None else None
         except StoreError as exc:  # gone since listing, or unreadable: this file alone
-            rows.append(_row(str(name), str(rel), f"cannot read ({exc})", ndim=2 if cfg.data.task == "labels2photo" else 3))
+            rows.append(_row(str(name), str(rel), f"cannot read ({exc})", ndim=ndim))
             continue
-        rows.append(_decode(data, None, str(name), str(rel), cfg))
+        rows.append(_decode(data, instance, str(name), str(rel), cfg, max_pixels))
     return _columns(rows, cfg)
 
 
-def _decode_shard_rows(batch: dict[str, np.ndarray], done: frozenset, keep: frozenset, edges: bool, cfg):
+def _decode_shard_rows(batch: dict[str, np.ndarray], done: frozenset, keep: frozenset, edges: bool, cfg,
+                       max_pixels: int):
     """Stage 1 for --dataset: decode each row's input (and instance map) not finished before."""
     rows = []
     for i, key in enumerate(batch["key"]):
@@ -170,7 +192,7 @@ def _decode_shard_rows(batch: dict[str, np.ndarray], done: frozenset, keep: froz
         if edges and inst is None:
             rows.append(_row(name, source, "no instance map (NULL), and the run uses instance edges", ndim=2))
         else:
-            rows.append(_decode(batch["input"][i], inst, name, source, cfg))
+            rows.append(_decode(batch["input"][i], inst, name, source, cfg, max_pixels))
     return _columns(rows, cfg)
 
 
@@ -194,19 +216,31 @@ class Predictor:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         from asaptrain.infer import generate
 
-        ok = [i for i, e in enumerate(batch["error"]) if not e]
+        errors = [str(e) for e in batch["error"]]
+        ok = [i for i, e in enumerate(errors) if not e]
         # A label map without an instance map (an --images folder) has an empty edge array: no
         # instance boundaries, as `infer` reads it.
         edges = [batch["edges"][i] if np.size(batch["edges"][i]) else None for i in ok] \
             if self.cfg.data.instance_edges else None
         t0 = time.perf_counter()
-        outs = generate(self.G, self.cfg, [batch["image"][i] for i in ok], edges, tile=self.tile, batch=self.batch,
-                        dtype=self.precision)
+        try:
+            outs = generate(self.G, self.cfg, [batch["image"][i] for i in ok], edges, tile=self.tile, batch=self.batch,
+                            dtype=self.precision)
+        except Exception:  # noqa: BLE001 - one image that G cannot take must not end the job: each alone
+            outs = []
+            for n, i in enumerate(ok):
+                try:
+                    outs += generate(self.G, self.cfg, [batch["image"][i]], edges and [edges[n]], tile=self.tile,
+                                     batch=self.batch, dtype=self.precision)
+                except Exception as exc:  # noqa: BLE001
+                    errors[i] = f"the model failed on it ({type(exc).__name__}: {str(exc).strip()[:200]})"
+                    outs.append(None)
         ms = (time.perf_counter() - t0) * 1000 / max(len(ok), 1)  # generate returns CPU arrays: synced
-        output, model_ms = [np.zeros((0, 0, 3), np.uint8)] * len(batch["error"]), [0.0] * len(batch["error"])
+        output, model_ms = [np.zeros((0, 0, 3), np.uint8)] * len(errors), [0.0] * len(errors)
         for i, y in zip(ok, outs):
-            output[i], model_ms[i] = y, ms
-        return {"name": batch["name"], "source": batch["source"], "error": batch["error"],
+            if y is not None:
+                output[i], model_ms[i] = y, ms
+        return {"name": batch["name"], "source": batch["source"], "error": errors,
                 "decode_ms": batch["decode_ms"], "output": output, "model_ms": model_ms,
                 "precision": [self.precision] * len(output)}
 
@@ -249,7 +283,8 @@ def _resources(pc: PredictConfig) -> tuple[int, float, float]:
 
 
 def _pipeline(pc: PredictConfig, cfg, source: Store, out: Store, run_dir: Store, ckpt: str, todo: list[dict],
-              dataset: tuple[list[str], frozenset] | None, done: set[str], resources: tuple[int, float, float]):
+              dataset: tuple[list[str], frozenset] | None, done: set[str], resources: tuple[int, float, float],
+              instances: tuple[Store, dict[str, str]] | None = None):
     """The lazy Ray Dataset of the three stages over the unfinished inputs."""
     import ray
 
@@ -260,10 +295,14 @@ def _pipeline(pc: PredictConfig, cfg, source: Store, out: Store, run_dir: Store,
         ds = ray.data.read_parquet(paths, filesystem=source.fs, include_paths=True,
                                    columns=["key", "split", "input"] + ["instance"] * edges)
         ds = ds.map_batches(_decode_shard_rows, batch_size=ROWS_PER_TASK, num_cpus=TASK_CPUS,
-                            fn_kwargs={"done": frozenset(done), "keep": keep, "edges": edges, "cfg": cfg})
+                            fn_kwargs={"done": frozenset(done), "keep": keep, "edges": edges, "cfg": cfg,
+                                       "max_pixels": pc.max_pixels})
     else:
         ds = ray.data.from_items(todo).map_batches(_decode_files, batch_size=ROWS_PER_TASK, num_cpus=TASK_CPUS,
-                                                   fn_kwargs={"src": source, "cfg": cfg})
+                                                   fn_kwargs={"src": source, "cfg": cfg,
+                                                              "max_pixels": pc.max_pixels,
+                                                              "inst": instances[0] if instances else None,
+                                                              "inst_index": instances[1] if instances else None})
     ds = ds.map_batches(Predictor, batch_size=pc.batch, concurrency=workers, num_gpus=gpus, num_cpus=cpus,
                         fn_constructor_kwargs={"run_dir": run_dir, "checkpoint_rel": ckpt, "use_gpu": gpus > 0,
                                                "threads": max(1, round(cpus)), "tile": pc.tile, "batch": pc.batch,
@@ -304,6 +343,25 @@ def _collect(ds, total: int, max_bad: int, progress: Callable[[dict], None]) -> 
     timing = {"seconds": seconds, "images_per_s": len(written) / max(seconds, 1e-9),
               "precision": ",".join(sorted(precisions))}
     return written, bad, timing | {f"{k}_per_image": v / max(len(written), 1) for k, v in ms.items()}
+
+
+def _instances(pc: PredictConfig, cfg, items: list[dict[str, str]]) -> tuple[Store, dict[str, str]] | None:
+    """The instance maps of ``--images`` label maps, checked against the run; a run trained with
+    instance edges given none warns once (a dataset's own instance maps come with it)."""
+    import sys
+
+    from asaptrain.infer import INSTANCE_WARNING
+
+    edges_used = cfg.data.task == "labels2photo" and cfg.data.instance_edges
+    if pc.instances and (pc.dataset or not edges_used):
+        raise PredictError("--instances goes with --images, for a run trained with instance edges "
+                           "(data.instance_edges = true); leave it out here")
+    if not pc.instances:
+        if edges_used and pc.images:
+            print(f"[asaptrain] warning: {INSTANCE_WARNING}", file=sys.stderr, flush=True)
+        return None
+    inst = Store.open(pc.instances, s3_endpoint=pc.s3_endpoint or None)
+    return inst, _instance_index(inst, items)
 
 
 def predict(pc: PredictConfig, progress: Callable[[dict], None] = lambda info: None) -> dict[str, Any]:
@@ -349,6 +407,7 @@ def _predict_claimed(pc: PredictConfig, progress: Callable[[dict], None]) -> dic
         dataset = (paths, keep)
     else:
         items = _image_items(source)
+    instances = _instances(pc, cfg, items)
     done = finished_outputs(out) if resuming else set()
     todo = [it for it in items if it["name"] not in done]
     written, bad, timing, resources = [], [], {}, (0, 0.0, 0.0)
@@ -357,7 +416,7 @@ def _predict_claimed(pc: PredictConfig, progress: Callable[[dict], None]) -> dic
         resources = _resources(pc)
         if not resuming:
             out.write_json(JOB_FILE, job)
-        ds = _pipeline(pc, cfg, source, out, run_dir, ckpt, todo, dataset, done, resources)
+        ds = _pipeline(pc, cfg, source, out, run_dir, ckpt, todo, dataset, done, resources, instances)
         written, bad, timing = _collect(ds, len(todo), pc.max_bad, progress)
     by_name = {w["output"]: w for w in written}
     outputs = [by_name.get(it["name"]) or {"output": it["name"], "input": it["source"], "status": "existing"}
@@ -365,7 +424,7 @@ def _predict_claimed(pc: PredictConfig, progress: Callable[[dict], None]) -> dic
     manifest = {
         **job, "out": out.uri_for(), "task": cfg.data.task, "model": cfg.model.name,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "settings": {k: v for k, v in asdict(pc).items() if k in ("batch", "tile", "max_bad", "dtype")},
+        "settings": {k: v for k, v in asdict(pc).items() if k in ("batch", "tile", "max_bad", "max_pixels", "dtype")},
         "dtype": timing.get("precision") or None,
         "workers": resources[0], "gpus_per_worker": resources[1], "cpus_per_worker": resources[2], "timing": timing,
         "counts": {"outputs": len(outputs), "written": len(written), "existing": len(outputs) - len(written),

@@ -1,6 +1,10 @@
 """Ray job entrypoint: sweep the hybrid.
 
-    ray job submit --working-dir . -- python jobs/tune_hybrid.py --preset hybrid-deblur --trials 16
+    ray job submit --working-dir . -- python jobs/tune_hybrid.py --preset hybrid-deblur --trials 16 \
+        --name my-sweep --resume auto
+
+``--resume auto`` continues the sweep ``--name`` names when it exists (the trial that was running
+continues from its own checkpoint), else starts it.
 
 Same flags as `asaptrain tune` (it is that command).
 """

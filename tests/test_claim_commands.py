@@ -26,7 +26,8 @@ from asaptrain.config.presets import get_preset
 from asaptrain.data.convert import convert
 from asaptrain.data.store import Store
 from asaptrain.data.synth import synth_plan
-from asaptrain.train.loop import ListReporter, train_loop
+from asaptrain.train.loop import train_loop
+from reporting import ListReporter
 from asaptrain.train.nets import generator_in_channels
 from asaptrain.train.run_files import RunFiles
 from asaptrain.train.state import to_bytes

@@ -24,13 +24,19 @@ def test_bench_compare_cli_writes_both_models_the_ratio_and_the_device(tmp_path)
     for r in models:
         assert r["ms"] > 0 and r["iqr_ms"] >= 0 and (r["height"], r["width"], r["dtype"]) == (32, 32, "fp32")
         assert r["device"] == "cpu" and r["threads"] >= 1 and r["torch"] and r["repeats"] == 2
+        assert r["gflops"] > 0 and r["gflop_per_s"] == pytest.approx(r["gflops"] / (r["ms"] / 1000))
     assert {r["preset"]: r["pixel_path"] for r in models} == {"hybrid-smoke": "planes", "deblurgan-smoke": None}
     ratios = [r for r in rows if r["kind"] == "ratio"]
     assert [r["batch"] for r in ratios] == [1, 2]
     for r in ratios:
         assert (r["a"], r["b"], r["device"]) == ("hybrid-smoke", "deblurgan-smoke", "cpu")
         assert r["ratio"] == pytest.approx(r["b_ms"] / r["a_ms"])
+        by_model = {m["preset"]: m for m in models if m["batch"] == r["batch"]}
+        assert (r["a_gflop_per_s"], r["b_gflop_per_s"]) == (by_model["hybrid-smoke"]["gflop_per_s"],
+                                                            by_model["deblurgan-smoke"]["gflop_per_s"])
     assert "deblurgan-smoke" in result.output and ("faster than" in result.output or "slower than" in result.output)
+    assert "GFLOP/s" in result.output  # in the table header and in every ratio line
+    assert sum("GFLOP/s);" in line for line in result.output.splitlines()) == len(ratios)
 
 
 def test_bench_compare_takes_config_files_and_rejects_sizes_that_do_not_fit(tmp_path):

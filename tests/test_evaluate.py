@@ -21,7 +21,8 @@ from asaptrain.data.sources import encode_png
 from asaptrain.data.store import Store
 from asaptrain.evaluate import EvaluateConfig, EvaluateError, evaluate
 from asaptrain.scorer import psnr_uint8, ssim_uint8
-from asaptrain.train.loop import ListReporter, train_loop
+from asaptrain.train.loop import train_loop
+from reporting import ListReporter
 from asaptrain.train.metrics import INCEPTION_FILE
 from asaptrain.train.nets import generator_in_channels
 from asaptrain.train.run_files import RunFiles

@@ -232,6 +232,20 @@ def test_rayjob_entrypoints_name_real_scripts_flags_and_presets():
             assert flag in helptext, f"{f}: {script.name} has no {flag}"
 
 
+def test_rayjobs_retry_and_a_retry_continues_the_work():
+    """A lost head pod or driver retries the job (backoffLimit > 0, an integer field of the RayJob
+    CRD); train and tune then continue their named run or sweep (--name, --resume auto), predict
+    skips finished outputs and aggregate rewrites its report."""
+    jobs = {doc["metadata"]["name"]: doc for _, doc in _kind("RayJob")}
+    assert len(jobs) == 4
+    for name, doc in jobs.items():
+        limit = doc["spec"].get("backoffLimit")
+        assert isinstance(limit, int) and limit > 0, f"{name}: backoffLimit {limit!r}"
+        argv = shlex.split(doc["spec"]["entrypoint"])
+        if argv[1].endswith(("jobs/train.py", "jobs/tune_hybrid.py")):
+            assert argv[argv.index("--resume") + 1] == "auto" and argv[argv.index("--name") + 1], name
+
+
 # ----------------------------------------------------------------------------- cluster launcher
 
 

@@ -140,7 +140,7 @@ ONE_PLACE = {
     r"""read_text\(["']config\.toml["']\)""": {"train/run_reader.py"},
     r"""read_text\(["']metrics\.jsonl["']\)""": {"train/run_reader.py", "train/run_files.py"},
     r"""==\s*["']eval["']|["']eval["']\s*==""": set(),
-    r"""torch\.load\(""": {"train/state.py", "data/weights.py"},
+    r"""torch\.load\(""": {"train/state.py", "data/weights.py", "importers.py"},  # runs, helper weights, official files
 }
 
 

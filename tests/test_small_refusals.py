@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from asaptrain.cli import main
 from asaptrain.config.presets import get_preset
 from asaptrain.data.store import Store, StoreError, resolve_dataset
-from asaptrain.train.resume import CheckpointError, newest_loadable, read_state
+from asaptrain.train.run_reader import CheckpointError, newest_loadable, read_state
 from asaptrain.train.run_files import RunFiles
 
 
@@ -59,11 +59,11 @@ def test_a_pickled_checkpoint_is_refused_with_its_reason_and_no_hint(tmp_path):
 
 
 def test_pickled_helper_weights_are_refused_with_their_reason(tmp_path):
-    from asaptrain.train.losses import WeightsError, load_vgg19_features
+    from asaptrain.data.weights import PINNED, WeightsError, tensors_only
     from asaptrain.train.metrics import checked_weights_copy
 
     with pytest.raises(WeightsError) as err:
-        load_vgg19_features(_pickled(), "vgg19.pth")
+        tensors_only(_pickled(), "vgg19.pth", PINNED["vgg19"])
     _assert_reason_without_hint(str(err.value))
     with pytest.raises(Exception) as err:
         checked_weights_copy(_pickled(), "inception.pth")

@@ -29,7 +29,7 @@ def ray_without_dashboard():
 
 def test_sweep_refuses_to_hang_without_the_dashboard(ray_without_dashboard, tmp_path):
     assert not dashboard_ok()
-    convert(synth_plan("photos", 4, (32, 32), seed=0, val_count=2), Store.open(str(tmp_path)).child("datasets", "synth-photos"))
+    convert(synth_plan("photos", 4, (64, 64), seed=0, val_count=2), Store.open(str(tmp_path)).child("datasets", "synth-photos"))
     cfg = apply_overrides(get_preset("hybrid-smoke"), [f"storage.store={json.dumps(str(tmp_path))}",
                                                         "scaling.resources_per_worker={CPU = 0.5}"])
     with pytest.raises(SweepError, match="dashboard"):

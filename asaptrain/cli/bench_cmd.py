@@ -120,11 +120,12 @@ def bench_compare_cmd(presets, config_files, size, dtype, big_batch, repeats, wa
     cpu = f"{env['cpu_model']}, " if env["device_type"] == "cpu" else ""
     table = Table(title=f"Generators side by side, ms per image ({env['device']}, {cpu}{env['threads']} threads, "
                         f"torch {env['torch']}" + (f", CUDA {env['cuda']}, TF32 {env['tf32']}" if env["cuda"] else "") + ")")
-    for col in ("preset", "size", "dtype", "batch", "ms/image", "IQR", "GFLOPs", "pixelwise path", "peak MiB"):
+    for col in ("preset", "size", "dtype", "batch", "ms/image", "IQR", "GFLOPs", "GFLOP/s", "pixelwise path",
+                "peak MiB"):
         table.add_column(col, justify="left" if col in ("preset", "pixelwise path") else "right")
     for r in models:
         table.add_row(r["preset"], f"{r['height']}x{r['width']}", r["dtype"], str(r["batch"]), f"{r['ms']:.2f}",
-                      f"{r['iqr_ms']:.2f}", f"{r['gflops']:.3g}", r["pixel_path"] or "-",
+                      f"{r['iqr_ms']:.2f}", f"{r['gflops']:.3g}", f"{r['gflop_per_s']:.0f}", r["pixel_path"] or "-",
                       "-" if r["peak_mem_mib"] is None else f"{r['peak_mem_mib']:.0f}")
     console.print(table)
     for r in rows:

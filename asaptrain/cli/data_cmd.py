@@ -1,4 +1,4 @@
-"""`asaptrain data ls|verify|synth|cityscapes|gopro|folder|blur-preview`.
+"""`asaptrain data ls|verify|synth|cityscapes|gopro|pairs|labels|folder|blur-preview`.
 
     asaptrain data synth --kind photos --count 500 --size 256x256 --out ./asaptrain-store/datasets/synth-photos
     asaptrain data cityscapes --root /data/cityscapes --size 256x512 --out s3://bucket/datasets/cityscapes \\
@@ -126,10 +126,66 @@ def cityscapes_cmd(root, size, splits, out, s3_endpoint, shard_mb, workers, crea
 @_convert_options
 @friendly_errors
 def gopro_cmd(root, size, out, s3_endpoint, shard_mb, workers, create_bucket) -> None:
-    """GoPro blurred/sharp pairs; GoPro's test split becomes split 'val'."""
+    """GoPro blurred/sharp pairs (`data pairs --layout gopro`); GoPro's test split becomes split 'val'."""
     from asaptrain.data.sources import gopro_plan
 
     _run_conversion(gopro_plan(root, size), out, s3_endpoint, shard_mb, workers, create_bucket, "gopro")
+
+
+@data.command("pairs")
+@click.option("--input", "input_dir", type=click.Path(file_okay=False), required=True,
+              help="Folder of input images (blurred photos, A images), or the dataset's root for gopro, realblur, hide, ab.")
+@click.option("--target", "target_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder of target images (plain layout).")
+@click.option("--pairs", "pairs_files", type=click.Path(dir_okay=False), multiple=True,
+              help="List file of pairs, one 'INPUT TARGET' per line (realblur: 'GT BLUR', RealBlur's own lists); repeatable.")
+@click.option("--layout", type=click.Choice(["plain", "gopro", "realblur", "hide", "ab"]), default="plain",
+              show_default=True, help="How inputs and targets are laid out.")
+@click.option("--split-by", type=click.Choice(["dir"], case_sensitive=False), default=None,
+              help="dir: the first path component is the split (train; test and val -> val) [gopro, hide].")
+@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="Share of pairs in split 'val', by a hash of the key [plain, ab: 0.05].")
+@click.option("--task", type=click.Choice(["deblur", "image2image"]), default=None,
+              help="What the pairs train: deblur (blurred -> sharp) or image2image (any image -> image) [ab: image2image].")
+@click.option("--strict", is_flag=True, help="Refuse the whole conversion when any pair lacks a partner or differs in size.")
+@click.option("--size", callback=hw_callback, default=None, metavar="HxW", help="Resize both images (Lanczos).")
+@_convert_options
+@friendly_errors
+def pairs_cmd(input_dir, target_dir, pairs_files, layout, split_by, val_fraction, task, strict, size, out,
+              s3_endpoint, shard_mb, workers, create_bucket) -> None:
+    """Real input/target pairs (RealBlur, HIDE, GoPro, a phone's own, pix2pix's A|B): inputs stored."""
+    from asaptrain.data.pairs import pairs_plan
+
+    plan = pairs_plan(input_dir, target_dir, layout, pairs_files, split_by and split_by.lower(), val_fraction, size,
+                      strict, task)
+    _run_conversion(plan, out, s3_endpoint, shard_mb, workers, create_bucket, f"pairs-{layout}")
+
+
+@data.command("labels")
+@click.option("--images", type=click.Path(file_okay=False), required=True, help="Folder of photos (the targets).")
+@click.option("--labels", "labels_dir", type=click.Path(file_okay=False), required=True,
+              help="Folder of label maps, same relative names as the photos (any extension).")
+@click.option("--num-labels", type=click.IntRange(1, 65536), required=True, help="N: ids run 0..N-1.")
+@click.option("--palette", type=click.Path(dir_okay=False), default=None,
+              help="JSON or CSV colour -> id table, for colour-coded label maps (ADE20K, facades).")
+@click.option("--instances", type=click.Path(file_okay=False), default=None,
+              help="Folder of instance-id maps, same names (for data.instance_edges).")
+@click.option("--split-by", type=click.Choice(["dir"], case_sensitive=False), default=None,
+              help="dir: the first path component is the split (train; test and val -> val).")
+@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="Share of samples in split 'val', by a hash of the name [0.05].")
+@click.option("--size", callback=hw_callback, default=None, metavar="HxW",
+              help="Resize (labels nearest, photos Lanczos).")
+@_convert_options
+@friendly_errors
+def labels_cmd(images, labels_dir, num_labels, palette, instances, split_by, val_fraction, size, out, s3_endpoint,
+               shard_mb, workers, create_bucket) -> None:
+    """Label maps of any label set -> photos; N and the palette go into the manifest."""
+    from asaptrain.data.labelsets import labels_plan
+
+    plan = labels_plan(images, labels_dir, num_labels, palette, instances, split_by and split_by.lower(),
+                       val_fraction, size)
+    _run_conversion(plan, out, s3_endpoint, shard_mb, workers, create_bucket, "labels")
 
 
 @data.command("folder")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import click
 
 from asaptrain.cli.groups import friendly_errors, main, s3_endpoint_option
+from asaptrain.data.decode import DEFAULT_MAX_PIXELS
 
 
 @main.command("predict")
@@ -29,21 +30,26 @@ from asaptrain.cli.groups import friendly_errors, main, s3_endpoint_option
 @click.option("--tile", default=1024, type=click.IntRange(min=64), show_default=True,
               help="Largest tile edge in pixels.")
 @click.option("--max-bad", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Unreadable inputs named and skipped before the command fails.")
+              help="Bad inputs (unreadable, over --max-pixels, or the model fails on them) named and skipped "
+                   "before the command fails.")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True,
+              help="Largest input (width x height); a larger one is a bad input, refused before it is decoded.")
 @click.option("--dtype", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
               help="Compute precision; auto: bf16 where the worker's GPU or CPU (AVX-512 BF16, AMX) computes it "
                    "natively, else fp32. predictions.json records the one used.")
+@click.option("--instances", metavar="URI",
+              help="With --images: instance-id maps at the label maps' relative paths (runs trained with instance edges).")
 @s3_endpoint_option
 @friendly_errors
 def predict_cmd(run_uri, dataset, images, out_uri, splits, checkpoint, workers, gpus_per_worker, cpus_per_worker,
-                batch, tile, max_bad, dtype, s3_endpoint) -> None:
+                batch, tile, max_bad, max_pixels, dtype, instances, s3_endpoint) -> None:
     """Run a trained generator over many images on the Ray cluster; a rerun skips finished outputs."""
     from asaptrain.predict import PredictConfig, predict
 
     pc = PredictConfig(run=run_uri, out=out_uri, dataset=dataset or "", images=images or "", splits=tuple(splits),
                        checkpoint=checkpoint or "", workers=workers or 0, gpus_per_worker=gpus_per_worker,
                        cpus_per_worker=cpus_per_worker or 0.0, batch=batch, tile=tile, max_bad=max_bad,
-                       dtype=dtype, s3_endpoint=s3_endpoint or "")
+                       max_pixels=max_pixels, dtype=dtype, s3_endpoint=s3_endpoint or "", instances=instances or "")
 
     def show(p: dict) -> None:
         click.echo(f"predict: {p['done']}/{p['total']} images, {p['bad']} bad, {p['images_per_s']:.2f} images/s",

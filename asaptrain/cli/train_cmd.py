@@ -46,7 +46,9 @@ def run_options(fn):
     fn = click.option("--gpus-per-worker", type=click.FloatRange(min=0),
                       help="GPUs per worker; 0 forces CPU (sets scaling.use_gpu).")(fn)
     fn = click.option("--workers", type=click.IntRange(min=1), help="Ray Train workers (scaling.num_workers).")(fn)
-    fn = click.option("--resume", metavar="NAME", help="Continue the run NAME from its latest checkpoint.")(fn)
+    fn = click.option("--resume", metavar="NAME|auto",
+                      help="Continue the run NAME from its latest checkpoint; 'auto' continues the run --name "
+                           "names if it exists, else starts it (what a restarted job runs).")(fn)
     fn = click.option("--name", metavar="NAME", help="Run name [default: PRESET-DATE-TIME-xxxx, always new].")(fn)
     fn = store_options(fn)
     fn = preset_options(fn)

@@ -63,7 +63,9 @@ def print_sweep(summary: dict) -> None:
 @click.option("--search", default="auto", type=click.Choice(["auto", "optuna", "random"]),
               help="Search algorithm (auto: Optuna when installed, else random).")
 @click.option("--name", metavar="NAME", help="Sweep name [default: sweep-DATE-TIME-xxxx].")
-@click.option("--resume", metavar="NAME", help="Continue an interrupted sweep; finished trials are kept.")
+@click.option("--resume", metavar="NAME|auto", help="Continue an interrupted sweep; finished trials are kept, the "
+              "one that was running continues from its checkpoint. 'auto': the sweep --name names if it exists, "
+              "else start it.")
 @click.option("--progress/--no-progress", default=True)
 @friendly_errors
 def tune_cmd(preset, config_file, overrides, store, s3_endpoint, space_file, trials, gpus_per_trial,

@@ -21,11 +21,12 @@ from asaptrain.config.model import ModelConfig, field_docs, generator_options, o
 from asaptrain.errors import UserError
 from asaptrain.models.options import OptionError
 
-Task = Literal["labels2photo", "deblur"]
+Task = Literal["labels2photo", "deblur", "image2image"]
+BlurSource = Literal["auto", "synthetic", "stored"]
 GanFamily = Literal["hinge", "lsgan", "wgan-gp"]
 Perceptual = Literal["none", "vgg19-multi", "vgg19-conv3_3"]
 VggInput = Literal["imagenet", "raw"]
-Schedule = Literal["fixed", "linear", "cosine", "step", "band"]
+Schedule = Literal["none", "fixed", "linear", "cosine", "step", "band"]
 Precision = Literal["fp32", "bf16"]
 UseGpu = Literal["auto", "true", "false"]
 MemoryCheck = Literal["refuse", "warn", "off"]
@@ -42,7 +43,7 @@ class ConfigError(UserError, ValueError):
 @dataclass
 class DataConfig:
     task: Task = "deblur"
-    """What the model learns: label map -> photo, or blurred photo -> sharp photo."""
+    """What the model learns: label map -> photo, blurred photo -> sharp photo, or any RGB image -> RGB image (never blurred)."""
     dataset: str = "datasets/synth-photos"
     """Shard directory: a URI, or a path relative to the store (``storage.store``)."""
     crop_height: int = 256
@@ -56,7 +57,7 @@ class DataConfig:
     flip: bool = True
     """Random horizontal flips (probability 0.5)."""
     num_labels: int = 35
-    """Label-map classes, one-hot channels (Cityscapes ids 0..34)."""
+    """Label-map classes, one-hot channels (ids 0..N-1; Cityscapes 35); must match the dataset's manifest, 0 = take the manifest's."""
     instance_edges: bool = False
     """Add the instance-boundary channel to the generator's input (pix2pixHD, ASAP-Net)."""
     shuffle_buffer_rows: int = 64
@@ -65,6 +66,8 @@ class DataConfig:
     """Batches each worker prefetches from Ray Data."""
     max_bad_images: int = 10
     """Undecodable images skipped (and named in the log) before the run stops."""
+    blur: BlurSource = "auto"
+    """Deblurring input: synthetic (the sharp target blurred at the curriculum's strength), stored (the dataset's real blurred photos), auto (stored where the shards hold them)."""
     blur_noise_std: float = 0.0
     """Gaussian noise added after blur, in [0, 1] image units; 0 disables."""
     blur_jpeg_quality: int = 0
@@ -114,7 +117,7 @@ class OptimConfig:
 @dataclass
 class CurriculumConfig:
     kind: Schedule = "fixed"
-    """Blur-strength schedule over training steps."""
+    """Blur-strength schedule over training steps ("none": no synthetic blur, for stored pairs)."""
     start: float = 0.5
     """Blur strength at step 0 (after warm-up), in [0, 1]."""
     end: float = 0.5
@@ -267,12 +270,16 @@ def validate(cfg: Config) -> Config:
     """Cross-field checks; raises ConfigError naming the field. Returns ``cfg``."""
     d, m, t, o, c, e, s = cfg.data, cfg.model, cfg.train, cfg.optim, cfg.curriculum, cfg.eval, cfg.scaling
     _check_numbers(cfg)
-    for name in ("crop_height", "crop_width", "num_labels"):
+    for name in ("crop_height", "crop_width"):
         _check(getattr(d, name) > 0, f"data.{name} must be > 0, got {getattr(d, name)}")
+    _check(d.num_labels >= 0, f"data.num_labels must be >= 0 (0: the count in the dataset's manifest), got {d.num_labels}")
     for name in ("load_height", "load_width", "max_bad_images", "shuffle_buffer_rows", "prefetch_batches"):
         _check(getattr(d, name) >= 0, f"data.{name} must be >= 0, got {getattr(d, name)}")
     _check(0 <= d.blur_jpeg_quality <= 100, f"data.blur_jpeg_quality must be in 0..100, got {d.blur_jpeg_quality}")
     _check(d.blur_noise_std >= 0, f"data.blur_noise_std must be >= 0, got {d.blur_noise_std}")
+    tasks = ("deblur", "image2image") if m.name in ("deblurgan", "hybrid") else ("labels2photo", "image2image")
+    _check(d.task in tasks, f"data.task must be {' or '.join(map(repr, tasks))} for model.name={m.name!r}, got {d.task!r}")
+    _check_blur(cfg)
     _check_model(cfg)
     for name in ("g_lr", "d_lr"):
         _check(getattr(o, name) > 0, f"optim.{name} must be > 0, got {getattr(o, name)}")
@@ -315,16 +322,37 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
+def _check_blur(cfg: Config) -> None:
+    """Where the input comes from, whether a blur curriculum can act on it, and what plain
+    image-to-image cannot have (instance edges, an MLP that drops the blue channel)."""
+    d, c, m = cfg.data, cfg.curriculum, cfg.model
+    if d.task == "image2image":
+        _check(d.blur != "synthetic", "data.blur='synthetic' blurs the target into the input, which "
+                                      "data.task='image2image' never does; set data.blur='stored' (or 'auto')")
+        _check(not d.instance_edges, "data.instance_edges=true needs label maps with instance maps, but "
+                                     "data.task='image2image' feeds RGB images; set data.instance_edges=false")
+        _check(m.mlp_input == "all", f"model.mlp_input={m.mlp_input!r} keeps the last input channel (blue, for "
+                                     "data.task='image2image') out of the pixelwise MLPs; set model.mlp_input=all")
+    if d.task != "deblur":
+        return
+    if d.blur == "stored":
+        _check(c.kind == "none", f"curriculum.kind={c.kind!r} cannot act with data.blur='stored': the inputs are "
+                                 "the dataset's own blurred photos and nothing is blurred during training; set "
+                                 "curriculum.kind='none', or data.blur='synthetic' to blur the sharp targets")
+    if d.blur == "synthetic":
+        _check(c.kind != "none", "curriculum.kind='none' gives no blur strength, but data.blur='synthetic' blurs "
+                                 "every input at the curriculum's strength; choose a curriculum (fixed, linear, "
+                                 "cosine, step, band) or data.blur='stored'")
+
+
 def _check_model(cfg: Config) -> None:
     """The model section: its cross-section rules and the discriminator here; the generator's own
     options by building its dataclass (``generator_config``), whose checks are the only ones."""
-    m, d = cfg.model, cfg.data
-    want_task = "deblur" if m.name in ("deblurgan", "hybrid") else "labels2photo"
-    _check(d.task == want_task, f"data.task must be {want_task!r} for model.name={m.name!r}, got {d.task!r}")
+    m, d = cfg.model, cfg.data  # the task itself is checked in ``validate`` (image2image: every model)
     if d.task == "labels2photo":
         _check(not m.residual, f"model.residual=true needs an image input, but {m.name} maps label maps to "
                                f"photos; set model.residual=false")
-    if m.name == "asapnet" and m.mlp_input == "all_but_last":
+    if m.name == "asapnet" and m.mlp_input == "all_but_last" and d.task == "labels2photo":
         _check(d.instance_edges, "model.mlp_input='all_but_last' keeps the last input channel (the instance "
                                  "edges) out of the MLPs, but data.instance_edges=false, so a label channel "
                                  "would be dropped; set model.mlp_input=all or data.instance_edges=true")

@@ -20,7 +20,7 @@ _EXPORTS = {
     "SCHEMA": "shards", "SCHEMA_VERSION": "shards", "ManifestError": "shards", "ShardWriter": "shards",
     "read_manifest": "shards", "write_manifest": "shards", "shard_paths": "shards", "verify": "shards",
     "Summary": "convert", "cityscapes_plan": "sources", "gopro_plan": "sources",
-    "folder_plan": "sources", "synth_plan": "synth",
+    "folder_plan": "sources", "synth_plan": "synth", "pairs_plan": "pairs", "labels_plan": "labelsets",
 }
 
 

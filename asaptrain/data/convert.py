@@ -71,6 +71,8 @@ class Plan:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     """(file, reason) for samples dropped while planning (e.g. a photo without its label map)."""
     notes: list[str] = field(default_factory=list)
+    manifest: dict[str, Any] = field(default_factory=dict)
+    """Fields the manifest carries beside the shards (stored inputs, label count, palette)."""
 
 
 @dataclass
@@ -114,8 +116,10 @@ def group_items(items: list[Item], target_bytes: int) -> list[list[Item]]:
 
 
 def _plan_id(plan: Plan, split: str, group: list[Item]) -> str:
+    # The manifest fields join the id only when a plan has any: ids of older plans stay valid.
     blob = json.dumps([SCHEMA_VERSION, plan.task, plan.source, plan.options, split,
-                       [[i.key, list(i.spec)] for i in group]], default=str, sort_keys=True)
+                       [[i.key, list(i.spec)] for i in group]] + ([plan.manifest] if plan.manifest else []),
+                      default=str, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
@@ -220,7 +224,7 @@ def convert(plan: Plan, store: Store, target_bytes: int = DEFAULT_SHARD_BYTES, w
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         writer.shutdown(wait=True, cancel_futures=True)
-    manifest = write_manifest(store, plan.task, plan.source, [entries[name] for name in order])
+    manifest = write_manifest(store, plan.task, plan.source, [entries[name] for name in order], plan.manifest)
     return Summary(uri=store.uri_for(), task=plan.task, source=plan.source, splits=manifest["splits"],
                    skipped=sorted(set(skipped)), notes=plan.notes, written=len(jobs), reused=len(order) - len(jobs),
                    removed=removed, seconds=time.perf_counter() - start)

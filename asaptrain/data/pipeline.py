@@ -9,7 +9,7 @@ scaling to [-1, 1]), where it is cheap and a quarter of the bytes travel::
         x, y = to_model_batch(batch, cfg, schedule.strength(step))
 
 Dataset rows: ``target`` (H, W, 3) uint8; ``input`` (H, W) uint8 label ids (labels2photo) or
-(H, W, 3) uint8 stored blurred photo (absent when blur is synthesized); ``instance_edge``
+(H, W, 3) uint8 stored input photo (absent when blur is synthesized, ``data.blur``); ``instance_edge``
 (H, W) uint8 0/1 with ``data.instance_edges``; ``key_id`` int64, a stable hash of the key
 (strings cannot reach ``iter_torch_batches``). torch is imported only where needed: decode
 tasks run numpy + PIL, so Ray's CPU workers skip torch's import (1.6 s, ~300 MB each).
@@ -39,7 +39,7 @@ from ray.data import DataContext, FileShuffleConfig
 
 from asaptrain.config.schema import Config
 from asaptrain.data.decode import DataError, Decoder, decode_rows, key_id
-from asaptrain.data.shards import read_manifest, shard_paths
+from asaptrain.data.shards import image_size_range, read_manifest, shard_paths
 from asaptrain.data.store import resolve_dataset
 
 if TYPE_CHECKING:
@@ -54,10 +54,40 @@ MAP_BATCH_BYTES = 64 * 2**20
 
 
 def _stored_input(paths: list[str], fs) -> bool:
-    """Whether a deblur dataset stores blurred inputs (its first shard's input_format is set)."""
+    """Whether a dataset stores input images (its first shard's input_format is set)."""
     pf = pq.ParquetFile(paths[0], filesystem=fs)
     fmt = pf.read_row_group(0, columns=["input_format"]).column(0) if pf.num_row_groups else None
     return fmt is not None and fmt.null_count < len(fmt)
+
+
+def reads_stored_input(cfg: Config, ds_store, paths: list[str], validation: bool = False) -> bool:
+    """Whether the model's inputs are the shards' stored input images (else the targets are blurred).
+
+    Label maps and plain image pairs are always stored. Deblurring follows ``data.blur``:
+    "stored" needs stored inputs, "synthetic" blurs the sharp targets in training but validates
+    on stored real pairs where the dataset has them (the study's protocol: train on synthetic
+    blur, score on real blur), "auto" uses stored inputs where there are any. DataError when the
+    config needs stored inputs that the dataset lacks.
+    """
+    d = cfg.data
+    if d.task == "labels2photo":
+        return True
+    has = _stored_input(paths, ds_store.fs)
+    if d.task == "image2image" or d.blur == "stored" or (d.blur == "auto" and cfg.curriculum.kind == "none"):
+        if not has:
+            why = ("data.task='image2image' reads stored input images" if d.task == "image2image" else
+                   "data.blur='stored'" if d.blur == "stored" else "curriculum.kind='none' blurs nothing")
+            raise DataError(f"{ds_store.uri_for()} stores only target images (no input column), but {why}: convert "
+                            "input/target pairs (`asaptrain data pairs`), or set data.blur='synthetic' with a "
+                            "curriculum to blur the targets")
+        return True
+    if d.blur == "synthetic" and not validation:
+        return False
+    if has and d.blur == "auto" and not validation:
+        log.warning("%s stores blurred inputs: training reads them, so curriculum.kind=%r does not act (set "
+                    "data.blur='synthetic' to blur the sharp targets, or data.blur='stored' and "
+                    "curriculum.kind='none' to say so)", ds_store.uri_for(), cfg.curriculum.kind)
+    return has
 
 
 # ----------------------------------------------------------------------------- Ray Data
@@ -98,6 +128,46 @@ def _decode_batch(batch: dict[str, np.ndarray], decoder: Decoder, bad_log, limit
     return decode_rows(decoder, items, epoch, lambda bad: ray.get(bad_log.add.remote(bad)), limit)
 
 
+def _resized(size: tuple[int, int], bound: tuple[int, int], load_w: int, load_h: int) -> tuple[int, int]:
+    """An image's (width, height) after ``data.load_*``; ``bound`` is the other extreme of the
+    split's sizes, which bounds the aspect ratio where only one load side is set."""
+    (w, h), (bw, bh) = size, bound
+    if load_w and load_h:
+        return load_w, load_h
+    if load_w:
+        return load_w, max(1, round(h * load_w / bw))
+    if load_h:
+        return max(1, round(w * load_h / bh)), load_h
+    return w, h
+
+
+def check_crop_and_batch(cfg: Config, ds_store) -> None:
+    """DataError, before any worker starts, when ``data.crop_*`` exceeds every image of a split
+    (after ``data.load_*``) or the train split has fewer rows than ``train.batch_size``; a note
+    when some images are smaller than the crop (each is then a bad image, see data.max_bad_images)."""
+    d = cfg.data
+    manifest = read_manifest(ds_store)
+    rows = int((manifest["splits"].get("train") or {}).get("rows") or 0)
+    world = max(1, cfg.scaling.num_workers)
+    if rows // world < cfg.train.batch_size // world:
+        raise DataError(f"train.batch_size = {cfg.train.batch_size} needs that many training rows ({world} worker(s) "
+                        f"share them), {ds_store.uri_for()} has {rows}: lower train.batch_size or add data")
+    for split in [s for s in ("train", "val") if s in manifest["splits"]]:
+        small, large = image_size_range(ds_store, split)
+        (sw, sh), (lw, lh) = _resized(small, large, d.load_width, d.load_height), \
+            _resized(large, small, d.load_width, d.load_height)
+        loaded = f" after data.load_width/load_height = {d.load_width}/{d.load_height}" if d.load_width or d.load_height else ""
+        for field, crop, biggest in (("data.crop_width", d.crop_width, lw), ("data.crop_height", d.crop_height, lh)):
+            if crop > biggest:
+                raise DataError(f"{field} = {crop} is larger than every {split} image of {ds_store.uri_for()} (at most "
+                                f"{lw}x{lh} pixels{loaded}): set data.crop_width/crop_height to at most {lw}x{lh}, "
+                                "or data.load_width/load_height")
+        if d.crop_width > sw or d.crop_height > sh:
+            log.warning("some %s images of %s are smaller than the crop %dx%d (smallest %dx%d%s): each is skipped as a "
+                        "bad image, up to data.max_bad_images", split, ds_store.uri_for(), d.crop_width, d.crop_height,
+                        sw, sh, loaded)
+
+
 def train_dataset(cfg: Config, store, bad_log=None, ds_store=None):
     """A lazy Ray Dataset of decoded training rows of ``cfg.data.dataset`` (relative to ``store``).
 
@@ -107,7 +177,7 @@ def train_dataset(cfg: Config, store, bad_log=None, ds_store=None):
     """
     ds_store = ds_store or resolve_dataset(cfg.data.dataset, store)
     paths = shard_paths(ds_store, "train")
-    decoder = Decoder.from_config(cfg, cfg.data.task == "deblur" and _stored_input(paths, ds_store.fs))
+    decoder = Decoder.from_config(cfg, reads_stored_input(cfg, ds_store, paths))
     bad_log = bad_log if bad_log is not None else new_bad_image_log(cfg.data.max_bad_images)
     ds = ray.data.read_parquet(paths, filesystem=ds_store.fs, columns=decoder.columns, include_paths=True,
                                shuffle=FileShuffleConfig(seed=cfg.train.seed))
@@ -194,10 +264,11 @@ def to_model_batch(batch: dict[str, torch.Tensor], cfg: Config, blur_strength: f
                    generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Generator input ``x`` and target ``y`` (NCHW float32 in [-1, 1]) on the batch's device.
 
-    labels2photo: ``x`` is one-hot over ``data.num_labels`` channels (ids outside the range get
-    no channel: all zeros), plus the instance-edge channel last with ``data.instance_edges``.
-    deblur: ``x`` is the stored blurred photo when the dataset has one, else the target blurred
-    with fresh kernels at ``blur_strength`` (float or per-sample tensor), then noise/JPEG when
+    labels2photo: ``x`` is one-hot over ``data.num_labels`` channels (the decoder refuses ids
+    outside the range), plus the instance-edge channel last with ``data.instance_edges``.
+    image2image: ``x`` is the stored input image. deblur: ``x`` is the stored blurred photo
+    when the decoder read one (``reads_stored_input``), else the target blurred with fresh
+    kernels at ``blur_strength`` (float or per-sample tensor), then noise/JPEG when
     ``data.blur_noise_std`` / ``data.blur_jpeg_quality`` are set.
     """
     import torch
@@ -252,7 +323,7 @@ def validation_raw(cfg: Config, store, max_images: int | None = None) -> dict[st
     if not has_val:
         log.warning("%s has no val split: validating on the last rows of train", ds_store.uri_for())
     paths = shard_paths(ds_store, "val" if has_val else "train")
-    decoder = Decoder.from_config(cfg, cfg.data.task == "deblur" and _stored_input(paths, ds_store.fs))
+    decoder = Decoder.from_config(cfg, reads_stored_input(cfg, ds_store, paths, validation=True))
     items = ((ds_store.uri_for(p.rsplit("/", 1)[-1]), row)
              for p, row in _shard_rows(ds_store.fs, paths, decoder.columns, backwards=not has_val))
     limit, want = cfg.data.max_bad_images, min(cfg.eval.images, max_images or cfg.eval.images)

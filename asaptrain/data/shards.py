@@ -34,7 +34,7 @@ SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 PARTS_DIR = "_parts"
 SPLITS = ("train", "val", "test")
-TASKS = ("labels2photo", "deblur")
+TASKS = ("labels2photo", "deblur", "image2image")
 DEFAULT_SHARD_BYTES = 128 * 2**20
 """Shard size at which a writer rolls to the next file, in bytes of encoded media."""
 ROW_GROUP_BYTES = 32 * 2**20
@@ -191,9 +191,11 @@ class ShardWriter:
             self.close()
 
 
-def write_manifest(store: Store, task: str, source: str,
-                   entries: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Write ``manifest.json`` for ``entries`` (default: every shard with a ``_parts`` fragment)."""
+def write_manifest(store: Store, task: str, source: str, entries: list[dict[str, Any]] | None = None,
+                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write ``manifest.json`` for ``entries`` (default: every shard with a ``_parts`` fragment);
+    ``extra`` adds the dataset's own fields (``inputs``: "stored" for real pairs; ``num_labels``
+    and ``palette`` for label maps)."""
     if entries is None:
         entries = []
         for rel in store.list(PARTS_DIR, suffix=".parquet.json"):
@@ -211,7 +213,7 @@ def write_manifest(store: Store, task: str, source: str,
         s["shards"] += 1
     manifest = {"schema_version": SCHEMA_VERSION, "task": task, "source": source,
                 "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                "splits": splits, "shards": shards}
+                **(extra or {}), "splits": splits, "shards": shards}
     store.write_json(MANIFEST, manifest)
     return manifest
 
@@ -223,7 +225,7 @@ def read_manifest(store: Store) -> dict[str, Any]:
         manifest = store.read_json(MANIFEST)
     except StoreNotFound:
         raise ManifestError(f"{uri} does not exist: {store.uri_for()} is not a converted dataset "
-                            "(make one with `asaptrain data synth|cityscapes|gopro|folder --out URI`)") from None
+                            "(make one with `asaptrain data synth|cityscapes|gopro|pairs|labels|folder --out URI`)") from None
     except ValueError as exc:
         raise ManifestError(f"{uri} is not valid JSON ({exc}); rerun the converter to rewrite it") from None
     if not isinstance(manifest, dict) or manifest.get("schema_version") != SCHEMA_VERSION:
@@ -278,6 +280,27 @@ def shard_paths(store: Store, split: str) -> list[str]:
                              f"`asaptrain data verify {store.uri_for()}` to list every damaged shard, then reconvert "
                              "the dataset (a rerun of the converter rewrites only the damaged shards)")
     return [store.path(e["path"]) for e in entries]
+
+
+def image_size_range(store: Store, split: str) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((smallest width, smallest height), (largest width, largest height)) in pixels of a split's
+    images, from the shards' Parquet statistics (one footer read per shard; the column itself
+    where a writer left no statistics)."""
+    low, high = [2**31, 2**31], [0, 0]
+    for path in shard_paths(store, split):
+        meta = pq.ParquetFile(path, filesystem=store.fs).metadata
+        names = meta.schema.to_arrow_schema().names
+        for group in range(meta.num_row_groups):
+            for i, col in enumerate(("width", "height")):
+                column = meta.row_group(group).column(names.index(col))
+                stats = column.statistics
+                if stats is not None and stats.has_min_max:
+                    lo, hi = int(stats.min), int(stats.max)
+                else:
+                    values = pq.read_table(path, columns=[col], filesystem=store.fs)[col].to_pylist()
+                    lo, hi = min(values, default=low[i]), max(values, default=high[i])
+                low[i], high[i] = min(low[i], lo), max(high[i], hi)
+    return (low[0], low[1]), (high[0], high[1])
 
 
 def _check_shard(store: Store, entry: dict[str, Any], checksums: bool) -> list[str]:

@@ -1,4 +1,4 @@
-"""Converters for dataset trees on disk: Cityscapes, GoPro, any folder of photos.
+"""Converters for dataset trees on disk: Cityscapes, GoPro (a layout of ``pairs.py``), any folder of photos.
 
 Each ``*_plan(root, ...)`` lists the samples (:class:`~asaptrain.data.convert.Plan`); its
 ``*_row(key, spec)`` decodes, checks and encodes one sample in a worker process;
@@ -22,6 +22,7 @@ from PIL import Image
 
 from asaptrain.data import labels
 from asaptrain.data.convert import ConvertError, Item, Plan, Skip
+from asaptrain.data.decode import BadImage, load_image
 
 PHOTO_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 _UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
@@ -29,12 +30,11 @@ _UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 def _open(path: str, what: str) -> Image.Image:
-    """Open and fully decode an image; Skip naming the file when it cannot be read."""
+    """Open and fully decode an image, upright (``decode.load_image``); Skip naming the file when
+    it cannot be read."""
     try:
-        img = Image.open(path)
-        img.load()
-        return img
-    except _UNREADABLE as exc:
+        return load_image(path, what)
+    except BadImage as exc:
         raise Skip(path, f"unreadable {what} ({exc})") from None
 
 
@@ -46,14 +46,16 @@ def encode_png(arr: np.ndarray, compress_level: int = 1) -> bytes:
 
 
 def _photo_bytes(img: Image.Image, path: str, size: tuple[int, int] | None) -> tuple[bytes, str]:
-    """The photo's own bytes when usable as is (RGB PNG/JPEG, no resize), else a re-encode."""
+    """The photo's own bytes when usable as is (RGB PNG/JPEG, upright, no resize), else a re-encode
+    (a photo turned by its EXIF orientation is stored turned: every reader sees it upright)."""
     if size is None and img.mode == "RGB" and img.format in ("PNG", "JPEG"):
         return Path(path).read_bytes(), img.format.lower()
+    source_format = img.format or img.info.get("source_format")
     rgb = img.convert("RGB")
     if size is not None:
         rgb = rgb.resize((size[1], size[0]), Image.Resampling.LANCZOS)
     buf = io.BytesIO()
-    if img.format == "JPEG":
+    if source_format == "JPEG":
         rgb.save(buf, format="JPEG", quality=95)
         return buf.getvalue(), "jpeg"
     rgb.save(buf, format="PNG", compress_level=1)
@@ -138,42 +140,12 @@ def cityscapes_plan(root: str | Path, size: tuple[int, int] | None = None,
 # ----------------------------------------------------------------------------- GoPro
 
 
-GOPRO_SPLITS = {"train": "train", "test": "val"}
-"""GoPro ships train and test only; its test pairs become our ``val`` split (what training evaluates on)."""
-
-
-def gopro_row(key: str, spec: tuple) -> dict[str, Any]:
-    blur_path, sharp_path, size, meta = spec
-    blur, sharp = _open(blur_path, "blurred photo"), _open(sharp_path, "sharp photo")
-    if blur.size != sharp.size:
-        raise Skip(blur_path, f"blurred is {blur.size[0]}x{blur.size[1]}, sharp {sharp.size[0]}x{sharp.size[1]}")
-    inp, inp_format = _photo_bytes(blur, blur_path, size)
-    target, target_format = _photo_bytes(sharp, sharp_path, size)
-    height, width = size if size else (sharp.height, sharp.width)
-    return {"key": key, "input": inp, "input_format": inp_format, "target": target, "target_format": target_format,
-            "instance": None, "width": width, "height": height, "meta": meta}
-
-
 def gopro_plan(root: str | Path, size: tuple[int, int] | None = None) -> Plan:
-    """``{train,test}/SEQUENCE/{blur,sharp}/*.png`` pairs; train -> train, test -> val."""
-    root = Path(root)
-    items: dict[str, list[Item]] = {}
-    skipped: list[tuple[str, str]] = []
-    for gopro_split, split in GOPRO_SPLITS.items():
-        for blur in sorted((root / gopro_split).glob("*/blur/*.png")):
-            seq = blur.parent.parent.name
-            sharp = blur.parent.parent / "sharp" / blur.name
-            if not sharp.is_file():
-                skipped.append((str(blur), f"no sharp pair {sharp.relative_to(root)}"))
-                continue
-            meta = {"sequence": seq, "gopro_split": gopro_split, "frame": blur.name}
-            items.setdefault(split, []).append(Item(f"{seq}/{blur.stem}", _estimate([blur, sharp], size),
-                                                    (str(blur), str(sharp), size, meta)))
-    if not items:
-        raise ConvertError(f"{root}: no GoPro pairs found; expected train/SEQUENCE/blur/*.png beside "
-                           "train/SEQUENCE/sharp/*.png (and the same under test/)")
-    return Plan("deblur", "gopro", gopro_row, items, {"size": size}, skipped,
-                notes=["GoPro's test pairs are stored as split 'val'"] if "val" in items else [])
+    """``{train,test}/SEQUENCE/{blur,sharp}/*.png`` pairs; train -> train, test -> val: the
+    ``gopro`` layout of the paired-folder converter (``data/pairs.py``)."""
+    from asaptrain.data.pairs import pairs_plan
+
+    return pairs_plan(root, layout="gopro", size=size)
 
 
 # ----------------------------------------------------------------------------- image folder
@@ -221,5 +193,5 @@ def folder_plan(root: str | Path, val_fraction: float = 0.05, size: tuple[int, i
                 {"size": size, "val_fraction": val_fraction}, notes=notes)
 
 
-__all__ = ["encode_png", "cityscapes_plan", "gopro_plan", "folder_plan", "cityscapes_row", "gopro_row",
-           "folder_row", "GOPRO_SPLITS", "PHOTO_EXTENSIONS"]
+__all__ = ["encode_png", "cityscapes_plan", "gopro_plan", "folder_plan", "cityscapes_row", "folder_row",
+           "PHOTO_EXTENSIONS"]

@@ -202,9 +202,16 @@ def mlp_rows(xp: torch.Tensor, params: torch.Tensor, coords: torch.Tensor, dims:
 
 
 PLANES_CHUNK_CELLS = 16
-"""Cells per pass of ``mlp_planes``: a chunk's activations stay in cache through every layer.
+"""Cells per pass of ``mlp_planes`` in fp32: a chunk's activations stay in cache through every layer.
 Measured on a 2-core CPU at widths 16 and 64: 16 was the fastest of 4 to 64, and 2-3x faster
-than one pass over all cells (whose activations went to memory and back at every layer)."""
+than one pass over all cells (whose activations went to memory and back at every layer).
+16-bit dtypes take as many bytes per chunk, so twice the cells (``planes_chunk_cells``)."""
+
+
+def planes_chunk_cells(dtype: torch.dtype) -> int:
+    """Cells per chunk for ``dtype``: ``PLANES_CHUNK_CELLS`` fp32 cells' worth of bytes (bf16: 32;
+    on a 2-core AVX-512 CPU without bf16 units 32 bf16 cells beat 16 and 8)."""
+    return max(1, PLANES_CHUNK_CELLS * 4 // torch.empty((), dtype=dtype).element_size())
 
 
 def mlp_planes(xp: torch.Tensor, params: torch.Tensor, coords: torch.Tensor, dims: list[int], tile_size: int,
@@ -219,7 +226,7 @@ def mlp_planes(xp: torch.Tensor, params: torch.Tensor, coords: torch.Tensor, dim
     the matmuls. The coordinates' share of the first layer is one in-place ``baddbmm_``; the
     later layers are one ``bmm`` each on (cells, width, T^2), the constant-1 channel of
     ``layer_matrices`` carrying their biases as in ``mlp_rows``. Cells go through all layers
-    ``PLANES_CHUNK_CELLS`` at a time (in one pass under torch.compile, which would unroll the loop).
+    ``planes_chunk_cells(dtype)`` at a time (in one pass under torch.compile, which would unroll the loop).
     """
     B, C, Hp, Wp = xp.shape
     S, b, k = tile_size, band, context
@@ -230,23 +237,30 @@ def mlp_planes(xp: torch.Tensor, params: torch.Tensor, coords: torch.Tensor, dim
     tiles = xp.as_strided((B, hc, wc, C, E, E), (sb, S * sy, S * sx, sc, sy, sx)).to(dtype).reshape(n, C, E, E)
     widths = [d + 1 for d in dims[:-1]] + [dims[-1]]  # + the constant-1 channel
     mats = layer_matrices(params.to(dtype), dims, widths)  # (n, cin + 1, cout (+ 1))
-    grid = coords.to(dtype).reshape(T * T, -1).t()  # (K, T^2)
-    step = n if torch.compiler.is_compiling() else PLANES_CHUNK_CELLS
-    ys = [_planes_chunk(tiles[i:i + step], [w[i:i + step] for w in mats], grid, k) for i in range(0, n, step)]
+    grid = coords.to(dtype).reshape(T * T, -1).t().contiguous()  # (K, T^2)
+    # The first layer output-major, (n, cout + 1, cin + 1), in one copy for all cells: its conv
+    # kernel, coordinate weights and bias are then views, not a strided copy per chunk.
+    first = mats[0].transpose(1, 2).contiguous()
+    step = n if torch.compiler.is_compiling() else planes_chunk_cells(dtype)
+    ys = [_planes_chunk(tiles[i:i + step], [first[i:i + step]] + [w[i:i + step] for w in mats[1:]], grid, k)
+          for i in range(0, n, step)]
     y = torch.cat(ys) if len(ys) > 1 else ys[0]
     return overlap_add(blend(y.view(B, hc, wc, dims[-1], T, T), S, b), H, W, S, b)
 
 
 def _planes_chunk(tiles: torch.Tensor, mats: list[torch.Tensor], grid: torch.Tensor, context: int) -> torch.Tensor:
-    """``mlp_planes`` on m cells: tiles (m, C, E, E), mats per layer (m, cin + 1, cout (+ 1)),
-    grid (K, T^2) -> (m, out, T^2)."""
+    """``mlp_planes`` on m cells: tiles (m, C, E, E), the first layer output-major (m, cout + 1,
+    cin + 1), the later layers (m, cin + 1, cout (+ 1)), grid (K, T^2) -> (m, out, T^2)."""
     m, C, E, _ = tiles.shape
     k = context
     ck, T = C * k * k, E - k + 1
     first = mats[0]
-    kernel = first[:, :ck].transpose(1, 2).reshape(m * first.shape[-1], C, k, k)
-    h = F.conv2d(tiles.reshape(1, m * C, E, E), kernel, first[:, -1].reshape(-1), groups=m)
-    h = h.view(m, first.shape[-1], T * T).baddbmm_(first[:, ck:-1].transpose(1, 2), grid.expand(m, *grid.shape))
+    width = first.shape[1]
+    kernel = first[:, :, :ck].reshape(m * width, C, k, k)  # a view: rows of cin + 1
+    h = F.conv2d(tiles.reshape(1, m * C, E, E), kernel, first[:, :, -1].reshape(-1), groups=m)
+    # coordinates: one (m (cout + 1), K) x (K, T^2) GEMM; a batched one with the grid expanded
+    # over cells made bf16 copy the grid for every chunk and was 3x slower in fp32 too
+    h = h.view(m * width, T * T).addmm_(first[:, :, ck:-1].reshape(m * width, -1), grid).view(m, width, T * T)
     for i, w in enumerate(mats):
         if i:
             h = torch.bmm(w.transpose(1, 2), h)

@@ -6,7 +6,8 @@ a warm-up of each, every repeat calls A, then B, then A again ... each call time
 (perf_counter on the CPU; CUDA events around the call and one synchronize per round on a
 GPU). Per model: median and interquartile range over the repeats, per image; per pair: the
 ratio of medians, and the spread of the per-round ratios (both models of a round saw the same
-load). The thread count is fixed (``torch.set_num_threads``) and recorded with the torch and
+load). Each model row also gives ``gflop_per_s`` (its counted GFLOPs per image over its median
+time per image), so a model that is fast only because it does less work shows it. The thread count is fixed (``torch.set_num_threads``) and recorded with the torch and
 CUDA versions; on a GPU also the peak memory of one call, the TF32 setting and which
 pixelwise path ran (``fused`` Triton kernel or ``matmul``).
 
@@ -156,11 +157,12 @@ def compare_generators(
             q1, med, q3 = _quartiles(times)
             row = {"kind": "model", "preset": name, "model": cfg.model.name, "height": h, "width": w,
                    "dtype": dtype, "batch": batch, "ms": med, "iqr_ms": q3 - q1, "ms_q1": q1, "ms_q3": q3,
-                   "repeats": repeats, "warmup": warmup, "gflops": gf, "pixel_path": pixel_path(net),
+                   "repeats": repeats, "warmup": warmup, "gflops": gf, "gflop_per_s": gflop_per_s(gf, med),
+                   "pixel_path": pixel_path(net),
                    "peak_mem_mib": peak, **env}
             model_rows.append(row)
-            log(f"{name:22s} {h}x{w} {dtype} batch {batch}: {med:9.2f} ms/image (IQR {q3 - q1:.2f}) "
-                f"[{row['pixel_path'] or 'no pixelwise MLP'}]")
+            log(f"{name:22s} {h}x{w} {dtype} batch {batch}: {med:9.2f} ms/image (IQR {q3 - q1:.2f}), "
+                f"{row['gflop_per_s']:.0f} GFLOP/s [{row['pixel_path'] or 'no pixelwise MLP'}]")
         rows += model_rows
         for i in range(len(nets)):
             for j in range(i + 1, len(nets)):
@@ -170,8 +172,14 @@ def compare_generators(
                 rows.append({"kind": "ratio", "a": a["preset"], "b": b["preset"], "height": h, "width": w,
                              "dtype": dtype, "batch": batch, "a_ms": a["ms"], "b_ms": b["ms"],
                              "ratio": b["ms"] / a["ms"], "ratio_q1": q1, "ratio_q3": q3,
-                             "gflops_ratio": b["gflops"] / a["gflops"], **env})
+                             "gflops_ratio": b["gflops"] / a["gflops"], "a_gflop_per_s": a["gflop_per_s"],
+                             "b_gflop_per_s": b["gflop_per_s"], **env})
     return rows
+
+
+def gflop_per_s(gflops: float, ms: float) -> float:
+    """Achieved GFLOP/s: ``gflops`` per image done in ``ms`` milliseconds per image."""
+    return gflops / (ms / 1000) if ms > 0 else float("nan")
 
 
 def ratio_text(row: dict) -> str:
@@ -180,7 +188,8 @@ def ratio_text(row: dict) -> str:
     how = f"{r:.2f}x faster than" if r >= 1 else f"{1 / r:.2f}x slower than"
     return (f"{row['a']} is {how} {row['b']} at {row['height']}x{row['width']} {row['dtype']} batch "
             f"{row['batch']} on {_where(row)}: {row['a_ms']:.2f} vs "
-            f"{row['b_ms']:.2f} ms/image; per-round ratio IQR {row['ratio_q1']:.2f}-{row['ratio_q3']:.2f}")
+            f"{row['b_ms']:.2f} ms/image ({row['a_gflop_per_s']:.0f} vs {row['b_gflop_per_s']:.0f} GFLOP/s); "
+            f"per-round ratio IQR {row['ratio_q1']:.2f}-{row['ratio_q3']:.2f}")
 
 
 def _where(row: dict) -> str:
@@ -189,4 +198,4 @@ def _where(row: dict) -> str:
     return f"{row['device']} ({cpu}{row['threads']} threads)"
 
 
-__all__ = ["compare_generators", "ratio_text", "at_size", "environment", "CompareError"]
+__all__ = ["compare_generators", "ratio_text", "gflop_per_s", "at_size", "environment", "CompareError"]

@@ -127,10 +127,27 @@ def load_run(store, prefix: str, name: str) -> Run:
         run.sample = samples[run.sample_step]
     else:
         run.problems.append("no samples")
+    if (unloadable := _checkpoints_unloadable(reader.dir)) is not None:
+        run.problems.append(unloadable)
     if run.status != "finished":
         error = run.info.get("error")
         run.problems.insert(0, f"status {run.status}" + (f" ({error})" if error else ""))
     return run
+
+
+def _checkpoints_unloadable(run_dir) -> str | None:
+    """Why none of the run's checkpoints loads (its numbers cannot be reproduced or resumed from),
+    or None when one loads or the run saved none."""
+    from asaptrain.train.run_reader import CheckpointError, checkpoint_names, newest_loadable
+
+    try:
+        if checkpoint_names(run_dir):
+            newest_loadable(run_dir)  # reads the newest first: one file for a sound run
+    except CheckpointError as exc:
+        return str(exc).replace("no checkpoint of the run loads", "no checkpoint loads", 1)
+    except Exception as exc:  # the store refused the listing or a read: say so, never stop the report
+        return f"no checkpoint loads: {type(exc).__name__}: {str(exc)[:200]}"
+    return None
 
 
 def _model_and_task(reader: RunReader) -> dict[str, str]:
@@ -188,6 +205,9 @@ def _quality_row(model: str, run: Run | None, runs: list[Run]) -> dict[str, Any]
                        if others else "no run found")
         return row
     row["run"] = run.name
+    unloadable = [p for p in run.problems if p.startswith("no checkpoint loads")]
+    if unloadable:
+        row["note"] = unloadable[0][:300]
     if not run.evals:
         row["note"] = "run has no eval record"
         return row

@@ -52,14 +52,34 @@ def default_space(base: Config) -> dict[str, dict]:
         "optim.d_steps": {"choice": sorted({1, 2, base.optim.d_steps})},
         "loss.gan_weight": {"loguniform": [0.1, 2.0]},
         "loss.l1_weight": {"loguniform": [1.0, 100.0]},
-        "curriculum.kind": {"choice": ["fixed", "linear", "cosine", "step", "band"]},
-        "curriculum.start": {"uniform": [0.0, 0.4]},
-        "curriculum.end": {"uniform": [0.5, 1.0]},
-        "curriculum.warmup_steps": {"choice": [0, base.train.steps // 10]},
     }
+    if blurs_in_training(base):
+        space.update({
+            "curriculum.kind": {"choice": ["fixed", "linear", "cosine", "step", "band"]},
+            "curriculum.start": {"uniform": [0.0, 0.4]},
+            "curriculum.end": {"uniform": [0.5, 1.0]},
+            "curriculum.warmup_steps": {"choice": [0, base.train.steps // 10]},
+        })
     if base.loss.perceptual != "none":
         space["loss.perceptual_weight"] = {"loguniform": [10.0, 200.0]}
     return space
+
+
+def blurs_in_training(base: Config) -> bool:
+    """Whether a blur curriculum acts on ``base``'s training inputs (synthetic blur of a deblur task)."""
+    return base.data.task == "deblur" and base.data.blur != "stored" and base.curriculum.kind != "none"
+
+
+def space_notes(base: Config) -> list[str]:
+    """What the sweep says about its space and its reference (printed, and kept in sweep.json)."""
+    c = base.curriculum
+    if not blurs_in_training(base):
+        return [f"no curriculum dimensions: data.blur={base.data.blur!r} and data.task={base.data.task!r} train "
+                "on stored inputs, which no blur strength changes"]
+    return [f"trials and the DeblurGAN reference train on the same inputs: {base.data.dataset}'s sharp targets "
+            f"blurred during training (data.blur={base.data.blur!r}); the reference keeps the base config's "
+            f"curriculum ({c.kind} {c.start:g} -> {c.end:g}), the trials sample theirs; both are validated on the "
+            "same inputs (the stored blurred pairs of the val split where the dataset has them)"]
 
 
 def load_space(path: str, base: Config) -> dict[str, dict]:

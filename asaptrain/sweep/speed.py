@@ -4,8 +4,8 @@
     reference = ensure_reference(store, base, preset)  # a matching finished run, or one trained now
     speed = time_trials(base, trials, reference, use_gpu)   # ms/image + GFLOPs on every row
 
-The reference is DeblurGAN's own recipe (model, losses, optimizer, blur curriculum) trained on
-the sweep's data, crop, steps, batch and evaluation, so its PSNR sits on the same axis as the
+The reference is DeblurGAN's own recipe (model, losses, optimizer) trained on the same inputs as
+the trials (the sweep's data, blur curriculum, crop, steps, batch and evaluation), so its PSNR sits on the same axis as the
 trials'. A finished run in ``STORE/runs`` or ``STORE/sweeps/references`` with that recipe is
 reused (``asaptrain smoke`` trains one before its sweep); otherwise one is trained once into
 ``sweeps/references``, where the next sweep finds it.
@@ -61,13 +61,16 @@ def reference_preset(base: Config) -> str:
 
 
 def reference_config(base: Config, preset: str) -> Config:
-    """DeblurGAN's recipe from ``preset`` on ``base``'s data, training length, evaluation, scaling and store."""
+    """DeblurGAN's recipe from ``preset`` (model, losses, optimizer) on ``base``'s data, blur
+    curriculum, training length, evaluation, scaling and store."""
     ref = get_preset(preset)
     if ref.model.name != "deblurgan":
         raise UserError(f"--reference {preset}: the reference must be a DeblurGAN preset "
                         f"({', '.join(HYBRID_OF)}), not a {ref.model.name} one")
     theirs = to_dict(ref)
-    return from_dict({section: theirs[section] for section in ("model", "loss", "optim", "curriculum")}, base)
+    # The curriculum (and data.blur) stay the base config's: the reference trains on the same
+    # inputs as the trials it is compared with, so the speed-quality plot compares like with like.
+    return from_dict({section: theirs[section] for section in ("model", "loss", "optim")}, base)
 
 
 def _recipe(cfg: Config, store) -> dict:

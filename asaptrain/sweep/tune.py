@@ -25,7 +25,7 @@ from asaptrain.config.schema import Config
 from asaptrain.config.io import from_dict, replace, to_dict, to_toml
 from asaptrain.sweep.figure import trials_png
 from asaptrain.sweep.select import best_toml_header, choose, front
-from asaptrain.sweep.space import SweepError, default_space, to_tune, trial_config
+from asaptrain.sweep.space import SweepError, default_space, space_notes, to_tune, trial_config
 from asaptrain.sweep.speed import ensure_reference, reference_preset, time_trials
 from asaptrain.train.run_files import RunFiles, check_name, new_run_name
 from asaptrain.train.run_reader import RunReader
@@ -115,8 +115,10 @@ def _trial(params: dict[str, Any]) -> None:
     ctx = params.pop("__asaptrain__")
     cfg = trial_config(from_dict(ctx["base"]), params)
     store = Store.open(cfg.storage.store, cfg.storage.s3_endpoint or None, cfg.storage.region or None)
-    result = fit(cfg, name=f"trial-{ray.tune.get_context().get_trial_id()}", progress=False, store=store,
-                 callbacks=[TuneReportCallback()], runs_prefix=ctx["runs_prefix"])
+    # "auto": a trial that runs again (the sweep resumed after its driver died) continues its own
+    # run from that run's last checkpoint instead of being refused its own name.
+    result = fit(cfg, name=f"trial-{ray.tune.get_context().get_trial_id()}", resume="auto", progress=False,
+                 store=store, callbacks=[TuneReportCallback()], runs_prefix=ctx["runs_prefix"])
     if result.status != "finished":
         raise RuntimeError(f"trial run {result.name} failed: {result.error}")
 
@@ -139,6 +141,7 @@ def sweep(
     progress: bool = True,
 ) -> dict:
     """Run (or resume) a sweep and write its results; returns the ``sweep.json`` content."""
+    from asaptrain.data.pipeline import check_crop_and_batch
     from asaptrain.data.s3 import keep_credentials_out_of_tune
     from asaptrain.data.shards import shard_paths
     from asaptrain.data.store import resolve_dataset, store_from_config
@@ -149,8 +152,13 @@ def sweep(
         raise SweepError(f"--metric must be one of {', '.join(METRIC_KEYS)}, got {metric!r}")
     base = pin_store(replace(base, trial_scaling(base, gpus_per_trial, workers_per_trial)))
     store = store_from_config(base.storage)
+    if resume == "auto":  # continue the sweep --name names if it was started, else start it
+        if not name:
+            raise SweepError("--resume auto needs --name NAME: the sweep to continue if it exists, or to start")
+        resume = name if store.child(SWEEPS_PREFIX, check_name(name, "sweep name")).exists("space.json") else None
     name = check_name(resume or name or new_run_name("sweep"), "sweep name")
     shard_paths(resolve_dataset(base.data.dataset, store), "train")  # a missing dataset fails here, not per trial
+    check_crop_and_batch(base, resolve_dataset(base.data.dataset, store))  # as a crop the images cannot give
     ensure_ray()
     keep_credentials_out_of_tune()
     use_gpu = resolve_use_gpu(base)
@@ -159,6 +167,8 @@ def sweep(
     parallel = _trials_at_once(planned, trials, use_gpu)
     # Written only once the inputs and the cluster are known to be usable.
     space = _open_space(store.child(SWEEPS_PREFIX, name), name, resume, space or default_space(base))
+    for note in space_notes(base):
+        print(f"[asaptrain] {note}", flush=True)
     ref = ensure_reference(store, base, reference or reference_preset(base), progress)
     runs_prefix = f"{SWEEPS_PREFIX}/{name}/runs"
     tuner = _tuner(store, name, planned, space, runs_prefix, trials, parallel, metric, grace_reports,
@@ -272,7 +282,10 @@ def _trial_callback(store, runs_prefix: str):
             run = RunFiles(store, f"trial-{trial.trial_id}", runs_prefix)
             try:
                 if run.exists() and run.read_run().get("status") == "running":
-                    run.write_run(status=status)
+                    error = trial.get_error() if status == "failed" else None
+                    lines = [line for line in str(error or "").strip().splitlines() if line.strip()]
+                    run.write_run(status=status, **({"error": (lines[-1] if lines else "the trial failed")[:2000]}
+                                                    if status == "failed" else {}))
                 free_placement_group(run)
             except Exception as exc:  # cleanup must never stop the sweep
                 print(f"[asaptrain] cleanup after trial {trial.trial_id}: {exc}", flush=True)
@@ -331,7 +344,8 @@ def write_results(store, name: str, base: Config, grid, metric: str, runs_prefix
     sweep_dir = store.child(SWEEPS_PREFIX, name)
     summary = {"name": name, "metric": key, "trials": rows, "best": best, "base_steps": base.train.steps,
                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "selection": selection, "front": on_front,
-               "speed": speed, "reference": {k: v for k, v in reference.items() if k != "config"}}
+               "speed": speed, "reference": {k: v for k, v in reference.items() if k != "config"},
+               "notes": space_notes(base)}
     if selection["below_speedup"] is not False:
         print(f"[asaptrain] WARNING: {selection['message']}", flush=True)
     if best is not None:

@@ -9,6 +9,8 @@ Every kind holds ``start`` for ``warmup_steps``, then moves toward ``end`` over 
 (0 = the rest of training), then holds ``end``. ``progress(step)`` is that movement's
 fraction in [0, 1]:
 
+* ``none``    no strength at all (``None``): the inputs are stored blurred photos (``data.blur =
+  "stored"``), and nothing is blurred during training.
 * ``fixed``   ``start`` at every step (``end`` is ignored).
 * ``linear``  ``start + (end - start) · progress``.
 * ``cosine``  ``start + (end - start) · (1 - cos(π · progress)) / 2``: slow at both ends.
@@ -22,8 +24,8 @@ The band's draw at step ``s`` is a pure function of ``(seed, s)`` (numpy's SeedS
 not the next number of a stateful generator. So asking twice for one step, or from every
 rank, gives the same strength, and a run restored from a checkpoint draws exactly the
 sequence it would have drawn, even when it replays steps after a failure.
-``state_dict()`` carries the seed and every parameter; a restored run continues the
-schedule it was trained with.
+``state_dict()`` carries the seed and every parameter, as trained; a resumed run follows
+the schedule its config plans (``train.loop``: a longer ``--steps`` stretches the ramp).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import numpy as np
 
 from asaptrain.config.schema import CurriculumConfig, ConfigError
 
-KINDS = ("fixed", "linear", "cosine", "step", "band")
+KINDS = ("none", "fixed", "linear", "cosine", "step", "band")
 
 
 @dataclass
@@ -65,8 +67,10 @@ class BlurSchedule:
         """Fraction of the ramp done at ``step``, in [0, 1]."""
         return min(max((step - self.warmup_steps) / self.ramp_length, 0.0), 1.0)
 
-    def strength(self, step: int) -> float:
-        """Blur strength in [0, 1] at ``step`` (0-based)."""
+    def strength(self, step: int) -> float | None:
+        """Blur strength in [0, 1] at ``step`` (0-based); None for kind "none"."""
+        if self.kind == "none":
+            return None
         p = self.progress(step)
         span = self.end - self.start
         if self.kind == "fixed":

@@ -14,16 +14,14 @@ global generator fixed at first (``train/gan.py``).
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 
 import torch
 
-from asaptrain.config.io import from_dict
 from asaptrain.config.schema import Config
 from asaptrain.errors import UserError
 from asaptrain.train.dist import unwrap
-from asaptrain.train.run_reader import fallback_note, mismatch, newest_loadable
+from asaptrain.train.run_reader import RunReader, fallback_note, mismatch, newest_loadable
 from asaptrain.train.run_files import RUNS_PREFIX, RunFiles
 from asaptrain.train.state import RunState
 
@@ -91,7 +89,7 @@ def init_plan(cfg: Config, run_dir) -> InitPlan:
     if found.skipped:
         print(f"[asaptrain] {fallback_note(found)}", file=sys.stderr, flush=True)
     state, uri = found.state, run_dir.uri_for(found.rel)
-    src = from_dict(tomllib.loads(run_dir.read_text("config.toml")), source=run_dir.uri_for("config.toml"))
+    src = RunReader(run_dir).config()
     problem = mismatch(cfg, state, ("generator",))
     if problem is None:
         plan = InitPlan(uri, state["generator"])

@@ -158,6 +158,20 @@ def resolve_use_gpu(cfg: Config) -> bool:
     return cfg.scaling.use_gpu == "true"
 
 
+AUTO = "auto"
+"""``--resume auto``: continue the run ``--name`` names if it exists, else start it (a job that is
+restarted, by KubeRay's backoffLimit or by hand, runs the same command again)."""
+
+
+def resolve_auto(store, name: str | None, resume: str | None, prefix: str = RUNS_PREFIX) -> str | None:
+    """What ``resume`` means: ``auto`` becomes ``name`` when that run exists, else None (start it)."""
+    if resume != AUTO:
+        return resume
+    if not name:
+        raise RunError("--resume auto needs --name NAME: the run to continue if it exists, or to start")
+    return name if RunFiles(store, name, prefix).exists() else None
+
+
 def choose_name(
     store, cfg: Config, preset: str | None, name: str | None, resume: str | None, prefix: str = RUNS_PREFIX
 ) -> tuple[str, int]:
@@ -198,6 +212,12 @@ def _holds_files(store, rel: str) -> bool:
     return store.exists(rel) and store.list(rel) != [f"{rel}/{CLAIM_FILE}"]
 
 
+def _finished_steps(files: RunFiles) -> int:
+    """Steps a finished run did (-1 when the run is not finished)."""
+    meta = files.read_run()
+    return int(meta.get("steps_done") or 0) if meta.get("status") == "finished" else -1
+
+
 def fit(
     cfg: Config,
     *,
@@ -214,13 +234,23 @@ def fit(
     """Train ``cfg`` under Ray Train and return where the run is and how it ended; with
     ``mlflow`` its curves also go to that tracking server; with ``init_from`` (a run name in the
     store or a run directory URI, imported ones included) a new run starts from its weights."""
-    from asaptrain.data.store import store_from_config
+    from asaptrain.data.labelsets import resolve_num_labels
+    from asaptrain.data.pipeline import check_crop_and_batch
+    from asaptrain.data.store import resolve_dataset, store_from_config
 
     cfg = pin_store(cfg)
     store = store or store_from_config(cfg.storage)
+    cfg = resolve_num_labels(cfg, store)  # the dataset's label count; a config naming another is refused here
     if resume and init_from:
         raise RunError("give --resume or --init-from, not both: --resume continues a run, --init-from starts a new "
                        "one from another run's weights")
+    auto = resume == AUTO
+    resume = resolve_auto(store, name, resume, runs_prefix)
+    if auto and resume and (done := _finished_steps(RunFiles(store, resume, runs_prefix))) >= cfg.train.steps:
+        # A job restarted after its run ended: nothing to train, and nothing to fail.
+        print(f"[asaptrain] run {resume!r} already finished {done} steps", flush=True)
+        files = RunFiles(store, resume, runs_prefix)
+        return RunResult(name=resume, status="finished", uri=files.dir.uri_for(""), steps=done)
     # The run's folder is claimed before its name is checked (so that of two commands started
     # together the second is told which one holds it) and before Ray starts.
     held = claim_run(store, resume or name, runs_prefix, cfg, bool(resume)) if resume or name else None
@@ -231,6 +261,7 @@ def fit(
             check_mlflow(mlflow)
         if resume:  # the weights must fit the config before anything of the run is rewritten
             start = resume_step(RunFiles(store, name, runs_prefix), cfg, start)
+            print(f"[asaptrain] continuing run {name!r} from step {start}", flush=True)
         init_uri = None
         if init_from:  # the source's generator must fit before anything is written
             from asaptrain.train.init_from import init_plan, source_dir
@@ -239,6 +270,8 @@ def fit(
             for note in init_plan(cfg, source).notes:
                 print(f"[asaptrain] --init-from: {note}", flush=True)
             init_uri = source.uri_for("")
+        # A crop or batch the data cannot give fails here, before Ray starts or anything is written.
+        check_crop_and_batch(cfg, resolve_dataset(cfg.data.dataset, store))
         return _fit_claimed(cfg, store, name, start, preset, progress, callbacks, runs_prefix, mlflow, init_uri)
     finally:
         if held is not None:

@@ -146,6 +146,9 @@ def train_loop(
     loop = _Loop(cfg, state, device, reporter, run, val, weights_store)
     if state.step == 0:
         loop.validate(0, Cadence.at(0, cfg))
+    elif loop.run is not None:  # resumed: every report carries the latest validation numbers (Tune needs them)
+        evals = loop.run.read_metrics().evals()
+        loop.last_eval = {k: v for k, v in (evals[-1] if evals else {}).items() if k not in ("step", "kind")}
     while state.step < cfg.train.steps:
         step = state.step + 1
         when = Cadence.at(step, cfg)
@@ -175,12 +178,32 @@ def _restore(cfg: Config, state: RunState, checkpoint: dict | None, run: RunFile
     seed = cfg.train.seed
     if checkpoint is None:
         torch.manual_seed(seed * 1000 + dist.rank())  # dropout / penalty randomness differs per rank
+        if run is not None and run.dir.exists("metrics.jsonl"):  # a restart before any checkpoint: from 0
+            run.truncate_after(-1)
         return
+    planned = [list(state.g_lr_schedule.base_lrs), list(state.d_lr_schedule.base_lrs)]  # the config's, before the load
     state.load_state_dict(checkpoint)  # also restores the RNG state rank 0 saved
+    _follow_plan(cfg, state, planned)
     if dist.rank() != 0:  # the others draw anew from the step on, each still its own stream
         torch.manual_seed(seed * 1000 + dist.rank() + 1_000_003 * state.step)
     if run is not None:
         run.truncate_after(state.step)
+
+
+def _follow_plan(cfg: Config, state: RunState, base_lrs: list[list[float]]) -> None:
+    """Make the restored run the run ``cfg`` plans from step 0: a resume with another
+    ``train.steps`` (or other ``optim.*_lr``, ``curriculum.*``) continues on the new plan's
+    learning rates and blur strengths, not on the checkpoint's (an extended run whose lr had
+    decayed to 0 goes back up to where the longer plan has it)."""
+    for sched, bases in ((state.g_lr_schedule, base_lrs[0]), (state.d_lr_schedule, base_lrs[1])):
+        sched.base_lrs = list(bases)
+        # LambdaLR keeps the lambdas of ``cfg`` (functions are not in its state dict); the lr
+        # the next step trains with is the plan's at the steps done so far.
+        lrs = [base * fn(state.step) for base, fn in zip(bases, sched.lr_lambdas)]
+        for group, lr in zip(sched.optimizer.param_groups, lrs):
+            group["lr"] = lr
+        sched.last_epoch, sched._last_lr = state.step, lrs
+    state.blur_schedule = build_blur_schedule(cfg.curriculum, cfg.train.steps, seed=cfg.train.seed)
 
 
 class _Loop:

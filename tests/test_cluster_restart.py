@@ -1,0 +1,135 @@
+"""A job's driver killed (kill -9) and the same command run again, as KubeRay's backoffLimit
+does: `train --resume auto` continues the run from its last checkpoint with no metrics line
+twice, and `tune --resume auto` continues the trial that was running from its own checkpoint.
+The drivers are real subprocesses (the jobs/ entrypoints) joined to this module's Ray."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from asaptrain.data.convert import convert
+from asaptrain.data.store import Store
+from asaptrain.data.synth import synth_plan
+from asaptrain.train.run_reader import newest_loadable
+from asaptrain.train.run_files import RunFiles
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+ONE_CPU_WORKER = ["scaling.num_workers=1", "scaling.use_gpu=false", "scaling.resources_per_worker={CPU = 0.5}"]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, ray_cluster):
+    s = Store.open(str(tmp_path_factory.mktemp("store")))
+    convert(synth_plan("photos", 16, (64, 64), seed=0, val_count=4), s.child("datasets", "synth-photos"))
+    return s
+
+
+def _driver(script: str, args: list[str], log: Path) -> subprocess.Popen:
+    import ray
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": ray.get_runtime_context().gcs_address,
+           "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, str(ROOT / "jobs" / script), *args], stdout=log.open("w"),
+                            stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True)
+
+
+def _train_steps(run: RunFiles) -> list[int]:
+    try:
+        return [r["step"] for r in run.read_metrics() if r.get("kind") == "train"]
+    except Exception:  # a line being appended: look again
+        return []
+
+
+def _kill_when(proc: subprocess.Popen, ready, log: Path, timeout_s: float = 400.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not ready():
+        assert proc.poll() is None, f"the driver ended before the moment to kill it:\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"never reached the moment to kill the driver:\n{log.read_text()[-3000:]}"
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    time.sleep(8)  # Ray ends a dead driver's actors (the Train workers) within seconds
+
+
+def _check_once_each(run: RunFiles, steps: int) -> None:
+    records = run.read_metrics()
+    train = [r["step"] for r in records if r.get("kind") == "train"]
+    assert train == list(range(1, steps + 1)), train
+    twice = [k for k, n in Counter((r.get("kind"), r["step"]) for r in records).items() if n > 1]
+    assert not twice, twice
+
+
+def test_killed_train_driver_rerun_continues_from_its_checkpoint(store, tmp_path):
+    args = ["--preset", "deblurgan-smoke", "--store", store.uri, "--name", "restarted", "--resume", "auto",
+            "--steps", "14", "--no-progress", *[a for kv in ONE_CPU_WORKER + [
+                "train.log_every=1", "train.checkpoint_every=6", "eval.every=6", "train.sample_every=100"]
+                for a in ("--set", kv)]]
+    run = RunFiles(store, "restarted")
+    first = _driver("train.py", args, tmp_path / "first.log")
+    _kill_when(first, lambda: any(s in (7, 8) for s in _train_steps(run)), tmp_path / "first.log")
+    assert run.read_run()["status"] == "running"  # kill -9: nobody marked it
+    found = newest_loadable(run.dir)
+    at_kill = max(_train_steps(run))
+    assert found.state["step"] == 6 and at_kill > 6, (found.rel, at_kill)  # lines past the checkpoint exist
+
+    second = _driver("train.py", args, tmp_path / "second.log")  # the same command, as a restarted job
+    assert second.wait(timeout=400) == 0, (tmp_path / "second.log").read_text()[-3000:]
+    out = (tmp_path / "second.log").read_text()
+    assert "continuing run 'restarted' from step 6" in out, out[-3000:]
+    _check_once_each(run, 14)
+    meta = run.read_run()
+    assert meta["status"] == "finished" and meta["steps_done"] == 14 and meta["error"] is None
+    # Once more after the end: a job restarted after its run finished has nothing to do, and says so.
+    third = _driver("train.py", args, tmp_path / "third.log")
+    assert third.wait(timeout=200) == 0 and "already finished 14 steps" in (tmp_path / "third.log").read_text()
+    _check_once_each(run, 14)
+
+
+def test_resume_auto_needs_a_name(store):
+    from asaptrain.config.io import apply_overrides
+    from asaptrain.config.presets import get_preset
+    from asaptrain.train.launch import RunError, fit
+
+    cfg = apply_overrides(get_preset("deblurgan-smoke"), [f"storage.store={json.dumps(store.uri)}"])
+    with pytest.raises(RunError, match="--resume auto needs --name"):
+        fit(cfg, resume="auto", progress=False)
+
+
+def test_killed_sweep_resumes_the_trial_that_was_running(store, tmp_path):
+    args = ["--preset", "hybrid-smoke", "--store", store.uri, "--name", "killed-sweep", "--resume", "auto",
+            "--trials", "1", "--steps", "10", "--workers-per-trial", "1", "--gpus-per-trial", "0", "--search", "random",
+            "--no-progress", *[a for kv in ["scaling.resources_per_worker={CPU = 0.5}", "train.log_every=1",
+                                            "train.checkpoint_every=4", "eval.every=2", "eval.images=4",
+                                            "train.sample_every=100"] for a in ("--set", kv)]]
+    runs = store.child("sweeps", "killed-sweep", "runs")
+
+    def trial() -> RunFiles | None:
+        names = sorted({p.split("/")[0] for p in runs.list("")}) if store.exists("sweeps/killed-sweep/runs") else []
+        return RunFiles(store, names[0], "sweeps/killed-sweep/runs") if names else None
+
+    first = _driver("tune_hybrid.py", args, tmp_path / "first.log")
+    _kill_when(first, lambda: trial() is not None and any(s in (5, 6) for s in _train_steps(trial())),
+               tmp_path / "first.log", timeout_s=1200)  # DeblurGAN's reference run trains first
+    run = trial()
+    assert newest_loadable(run.dir).state["step"] == 4
+
+    second = _driver("tune_hybrid.py", args, tmp_path / "second.log")
+    assert second.wait(timeout=900) == 0, (tmp_path / "second.log").read_text()[-4000:]
+    assert f"continuing run '{run.name}' from step 4" in (tmp_path / "second.log").read_text()
+    summary = store.child("sweeps", "killed-sweep").read_json("sweep.json")
+    (row,) = summary["trials"]
+    assert row["status"] == "finished" and row["steps"] == 10 and row["error"] is None, row
+    assert row["run"] == run.name
+    meta = run.read_run()
+    assert meta["status"] == "finished" and meta["steps_done"] == 10 and meta["error"] is None, meta
+    _check_once_each(run, 10)
