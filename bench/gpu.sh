@@ -36,9 +36,9 @@
 #   models-compile  60  the same, compiled: one row per model (each compile costs tens of seconds)
 #   predict         35  `bench predict` on one GPU worker: images/s at 720x1280, decode / model / encode
 #   sweep           60  a 2-trial hybrid sweep with one GPU per trial (Tune over Train on one GPU)
-# Then summary.txt: one line per stage (status, seconds, budget) with its key numbers, written by
-# bench/gpu_summary.py. (`asaptrain smoke` is no stage: its GPU parts are the ray and sweep stages,
-# and tests/test_e2e.py runs it whole.)
+# summary.txt: one line per stage (status, seconds, budget) with its key numbers under it, written
+# by bench/gpu_summary.py after every stage. (`asaptrain smoke` is no stage: its GPU parts are the
+# ray and sweep stages, and tests/test_e2e.py runs it whole.)
 #
 # The GPU machine has Python 3.12, torch 2.11, triton 3.6, torchvision, torchmetrics, pyarrow,
 # numpy, pillow, rich, click, matplotlib, pyyaml, onnx, onnxruntime and no package index. What it
@@ -77,6 +77,16 @@ fi
 A="python3 -m asaptrain"
 : > "$OUT/stages.jsonl"
 
+# After every stage: summary.txt rewritten (a run cut off later still has it) and OUT re-packed.
+checkpoint() {
+  python3 "$ROOT/bench/gpu_summary.py" "$OUT" "$TOTAL" > "$OUT/summary.txt.tmp" 2>> "$OUT/summary.log" \
+    && mv "$OUT/summary.txt.tmp" "$OUT/summary.txt"
+  if [ -n "${GPU_CHECK_PACK:-}" ]; then
+    tar -czf "$GPU_CHECK_PACK.tmp" -C "$OUT" --exclude=store --exclude=summary.txt.tmp . \
+      && mv "$GPU_CHECK_PACK.tmp" "$GPU_CHECK_PACK"
+  fi
+}
+
 # stage NAME GPU_S/CPU_S required|optional COMMAND...: run COMMAND (a bash string) under timeout
 # (the first budget on the GPU; the second, in the CPU rehearsal, only guards against hangs on a
 # loaded machine), its output in OUT/NAME.log; an optional stage is skipped when it would overrun
@@ -101,9 +111,7 @@ stage() {
   printf '{"stage": "%s", "status": "%s", "rc": %s, "seconds": %d, "budget_s": %d, "json": %s}\n' \
     "$name" "$status" "$rc" $(($(date +%s) - start)) "$budget" \
     "$([ -s "$OUT/$name.json" ] && echo true || echo false)" >> "$OUT/stages.jsonl"
-  if [ -n "${GPU_CHECK_PACK:-}" ]; then
-    tar -czf "$GPU_CHECK_PACK.tmp" -C "$OUT" --exclude=store . && mv "$GPU_CHECK_PACK.tmp" "$GPU_CHECK_PACK"
-  fi
+  checkpoint
 }
 
 # ---------------------------------------------------------------- sizes: the GPU's, or tiny ones on a CPU
@@ -170,6 +178,7 @@ case $rc in 0) status=ok ;; 124 | 137) status=timeout ;; *) status=failed ;; esa
 printf '{"stage": "setup", "status": "%s", "rc": %d, "seconds": %d, "budget_s": %d, "json": %s}\n' "$status" $rc \
   $(($(date +%s) - start)) $SETUP_S "$([ -s "$OUT/setup.json" ] && echo true || echo false)" >> "$OUT/stages.jsonl"
 cat "$OUT/setup.json" 2>/dev/null
+checkpoint
 
 # ---------------------------------------------------------------- 1. correctness
 stage correct 90/300 required "python3 bench/gpu_correct.py '$OUT/correct.json' $DRYFLAG"
@@ -212,8 +221,5 @@ stage sweep 60/360 optional "$A tune --preset hybrid-smoke --store '$STORE' --tr
   && cp '$STORE/sweeps/gpu-sweep/sweep.json' '$OUT/sweep.json'"
 
 # ---------------------------------------------------------------- summary
-python3 bench/gpu_summary.py "$OUT" "$TOTAL" > "$OUT/summary.txt" 2> "$OUT/summary.log"
+checkpoint
 cat "$OUT/summary.txt" "$OUT/summary.log"
-if [ -n "${GPU_CHECK_PACK:-}" ]; then
-  tar -czf "$GPU_CHECK_PACK.tmp" -C "$OUT" --exclude=store . && mv "$GPU_CHECK_PACK.tmp" "$GPU_CHECK_PACK"
-fi
