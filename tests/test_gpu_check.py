@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+import tarfile
 import typing
 from pathlib import Path
 
@@ -116,8 +117,11 @@ def _summary_blocks(text: str) -> dict[str, tuple[str, list[str]]]:
 
 @pytest.mark.slow
 def test_cpu_rehearsal_runs_every_stage_and_writes_its_json(tmp_path):
-    out = tmp_path / "gpu-check"
-    env = {**os.environ, "GPU_CHECK_DRY": "1", "GPU_CHECK_BUDGET_S": "86400"}  # no optional stage skipped
+    """As the GPU machine runs it (``GPU_CHECK_PACK=...tar.gz bench/gpu.sh OUT``), on the CPU."""
+    out, pack = tmp_path / "gpu-check", tmp_path / "back" / "gpu-check.tar.gz"
+    pack.parent.mkdir()
+    env = {**os.environ, "GPU_CHECK_DRY": "1", "GPU_CHECK_BUDGET_S": "86400",  # no optional stage skipped
+           "GPU_CHECK_PACK": str(pack)}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # python3: this venv's
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.run(["bash", "bench/gpu.sh", str(out)], cwd=ROOT, env=env, capture_output=True, text=True,
@@ -156,6 +160,10 @@ def test_cpu_rehearsal_runs_every_stage_and_writes_its_json(tmp_path):
     assert evaluation["images"] == 2 and evaluation["psnr"] is not None and evaluation["ssim"] is not None
     assert evaluation["fid"] is None and evaluation["fid_reason"] and "not requested" not in evaluation["fid_reason"]
     assert evaluation["images_per_s"] > 0 and evaluation["mode"] == "local"
+    with tarfile.open(pack) as tar:  # what comes back: every stage's JSON and log, the summary, no store
+        packed = {Path(n).as_posix().removeprefix("./") for n in tar.getnames()}
+    assert {f"{n}.json" for n in stages} | {f"{n}.log" for n in stages if n != "setup"} | {"summary.txt"} <= packed
+    assert not any(n.startswith("store") for n in packed)
     summary = (out / "summary.txt").read_text()
     blocks = _summary_blocks(summary)
     assert list(blocks) == [*REQUIRED, *OPTIONAL] and "device: cpu" in summary.splitlines()[-1]
