@@ -374,12 +374,38 @@ def checkpoint_dir_name(now: float | None = None) -> str:
 
 def import_checkpoint(kind: str, path: str, cfg: Config, store, name: str, preset: str | None = None) -> dict:
     """Write run ``name`` into ``store`` from the official ``kind`` checkpoint at ``path``; returns
-    its run.json. Everything is checked before the first write; run.json comes last."""
+    its run.json. Everything is checked before the first write (the run's claim); run.json comes last."""
+    from asaptrain.data.claim import claim, owner_here
+
     if kind not in KINDS:
         raise ImportRefused(f"unknown model {kind!r}: one of {', '.join(KINDS)}")
     files = RunFiles(store, name)
-    if files.exists() or store.exists(f"runs/{name}"):
+    _refuse_existing(files, name)  # (a claim alone is not a run: a dead import's is taken over below)
+    checkpoint, source = _checkpoint(kind, path, cfg)
+    # Claimed before the first write: a second command into this run (an import, a train) is refused.
+    held = claim(store, f"runs/{name}", owner_here("import"), what=f"run {name!r} ({files.dir.uri_for('')})")
+    try:
+        _refuse_existing(files, name)  # another command may have written it meanwhile
+        rel = f"{checkpoint_dir_name()}/{STATE_FILE}"
+        files.dir.write_bytes(rel, to_bytes(checkpoint))
+        files.write_config(cfg)
+        return files.write_run(name=name, preset=preset, model=cfg.model.name, task=cfg.data.task, status=IMPORTED,
+                               imported=time.strftime("%Y-%m-%dT%H:%M:%S%z"), source=source, checkpoint=rel,
+                               steps=0, steps_done=0, error=None)
+    finally:
+        held.release()
+
+
+def _refuse_existing(files: RunFiles, name: str) -> None:
+    from asaptrain.data.claim import CLAIM_FILE
+
+    if files.exists() or [p for p in files.dir.list(recursive=True) if p != CLAIM_FILE]:
         raise ImportRefused(f"a run named {name!r} exists at {files.dir.uri_for('')}; choose another --name")
+
+
+def _checkpoint(kind: str, path: str, cfg: Config) -> tuple[dict, dict]:
+    """The run checkpoint an official file becomes, and the record of its source; ImportRefused
+    when it does not fit ``cfg``. Nothing is written."""
     state, dropped = drop_running_stats(read_official(path))
     mapped = fit_official(kind, state, cfg, path)
     G = build_generator(cfg)
@@ -387,14 +413,8 @@ def import_checkpoint(kind: str, path: str, cfg: Config, store, name: str, prese
     gcfg = generator_config(cfg)
     source = {"file": os.path.basename(path), "sha256": sha256_of(path), "bytes": os.path.getsize(path),
               "format": kind, "dropped_keys": len(dropped)}
-    checkpoint = {
+    return {
         "generator": G.state_dict(), "discriminator": None, "ema": None, "step": 0,
         "generator_config": {"class": type(gcfg).__name__, **asdict(gcfg)}, "config": to_dict(cfg),
         "imported": source,
-    }
-    rel = f"{checkpoint_dir_name()}/{STATE_FILE}"
-    files.dir.write_bytes(rel, to_bytes(checkpoint))
-    files.write_config(cfg)
-    return files.write_run(name=name, preset=preset, model=cfg.model.name, task=cfg.data.task, status=IMPORTED,
-                           imported=time.strftime("%Y-%m-%dT%H:%M:%S%z"), source=source, checkpoint=rel,
-                           steps=0, steps_done=0, error=None)
+    }, source
