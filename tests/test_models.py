@@ -14,6 +14,8 @@ from asaptrain.models import (
     Pix2PixHDConfig, ResnetBlock, asapnet_discriminator, deblurgan_discriminator, pix2pixhd_discriminator,
     pix2pixhd_generator, published_failure, tile_coordinates,
 )
+from asaptrain.models.options import (ASAPNetDiscriminatorConfig, DeblurGANDiscriminatorConfig,
+                                      Pix2PixHDDiscriminatorConfig)
 from asaptrain.models.asapnet import TentDownsample
 from asaptrain.models.pixel_mlp import pixel_path
 from asaptrain.train.nets import (
@@ -43,10 +45,10 @@ def tiny_generators():
 
 
 def tiny_discriminators():
-    yield "asapnet", asapnet_discriminator(5, ndf=4, num_d=2, n_layers=4), 5
-    yield "hybrid", asapnet_discriminator(3, ndf=4, num_d=2), 3
-    yield "pix2pixhd", pix2pixhd_discriminator(5, ndf=4, num_d=2, n_layers=3), 5
-    yield "deblurgan", deblurgan_discriminator(0, ndf=4), 0
+    yield "asapnet", asapnet_discriminator(5, ASAPNetDiscriminatorConfig(ndf=4)), 5
+    yield "hybrid", asapnet_discriminator(3, ASAPNetDiscriminatorConfig(ndf=4)), 3
+    yield "pix2pixhd", pix2pixhd_discriminator(5, Pix2PixHDDiscriminatorConfig(ndf=4)), 5
+    yield "deblurgan", deblurgan_discriminator(0, DeblurGANDiscriminatorConfig(ndf=4)), 0
 
 
 def random_input(b: int, c: int, h: int, w: int) -> torch.Tensor:
@@ -87,8 +89,8 @@ def test_discriminator_shapes_and_gradients(name, D, cond):
 
 def test_conditional_discriminator_needs_cond_and_unconditional_ignores_it():
     with pytest.raises(ValueError, match="cond"):
-        asapnet_discriminator(5, ndf=4)(random_input(1, 3, 32, 32))
-    D = deblurgan_discriminator(0, ndf=4)
+        asapnet_discriminator(5, ASAPNetDiscriminatorConfig(ndf=4))(random_input(1, 3, 32, 32))
+    D = deblurgan_discriminator(0, DeblurGANDiscriminatorConfig(ndf=4))
     x = random_input(1, 3, 32, 32)
     assert torch.equal(D(x)[0][-1], D(x, random_input(1, 3, 32, 32))[0][-1])
 
