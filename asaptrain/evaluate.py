@@ -213,7 +213,7 @@ def _batches(ec: EvaluateConfig, checked: dict, cfg, columns: list[str], edges: 
     import ray
 
     from asaptrain.predict import PredictConfig, _resources
-    from asaptrain.train.launch import ensure_ray
+    from asaptrain.train.driver import ensure_ray
 
     ensure_ray()
     resources = _resources(PredictConfig(run=ec.run, out="", workers=ec.workers, gpus_per_worker=ec.gpus_per_worker,

@@ -247,7 +247,7 @@ def predict(pc: PredictConfig, progress: Callable[[dict], None] = lambda info: N
 def _predict_claimed(pc: PredictConfig, progress: Callable[[dict], None]) -> dict[str, Any]:
     """:func:`predict`, while this command holds the claim of ``--out``."""
     from asaptrain.infer import load_weights
-    from asaptrain.train.launch import ensure_ray
+    from asaptrain.train.driver import ensure_ray
     from asaptrain.train.state import STATE_FILE
 
     if bool(pc.dataset) == bool(pc.images):
