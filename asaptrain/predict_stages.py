@@ -92,10 +92,11 @@ class Predictor:
     """Stage 2, one actor: the run's generator (EMA when kept) on this actor's device."""
 
     def __init__(self, run_dir: Store, checkpoint_rel: str, use_gpu: bool, threads: int, tile: int, batch: int,
-                 dtype: str = "auto"):
+                 dtype: str = "auto", compile_mlp: bool = False):
         import torch
 
         from asaptrain.infer import load_generator
+        from asaptrain.models.pixel_mlp import set_mlp_compiled
         from asaptrain.precision import resolve_dtype
 
         if not use_gpu:
@@ -104,6 +105,8 @@ class Predictor:
         self.cfg, self.G = load_generator(run_dir, checkpoint_rel, device)
         self.tile, self.batch = tile, batch
         self.precision = resolve_dtype(dtype, device)  # on this worker's own device
+        if compile_mlp:
+            set_mlp_compiled(self.G)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         from asaptrain.infer import generate

@@ -547,3 +547,24 @@ def test_the_size_multiple_is_computed_in_one_place():
     hits = [str(p.relative_to(root)) for p in root.rglob("*.py")
             if re.search(r"2\s*\*\*\s*\(?\s*(cfg\.model|\bm)\.downsamplings", p.read_text())]
     assert hits == ["train/nets.py"], hits
+
+
+def test_compiled_pixelwise_mlps_give_the_eager_output():
+    """``set_mlp_compiled``: the unfused path through torch.compile (inductor) computes what the
+    eager path computes, to the rounding of another order of fp32 sums (bounded by the eager
+    path's own distance from float64), and the path says so."""
+    from asaptrain.models.pixel_mlp import set_mlp_compiled
+
+    torch.manual_seed(0)
+    G = ASAPNetGenerator(tiny_hybrid(mlp_context=3, tile_blend=True)).eval()
+    x = random_input(2, 3, 16, 24)
+    with torch.no_grad():
+        want = G(x)
+        exact = G.double()(x.double())
+        G.float()
+        assert set_mlp_compiled(G) == 1
+        got = G(x)
+    assert pixel_path(G).endswith("(compiled)")
+    eager_err = float((want.double() - exact).abs().max())
+    ulp = float(torch.finfo(torch.float32).eps * exact.abs().max())
+    assert float((got.double() - exact).abs().max()) <= 8 * eager_err + 4 * ulp
