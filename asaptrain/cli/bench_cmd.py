@@ -101,10 +101,12 @@ def bench_models_cmd(json_file, sizes, device, repeats, warmup, big_batch, model
 @click.option("--warmup", type=click.IntRange(0), default=2, show_default=True, help="Untimed calls per model first.")
 @click.option("--threads", type=click.IntRange(1), default=None, help="torch threads [default: torch's, recorded].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--compile-mlp", is_flag=True, help="Run the pixelwise MLPs through torch.compile (inductor); "
+              "each model's first call, the compile included, is printed.")
 @click.option("--json", "json_file", type=click.Path(dir_okay=False), help="Also write the rows to this JSON file.")
 @friendly_errors
 def bench_compare_cmd(presets, config_files, size, dtype, big_batch, repeats, warmup, threads, device,
-                      json_file) -> None:
+                      compile_mlp, json_file) -> None:
     """Time generators side by side in one process (interleaved) and print their ratio."""
     from rich.table import Table
 
@@ -114,18 +116,20 @@ def bench_compare_cmd(presets, config_files, size, dtype, big_batch, repeats, wa
     named = [(p, load_config(p)) for p in presets] + [(Path(f).stem, load_config(config_file=f)) for f in config_files]
     console = output_console()
     rows = compare_generators(named, (h, w), dtype=dtype, batches=(1, big_batch), repeats=repeats, warmup=warmup,
-                              device=device, threads=threads, log=lambda line: console.print(f"[dim]{line}[/dim]"))
+                              device=device, threads=threads, log=lambda line: console.print(f"[dim]{line}[/dim]"),
+                              compile_mlp=compile_mlp)
     models = [r for r in rows if r["kind"] == "model"]
     env = models[0]
     cpu = f"{env['cpu_model']}, " if env["device_type"] == "cpu" else ""
     table = Table(title=f"Generators side by side, ms per image ({env['device']}, {cpu}{env['threads']} threads, "
                         f"torch {env['torch']}" + (f", CUDA {env['cuda']}, TF32 {env['tf32']}" if env["cuda"] else "") + ")")
     for col in ("preset", "size", "dtype", "batch", "ms/image", "IQR", "GFLOPs", "GFLOP/s", "pixelwise path",
-                "peak MiB"):
+                "first call s", "peak MiB"):
         table.add_column(col, justify="left" if col in ("preset", "pixelwise path") else "right")
     for r in models:
         table.add_row(r["preset"], f"{r['height']}x{r['width']}", r["dtype"], str(r["batch"]), f"{r['ms']:.2f}",
                       f"{r['iqr_ms']:.2f}", f"{r['gflops']:.3g}", f"{r['gflop_per_s']:.0f}", r["pixel_path"] or "-",
+                      "-" if r["first_call_s"] is None else f"{r['first_call_s']:.1f}",
                       "-" if r["peak_mem_mib"] is None else f"{r['peak_mem_mib']:.0f}")
     console.print(table)
     for r in rows:
