@@ -213,7 +213,7 @@ def _batches(ec: EvaluateConfig, checked: dict, cfg, columns: list[str], edges: 
     import ray
 
     from asaptrain.predict import PredictConfig, _resources
-    from asaptrain.train.launch import ensure_ray
+    from asaptrain.train.driver import ensure_ray
 
     ensure_ray()
     resources = _resources(PredictConfig(run=ec.run, out="", workers=ec.workers, gpus_per_worker=ec.gpus_per_worker,
@@ -272,10 +272,22 @@ def _mean(rows: list[dict], key: str) -> float | None:
 
 def evaluate(ec: EvaluateConfig, progress: Callable[[dict], None] = lambda info: None) -> dict[str, Any]:
     """Score ``ec.run`` on ``ec.split`` of ``ec.dataset``; write and return ``eval-SPLIT.json``."""
+    from asaptrain.data.claim import claim, owner_here
+
+    checked = _check(ec)
+    # The run is claimed while it is scored: a train or another evaluate of it is refused meanwhile.
+    held = claim(checked["run_dir"], "", owner_here("evaluate"), what=f"run {checked['run_dir'].uri_for()}")
+    try:
+        return _evaluate_claimed(ec, checked, progress)
+    finally:
+        held.release()
+
+
+def _evaluate_claimed(ec: EvaluateConfig, checked: dict, progress: Callable[[dict], None]) -> dict[str, Any]:
+    """:func:`evaluate`, while this command holds the run's claim."""
     from asaptrain.scorer import fid_from_features
     from asaptrain.train.run_files import json_safe
 
-    checked = _check(ec)
     run_dir, weights, cfg = checked["run_dir"], checked["weights"], checked["weights"].cfg
     rows, real, fake, seconds, (workers, gpus, cpus) = _score_all(ec, checked, progress)
     if len(rows) != checked["rows"]:

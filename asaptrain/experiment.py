@@ -85,7 +85,7 @@ def run_study(plan: StudyPlan, progress: bool = True, console=None) -> dict:
 
     from asaptrain.data.store import store_from_config
     from asaptrain.report.aggregate import aggregate
-    from asaptrain.train.launch import ensure_ray
+    from asaptrain.train.driver import ensure_ray
     from asaptrain.sweep.tune import sweep
 
     console = console or Console()

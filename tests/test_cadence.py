@@ -10,7 +10,7 @@ import torch
 from asaptrain.config.io import replace
 from asaptrain.config.presets import get_preset
 from asaptrain.train.cadence import Cadence, PhaseTimer, Throughput
-from asaptrain.train.launch import run_polling
+from asaptrain.train.driver import run_polling
 
 
 def test_cadence_logs_evaluates_and_checkpoints_on_their_steps_and_all_at_the_end():

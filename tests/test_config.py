@@ -403,6 +403,34 @@ def test_hybrid_training_uses_the_hybrids_own_defaults(monkeypatch):
     assert generator_config(get_preset("hybrid-deblur")).lowres_blocks == 2
 
 
+def test_each_models_discriminator_defaults_live_once(monkeypatch):
+    """Each model's discriminator options are its DISCRIMINATORS class's defaults: the presets
+    and the built discriminator follow an edit there; the builders take that class, nothing else."""
+    import inspect
+    from dataclasses import dataclass
+
+    from asaptrain.config import model
+    from asaptrain.models import asapnet_discriminator, deblurgan_discriminator, pix2pixhd_discriminator
+    from asaptrain.models.options import DISCRIMINATORS, ASAPNetDiscriminatorConfig
+    from asaptrain.train.nets import build_discriminator
+
+    for name, preset in (("asapnet", "asapnet-cityscapes"), ("hybrid", "hybrid-deblur"),
+                         ("pix2pixhd", "pix2pixhd-cityscapes"), ("deblurgan", "deblurgan-gopro")):
+        m = get_preset(preset).model
+        assert model.discriminator_options(m) == DISCRIMINATORS[name](), name
+    assert get_preset("pix2pixhd-cityscapes-1024").model.num_d == 3  # the published 1024p model's own change
+    for build in (asapnet_discriminator, pix2pixhd_discriminator, deblurgan_discriminator):
+        assert list(inspect.signature(build).parameters) == ["cond_channels", "opts", "image_channels"]
+
+    @dataclass
+    class Edited(ASAPNetDiscriminatorConfig):
+        num_d: int = 3
+
+    monkeypatch.setitem(model.DISCRIMINATORS, "hybrid", Edited)
+    cfg = get_preset("hybrid-smoke")
+    assert cfg.model.num_d == 3 and len(build_discriminator(cfg).scales) == 3
+
+
 @pytest.mark.parametrize("changes, words", [
     ({"model.tile_size": 12}, "model.tile_size must be a power of two >= 2, got 12"),
     ({"model.tile_size": 8, "model.lowres_downsample": 16},

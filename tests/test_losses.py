@@ -97,8 +97,9 @@ def test_wgan_gp_penalty_is_zero_for_a_1_lipschitz_linear_critic():
 
 def test_wgan_gp_penalty_with_a_real_multiscale_discriminator():
     from asaptrain.models import asapnet_discriminator
+    from asaptrain.models.options import ASAPNetDiscriminatorConfig
 
-    D = asapnet_discriminator(3, ndf=4, num_d=2)  # the hybrid's: conditional on its RGB input
+    D = asapnet_discriminator(3, ASAPNetDiscriminatorConfig(ndf=4))  # the hybrid's: conditional on its RGB input
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     gp = penalty(WGANGP(), D, torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32), cond=x)
     assert gp.ndim == 0 and torch.isfinite(gp) and gp >= 0

@@ -14,6 +14,8 @@ from asaptrain.models import (
     Pix2PixHDConfig, ResnetBlock, asapnet_discriminator, deblurgan_discriminator, pix2pixhd_discriminator,
     pix2pixhd_generator, published_failure, tile_coordinates,
 )
+from asaptrain.models.options import (ASAPNetDiscriminatorConfig, DeblurGANDiscriminatorConfig,
+                                      Pix2PixHDDiscriminatorConfig)
 from asaptrain.models.asapnet import TentDownsample
 from asaptrain.models.pixel_mlp import pixel_path
 from asaptrain.train.nets import (
@@ -43,10 +45,10 @@ def tiny_generators():
 
 
 def tiny_discriminators():
-    yield "asapnet", asapnet_discriminator(5, ndf=4, num_d=2, n_layers=4), 5
-    yield "hybrid", asapnet_discriminator(3, ndf=4, num_d=2), 3
-    yield "pix2pixhd", pix2pixhd_discriminator(5, ndf=4, num_d=2, n_layers=3), 5
-    yield "deblurgan", deblurgan_discriminator(0, ndf=4), 0
+    yield "asapnet", asapnet_discriminator(5, ASAPNetDiscriminatorConfig(ndf=4)), 5
+    yield "hybrid", asapnet_discriminator(3, ASAPNetDiscriminatorConfig(ndf=4)), 3
+    yield "pix2pixhd", pix2pixhd_discriminator(5, Pix2PixHDDiscriminatorConfig(ndf=4)), 5
+    yield "deblurgan", deblurgan_discriminator(0, DeblurGANDiscriminatorConfig(ndf=4)), 0
 
 
 def random_input(b: int, c: int, h: int, w: int) -> torch.Tensor:
@@ -87,8 +89,8 @@ def test_discriminator_shapes_and_gradients(name, D, cond):
 
 def test_conditional_discriminator_needs_cond_and_unconditional_ignores_it():
     with pytest.raises(ValueError, match="cond"):
-        asapnet_discriminator(5, ndf=4)(random_input(1, 3, 32, 32))
-    D = deblurgan_discriminator(0, ndf=4)
+        asapnet_discriminator(5, ASAPNetDiscriminatorConfig(ndf=4))(random_input(1, 3, 32, 32))
+    D = deblurgan_discriminator(0, DeblurGANDiscriminatorConfig(ndf=4))
     x = random_input(1, 3, 32, 32)
     assert torch.equal(D(x)[0][-1], D(x, random_input(1, 3, 32, 32))[0][-1])
 
@@ -545,3 +547,24 @@ def test_the_size_multiple_is_computed_in_one_place():
     hits = [str(p.relative_to(root)) for p in root.rglob("*.py")
             if re.search(r"2\s*\*\*\s*\(?\s*(cfg\.model|\bm)\.downsamplings", p.read_text())]
     assert hits == ["train/nets.py"], hits
+
+
+def test_compiled_pixelwise_mlps_give_the_eager_output():
+    """``set_mlp_compiled``: the unfused path through torch.compile (inductor) computes what the
+    eager path computes, to the rounding of another order of fp32 sums (bounded by the eager
+    path's own distance from float64), and the path says so."""
+    from asaptrain.models.pixel_mlp import set_mlp_compiled
+
+    torch.manual_seed(0)
+    G = ASAPNetGenerator(tiny_hybrid(mlp_context=3, tile_blend=True)).eval()
+    x = random_input(2, 3, 16, 24)
+    with torch.no_grad():
+        want = G(x)
+        exact = G.double()(x.double())
+        G.float()
+        assert set_mlp_compiled(G) == 1
+        got = G(x)
+    assert pixel_path(G).endswith("(compiled)")
+    eager_err = float((want.double() - exact).abs().max())
+    ulp = float(torch.finfo(torch.float32).eps * exact.abs().max())
+    assert float((got.double() - exact).abs().max()) <= 8 * eager_err + 4 * ulp

@@ -229,3 +229,17 @@ def test_dtype_is_chosen_and_recorded(ray_cluster, tmp_path):
     assert np.abs(got - bf16).max() <= 1 and np.abs(bf16.astype(int) - fp32).max() > 0  # bf16 really ran
     with pytest.raises(PredictError, match="--dtype must be one of auto, fp32, bf16"):
         predict(PredictConfig(run=run.uri, images=str(photos), out=str(tmp_path / "x"), dtype="fp16"))
+
+
+def test_compile_mlp_reaches_each_workers_generator(tmp_path):
+    """`predict --compile-mlp`: the model stage's generator runs its pixelwise MLPs compiled
+    (the compiled path's output is checked in test_models)."""
+    from asaptrain.models.pixel_mlp import PixelMLP
+    from asaptrain.predict import Predictor
+    from test_evaluate import make_run
+
+    run = make_run(Store.open(str(tmp_path / "store")), "hybrid-smoke", "h")
+    for on in (True, False):
+        p = Predictor(run, "checkpoint_000002/state.pt", use_gpu=False, threads=1, tile=1024, batch=1, compile_mlp=on)
+        flags = [m.compiled for m in p.G.modules() if isinstance(m, PixelMLP)]
+        assert flags == [on], flags

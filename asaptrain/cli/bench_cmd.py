@@ -14,12 +14,17 @@ from __future__ import annotations
 
 import json
 import os
+import typing
 from pathlib import Path
 
 import click
 
 from asaptrain.cli.groups import bench, friendly_errors, hw_callback, hw_list_callback, output_console, s3_endpoint_option
 from asaptrain.config.io import load_config, parse_overrides, replace
+from asaptrain.config.schema import Precision
+
+PRECISIONS = typing.get_args(Precision)
+"""Every value train.precision accepts, in the schema's order."""
 
 
 
@@ -96,10 +101,12 @@ def bench_models_cmd(json_file, sizes, device, repeats, warmup, big_batch, model
 @click.option("--warmup", type=click.IntRange(0), default=2, show_default=True, help="Untimed calls per model first.")
 @click.option("--threads", type=click.IntRange(1), default=None, help="torch threads [default: torch's, recorded].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--compile-mlp", is_flag=True, help="Run the pixelwise MLPs through torch.compile (inductor); "
+              "each model's first call, the compile included, is printed.")
 @click.option("--json", "json_file", type=click.Path(dir_okay=False), help="Also write the rows to this JSON file.")
 @friendly_errors
 def bench_compare_cmd(presets, config_files, size, dtype, big_batch, repeats, warmup, threads, device,
-                      json_file) -> None:
+                      compile_mlp, json_file) -> None:
     """Time generators side by side in one process (interleaved) and print their ratio."""
     from rich.table import Table
 
@@ -109,18 +116,20 @@ def bench_compare_cmd(presets, config_files, size, dtype, big_batch, repeats, wa
     named = [(p, load_config(p)) for p in presets] + [(Path(f).stem, load_config(config_file=f)) for f in config_files]
     console = output_console()
     rows = compare_generators(named, (h, w), dtype=dtype, batches=(1, big_batch), repeats=repeats, warmup=warmup,
-                              device=device, threads=threads, log=lambda line: console.print(f"[dim]{line}[/dim]"))
+                              device=device, threads=threads, log=lambda line: console.print(f"[dim]{line}[/dim]"),
+                              compile_mlp=compile_mlp)
     models = [r for r in rows if r["kind"] == "model"]
     env = models[0]
     cpu = f"{env['cpu_model']}, " if env["device_type"] == "cpu" else ""
     table = Table(title=f"Generators side by side, ms per image ({env['device']}, {cpu}{env['threads']} threads, "
                         f"torch {env['torch']}" + (f", CUDA {env['cuda']}, TF32 {env['tf32']}" if env["cuda"] else "") + ")")
     for col in ("preset", "size", "dtype", "batch", "ms/image", "IQR", "GFLOPs", "GFLOP/s", "pixelwise path",
-                "peak MiB"):
+                "first call s", "peak MiB"):
         table.add_column(col, justify="left" if col in ("preset", "pixelwise path") else "right")
     for r in models:
         table.add_row(r["preset"], f"{r['height']}x{r['width']}", r["dtype"], str(r["batch"]), f"{r['ms']:.2f}",
                       f"{r['iqr_ms']:.2f}", f"{r['gflops']:.3g}", f"{r['gflop_per_s']:.0f}", r["pixel_path"] or "-",
+                      "-" if r["first_call_s"] is None else f"{r['first_call_s']:.1f}",
                       "-" if r["peak_mem_mib"] is None else f"{r['peak_mem_mib']:.0f}")
     console.print(table)
     for r in rows:
@@ -203,13 +212,15 @@ def pipeline_cmd(uri, s3_endpoint, json_path, crops, batch, batches, warmup, str
               help="Preset(s) to time [default: the four full presets].")
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.FIELD=VALUE")
 @click.option("--batch", type=click.IntRange(min=1), help="Batch size [default: the preset's].")
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16", "both"]), default="both",
-              help="train.precision to time; both: fp32 and bf16.")
+@click.option("--precision", type=click.Choice([*PRECISIONS, "both", "all"]), default="both", show_default=True,
+              help="Precision to time; both: fp32 and bf16; all: every precision train.precision accepts.")
 @click.option("--steps", default=20, type=click.IntRange(min=1), help="Timed steps per preset.")
+@click.option("--warmup", default=3, show_default=True, type=click.IntRange(min=0),
+              help="Untimed steps per preset before the timed ones (after the one that counts FLOPs).")
 @click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the rows as JSON here.")
 @friendly_errors
-def bench_train_cmd(presets, overrides, batch, precision, steps, device, json_path) -> None:
+def bench_train_cmd(presets, overrides, batch, precision, steps, warmup, device, json_path) -> None:
     """Training images/s and model FLOP utilization per preset (random data, one device)."""
     import torch
     from rich.table import Table
@@ -220,9 +231,9 @@ def bench_train_cmd(presets, overrides, batch, precision, steps, device, json_pa
     presets = presets or ("asapnet-cityscapes", "pix2pixhd-cityscapes", "deblurgan-gopro", "hybrid-deblur")
     rows = []
     for name in presets:
-        for prec in (("fp32", "bf16") if precision == "both" else (precision,)):
+        for prec in {"both": ("fp32", "bf16"), "all": PRECISIONS}.get(precision, (precision,)):
             cfg = replace(load_config(name, overrides=overrides), {"train.precision": prec})
-            row = bench_preset(cfg, dev, steps=steps, batch=batch)
+            row = bench_preset(cfg, dev, steps=steps, warmup=warmup, batch=batch)
             rows.append({"preset": name, **row})
     table = Table(title=f"training step, {rows[0]['gpu'] if rows else dev}")
     for col in ("preset", "size", "batch", "precision", "ms/step", "images/s", "TFLOP/s", "MFU"):

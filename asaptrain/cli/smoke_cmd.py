@@ -40,7 +40,7 @@ def smoke_cmd(store, s3_endpoint, steps, trials, progress) -> None:
 
     from asaptrain.config.schema import StorageConfig
     from asaptrain.experiment import run_study, smoke_plan
-    from asaptrain.train.launch import ensure_ray
+    from asaptrain.train.driver import ensure_ray
 
     ensure_ray()
     gpus = int(ray.cluster_resources().get("GPU", 0))

@@ -3,14 +3,14 @@
 Each generator option is declared once, in its model's dataclass (``models/options.py``,
 ``models/hybrid.py``): its name, type, default, docstring and check. :data:`ModelConfig` is the
 flat table users write (``--set model.tile_size=8``, ``[model]`` in TOML, the sweep's keys): the
-model's name and the discriminator's options, declared here, plus every generator field,
-generated from those dataclasses. A field shared by several generators (``ngf``,
+model's name, the discriminator's options (``DiscriminatorConfig``, each model's defaults in
+``DISCRIMINATORS``) and every generator field, generated from those dataclasses. A field shared by several generators (``ngf``,
 ``residual``) is one key; its default is that of the first model in :data:`GENERATORS` that
 declares it (DeblurGAN's: the default model). :func:`generator_options` turns the table back
 into the named model's dataclass, whose ``__post_init__`` is the check; ``schema.validate``
 reports what it refuses as ``model.FIELD``.
 
-    m = model_defaults("hybrid", ndf=64)        # a ModelConfig holding HybridConfig's defaults
+    m = model_defaults("hybrid", ndf=32)        # HybridConfig's and ASAP-Net's discriminator's defaults
     generator_options(m, in_channels=3)         # -> HybridConfig(...), checked
 """
 
@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from asaptrain.models.hybrid import HybridConfig
-from asaptrain.models.options import ASAPNetConfig, DeblurGANConfig, NormKind, OptionError, Pix2PixHDConfig
+from asaptrain.models.options import (DISCRIMINATORS, ASAPNetConfig, DeblurGANConfig, DiscriminatorConfig, OptionError,
+                                      Pix2PixHDConfig)
 
 ModelName = Literal["asapnet", "pix2pixhd", "deblurgan", "hybrid"]
 
@@ -54,20 +55,17 @@ def field_docs(section_cls: type) -> dict[str, str]:
 
 @dataclass
 class _ModelSection:
-    """What ``[model]`` declares itself: which model, and its discriminator."""
+    """What ``[model]`` declares itself: which model (its discriminator's keys are generated)."""
 
     name: ModelName = "deblurgan"
     """Which generator / discriminator pair to train."""
-    ndf: int = 64
-    """Discriminator base width, in channels."""
-    num_d: int = 1
-    """Discriminator scales (1 = single PatchGAN)."""
-    d_layers: int = 3
-    """Layers per discriminator scale (pix2pixHD/DeblurGAN: stride-2 convs; ASAP-Net/hybrid: SPADE counting, one more)."""
-    d_norm: NormKind = "instance"
-    """Discriminator normalization."""
-    d_conditional: bool = True
-    """The discriminator sees the generator's input beside the image (pix2pix-style)."""
+
+
+def _discriminator_keys() -> dict[str, tuple[Any, Any, str]]:
+    """key -> (type, default, docstring) of the discriminator options: the default model's defaults."""
+    default = DISCRIMINATORS[_ModelSection.name]()
+    hints, docs = typing.get_type_hints(DiscriminatorConfig), field_docs(DiscriminatorConfig)
+    return {f.name: (hints[f.name], getattr(default, f.name), docs[f.name]) for f in dataclasses.fields(default)}
 
 
 def _generator_keys() -> dict[str, tuple[Any, Any, str]]:
@@ -99,7 +97,7 @@ def _build_model_config() -> type:
                 field(default=f.default, metadata={"doc": doc}))
                for f, doc in zip(dataclasses.fields(_ModelSection), field_docs(_ModelSection).values())]
     generated = [(key, hint, field(default=default, metadata={"doc": doc}))
-                 for key, (hint, default, doc) in _generator_keys().items()]
+                 for key, (hint, default, doc) in {**_discriminator_keys(), **_generator_keys()}.items()]
     cls = dataclasses.make_dataclass("ModelConfig", section + generated)
     cls.__module__ = __name__  # pickled by reference (Ray sends configs to workers)
     cls.__doc__ = ("The [model] table: the model's name, its discriminator, and every generator option of "
@@ -111,11 +109,18 @@ ModelConfig = _build_model_config()
 
 
 def model_defaults(name: str, **changes: Any) -> Any:
-    """A ModelConfig for ``name`` holding its generator dataclass's defaults, then ``changes``."""
+    """A ModelConfig for ``name`` holding its generator's and its discriminator's defaults, then ``changes``."""
     own = GENERATORS[name]()
     values = {KEYS.get(f.name, f.name): getattr(own, f.name) for f in dataclasses.fields(own)
               if f.name not in FROM_DATA + NOT_KEYS + AUTO}
-    return ModelConfig(**{"name": name, **values, **changes})
+    disc = dataclasses.asdict(DISCRIMINATORS[name]())
+    return ModelConfig(**{"name": name, **disc, **values, **changes})
+
+
+def discriminator_options(m: Any) -> DiscriminatorConfig:
+    """The named model's discriminator options from the flat table ``m``, checked (OptionError)."""
+    cls = DISCRIMINATORS[m.name]
+    return cls(**{f.name: getattr(m, f.name) for f in dataclasses.fields(cls)})
 
 
 def generator_options(m: Any, in_channels: int, out_channels: int) -> Any:
@@ -144,7 +149,8 @@ def key_of(model_field: str) -> str:
 
 def option_message(exc: OptionError) -> str:
     """``exc``'s message in config keys: "tile_size=24 must be ..." -> "model.tile_size=24 must be ..."."""
-    names = {f.name for cls in GENERATORS.values() for f in dataclasses.fields(cls)} - set(FROM_DATA)
+    names = {f.name for cls in [*GENERATORS.values(), DiscriminatorConfig] for f in dataclasses.fields(cls)}
+    names -= set(FROM_DATA)
     text = re.sub(r"\b(\w+)(?==)", lambda mt: f"model.{key_of(mt[1])}" if mt[1] in names else mt[1], str(exc))
     lead = exc.field
     if text.startswith(lead):
@@ -152,5 +158,6 @@ def option_message(exc: OptionError) -> str:
     return text
 
 
-__all__ = ["ModelConfig", "ModelName", "GENERATORS", "model_defaults", "generator_options", "key_of",
+__all__ = ["ModelConfig", "ModelName", "GENERATORS", "model_defaults", "generator_options", "discriminator_options",
+           "key_of",
            "option_message", "field_docs"]

@@ -36,9 +36,9 @@ def _asapnet_cityscapes() -> Config:
             task="labels2photo", dataset="datasets/cityscapes", crop_height=256, crop_width=512,
             load_height=256, load_width=512, instance_edges=True,
         ),
-        # ASAPNetConfig's defaults are the Cityscapes model; the instance edges reach the low-res stream only.
-        model=model_defaults("asapnet", ndf=64, num_d=2, d_layers=4, d_norm="spectral_instance", d_conditional=True,
-                             mlp_input="all_but_last"),
+        # ASAPNetConfig's defaults are the Cityscapes model (ASAPNetDiscriminatorConfig's its discriminator);
+        # the instance edges reach the low-res stream only.
+        model=model_defaults("asapnet", mlp_input="all_but_last"),
         loss=LossConfig(
             gan="hinge", feature_matching_weight=10.0, perceptual="vgg19-multi", perceptual_weight=10.0,
             vgg_input="raw",
@@ -58,8 +58,7 @@ def _pix2pixhd_cityscapes() -> Config:
             load_height=512, load_width=1024, flip=True, instance_edges=True,
         ),
         # Pix2PixHDConfig's defaults are the 512x1024 global generator; no global residual (labels in).
-        model=model_defaults("pix2pixhd", ndf=64, num_d=2, d_layers=3, d_norm="instance", d_conditional=True,
-                             residual=False),
+        model=model_defaults("pix2pixhd", residual=False),
         loss=LossConfig(
             gan="lsgan", feature_matching_weight=10.0, perceptual="vgg19-multi", perceptual_weight=10.0,
             vgg_input="raw",
@@ -91,8 +90,8 @@ def _deblurgan_gopro() -> Config:
     # real blurred/sharp pairs: nothing is blurred during training, so no curriculum.
     return Config(
         data=DataConfig(task="deblur", dataset="datasets/gopro", crop_height=256, crop_width=256, blur="stored"),
-        # DeblurGANConfig's defaults are the GoPro model; its critic is unconditional.
-        model=model_defaults("deblurgan", ndf=64, num_d=1, d_layers=3, d_norm="instance", d_conditional=False),
+        # DeblurGANConfig's defaults are the GoPro model; DeblurGANDiscriminatorConfig's its unconditional critic.
+        model=model_defaults("deblurgan"),
         loss=LossConfig(gan="wgan-gp", gp_weight=10.0, perceptual="vgg19-conv3_3", perceptual_weight=100.0,
                         vgg_input="raw"),
         optim=OptimConfig(g_lr=1e-4, d_lr=1e-4, beta1=0.5, beta2=0.999, d_steps=5, decay_start=0.5),
@@ -126,7 +125,7 @@ def _hybrid_deblur() -> Config:
     """
     cfg = _deblurgan_gopro()
     # HybridConfig's defaults (models/hybrid.py) are the hybrid's generator; ASAP-Net's discriminator.
-    cfg.model = model_defaults("hybrid", ndf=64, num_d=2, d_layers=4, d_norm="spectral_instance", d_conditional=True)
+    cfg.model = model_defaults("hybrid")
     cfg.loss.l1_weight = 0.0
     cfg.train.batch_size = 16
     cfg.train.steps = 300 * GOPRO_TRAIN_PAIRS // 16

@@ -17,7 +17,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from asaptrain.config.model import ModelConfig, field_docs, generator_options, option_message
+from asaptrain.config.model import (ModelConfig, discriminator_options, field_docs, generator_options,
+                                    option_message)
 from asaptrain.errors import UserError
 from asaptrain.models.options import OptionError
 
@@ -364,11 +365,7 @@ def _check_model(cfg: Config) -> None:
         _check(d.instance_edges, "model.mlp_input='all_but_last' keeps the last input channel (the instance "
                                  "edges) out of the MLPs, but data.instance_edges=false, so a label channel "
                                  "would be dropped; set model.mlp_input=all or data.instance_edges=true")
-    for name in ("ndf", "num_d", "d_layers"):
-        _check(getattr(m, name) > 0, f"model.{name} must be > 0, got {getattr(m, name)}")
-    if m.name in ("asapnet", "hybrid"):
-        _check(m.d_layers >= 2, f"model.d_layers must be >= 2 for {m.name} (SPADE counting: the last conv is "
-                                f"stride 1), got {m.d_layers}")
+    discriminator_config(cfg)
     generator_config(cfg)
     if m.name in ("asapnet", "hybrid"):
         for name, size in (("crop_height", d.crop_height), ("crop_width", d.crop_width)):
@@ -384,6 +381,15 @@ def generator_in_channels(cfg: Config) -> int:
     if cfg.data.task == "labels2photo":
         return cfg.data.num_labels + (1 if cfg.data.instance_edges else 0)
     return IMAGE_CHANNELS
+
+
+def discriminator_config(cfg: Config) -> Any:
+    """The named model's discriminator options (``models/options.py``) for ``cfg``; what they
+    refuse is a ConfigError naming the ``model.`` key."""
+    try:
+        return discriminator_options(cfg.model)
+    except OptionError as exc:
+        raise ConfigError(f"{option_message(exc)} ({cfg.model.name})") from None
 
 
 def generator_config(cfg: Config) -> Any:
@@ -411,6 +417,7 @@ __all__ = [
     "validate",
     "reject_url_credentials",
     "field_docs",
+    "discriminator_config",
     "generator_config",
     "generator_in_channels",
     "IMAGE_CHANNELS",

@@ -162,8 +162,22 @@ def convert(plan: Plan, store: Store, target_bytes: int = DEFAULT_SHARD_BYTES, w
     ``progress(split, rows_done, rows_total)`` is called as samples finish (rows_done counts
     skipped samples too).
     """
+    from asaptrain.data.claim import claim, owner_here
+
     start = time.perf_counter()
     store.check(create_bucket=create_bucket)
+    # A second conversion into this folder while this one runs is refused, naming this one; a
+    # conversion killed before its end left a claim that goes stale, and a rerun takes it over.
+    held = claim(store, "", owner_here(f"data {plan.source}"), what=f"dataset {store.uri_for()}")
+    try:
+        return _convert_claimed(plan, store, target_bytes, workers, progress, start)
+    finally:
+        held.release()
+
+
+def _convert_claimed(plan: Plan, store: Store, target_bytes: int, workers: int,
+                     progress: Callable[[str, int, int], None] | None, start: float) -> Summary:
+    """:func:`convert`, while this command holds the dataset folder's claim."""
     entries: dict[str, dict] = {}
     skipped = list(plan.skipped)
     order: list[str] = []

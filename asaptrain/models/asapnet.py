@@ -20,8 +20,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from asaptrain.models.blocks import MultiscaleDiscriminator, NormKind, PatchGANConfig, Recomputable, conv_block, init_weights
-from asaptrain.models.options import ASAPNetConfig, AsapInit  # noqa: F401 - re-exported: the model's own options
+from asaptrain.models.blocks import MultiscaleDiscriminator, PatchGANConfig, Recomputable, conv_block, init_weights
+from asaptrain.models.options import (ASAPNetConfig, ASAPNetDiscriminatorConfig, AsapInit,  # noqa: F401 - re-exported
+                                      DiscriminatorConfig)
 from asaptrain.models.pixel_mlp import PixelMLP, tile_coordinates  # noqa: F401 - re-exported
 from asaptrain.models.traceable import tent_conv
 
@@ -159,19 +160,19 @@ class ASAPNetGenerator(nn.Module):
         return y
 
 
-def asapnet_discriminator(
-    cond_channels: int, ndf: int = 64, num_d: int = 2, n_layers: int = 4, norm: NormKind = "spectral_instance",
-    image_channels: int = 3,
-) -> MultiscaleDiscriminator:
-    """ASAP-Net's (SPADE's) multiscale PatchGAN; ``n_layers`` counts as SPADE does.
+def asapnet_discriminator(cond_channels: int, opts: DiscriminatorConfig | None = None,
+                          image_channels: int = 3) -> MultiscaleDiscriminator:
+    """ASAP-Net's (SPADE's) multiscale PatchGAN (options: ``ASAPNetDiscriminatorConfig``'s
+    defaults); ``d_layers`` counts as SPADE does.
 
     SPADE's n_layers_D = 4 means four feature convs, the last one stride 1 (then the logit
     conv): the same network as pix2pixHD's n_layers_D = 3, which counts stride-2 convs only.
     Conv biases before the norm are dropped and weights are xavier gain 0.02, as in ASAP-Net.
     """
-    if n_layers < 2:
-        raise ValueError(f"n_layers must be >= 2 (SPADE counting), got {n_layers}")
+    o = opts if opts is not None else ASAPNetDiscriminatorConfig()
+    if o.d_layers < ASAPNetDiscriminatorConfig.min_layers:  # options of another model's class
+        raise ValueError(f"d_layers must be >= 2 (SPADE counting), got {o.d_layers}")
     return MultiscaleDiscriminator(PatchGANConfig(
-        image_channels=image_channels, cond_channels=cond_channels, ndf=ndf, strided=n_layers - 1,
-        num_d=num_d, norm=norm, bias_before_norm=False, init="xavier",
+        image_channels=image_channels, cond_channels=cond_channels, ndf=o.ndf, strided=o.d_layers - 1,
+        num_d=o.num_d, norm=o.d_norm, bias_before_norm=False, init="xavier",
     ))

@@ -18,9 +18,9 @@ import torch
 import torch.nn as nn
 
 from asaptrain.models.blocks import (
-    MultiscaleDiscriminator, NormKind, init_weights, resnet_trunk, rgb_head,
+    MultiscaleDiscriminator, init_weights, resnet_trunk, rgb_head,
 )
-from asaptrain.models.options import DeblurGANConfig
+from asaptrain.models.options import DeblurGANConfig, DeblurGANDiscriminatorConfig, DiscriminatorConfig
 from asaptrain.models.pix2pixhd import pix2pixhd_discriminator
 
 
@@ -40,10 +40,9 @@ class DeblurGANGenerator(nn.Module):
         return y
 
 
-def deblurgan_discriminator(
-    cond_channels: int = 0, ndf: int = 64, num_d: int = 1, n_layers: int = 3, norm: NormKind = "instance",
-    image_channels: int = 3,
-) -> MultiscaleDiscriminator:
+def deblurgan_discriminator(cond_channels: int = 0, opts: DiscriminatorConfig | None = None,
+                            image_channels: int = 3) -> MultiscaleDiscriminator:
     """DeblurGAN's PatchGAN critic (no sigmoid): pix2pixHD's discriminator, one scale and
-    unconditional in its recipe."""
-    return pix2pixhd_discriminator(cond_channels, ndf, num_d, n_layers, norm, image_channels)
+    unconditional in its recipe (``DeblurGANDiscriminatorConfig``'s defaults)."""
+    return pix2pixhd_discriminator(cond_channels, opts if opts is not None else DeblurGANDiscriminatorConfig(),
+                                   image_channels)

@@ -13,7 +13,7 @@ when a config is validated. Plain Python: importing this module loads no torch.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 NormKind = Literal["none", "instance", "group", "spectral", "spectral_instance"]
 PaddingKind = Literal["zero", "reflect", "replicate"]
@@ -170,7 +170,73 @@ class DeblurGANConfig:
         _one_of(self, "norm", NORMS)
 
 
+@dataclass
+class DiscriminatorConfig:
+    """A discriminator's hyperparameters (defaults: pix2pixHD's PatchGAN at one scale).
+
+    The field names are the ``[model]`` keys. Each model's own defaults are its subclass below
+    (:data:`DISCRIMINATORS`): the one place they are written."""
+
+    ndf: int = 64
+    """Discriminator base width, in channels."""
+    num_d: int = 1
+    """Discriminator scales (1 = single PatchGAN)."""
+    d_layers: int = 3
+    """Layers per discriminator scale (pix2pixHD/DeblurGAN: stride-2 convs; ASAP-Net/hybrid: SPADE counting, one more)."""
+    d_norm: NormKind = "instance"
+    """Discriminator normalization."""
+    d_conditional: bool = True
+    """The discriminator sees the generator's input beside the image (pix2pix-style)."""
+
+    min_layers: ClassVar[int] = 1
+    """The fewest d_layers the discriminator's counting allows."""
+
+    def __post_init__(self) -> None:
+        _at_least(self, 1, "ndf", "num_d")
+        _check(self.d_layers >= self.min_layers, "d_layers",
+               f"d_layers must be >= {self.min_layers}{self._counting()}, got {self.d_layers}")
+        _one_of(self, "d_norm", NORMS)
+
+    def _counting(self) -> str:
+        return ""
+
+
+@dataclass
+class ASAPNetDiscriminatorConfig(DiscriminatorConfig):
+    """ASAP-Net's (SPADE's) multiscale discriminator: two scales, spectral + instance norm."""
+
+    num_d: int = 2
+    d_layers: int = 4
+    d_norm: NormKind = "spectral_instance"
+    min_layers: ClassVar[int] = 2
+
+    def _counting(self) -> str:
+        return " (SPADE counting: the last conv is stride 1)"
+
+
+@dataclass
+class Pix2PixHDDiscriminatorConfig(DiscriminatorConfig):
+    """pix2pixHD's multiscale discriminator at 512x1024: two scales."""
+
+    num_d: int = 2
+
+
+@dataclass
+class DeblurGANDiscriminatorConfig(DiscriminatorConfig):
+    """DeblurGAN's critic: one scale, unconditional (it sees the image only)."""
+
+    d_conditional: bool = False
+
+
+DISCRIMINATORS: dict[str, type[DiscriminatorConfig]] = {
+    "deblurgan": DeblurGANDiscriminatorConfig, "asapnet": ASAPNetDiscriminatorConfig,
+    "hybrid": ASAPNetDiscriminatorConfig, "pix2pixhd": Pix2PixHDDiscriminatorConfig,
+}
+"""Each model's discriminator options (the hybrid trains ASAP-Net's discriminator)."""
+
+
 __all__ = [
-    "ASAPNetConfig", "Pix2PixHDConfig", "DeblurGANConfig", "OptionError",
+    "ASAPNetConfig", "Pix2PixHDConfig", "DeblurGANConfig", "OptionError", "DiscriminatorConfig", "DISCRIMINATORS",
+    "ASAPNetDiscriminatorConfig", "Pix2PixHDDiscriminatorConfig", "DeblurGANDiscriminatorConfig",
     "NormKind", "PaddingKind", "MlpLayout", "MlpInput", "AsapInit", "NORMS", "PADDINGS", "LAYOUTS", "INITS",
 ]

@@ -3,7 +3,7 @@ multiscale discriminator.
 
     G = pix2pixhd_generator(Pix2PixHDConfig(in_channels=36))            # 512x1024 model
     G = pix2pixhd_generator(Pix2PixHDConfig(ngf=32, local_enhancers=1))  # 1024x2048 model
-    D = pix2pixhd_discriminator(cond_channels=36, num_d=2)
+    D = pix2pixhd_discriminator(cond_channels=36)                      # two scales
 
 Global generator: reflect 7x7 conv, 4 stride-2 convs, 9 ResNet blocks (reflection padding),
 transposed-conv upsampling, reflect 7x7 conv, tanh; instance norm without affine; 182.55 M
@@ -17,9 +17,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from asaptrain.models.blocks import (
-    MultiscaleDiscriminator, NormKind, PatchGANConfig, ResnetBlock, conv_block, init_weights, resnet_trunk, rgb_head,
+    MultiscaleDiscriminator, PatchGANConfig, ResnetBlock, conv_block, init_weights, resnet_trunk, rgb_head,
 )
-from asaptrain.models.options import Pix2PixHDConfig
+from asaptrain.models.options import DiscriminatorConfig, Pix2PixHDConfig, Pix2PixHDDiscriminatorConfig
 
 
 class GlobalGenerator(nn.Module):
@@ -88,12 +88,12 @@ def pix2pixhd_generator(cfg: Pix2PixHDConfig | None = None) -> nn.Module:
     return g
 
 
-def pix2pixhd_discriminator(
-    cond_channels: int, ndf: int = 64, num_d: int = 2, n_layers: int = 3, norm: NormKind = "instance",
-    image_channels: int = 3,
-) -> MultiscaleDiscriminator:
-    """pix2pixHD's multiscale discriminator: ``n_layers`` stride-2 convs, a stride-1 conv, logits."""
+def pix2pixhd_discriminator(cond_channels: int, opts: DiscriminatorConfig | None = None,
+                            image_channels: int = 3) -> MultiscaleDiscriminator:
+    """pix2pixHD's multiscale discriminator (options: ``Pix2PixHDDiscriminatorConfig``'s defaults):
+    ``d_layers`` stride-2 convs, a stride-1 conv, logits."""
+    o = opts if opts is not None else Pix2PixHDDiscriminatorConfig()
     return MultiscaleDiscriminator(PatchGANConfig(
-        image_channels=image_channels, cond_channels=cond_channels, ndf=ndf, strided=n_layers, num_d=num_d,
-        norm=norm, bias_before_norm=True, init="normal",
+        image_channels=image_channels, cond_channels=cond_channels, ndf=o.ndf, strided=o.d_layers, num_d=o.num_d,
+        norm=o.d_norm, bias_before_norm=True, init="normal",
     ))

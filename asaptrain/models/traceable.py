@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from asaptrain.models.pixel_mlp import layer_matrices, pad_input
+from asaptrain.models.pixel_tiles import layer_matrices, pad_input
 
 
 def tent_conv(x: torch.Tensor, factor: int) -> torch.Tensor:

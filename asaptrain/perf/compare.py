@@ -29,7 +29,7 @@ import torch
 
 from asaptrain.config.schema import Config
 from asaptrain.errors import UserError
-from asaptrain.models.pixel_mlp import pixel_path
+from asaptrain.models.pixel_mlp import pixel_path, set_mlp_compiled
 from asaptrain.perf.flops import summarize_config
 from asaptrain.perf.models import device_label, make_input, resolve_device
 from asaptrain.train.nets import build_generator, size_multiple
@@ -96,13 +96,15 @@ def environment(device: torch.device, threads: int) -> dict:
 def compare_generators(
     named_configs: Sequence[tuple[str, Config]], size: tuple[int, int], dtype: str = "fp32",
     batches: Sequence[int] = (1, 4), repeats: int = 10, warmup: int = 2, device: str = "auto",
-    threads: int | None = None, log: Callable[[str], None] = lambda s: None,
+    threads: int | None = None, log: Callable[[str], None] = lambda s: None, compile_mlp: bool = False,
 ) -> list[dict]:
     """Time the generators of ``named_configs`` interleaved at ``size`` = (height, width).
 
     Returns one ``kind: "model"`` row per generator and batch (``ms`` and ``iqr_ms`` per image,
     median over ``repeats`` rounds) and one ``kind: "ratio"`` row per pair and batch
-    (``ratio`` = b's median ms / a's: how many times faster a is than b).
+    (``ratio`` = b's median ms / a's: how many times faster a is than b). ``compile_mlp``: the
+    pixelwise MLPs through torch.compile (``set_mlp_compiled``); each row's ``first_call_s`` is
+    its first untimed call, the compile included.
     """
     if dtype not in DTYPES:
         raise CompareError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
@@ -122,6 +124,10 @@ def compare_generators(
     cfgs = [at_size(cfg, n, h, w) for n, cfg in named_configs]
     with torch.device(dev):
         nets = [build_generator(cfg).eval() for cfg in cfgs]
+    if compile_mlp:
+        warmup = max(warmup, 1)  # the compile happens in the first call, never in a timed one
+        for net in nets:
+            set_mlp_compiled(net)
     gflops = [next(r["gflops"] for r in summarize_config(cfg) if r["net"] == "G") for cfg in cfgs]
     gen = torch.Generator(device=dev).manual_seed(0)
     rows: list[dict] = []
@@ -133,11 +139,14 @@ def compare_generators(
                 with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
                     return net(x)
             calls.append(call)
-        peaks = [None] * len(nets)
+        peaks, first_s = [None] * len(nets), [None] * len(nets)
         with torch.no_grad():
             for i, call in enumerate(calls):
-                for _ in range(warmup):
+                for k in range(warmup):
+                    t0 = time.perf_counter()
                     call()
+                    if k == 0:
+                        first_s[i] = time.perf_counter() - t0
                 if cuda:  # one untimed call per model for its peak memory
                     torch.cuda.synchronize(dev)
                     torch.cuda.reset_peak_memory_stats(dev)
@@ -153,12 +162,12 @@ def compare_generators(
                 for i, t in pending:
                     samples[i].append((t() if cuda else t) / batch)
         model_rows = []
-        for name, cfg, net, times, peak, gf in zip(names, cfgs, nets, samples, peaks, gflops):
+        for name, cfg, net, times, peak, gf, first in zip(names, cfgs, nets, samples, peaks, gflops, first_s):
             q1, med, q3 = _quartiles(times)
             row = {"kind": "model", "preset": name, "model": cfg.model.name, "height": h, "width": w,
                    "dtype": dtype, "batch": batch, "ms": med, "iqr_ms": q3 - q1, "ms_q1": q1, "ms_q3": q3,
                    "repeats": repeats, "warmup": warmup, "gflops": gf, "gflop_per_s": gflop_per_s(gf, med),
-                   "pixel_path": pixel_path(net),
+                   "pixel_path": pixel_path(net), "first_call_s": first,
                    "peak_mem_mib": peak, **env}
             model_rows.append(row)
             log(f"{name:22s} {h}x{w} {dtype} batch {batch}: {med:9.2f} ms/image (IQR {q3 - q1:.2f}), "

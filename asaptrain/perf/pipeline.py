@@ -70,7 +70,7 @@ def run(uri: str, s3_endpoint: str | None = None, crops: list[tuple[int, int]] =
     ds_store = Store.open(uri, s3_endpoint=s3_endpoint)
     manifest = read_manifest(ds_store)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    from asaptrain.train.launch import ensure_ray
+    from asaptrain.train.driver import ensure_ray
 
     ensure_ray()
     # Ray Data decodes ahead while the warm-up batches are drawn: a timed window shorter than

@@ -145,7 +145,8 @@ def sweep(
     from asaptrain.data.s3 import keep_credentials_out_of_tune
     from asaptrain.data.shards import shard_paths
     from asaptrain.data.store import resolve_dataset, store_from_config
-    from asaptrain.train.launch import ensure_ray, pin_store, resolve_use_gpu, run_polling
+    from asaptrain.train.driver import ensure_ray, run_polling
+    from asaptrain.train.launch import pin_store, resolve_use_gpu
     from asaptrain.train.resources import with_planned_resources
 
     if metric not in METRIC_KEYS:

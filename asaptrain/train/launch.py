@@ -12,14 +12,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 
@@ -28,6 +25,7 @@ from asaptrain.config.schema import Config
 from asaptrain.config.io import from_dict, replace, to_dict
 from asaptrain.errors import UserError
 from asaptrain.train.curves import MlflowTarget, attach_curves, check_mlflow
+from asaptrain.train.driver import _progress_bar, ensure_ray, run_polling  # noqa: F401 - re-exported
 from asaptrain.train.run_files import RUNS_PREFIX, RunFiles, new_run_name
 from asaptrain.train.outcome import clear_stop, conclude, marked_if_interrupted, stop_instead_of_retry
 from asaptrain.train.resume import resume_step, worker_checkpoint
@@ -112,42 +110,6 @@ def _worker(config: dict[str, Any]) -> None:
         val=val, checkpoint=checkpoint, weights_store=store, init=init,
         wrap=lambda m: ray.train.torch.prepare_model(m, move_to_device=False),
     ), run_files)
-
-
-def _running_local_cluster() -> str | None:
-    """The address of a `ray start` cluster on this machine that answers, else None.
-
-    Ray's own ``ray.init()`` joins whatever /tmp/ray/ray_current_cluster names, and waits
-    forever when that cluster is gone (a head that was killed leaves the file behind).
-    """
-    path = os.path.join(os.environ.get("RAY_TMPDIR", "/tmp"), "ray", "ray_current_cluster")
-    try:
-        with open(path) as fh:
-            address = fh.read().strip()
-        host, _, port = address.rpartition(":")
-        socket.create_connection((host, int(port)), timeout=2).close()
-        return address
-    except (OSError, ValueError):
-        return None
-
-
-def ensure_ray(address: str | None = None) -> None:
-    """Connect to the cluster (``address``, RAY_ADDRESS, inside a Ray job, or a live local
-    `ray start` head), or start a local one."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    given = address or os.environ.get("RAY_ADDRESS")
-    found = None if given else _running_local_cluster()
-    try:
-        ray.init(address=given or found or "local", log_to_driver=True)
-    except ConnectionError:
-        if given or not found:
-            raise
-        # The local cluster went away between the check and the connect: start our own.
-        print(f"[asaptrain] the Ray cluster at {found} did not answer; starting a local one", flush=True)
-        ray.init(address="local", log_to_driver=True)
 
 
 def resolve_use_gpu(cfg: Config) -> bool:
@@ -342,62 +304,6 @@ def _fit_claimed(cfg: Config, store, name: str, start: int, preset: str | None, 
     end = conclude(files, meta, start, error, patience_s=max(60.0, cfg.storage.outage_s))
     return RunResult(name=name, status=end.status, uri=files.dir.uri_for(""), steps=end.steps, error=end.error,
                      last_eval=end.last_eval)
-
-
-T = TypeVar("T")
-
-
-def run_polling(work: Callable[[], T], poll: Callable[[], None] | None = None, every_s: float = 1.0) -> T:
-    """``work()`` in a thread while ``poll()`` runs every ``every_s`` seconds (a progress display);
-    returns what ``work`` returned, or raises what it raised.
-
-    ``fit()`` blocks for the whole run: the caller's thread stays free to show progress.
-    """
-    outcome: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            outcome["value"] = work()
-        except BaseException as exc:  # raised again in the caller's thread
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=target, name="asaptrain-driver", daemon=True)
-    thread.start()
-    while thread.is_alive():
-        thread.join(timeout=every_s)
-        if poll is not None:
-            poll()
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
-
-
-@contextmanager
-def _progress_bar(files: RunFiles, steps: int) -> Iterator[Callable[[], None]]:
-    """A rich progress bar; the function it yields updates it from the run's progress.json."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
-               TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}")]
-    with Progress(*columns, refresh_per_second=2) as bar:
-        task = bar.add_task(files.name, total=steps, info="starting workers")
-
-        def update() -> None:
-            p = files.read_progress()
-            if not p:
-                return
-            losses = "  ".join(f"{k[5:]} {v:.3g}" for k, v in p.items() if k.startswith("loss/") and k[5:] in ("d", "g"))
-            val = f"  val PSNR {p['val/psnr']:.2f}" if p.get("val/psnr") is not None else ""
-            bar.update(task, completed=p.get("step", 0), info=f"{p.get('images_per_s', 0):.1f} img/s  {losses}{val}")
-
-        yield update
 
 
 def pin_store(cfg: Config) -> Config:

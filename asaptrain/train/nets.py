@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from asaptrain.config.schema import IMAGE_CHANNELS, Config, ConfigError, generator_config, generator_in_channels
+from asaptrain.config.schema import (IMAGE_CHANNELS, Config, discriminator_config, generator_config,
+                                     generator_in_channels)
 from asaptrain.models.asapnet import ASAPNetGenerator, asapnet_discriminator
 from asaptrain.models.deblurgan import DeblurGANGenerator, deblurgan_discriminator
 from asaptrain.models.pix2pixhd import pix2pixhd_discriminator, pix2pixhd_generator
@@ -49,16 +50,11 @@ def build_generator(cfg: Config) -> nn.Module:
 
 def build_discriminator(cfg: Config) -> nn.Module:
     """D for ``cfg``: ``D(image, cond=None) -> [[features..., logits] per scale]``."""
-    m = cfg.model
-    cond = generator_in_channels(cfg) if m.d_conditional else 0
-    try:
-        if m.name in ("asapnet", "hybrid"):
-            return asapnet_discriminator(cond, m.ndf, m.num_d, m.d_layers, m.d_norm, IMAGE_CHANNELS)
-        if m.name == "pix2pixhd":
-            return pix2pixhd_discriminator(cond, m.ndf, m.num_d, m.d_layers, m.d_norm, IMAGE_CHANNELS)
-        return deblurgan_discriminator(cond, m.ndf, m.num_d, m.d_layers, m.d_norm, IMAGE_CHANNELS)
-    except ValueError as exc:
-        raise ConfigError(f"model.d_* ({m.name}): {exc}") from None
+    opts = discriminator_config(cfg)  # the model's own options, checked (ConfigError naming the key)
+    cond = generator_in_channels(cfg) if opts.d_conditional else 0
+    build = {"asapnet": asapnet_discriminator, "hybrid": asapnet_discriminator,
+             "pix2pixhd": pix2pixhd_discriminator}.get(cfg.model.name, deblurgan_discriminator)
+    return build(cond, opts, IMAGE_CHANNELS)
 
 
 def feature_matching_layer_weight(cfg: Config) -> float:
