@@ -101,17 +101,16 @@ def _nbytes(tensors) -> int:
 
 def _perceptual(cfg: Config):
     """The perceptual network with torchvision's VGG19 layout; its weights' values do not matter
-    here, so it is built on the meta device (no 120 M-parameter classifier) and filled with small
-    random numbers (fake ones under ``FakeTensorMode``)."""
+    here, so only its convolutions are built (``make_layers``: no 120 M-parameter classifier) and
+    filled with small random numbers (fake ones under ``FakeTensorMode``, where moving a meta
+    module with ``to_empty`` cannot swap its parameters)."""
     if cfg.loss.perceptual == "none" or cfg.loss.perceptual_weight <= 0:
         return None
-    import torchvision
+    from torchvision.models.vgg import cfgs, make_layers
 
     from asaptrain.train.losses import PerceptualLoss
 
-    with torch.device("meta"):
-        features = torchvision.models.vgg19(weights=None).features
-    features = features.to_empty(device="cpu")
+    features = make_layers(cfgs["E"])  # VGG19's features, the layout torchvision's weights load into
     with torch.no_grad():
         for p in features.parameters():
             p.normal_(0.0, 0.01)
