@@ -37,7 +37,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from asaptrain.config.io import from_dict, to_dict
-from asaptrain.config.schema import Config, validate
+from asaptrain.config.schema import Config
+from asaptrain.config.validate import validate
 from asaptrain.errors import UserError
 from asaptrain.export_files import SIDECAR_SUFFIX, claim_output, verify_pair, write_pair
 from asaptrain.infer import load_weights

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-from asaptrain.config.schema import reject_url_credentials
+from asaptrain.config.validate import reject_url_credentials
 from asaptrain.errors import UserError
 
 JOB_SCRIPTS = {

@@ -21,7 +21,8 @@ from pathlib import Path
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
-from asaptrain.config.schema import SECTIONS, Config, ConfigError, validate
+from asaptrain.config.schema import SECTIONS, Config, ConfigError
+from asaptrain.config.validate import validate
 
 
 def _section_type(name: str) -> type:

@@ -7,7 +7,7 @@ model's name, the discriminator's options (``DiscriminatorConfig``, each model's
 ``DISCRIMINATORS``) and every generator field, generated from those dataclasses. A field shared by several generators (``ngf``,
 ``residual``) is one key; its default is that of the first model in :data:`GENERATORS` that
 declares it (DeblurGAN's: the default model). :func:`generator_options` turns the table back
-into the named model's dataclass, whose ``__post_init__`` is the check; ``schema.validate``
+into the named model's dataclass, whose ``__post_init__`` is the check; ``validate`` (``config/validate.py``)
 reports what it refuses as ``model.FIELD``.
 
     m = model_defaults("hybrid", ndf=32)        # HybridConfig's and ASAP-Net's discriminator's defaults

@@ -21,8 +21,8 @@ from asaptrain.config.schema import (
     LossConfig,
     OptimConfig,
     TrainConfig,
-    validate,
 )
+from asaptrain.config.validate import validate
 
 CITYSCAPES_TRAIN_IMAGES = 2975
 GOPRO_TRAIN_PAIRS = 2103

@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
 
-from asaptrain.config.schema import reject_url_credentials
+from asaptrain.config.validate import reject_url_credentials
 from asaptrain.errors import UserError
 
 ATTEMPTS = 4

@@ -23,7 +23,8 @@ from typing import Any, Callable, TypeVar
 
 import pyarrow.fs as pafs
 
-from asaptrain.config.schema import DEFAULT_STORE, StorageConfig, reject_url_credentials
+from asaptrain.config.schema import DEFAULT_STORE, StorageConfig
+from asaptrain.config.validate import reject_url_credentials
 from asaptrain.data.s3 import (DEFAULT_OUTAGE_S, Credentials, StoreError, StoreNotFound, boto_client, connect,
                                describe_error, error_code, is_store_failure, retry, safe_url)
 from asaptrain.errors import UserError

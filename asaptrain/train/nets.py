@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from asaptrain.config.schema import (IMAGE_CHANNELS, Config, discriminator_config, generator_config,
-                                     generator_in_channels)
+from asaptrain.config.schema import Config
+from asaptrain.config.validate import (IMAGE_CHANNELS, discriminator_config, generator_config,  # noqa: F401
+                                       generator_in_channels)
 from asaptrain.models.asapnet import ASAPNetGenerator, asapnet_discriminator
 from asaptrain.models.deblurgan import DeblurGANGenerator, deblurgan_discriminator
 from asaptrain.models.pix2pixhd import pix2pixhd_discriminator, pix2pixhd_generator
