@@ -57,6 +57,14 @@ def test_the_perceptual_network_is_counted_in_the_estimate_and_the_measurement()
     assert abs(est.peak_bytes - measured.peak_bytes) <= 0.15 * measured.peak_bytes
 
 
+def test_a_run_that_holds_its_global_generator_first_is_estimated_at_its_later_peak():
+    """``train.fix_global_steps``: Adam holds no moments for the global generator in the first
+    steps; the estimate is of the steps after, with every weight's two moments."""
+    cfg = apply_overrides(get_preset("pix2pixhd-smoke"), ["model.local_enhancers=1", "train.fix_global_steps=5"])
+    est = estimate_step_memory(cfg, 1, 64, 128)
+    assert est.parts["optimizer"] == 2 * est.parts["gradients"] > 0
+
+
 def test_estimate_grows_with_the_batch_and_counts_ddp_buckets_and_ema():
     cfg = get_preset("deblurgan-smoke")
     one, four = estimate_step_memory(cfg, 1, 64, 64), estimate_step_memory(cfg, 4, 64, 64)

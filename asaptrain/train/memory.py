@@ -128,8 +128,11 @@ def _step_fn(cfg: Config, G, D, g_opt, d_opt, perceptual):
 
 
 def _at(cfg: Config, batch: int, height: int, width: int) -> Config:
+    # fix_global_steps off: the peak is that of the steps after it, when Adam holds the global
+    # generator's moments too (the first steps train the local enhancer only).
     return replace(cfg, {"data.crop_height": height, "data.crop_width": width, "data.load_height": 0,
-                         "data.load_width": 0, "train.batch_size": batch, "train.compile": False})
+                         "data.load_width": 0, "train.batch_size": batch, "train.compile": False,
+                         "train.fix_global_steps": 0})
 
 
 def estimate_step_memory(cfg: Config, batch: int, height: int, width: int, world_size: int = 1,
