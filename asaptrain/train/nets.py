@@ -4,7 +4,7 @@
     x = ...  # (B, generator_in_channels(cfg), H, W)
 
 The generator's options are its model's own dataclass (``models/options.py``), which the
-``[model]`` table is generated from: ``generator_config`` (``config/schema.py``) hands it back,
+``[model]`` table is generated from: ``generator_config`` (``config/validate.py``) hands it back,
 checked, with the channels the task decides; nothing here copies a field.
 
 Discriminator depth: ``model.d_layers`` is read the way each reference counts it. pix2pixHD
