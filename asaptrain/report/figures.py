@@ -188,13 +188,15 @@ def speed_figure(report: dict[str, Any]) -> Figure | None:
     said = [f"{r['fast']} {r['ratio']:.2f}× as fast as {r['slow']} ({r['height']}x{r['width']})"
             if r["ratio"] is not None else f"{r['fast']} vs {r['slow']}: not compared"
             for r in report["speed"]["ratios"]]
-    fig.suptitle("Speed  —  " + ";  ".join(said))
+    fig.suptitle("Speed, side by side in one process  —  " + ";  ".join(said))
     models = sorted({r["model"] for r in rows})
     if inf:
         _bars(ax1, [f"{r['model']} {r['height']}x{r['width']} {r['dtype']}\n{r['gpu']}" for r in inf],
               [r["ms_per_image"] for r in inf], [_color(r["model"], models.index(r["model"])) for r in inf], "ms",
               ["//" if r["dtype"] == "bf16" else "" for r in inf])
-    ax1.set_title("Inference, batch 1 (ms/image, lower is better)")
+    # Each bar is its run's own timing, taken in another process at another time: the ratios in
+    # the title come from the side-by-side measurement, never from dividing these bars.
+    ax1.set_title("Inference, batch 1, each run's own timing (ms/image, lower is better)")
     if train:
         _bars(ax2, [f"{r['model']} ({_workers(r['world_size'])})\n{r['gpu']}" for r in train],
               [r["train_images_per_s"] for r in train],
