@@ -11,6 +11,7 @@ the report lists what is missing.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,6 +40,8 @@ class StudyPlan:
     """Config changes for every run, by dotted key (storage, scaling, steps)."""
     sweep_changes: dict[str, Any] = field(default_factory=dict)
     """Extra changes for the sweep's trials only."""
+    preset_changes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Extra changes for one preset's run only, by preset name."""
     synth: dict[str, tuple[int, int, int]] = field(default_factory=dict)
     """Synthetic datasets to create first: kind -> (train count, height, width)."""
 
@@ -76,7 +79,17 @@ def smoke_plan(store_uri: str, s3_endpoint: str | None, steps: int, trials: int,
                         "scaling.resources_per_worker": {"CPU": 0.5}})
         sweep = {"scaling.num_workers": 1, "train.batch_size": 4}
     return StudyPlan(presets=SMOKE_TRAIN, sweep_preset="hybrid-smoke", trials=trials, changes=changes,
-                     sweep_changes=sweep, synth={"photos": (48, 64, 64), "scenes": (32, 64, 128)})
+                     sweep_changes=sweep, preset_changes=on_the_sweeps_inputs("deblurgan-smoke", "hybrid-smoke"),
+                     synth={"photos": (48, 64, 64), "scenes": (32, 64, 128)})
+
+
+def on_the_sweeps_inputs(reference: str, sweep_preset: str) -> dict[str, dict[str, Any]]:
+    """``reference``'s run trained on the inputs of ``sweep_preset``'s (its blur curriculum), so
+    the sweep finds it as its DeblurGAN reference instead of training a second one: a run that
+    differs only in its blur curriculum is another reference (``sweep/speed.py``). Both runs of
+    the study's table then also learned from the same inputs."""
+    curriculum = dataclasses.asdict(get_preset(sweep_preset).curriculum)
+    return {reference: {f"curriculum.{key}": value for key, value in curriculum.items()}}
 
 
 def run_study(plan: StudyPlan, progress: bool = True, console=None) -> dict:
@@ -99,7 +112,8 @@ def run_study(plan: StudyPlan, progress: bool = True, console=None) -> dict:
     runs = []
     for preset in plan.presets:
         console.rule(f"[bold]train {preset}")
-        runs.append(_train(preset, lambda: replace(get_preset(preset), plan.changes), progress, console))
+        changes = {**plan.changes, **plan.preset_changes.get(preset, {})}
+        runs.append(_train(preset, lambda: replace(get_preset(preset), changes), progress, console))
     summary = None
     if plan.sweep_preset:
         console.rule(f"[bold]sweep {plan.sweep_preset} ({plan.trials} trials)")

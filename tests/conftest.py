@@ -66,18 +66,38 @@ def s3_bucket(s3_endpoint):
     return name
 
 
+_SHARED_RAY: dict[str, str] = {}
+"""The GCS address of the local Ray that :func:`ray_cluster` started, while it is up."""
+
+
 @pytest.fixture(scope="module")
 def ray_cluster():
-    """A real local Ray with 2 CPUs, shared by the tests of one module."""
+    """A real local Ray with 2 CPUs, started once and shared by the modules that ask for it.
+
+    Starting one costs seconds and its idle workers are reused, so it outlives a module. A module
+    that needs another Ray (nodes of its own, no dashboard) shuts this one down first; the next
+    module that asks starts it again. It is shut down at the end of the session."""
     import ray
 
+    if _SHARED_RAY and ray.is_initialized() and ray.get_runtime_context().gcs_address == _SHARED_RAY["gcs"]:
+        yield ray
+        return
     if ray.is_initialized():
         ray.shutdown()
     # address="local": a new Ray of its own, never one a stale /tmp/ray/ray_current_cluster names
     ray.init(address="local", num_cpus=2, include_dashboard=True, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": os.getcwd()}})
+    _SHARED_RAY["gcs"] = ray.get_runtime_context().gcs_address
     yield ray
-    ray.shutdown()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _shut_down_the_shared_ray():
+    yield
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+    _SHARED_RAY.clear()
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -187,3 +207,40 @@ def ray_start():
         _stop_nodes(started)
         for d in started:
             shutil.rmtree(d, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class SmokeStudy:
+    """What :func:`smoke_study` ran and where."""
+
+    store: Path
+    """The study's local store: datasets, runs, sweeps, reports."""
+    result: subprocess.CompletedProcess
+    """The command's exit status and output."""
+    steps: int
+    """Training steps of every run."""
+
+    def run_of(self, preset: str) -> str:
+        """The name of the study's run of ``preset`` (its ``run.json`` names the preset)."""
+        import json
+
+        names = [p.name for p in (self.store / "runs").iterdir()
+                 if json.loads((p / "run.json").read_text()).get("preset") == preset]
+        assert len(names) == 1, (preset, names)
+        return names[0]
+
+
+@pytest.fixture(scope="session")
+def smoke_study(tmp_path_factory) -> SmokeStudy:
+    """The README's main command, ``asaptrain smoke``, run once per test run as a user runs it (its
+    own process, its own local Ray): four smoke presets trained on two CPU workers each, the
+    hybrid's 2-trial sweep and the report. The end-to-end test checks the study; the Ray Train
+    tests check each of its four runs, which they would otherwise train again."""
+    steps = 4
+    store = tmp_path_factory.mktemp("smoke-study") / "store"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONUNBUFFERED"] = "1"
+    result = subprocess.run([str(Path(sys.executable).with_name("asaptrain")), "smoke", "--store", str(store),
+                             "--steps", str(steps), "--trials", "2", "--no-progress"],
+                            capture_output=True, text=True, timeout=1500, cwd=ROOT, env=env)
+    return SmokeStudy(store, result, steps)

@@ -69,10 +69,17 @@ def _check_once_each(run: RunFiles, steps: int) -> None:
     assert not twice, twice
 
 
+# The train run below is DeblurGAN on the hybrid sweep's inputs (its blur curriculum, steps and
+# evaluation): the sweep after it reuses the finished run as its speed reference instead of
+# training one first.
+AS_THE_SWEEPS_REFERENCE = ["curriculum.kind=linear", "curriculum.start=0.2", "curriculum.end=0.8", "eval.every=2",
+                           "eval.images=4"]
+
+
 def test_killed_train_driver_rerun_continues_from_its_checkpoint(store, tmp_path):
     args = ["--preset", "deblurgan-smoke", "--store", store.uri, "--name", "restarted", "--resume", "auto",
-            "--steps", "14", "--no-progress", *[a for kv in ONE_CPU_WORKER + [
-                "train.log_every=1", "train.checkpoint_every=6", "eval.every=6", "train.sample_every=100"]
+            "--steps", "10", "--no-progress", *[a for kv in ONE_CPU_WORKER + AS_THE_SWEEPS_REFERENCE + [
+                "train.log_every=1", "train.checkpoint_every=6", "train.sample_every=100"]
                 for a in ("--set", kv)]]
     run = RunFiles(store, "restarted")
     first = _driver("train.py", args, tmp_path / "first.log")
@@ -86,13 +93,13 @@ def test_killed_train_driver_rerun_continues_from_its_checkpoint(store, tmp_path
     assert second.wait(timeout=400) == 0, (tmp_path / "second.log").read_text()[-3000:]
     out = (tmp_path / "second.log").read_text()
     assert "continuing run 'restarted' from step 6" in out, out[-3000:]
-    _check_once_each(run, 14)
+    _check_once_each(run, 10)
     meta = run.read_run()
-    assert meta["status"] == "finished" and meta["steps_done"] == 14 and meta["error"] is None
+    assert meta["status"] == "finished" and meta["steps_done"] == 10 and meta["error"] is None
     # Once more after the end: a job restarted after its run finished has nothing to do, and says so.
     third = _driver("train.py", args, tmp_path / "third.log")
-    assert third.wait(timeout=200) == 0 and "already finished 14 steps" in (tmp_path / "third.log").read_text()
-    _check_once_each(run, 14)
+    assert third.wait(timeout=200) == 0 and "already finished 10 steps" in (tmp_path / "third.log").read_text()
+    _check_once_each(run, 10)
 
 
 def test_resume_auto_needs_a_name(store):
@@ -119,7 +126,7 @@ def test_killed_sweep_resumes_the_trial_that_was_running(store, tmp_path):
 
     first = _driver("tune_hybrid.py", args, tmp_path / "first.log")
     _kill_when(first, lambda: trial() is not None and any(s in (5, 6) for s in _train_steps(trial())),
-               tmp_path / "first.log", timeout_s=1200)  # DeblurGAN's reference run trains first
+               tmp_path / "first.log", timeout_s=1200)  # DeblurGAN's reference run trains first, unless reused
     run = trial()
     assert newest_loadable(run.dir).state["step"] == 4
 

@@ -28,3 +28,18 @@ def test_smoke_plan_changes_are_typed():
     assert plan.changes["train.steps"] == 8 and plan.changes["train.log_every"] == 2
     assert plan.changes["scaling.resources_per_worker"] == {"CPU": 0.5}
     assert plan.changes["storage.s3_endpoint"] == "http://127.0.0.1:9"
+
+
+def test_the_smoke_studys_deblurgan_run_is_its_sweeps_reference(tmp_path):
+    """The study's DeblurGAN run trains the recipe the sweep looks for, so the sweep reuses it
+    instead of training DeblurGAN a second time (before, the two differed in their curriculum)."""
+    from asaptrain.config.io import replace
+    from asaptrain.config.presets import get_preset
+    from asaptrain.sweep.speed import _recipe, reference_config
+
+    store = Store.open(str(tmp_path))
+    plan = smoke_plan(store.uri, None, steps=2, trials=2, use_gpu=False, gpus=0)
+    own = replace(get_preset("deblurgan-smoke"), {**plan.changes, **plan.preset_changes["deblurgan-smoke"]})
+    sweep_base = replace(get_preset(plan.sweep_preset), {**plan.changes, **plan.sweep_changes})
+    assert _recipe(own, store) == _recipe(reference_config(sweep_base, "deblurgan-smoke"), store)
+    assert own.curriculum == get_preset("hybrid-smoke").curriculum != get_preset("deblurgan-smoke").curriculum

@@ -1,7 +1,9 @@
 """Two real Ray nodes on one machine: a head and a second node (`ray start`, 2 CPUs each, their
 own temp dirs and ports, loopback), data and checkpoints on the loopback S3 store. Training with
-two workers placed on different nodes (SPREAD) over gloo, run directly and through
-`asaptrain submit train`; the workers' node ids differ, their weights agree, the run is in the bucket.
+two workers placed on different nodes (SPREAD) over gloo, through `asaptrain submit train`; the
+workers' node ids differ, their weights agree, the run is in the bucket, and `asaptrain aggregate`
+reports it. (The CLI run against a cluster from outside, RAY_ADDRESS set by hand:
+test_cluster_restart.py.)
 
 The nodes come from conftest's ``ray_start``, which stops only the Ray processes it started.
 """
@@ -67,18 +69,11 @@ def _check_run(store: Store, bucket: str, endpoint: str, name: str, gcs: str) ->
     assert len(nodes) == 2 and nodes[0] != nodes[1], nodes
 
 
-def test_train_spreads_two_workers_over_two_nodes(two_nodes, dataset_store, s3_endpoint):
-    gcs, _ = two_nodes
-    bucket, store = dataset_store
-    env = {**os.environ, "RAY_ADDRESS": gcs, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "asaptrain", "train",
-                           *_train_args(f"s3://{bucket}/x", s3_endpoint, "spread")],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    _check_run(store, bucket, s3_endpoint, "spread", gcs)
-
-
-def test_submit_train_to_the_two_node_cluster(two_nodes, dataset_store, s3_endpoint):
+def test_submit_train_spreads_two_workers_over_two_nodes_then_aggregate(two_nodes, dataset_store, s3_endpoint,
+                                                                       tmp_path):
+    """`asaptrain submit train` to the cluster's dashboard, as a user submits a job: the job's
+    `train` (RAY_ADDRESS set by Ray) places its two workers on two nodes; then `asaptrain aggregate`
+    of the bucket reports the run."""
     gcs, dashboard = two_nodes
     bucket, store = dataset_store
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
@@ -87,5 +82,22 @@ def test_submit_train_to_the_two_node_cluster(two_nodes, dataset_store, s3_endpo
                            "--python", sys.executable, "--", *args],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "SUCCEEDED" in proc.stdout + proc.stderr
     _check_run(store, bucket, s3_endpoint, "submitted", gcs)
-    assert json.loads(json.dumps(store.child("runs", "submitted").read_json("run.json")))  # readable metadata
+    run = store.child("runs", "submitted")
+    assert run.read_json("run.json")["status"] == "finished"
+    assert [r["step"] for r in map(json.loads, run.read_text("metrics.jsonl").splitlines())
+            if r["kind"] == "train"] == [2, 4]
+    assert run.list("samples")
+
+    out = tmp_path / "report"
+    agg = subprocess.run([sys.executable, "-m", "asaptrain", "aggregate", "--store", f"s3://{bucket}/x",
+                          "--s3-endpoint", s3_endpoint, "--out", str(out)],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert agg.returncode == 0, agg.stdout[-3000:] + agg.stderr[-3000:]
+    assert "submitted" in (out / "report.md").read_text()
+    # Every model has a row in the tables, run or not: the submitted run must be in the hybrid's.
+    report = json.loads((out / "report.json").read_text())
+    row = next(r for r in report["tasks"]["deblur"]["rows"] if r["model"] == "hybrid")
+    assert row["run"] == "submitted" and row["step"] == 4 and row["psnr"] is not None
+    assert [r["name"] for r in report["runs"]] == ["submitted"]

@@ -86,6 +86,7 @@ def test_no_credential_in_store_runs_or_ray_logs(head, s3_endpoint, s3_bucket):
     from asaptrain.data.convert import convert
     from asaptrain.data.store import Store
     from asaptrain.data.synth import synth_plan
+    from asaptrain.sweep.speed import reference_config, reference_preset
     from asaptrain.sweep.tune import sweep
     from asaptrain.train.launch import fit
 
@@ -98,11 +99,14 @@ def test_no_credential_in_store_runs_or_ray_logs(head, s3_endpoint, s3_bucket):
         "train.log_every=1", "eval.every=2", "train.checkpoint_every=2", "train.sample_every=2",
         "scaling.num_workers=1", "scaling.use_gpu=false",
         "eval.images=4"])
-    result = fit(cfg, name="planted", progress=False)
+    # The train run is DeblurGAN's reference recipe for the sweep after it, which reuses it rather
+    # than training one more run.
+    result = fit(reference_config(cfg, reference_preset(cfg)), name="planted", progress=False)
     assert result.status == "finished", result.error
     summary = sweep(cfg, trials=1, name="planted-sweep", space={"optim.g_lr": {"choice": [1e-4]}},
                     search="random", progress=False)
     assert [t["status"] for t in summary["trials"]] == ["finished"], summary["trials"]
+    assert store.child("sweeps", "planted-sweep").read_json("sweep.json")["reference"]["run"] == "planted"
     assert store.exists("sweeps/planted-sweep/tune/tuner.pkl")  # what used to carry the keys
     job = sub.submit("aggregate", ["--out", os.path.join(temp, "report")], address=dashboard, store=uri,
                      s3_endpoint=s3_endpoint, python=sys.executable)

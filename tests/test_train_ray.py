@@ -26,15 +26,10 @@ pytestmark = pytest.mark.slow
 TWO_WORKERS = ["scaling.num_workers=2", "scaling.resources_per_worker={CPU = 0.5}", "scaling.use_gpu=false"]
 
 
-def make_datasets(store: Store) -> None:
-    convert(synth_plan("photos", 24, (64, 64), seed=0, val_count=4), store.child("datasets", "synth-photos"))
-    convert(synth_plan("scenes", 16, (64, 128), seed=0, val_count=4), store.child("datasets", "synth-scenes"))
-
-
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, ray_cluster):
     s = Store.open(str(tmp_path_factory.mktemp("store")))
-    make_datasets(s)
+    convert(synth_plan("photos", 24, (64, 64), seed=0, val_count=4), s.child("datasets", "synth-photos"))
     return s
 
 
@@ -49,21 +44,24 @@ def smoke_cfg(name: str, store: Store, *extra: str):
 
 
 @pytest.mark.parametrize("preset", SMOKE_PRESETS)
-def test_smoke_preset_trains_on_two_workers(preset, store, tmp_path):
-    result = fit(smoke_cfg(preset, store, *TWO_WORKERS), preset=preset, progress=False)
-    assert result.status == "finished", result.error
-    files = RunFiles(store, result.name)
+def test_smoke_preset_trains_on_two_workers(preset, smoke_study, tmp_path):
+    """Each smoke preset's run of `asaptrain smoke` (two CPU workers, gloo DDP; trained once per test
+    run for this and the end-to-end test): every file a finished run must have, in full."""
+    assert smoke_study.result.returncode == 0, smoke_study.result.stdout[-3000:] + smoke_study.result.stderr[-3000:]
+    steps = smoke_study.steps
+    files = RunFiles(Store.open(str(smoke_study.store)), smoke_study.run_of(preset))
     run = files.read_run()
-    assert run["status"] == "finished" and run["steps_done"] == 4 and run["world_size"] == 2
+    assert run["status"] == "finished" and run["steps_done"] == steps and run["world_size"] == 2
     timing = files.dir.read_json("timing.json")
     # DDP kept both replicas identical: the same weight fingerprint on rank 0 and rank 1.
     assert len(timing["replica_checksums"]) == 2
     assert timing["replica_checksums"][0] == pytest.approx(timing["replica_checksums"][1], rel=0, abs=1e-9)
     assert timing["images_per_s"] > 0 and timing["world_size"] == 2 and timing["inference"][0]["ms"] > 0
     records = files.read_metrics()
-    assert [r["step"] for r in records if r["kind"] == "train"] == [2, 4]
+    assert [r["step"] for r in records if r["kind"] == "train"] == list(range(1, steps + 1))  # log_every 1
     evals = [r for r in records if r["kind"] == "eval"]
-    assert [r["step"] for r in evals] == [0, 4] and all(r["psnr"] > 0 and 0 < r["ssim"] <= 1 for r in evals)
+    assert [r["step"] for r in evals] == [0, steps // 2, steps] and all(r["psnr"] > 0 and 0 < r["ssim"] <= 1
+                                                                        for r in evals)
     assert evals[-1]["fid"] is None and evals[-1]["fid_reason"]
     if preset.startswith(("deblurgan", "hybrid")):
         assert evals[-1]["input_psnr"] is not None
@@ -199,9 +197,9 @@ def _train_worker_pids() -> list[int]:
 def test_killed_worker_resumes_from_checkpoint_without_gaps(store):
     """Kill one worker process mid-run: the group restarts from the last checkpoint and every
     step appears exactly once in metrics.jsonl."""
-    steps = 30
+    steps = 16  # a checkpoint before the kill, steps after it
     cfg = smoke_cfg("deblurgan-smoke", store, *TWO_WORKERS, f"train.steps={steps}", "train.log_every=1",
-                    "train.checkpoint_every=5", "eval.every=100", "train.max_failures=2")
+                    "train.checkpoint_every=4", "eval.every=100", "train.max_failures=2")
     name = "fault-test"
     killed: list[int] = []
 
@@ -210,7 +208,7 @@ def test_killed_worker_resumes_from_checkpoint_without_gaps(store):
         deadline = time.time() + 300
         while time.time() < deadline and not killed:
             p = files.read_progress()
-            if p and 12 <= p["step"] < steps - 5:
+            if p and 6 <= p["step"] < steps - 4:
                 pids = _train_worker_pids()
                 if pids:
                     os.kill(pids[-1], signal.SIGKILL)
