@@ -72,38 +72,30 @@ def s3_bucket(s3_endpoint):
     return name
 
 
-_SHARED_RAY: dict[str, str] = {}
-"""The GCS address of the local Ray that :func:`ray_cluster` started, while it is up."""
+def pytest_collection_modifyitems(config, items):
+    """The modules with slow tests (real Ray runs, sweeps) first, each module's tests together and in
+    their own order. Under ``-n 2 --dist loadfile`` the last files handed out are then quick ones,
+    so neither test process is left with a long module while the other has nothing to do."""
+    slow_modules = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
+    order = {item: i for i, item in enumerate(items)}
+    items.sort(key=lambda item: (item.module.__name__ not in slow_modules, order[item]))
 
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    """A real local Ray with 2 CPUs, started once and shared by the modules that ask for it.
+    """A real local Ray with 2 CPUs, shared by the tests of one module.
 
-    Starting one costs seconds and its idle workers are reused, so it outlives a module. A module
-    that needs another Ray (nodes of its own, no dashboard) shuts this one down first; the next
-    module that asks starts it again. It is shut down at the end of the session."""
+    Not by several modules: when one Ray outlived its module, a sweep in a later module waited for
+    CPUs that never came free, after a module that kills drivers and workers had run on it."""
     import ray
 
-    if _SHARED_RAY and ray.is_initialized() and ray.get_runtime_context().gcs_address == _SHARED_RAY["gcs"]:
-        yield ray
-        return
     if ray.is_initialized():
         ray.shutdown()
     # address="local": a new Ray of its own, never one a stale /tmp/ray/ray_current_cluster names
     ray.init(address="local", num_cpus=2, include_dashboard=True, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": os.getcwd()}})
-    _SHARED_RAY["gcs"] = ray.get_runtime_context().gcs_address
     yield ray
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _shut_down_the_shared_ray():
-    yield
-    ray = sys.modules.get("ray")
-    if ray is not None and ray.is_initialized():
-        ray.shutdown()
-    _SHARED_RAY.clear()
+    ray.shutdown()
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -213,40 +205,3 @@ def ray_start():
         _stop_nodes(started)
         for d in started:
             shutil.rmtree(d, ignore_errors=True)
-
-
-@dataclass(frozen=True)
-class SmokeStudy:
-    """What :func:`smoke_study` ran and where."""
-
-    store: Path
-    """The study's local store: datasets, runs, sweeps, reports."""
-    result: subprocess.CompletedProcess
-    """The command's exit status and output."""
-    steps: int
-    """Training steps of every run."""
-
-    def run_of(self, preset: str) -> str:
-        """The name of the study's run of ``preset`` (its ``run.json`` names the preset)."""
-        import json
-
-        names = [p.name for p in (self.store / "runs").iterdir()
-                 if json.loads((p / "run.json").read_text()).get("preset") == preset]
-        assert len(names) == 1, (preset, names)
-        return names[0]
-
-
-@pytest.fixture(scope="session")
-def smoke_study(tmp_path_factory) -> SmokeStudy:
-    """The README's main command, ``asaptrain smoke``, run once per test run as a user runs it (its
-    own process, its own local Ray): four smoke presets trained on two CPU workers each, the
-    hybrid's 2-trial sweep and the report. The end-to-end test checks the study; the Ray Train
-    tests check each of its four runs, which they would otherwise train again."""
-    steps = 4
-    store = tmp_path_factory.mktemp("smoke-study") / "store"
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["PYTHONUNBUFFERED"] = "1"
-    result = subprocess.run([str(Path(sys.executable).with_name("asaptrain")), "smoke", "--store", str(store),
-                             "--steps", str(steps), "--trials", "2", "--no-progress"],
-                            capture_output=True, text=True, timeout=1500, cwd=ROOT, env=env)
-    return SmokeStudy(store, result, steps)
