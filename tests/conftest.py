@@ -72,15 +72,6 @@ def s3_bucket(s3_endpoint):
     return name
 
 
-def pytest_collection_modifyitems(config, items):
-    """The modules with slow tests (real Ray runs, sweeps) first, each module's tests together and in
-    their own order. Under ``-n 2 --dist loadfile`` the last files handed out are then quick ones,
-    so neither test process is left with a long module while the other has nothing to do."""
-    slow_modules = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
-    order = {item: i for i, item in enumerate(items)}
-    items.sort(key=lambda item: (item.module.__name__ not in slow_modules, order[item]))
-
-
 @pytest.fixture(scope="module")
 def ray_cluster():
     """A real local Ray with 2 CPUs, shared by the tests of one module.
