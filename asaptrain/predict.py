@@ -81,7 +81,7 @@ class PredictConfig:
     bf16 natively: ``asaptrain.precision``)."""
     compile_mlp: bool = False
     """Run the pixelwise MLPs (ASAP-Net, hybrid) through torch.compile: each worker compiles once per
-    tile shape (tens of seconds on a CPU); measure it first (slower than eager on a 2-core CPU)."""
+    tile shape (tens of seconds on a CPU); measure it first (no faster than eager on a 2-core CPU)."""
     s3_endpoint: str = ""
     """S3-compatible endpoint of every s3:// URI here [empty: AWS_ENDPOINT_URL*]."""
     instances: str = ""

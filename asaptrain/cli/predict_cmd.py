@@ -39,7 +39,7 @@ from asaptrain.data.decode import DEFAULT_MAX_PIXELS
                    "natively, else fp32. predictions.json records the one used.")
 @click.option("--compile-mlp", is_flag=True,
               help="torch.compile the pixelwise MLPs (ASAP-Net, hybrid): each worker compiles once per tile shape "
-                   "(tens of seconds on a CPU); measure with `bench compare --compile-mlp` first.")
+                   "(tens of seconds on a CPU); no faster than eager on a 2-core CPU, so measure it first.")
 @click.option("--instances", metavar="URI",
               help="With --images: instance-id maps at the label maps' relative paths (runs trained with instance edges).")
 @s3_endpoint_option
