@@ -36,6 +36,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # driver hands both to the controller, and every command the tests start inherits them.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
 os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+# A raylet keeps at most num_cpus (2 here) worker processes and kills the idle ones past that
+# after 1 s. A Ray Train run alone holds about nine actors (controller, workers, Ray Data's
+# coordinators), so a Ray Data read or decode task often started a fresh Python process (Ray,
+# numpy, pyarrow imported anew) that was killed a second after its task. Idle workers now live a
+# minute, so the next epoch's tasks find them. (Raising the soft limit as well measured no better.)
+os.environ.setdefault("RAY_idle_worker_killing_time_threshold_ms", "60000")
 
 # Ray's token auth (2.60's default for a local cluster) is on for every Ray the tests start, heads
 # started with `ray start` included, with one token of this process's own. One mode for the whole
@@ -73,18 +79,22 @@ def s3_bucket(s3_endpoint):
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
+def ray_cluster(request):
     """A real local Ray with 2 CPUs, shared by the tests of one module.
 
     Not by several modules: when one Ray outlived its module, a sweep in a later module waited for
-    CPUs that never came free, after a module that kills drivers and workers had run on it."""
+    CPUs that never came free, after a module that kills drivers and workers had run on it.
+
+    With Ray's dashboard (the state API: sweeps, actor counts) unless the module sets
+    ``RAY_DASHBOARD = False``: its head and nine module processes cost about 2 s of CPU to
+    start and more while they run."""
     import ray
 
     if ray.is_initialized():
         ray.shutdown()
     # address="local": a new Ray of its own, never one a stale /tmp/ray/ray_current_cluster names
-    ray.init(address="local", num_cpus=2, include_dashboard=True, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": os.getcwd()}})
+    ray.init(address="local", num_cpus=2, include_dashboard=getattr(request.module, "RAY_DASHBOARD", True),
+             log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": os.getcwd()}})
     yield ray
     ray.shutdown()
 

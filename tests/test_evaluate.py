@@ -28,6 +28,8 @@ from asaptrain.train.nets import generator_in_channels
 from asaptrain.train.run_files import RunFiles
 from asaptrain.train.state import to_bytes
 
+RAY_DASHBOARD = False  # ray_cluster: nothing here asks Ray's state API
+
 VAL_SIZES = [(64, 96), (61, 93), (33, 47)]  # odd sizes: padded to the generator's multiple and cropped back
 
 

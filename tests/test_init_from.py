@@ -25,6 +25,8 @@ from asaptrain.train.state import to_bytes
 
 from test_train_loop import passthrough, tensors
 
+RAY_DASHBOARD = False  # ray_cluster: nothing here asks Ray's state API
+
 CPU = torch.device("cpu")
 DATA = Path(__file__).parent / "data" / "official"
 FIXTURES = json.loads((DATA / "fixtures.json").read_text())

@@ -18,6 +18,8 @@ from asaptrain.config.presets import get_preset
 from asaptrain.infer import generate, model_input, read_input, run_tiles
 from asaptrain.train.nets import build_generator, min_input_size, size_multiple
 
+RAY_DASHBOARD = False  # ray_cluster: nothing here asks Ray's state API
+
 SIZES = [(1, 1), (1, 300), (300, 1), (3, 5), (7, 9)]  # (height, width)
 
 

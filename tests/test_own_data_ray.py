@@ -25,6 +25,8 @@ from asaptrain.train.launch import fit
 from asaptrain.train.run_files import RunFiles
 from test_own_data import N, PALETTE, gradient, save
 
+RAY_DASHBOARD = False  # ray_cluster: nothing here asks Ray's state API
+
 pytestmark = pytest.mark.slow
 
 TWO_WORKERS = ["scaling.num_workers=2", "scaling.resources_per_worker={CPU = 0.5}", "scaling.use_gpu=false"]

@@ -26,6 +26,8 @@ from asaptrain.data.shards import ShardError, ShardWriter
 from asaptrain.data.store import Store, StoreError
 
 H, W = 40, 64  # stored image size
+RAY_DASHBOARD = False  # ray_cluster: nothing here asks Ray's state API
+
 CROP = (24, 32)
 
 

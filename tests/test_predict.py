@@ -24,6 +24,8 @@ from asaptrain.train.nets import build_generator, generator_in_channels
 from asaptrain.train.run_files import RunFiles
 from asaptrain.train.state import to_bytes
 
+RAY_DASHBOARD = False  # ray_cluster: nothing here asks Ray's state API
+
 CKPT = "checkpoint_000001/state.pt"
 
 

@@ -15,6 +15,8 @@ from asaptrain.data.store import Store
 from asaptrain.train.resources import ResourceError, worker_resources
 
 
+RAY_DASHBOARD = False  # ray_cluster: nothing here asks Ray's state API
+
 def cfg(*sets: str):
     return apply_overrides(get_preset("deblurgan-smoke"), list(sets))
 
