@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from asaptrain.data.shards import SPLITS, read_manifest, shard_paths
+from asaptrain.data.shards import SPLITS, read_manifest, read_shards, shard_paths
 from asaptrain.data.store import Store, absolute_uri, resolve_dataset
 from asaptrain.errors import UserError
 
@@ -210,8 +210,6 @@ def _batches(ec: EvaluateConfig, checked: dict, cfg, columns: list[str], edges: 
         scorer = Scorer(run_dir, ckpt, use_gpu=_local_gpu(), threads=0, dtype=ec.dtype, fid=checked["fid"],
                         batch=ec.batch)
         return (scorer(decode_rows(b, cfg, edges)) for b in _local_batches(data, ec.split, columns)), (1, 0.0, 0.0)
-    import ray
-
     from asaptrain.predict import PredictConfig, _resources
     from asaptrain.train.driver import ensure_ray
 
@@ -219,7 +217,7 @@ def _batches(ec: EvaluateConfig, checked: dict, cfg, columns: list[str], edges: 
     resources = _resources(PredictConfig(run=ec.run, out="", workers=ec.workers, gpus_per_worker=ec.gpus_per_worker,
                                          cpus_per_worker=ec.cpus_per_worker))
     workers, gpus, cpus = resources
-    ds = ray.data.read_parquet(shard_paths(data, ec.split), filesystem=data.fs, include_paths=True, columns=columns)
+    ds = read_shards(shard_paths(data, ec.split), data.fs, include_paths=True, columns=columns)
     ds = ds.map_batches(decode_rows, batch_size=ROWS_PER_TASK, num_cpus=TASK_CPUS, fn_kwargs={"cfg": cfg, "edges": edges})
     ds = ds.map_batches(Scorer, batch_size=ec.batch, concurrency=workers, num_gpus=gpus, num_cpus=cpus,
                         fn_constructor_kwargs={"run_dir": run_dir, "checkpoint_rel": ckpt, "use_gpu": gpus > 0,

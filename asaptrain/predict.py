@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 from asaptrain.data.decode import DEFAULT_MAX_PIXELS
 from asaptrain.data.outputs import IMAGE_SUFFIXES, JOB_FILE, check_out_folder, finished_outputs, output_names
-from asaptrain.data.shards import SPLITS, read_manifest, shard_paths
+from asaptrain.data.shards import SPLITS, read_manifest, read_shards, shard_paths
 from asaptrain.data.store import Store
 from asaptrain.errors import UserError
 from asaptrain.precision import DTYPES
@@ -157,8 +157,7 @@ def _pipeline(pc: PredictConfig, cfg, source: Store, out: Store, run_dir: Store,
     if dataset is not None:
         paths, keep = dataset
         edges = cfg.data.task == "labels2photo" and cfg.data.instance_edges
-        ds = ray.data.read_parquet(paths, filesystem=source.fs, include_paths=True,
-                                   columns=["key", "split", "input"] + ["instance"] * edges)
+        ds = read_shards(paths, source.fs, include_paths=True, columns=["key", "split", "input"] + ["instance"] * edges)
         ds = ds.map_batches(_decode_shard_rows, batch_size=ROWS_PER_TASK, num_cpus=TASK_CPUS,
                             fn_kwargs={"done": frozenset(done), "keep": keep, "edges": edges, "cfg": cfg,
                                        "max_pixels": pc.max_pixels})

@@ -124,6 +124,33 @@ def test_run_names_are_never_silently_reused(store):
     assert choose_name(store, apply_overrides(cfg, ["train.steps=8"]), None, None, "taken") == ("taken", 4)
 
 
+def _footer_readers() -> int:
+    """Ray Data's Parquet footer-reading actors ever started on this test's Ray (dead ones too)."""
+    from ray.util.state import list_actors
+
+    from asaptrain.sweep.tune import this_cluster_state_api
+
+    with this_cluster_state_api() as url:
+        return len(list_actors(address=url, filters=[("class_name", "=", "FooterReader")], limit=10_000, timeout=10,
+                               raise_on_missing_output=False))
+
+
+def test_an_epoch_of_shards_starts_one_footer_reader_not_thirty_two(store):
+    """Ray Data lists Parquet files through a pool of FooterReader actors, 32 by default, started for
+    the schema sample and again for every execution (every epoch of every worker): a Python process
+    each, on a 2-core machine too. A dataset of a few shards needs one (and a user's own
+    RAY_DATA_PARQUET_FOOTER_NUM_ACTORS is kept)."""
+    from asaptrain.data.pipeline import train_dataset
+
+    cfg = smoke_cfg("hybrid-smoke", store)
+    before = _footer_readers()
+    ds = train_dataset(cfg, store)
+    for epoch in range(2):
+        assert sum(len(next(iter(b.values()))) for b in ds.iter_batches(batch_size=4)) == 24, epoch
+    started = _footer_readers() - before
+    assert 1 <= started <= 3, f"{started} FooterReader actors for one read and two epochs of one shard"
+
+
 def _train_worker_pids() -> list[int]:
     """The Train workers of this test's own Ray (asked through its own dashboard), never another
     Ray's on this machine: looking for processes by name would find (and kill) those too."""

@@ -39,7 +39,7 @@ from ray.data import DataContext, FileShuffleConfig
 
 from asaptrain.config.schema import Config
 from asaptrain.data.decode import DataError, Decoder, decode_rows, key_id
-from asaptrain.data.shards import image_size_range, read_manifest, shard_paths
+from asaptrain.data.shards import image_size_range, read_manifest, read_shards, shard_paths
 from asaptrain.data.store import resolve_dataset
 
 if TYPE_CHECKING:
@@ -179,8 +179,8 @@ def train_dataset(cfg: Config, store, bad_log=None, ds_store=None):
     paths = shard_paths(ds_store, "train")
     decoder = Decoder.from_config(cfg, reads_stored_input(cfg, ds_store, paths))
     bad_log = bad_log if bad_log is not None else new_bad_image_log(cfg.data.max_bad_images)
-    ds = ray.data.read_parquet(paths, filesystem=ds_store.fs, columns=decoder.columns, include_paths=True,
-                               shuffle=FileShuffleConfig(seed=cfg.train.seed))
+    ds = read_shards(paths, ds_store.fs, columns=decoder.columns, include_paths=True,
+                     shuffle=FileShuffleConfig(seed=cfg.train.seed))
     rows = max(1, min(256, MAP_BATCH_BYTES // (cfg.data.crop_height * cfg.data.crop_width * 8)))
     ds = ds.map_batches(_decode_batch, batch_format="numpy", batch_size=rows, fn_kwargs={
         "decoder": decoder, "bad_log": bad_log, "limit": cfg.data.max_bad_images,

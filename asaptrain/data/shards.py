@@ -282,6 +282,31 @@ def shard_paths(store: Store, split: str) -> list[str]:
     return [store.path(e["path"]) for e in entries]
 
 
+FOOTER_READERS_ENV = "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"
+SHARDS_PER_FOOTER_READER = 1000
+
+
+def read_shards(paths: list[str], fs, **read_kwargs):
+    """``ray.data.read_parquet(paths, filesystem=fs, **read_kwargs)`` with one footer-reading actor
+    per :data:`SHARDS_PER_FOOTER_READER` shards.
+
+    Ray Data's Parquet reader lists its files through a pool of ``FooterReader`` actors, 32 of
+    them by default, started anew for every execution of the dataset (every epoch of every Ray
+    Train worker's shard, every predict or evaluate read) and for the schema sample at read time:
+    32 Python processes importing Ray, pyarrow and numpy to read a handful of footers. One
+    actor reads a thousand footers with its 128 I/O threads. The count is fixed when the reader is
+    built, in this process; a user's own setting of the variable is kept."""
+    import ray.data
+
+    if FOOTER_READERS_ENV in os.environ:
+        return ray.data.read_parquet(paths, filesystem=fs, **read_kwargs)
+    os.environ[FOOTER_READERS_ENV] = str(1 + len(paths) // SHARDS_PER_FOOTER_READER)
+    try:
+        return ray.data.read_parquet(paths, filesystem=fs, **read_kwargs)
+    finally:
+        os.environ.pop(FOOTER_READERS_ENV, None)
+
+
 def image_size_range(store: Store, split: str) -> tuple[tuple[int, int], tuple[int, int]]:
     """((smallest width, smallest height), (largest width, largest height)) in pixels of a split's
     images, from the shards' Parquet statistics (one footer read per shard; the column itself
