@@ -135,20 +135,28 @@ def _footer_readers() -> int:
                                raise_on_missing_output=False))
 
 
-def test_an_epoch_of_shards_starts_one_footer_reader_not_thirty_two(store):
-    """Ray Data lists Parquet files through a pool of FooterReader actors, 32 by default, started for
-    the schema sample and again for every execution (every epoch of every worker): a Python process
-    each, on a 2-core machine too. A dataset of a few shards needs one (and a user's own
-    RAY_DATA_PARQUET_FOOTER_NUM_ACTORS is kept)."""
+def test_an_epoch_of_shards_starts_one_footer_reader_not_thirty_two(store, monkeypatch):
+    """Ray Data lists Parquet files through a pool of FooterReader actors, 32 by default, started
+    again for every execution (every epoch of every worker): a Python process each, on a 2-core
+    machine too. A dataset of a few shards needs one; a user's own
+    RAY_DATA_PARQUET_FOOTER_NUM_ACTORS is kept, and the variable is left as it was found."""
     from asaptrain.data.pipeline import train_dataset
+    from asaptrain.data.shards import FOOTER_READERS_ENV
 
-    cfg = smoke_cfg("hybrid-smoke", store)
-    before = _footer_readers()
-    ds = train_dataset(cfg, store)
-    for epoch in range(2):
-        assert sum(len(next(iter(b.values()))) for b in ds.iter_batches(batch_size=4)) == 24, epoch
-    started = _footer_readers() - before
+    def started_by_epochs(epochs: int) -> int:
+        before = _footer_readers()
+        ds = train_dataset(smoke_cfg("hybrid-smoke", store), store)
+        for epoch in range(epochs):
+            assert sum(len(next(iter(b.values()))) for b in ds.iter_batches(batch_size=4)) == 24, epoch
+        return _footer_readers() - before
+
+    monkeypatch.delenv(FOOTER_READERS_ENV, raising=False)
+    started = started_by_epochs(2)
     assert 1 <= started <= 3, f"{started} FooterReader actors for one read and two epochs of one shard"
+    assert FOOTER_READERS_ENV not in os.environ
+    monkeypatch.setenv(FOOTER_READERS_ENV, "4")
+    assert started_by_epochs(1) == 4
+    assert os.environ[FOOTER_READERS_ENV] == "4"
 
 
 def _train_worker_pids() -> list[int]:

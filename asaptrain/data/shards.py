@@ -290,21 +290,23 @@ def read_shards(paths: list[str], fs, **read_kwargs):
     """``ray.data.read_parquet(paths, filesystem=fs, **read_kwargs)`` with one footer-reading actor
     per :data:`SHARDS_PER_FOOTER_READER` shards.
 
-    Ray Data's Parquet reader lists its files through a pool of ``FooterReader`` actors, 32 of
-    them by default, started anew for every execution of the dataset (every epoch of every Ray
-    Train worker's shard, every predict or evaluate read) and for the schema sample at read time:
-    32 Python processes importing Ray, pyarrow and numpy to read a handful of footers. One
-    actor reads a thousand footers with its 128 I/O threads. The count is fixed when the reader is
-    built, in this process; a user's own setting of the variable is kept."""
+    Ray Data's Parquet reader lists its files through a pool of ``FooterReader`` actors, 32 by
+    default, started anew for every execution of the dataset (every epoch of every Ray Train
+    worker's shard, every predict or evaluate read): 32 Python processes importing Ray, pyarrow
+    and numpy to read a handful of footers. The count is read from the environment when the
+    reader is built, in this process, so it is set around that call only; a user's own setting of
+    the variable is kept. (Measured here on datasets of one to a few shards; a thousand shards per
+    actor, each actor with 128 I/O threads, is a bound that has not been timed.)"""
     import ray.data
 
-    if FOOTER_READERS_ENV in os.environ:
-        return ray.data.read_parquet(paths, filesystem=fs, **read_kwargs)
-    os.environ[FOOTER_READERS_ENV] = str(1 + len(paths) // SHARDS_PER_FOOTER_READER)
+    own = FOOTER_READERS_ENV not in os.environ
+    if own:
+        os.environ[FOOTER_READERS_ENV] = str(1 + len(paths) // SHARDS_PER_FOOTER_READER)
     try:
         return ray.data.read_parquet(paths, filesystem=fs, **read_kwargs)
     finally:
-        os.environ.pop(FOOTER_READERS_ENV, None)
+        if own:
+            os.environ.pop(FOOTER_READERS_ENV, None)
 
 
 def image_size_range(store: Store, split: str) -> tuple[tuple[int, int], tuple[int, int]]:
