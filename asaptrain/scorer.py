@@ -25,7 +25,6 @@ import numpy as np
 
 from asaptrain.data.decode import BadImage, edge_map, input_array, key_id, open_image
 
-SSIM_KERNEL, SSIM_SIGMA = 11, 1.5
 FEATURES = 2048
 """Inception pool features per image for FID."""
 
@@ -91,24 +90,14 @@ def ssim_uint8(output: np.ndarray, target: np.ndarray) -> float:
     """SSIM of two (H, W, 3) uint8 images as Wang et al.'s reference code computes it: Gaussian
     window 11, sigma 1.5, K1 0.01, K2 0.03, data range 255, the map over the "valid" region only
     (no padding: a 5-pixel border has no full window), averaged there and over the RGB channels;
-    float64. (torchmetrics' SSIM pads by reflection and averages the whole image instead.)"""
+    float64 (``train.metrics.ssim_per_image``, ``border="valid"``). (Validation during training
+    pads by reflection and averages the whole image, as torchmetrics does.)"""
     import torch
-    import torch.nn.functional as F
 
-    h, w = output.shape[:2]
-    if min(h, w) < SSIM_KERNEL:
-        raise ValueError(f"a {w}x{h} image is smaller than SSIM's {SSIM_KERNEL}-pixel window")
-    x, y = (torch.tensor(v).permute(2, 0, 1)[:, None].double() for v in (output, target))  # (3, 1, H, W)
-    g = torch.exp(-(torch.arange(SSIM_KERNEL, dtype=torch.float64) - SSIM_KERNEL // 2) ** 2 / (2 * SSIM_SIGMA ** 2))
-    g = g / g.sum()
+    from asaptrain.train.metrics import ssim_per_image
 
-    def window(m: torch.Tensor) -> torch.Tensor:  # separable Gaussian, valid region
-        return F.conv2d(F.conv2d(m, g.view(1, 1, 1, -1)), g.view(1, 1, -1, 1))
-
-    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-    mx, my = window(x), window(y)
-    vx, vy, cxy = window(x * x) - mx ** 2, window(y * y) - my ** 2, window(x * y) - mx * my
-    return float((((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))).mean())
+    x, y = (torch.from_numpy(np.ascontiguousarray(v)).permute(2, 0, 1)[None].double() for v in (output, target))
+    return float(ssim_per_image(x, y, data_range=255.0, border="valid")[0])
 
 
 def fid_from_features(real: np.ndarray, fake: np.ndarray) -> float:

@@ -23,7 +23,7 @@ from asaptrain.evaluate import EvaluateConfig, EvaluateError, evaluate
 from asaptrain.scorer import psnr_uint8, ssim_uint8
 from asaptrain.train.loop import train_loop
 from reporting import ListReporter
-from asaptrain.train.metrics import INCEPTION_FILE
+from asaptrain.train.metrics import INCEPTION_FILE, psnr_per_image, ssim_per_image
 from asaptrain.train.nets import generator_in_channels
 from asaptrain.train.run_files import RunFiles
 from asaptrain.train.state import to_bytes
@@ -129,6 +129,37 @@ def test_ssim_and_psnr_agree_with_the_formulas_written_out():
     assert psnr_uint8(a, a) == float("inf") and ssim_uint8(a, a) == pytest.approx(1.0, abs=1e-12)
     # float64 on both sides: only summation order differs
     assert ssim_uint8(a, b) == pytest.approx(numpy_ssim(a, b), abs=1e-10)
+
+
+def test_validation_psnr_and_ssim_equal_torchmetrics_per_image():
+    """Training's validation scores are torchmetrics' per-image PSNR and SSIM (data range 1), the
+    numbers runs reported before, without importing torchmetrics where a run evaluates."""
+    from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+    g = torch.Generator().manual_seed(0)
+    for shape in ((3, 3, 32, 32), (2, 3, 41, 67), (1, 1, 11, 11)):
+        target = torch.rand(shape, generator=g, dtype=torch.float64)
+        pred = (target + 0.1 * torch.randn(shape, generator=g, dtype=torch.float64)).clamp(0, 1)
+        pred[0] = target[0] if shape[0] > 1 else pred[0]  # an exact match: PSNR inf, SSIM 1
+        ref_psnr = peak_signal_noise_ratio(pred, target, data_range=1.0, reduction="none", dim=(1, 2, 3))
+        ref_ssim = structural_similarity_index_measure(pred, target, data_range=1.0, reduction="none")
+        # float64 on both sides: only the order of the sums differs
+        assert torch.equal(torch.isinf(psnr_per_image(pred, target)), torch.isinf(ref_psnr))
+        finite = ~torch.isinf(ref_psnr)
+        # torchmetrics turns its log's base into a float32 constant: a relative error of a few float32 epsilons
+        eps32 = torch.finfo(torch.float32).eps
+        assert torch.allclose(psnr_per_image(pred, target)[finite], ref_psnr[finite], rtol=4 * eps32, atol=0), shape
+        assert torch.allclose(psnr_per_image(pred.float(), target.float())[finite].double(), ref_psnr[finite],
+                              rtol=8 * eps32, atol=0), shape
+        assert torch.allclose(ssim_per_image(pred, target), ref_ssim, rtol=0, atol=1e-12), shape
+        # float32, as training evaluates: each side's rounding, bounded by float32's epsilon times the
+        # window's 121 terms and the formula's few operations on values of order 1
+        bound = 121 * 8 * eps32
+        ours = ssim_per_image(pred.float(), target.float())
+        theirs = structural_similarity_index_measure(pred.float(), target.float(), data_range=1.0, reduction="none")
+        assert (ours - theirs).abs().max() <= bound, (shape, ours, theirs)
+    with pytest.raises(ValueError, match="10x12 image is smaller than SSIM's 11-pixel window"):
+        ssim_per_image(torch.zeros(1, 3, 12, 10), torch.zeros(1, 3, 12, 10))
 
 
 def test_local_evaluate_equals_numpy_on_infer_pngs_and_torchmetrics_fid(tmp_path):

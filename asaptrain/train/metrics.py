@@ -2,7 +2,8 @@
 
 PSNR and SSIM are per-image means over the set with an explicit data range of 1.0 on
 images in [0, 1] — what papers report (torchmetrics' default pools the squared error over the
-whole set instead). FID uses the Inception weights papers use (``pt_inception-2015-12-05``)
+whole set instead); both are written here in torch: torchmetrics' per-image numbers without
+its import, and for ``evaluate`` SSIM over the valid region as Wang et al.'s reference code. FID uses the Inception weights papers use (``pt_inception-2015-12-05``)
 from a path, a URI or the store (``asaptrain.data.weights``, the one loader); where none are
 available FID is ``None`` with the reason, never a number from random weights. A weights file is loaded as tensors only before anything else
 reads it: one that holds other objects is refused, never unpickled.
@@ -30,18 +31,50 @@ def to_unit(images: torch.Tensor) -> torch.Tensor:
     return ((images.float() + 1) / 2).clamp(0, 1)
 
 
-def psnr_per_image(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """PSNR in dB of each image (inputs in [0, 1]), shape (B,)."""
-    from torchmetrics.functional.image import peak_signal_noise_ratio  # 1.9 s to import: only where evaluated
-
-    return peak_signal_noise_ratio(pred, target, data_range=1.0, reduction="none", dim=(1, 2, 3))
+SSIM_KERNEL, SSIM_SIGMA = 11, 1.5
+"""SSIM's Gaussian window (Wang et al. 2004): 11 pixels, sigma 1.5."""
 
 
-def ssim_per_image(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """SSIM of each image (inputs in [0, 1], Gaussian 11x11, sigma 1.5), shape (B,)."""
-    from torchmetrics.functional.image import structural_similarity_index_measure
+def psnr_per_image(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """PSNR in dB of each image of two (B, C, H, W) batches: 10 log10(range^2 / MSE), the MSE over
+    each image's pixels and channels; ``inf`` where an image equals its target. Shape (B,)."""
+    mse = (pred - target).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(data_range ** 2 / mse)
 
-    return structural_similarity_index_measure(pred, target, data_range=1.0, reduction="none")
+
+def ssim_per_image(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0,
+                   border: str = "reflect") -> torch.Tensor:
+    """SSIM of each image of two (B, C, H, W) batches: Gaussian window 11, sigma 1.5, K1 0.01,
+    K2 0.03, the map averaged over the image and its channels, in the inputs' dtype. Shape (B,).
+
+    ``border``: ``"reflect"`` (validation during training): the images padded by reflection, so
+    the map covers every pixel: torchmetrics' per-image SSIM, the numbers runs have always
+    reported, without its import (about 2 s of CPU in every process that evaluates: it pulls in
+    torchvision). ``"valid"`` (``evaluate``'s 8-bit scores, float64, range 255): no padding, the map
+    over the region where the window fits, as Wang et al.'s reference code computes it. The tests
+    hold each equal to its reference (torchmetrics; the formula written out in numpy).
+    """
+    import torch.nn.functional as F
+
+    if border not in ("reflect", "valid"):
+        raise ValueError(f"border must be 'reflect' or 'valid', not {border!r}")
+    b, c, h, w = pred.shape
+    if min(h, w) < SSIM_KERNEL:
+        raise ValueError(f"a {w}x{h} image is smaller than SSIM's {SSIM_KERNEL}-pixel window")
+    if border == "reflect":
+        pad = (SSIM_KERNEL // 2,) * 4
+        pred, target = F.pad(pred, pad, mode="reflect"), F.pad(target, pad, mode="reflect")
+    g = torch.arange(SSIM_KERNEL, dtype=pred.dtype, device=pred.device) - SSIM_KERNEL // 2
+    g = torch.exp(-(g ** 2) / (2 * SSIM_SIGMA ** 2))
+    g = g / g.sum()
+    rows, cols = g.view(1, 1, 1, -1).expand(c, 1, 1, -1), g.view(1, 1, -1, 1).expand(c, 1, -1, 1)
+    stats = torch.cat((pred, target, pred * pred, target * target, pred * target))  # (5B, C, H, W)
+    mx, my, xx, yy, xy = F.conv2d(F.conv2d(stats, rows, groups=c), cols, groups=c).split(b)
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    vx, vy = (xx - mx * mx).clamp(min=0), (yy - my * my).clamp(min=0)
+    cxy = xy - mx * my
+    ssim = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    return ssim.flatten(1).mean(1)
 
 
 @dataclass
