@@ -53,7 +53,8 @@
 #   bench/gpu.sh [OUT]                     # OUT defaults to gpu-bench
 #   GPU_CHECK_PACK=FILE.tar.gz bench/gpu.sh OUT   # also re-pack OUT into FILE after every stage
 #   GPU_CHECK_DRY=1 bench/gpu.sh OUT       # CPU rehearsal of every stage (tests/test_gpu_check.py):
-#                                          # tiny sizes, 1-2 steps, smoke presets, the second number
+#                                          # tiny sizes, 1-2 steps, smoke presets (the ray stage's
+#                                          # run is DeblurGAN: the sweep's reference), the second number
 #                                          # of each budget only as a hang guard, and bench/gpu_image
 #                                          # hides what the GPU machine lacks (Ray too, for import)
 # On the GPU machine, after bench/gpu-wheels.sh here, with .whl carried (results come back packed):
@@ -121,10 +122,15 @@ if [ "$DRY" = 1 ]; then
   VARIANTS=bf16-cl COMPILE_VARIANT=bf16-cl  # inductor on a CPU takes minutes: rehearsed in correct
   COMPARE_DTYPES=bf16 REPEATS="--repeats 1 --warmup 0" BATCH=1
   TRAIN_PRESETS="--preset asapnet-smoke --batch 1"  # the quickest step; every preset takes one in correct
-  TRAIN_STEPS=1 TRAIN_WARMUP="--warmup 0" RAY_PRESET=hybrid-smoke RAY_STEPS=2
+  TRAIN_STEPS=1 TRAIN_WARMUP="--warmup 0" RAY_STEPS=2
   SYNTH="--count 8 --val-count 2 --size 64x64"
   RAY_GPU="--set scaling.use_gpu=false --set scaling.resources_per_worker={CPU=1}"
-  RAY_SETS="--set train.batch_size=4 --set eval.images=2" SWEEP_TRIALS=1 SWEEP_STEPS=2 DRYFLAG=--dry
+  # The ray stage's run is DeblurGAN on the sweep's recipe (hybrid-smoke's curriculum, the same
+  # steps and evaluation), so the sweep stage reuses it as its speed reference instead of training
+  # one more Ray Train run (the reference's own training is tested in tests/test_tune.py).
+  RAY_PRESET=deblurgan-smoke SWEEP_SETS="--set eval.images=2 --set eval.every=2"
+  RAY_SETS="--set train.batch_size=4 --set eval.images=2 --set curriculum.kind=linear --set curriculum.start=0.2 \
+    --set curriculum.end=0.8" SWEEP_TRIALS=1 SWEEP_STEPS=2 DRYFLAG=--dry
   PREDICT="--preset hybrid-smoke --images 2 --size 64x64 --batch 2"
   NO_RAY="env GPU_IMAGE_ALSO_ABSENT=ray"  # the import stage must not need Ray (nor boto3: always hidden)
 else
@@ -133,7 +139,7 @@ else
   COMPARE_DTYPES="fp32 bf16" REPEATS="--repeats 10 --warmup 3" BATCH=4
   TRAIN_PRESETS="" TRAIN_STEPS=10 TRAIN_WARMUP="" RAY_PRESET=hybrid-deblur RAY_STEPS=60
   SYNTH="--count 128 --val-count 16 --size 512x512" RAY_GPU="--gpus-per-worker 1"
-  RAY_SETS="--set eval.images=16" SWEEP_TRIALS=2 SWEEP_STEPS=100 DRYFLAG=
+  RAY_SETS="--set eval.images=16" SWEEP_TRIALS=2 SWEEP_STEPS=100 SWEEP_SETS="" DRYFLAG=
   PREDICT="--preset hybrid-deblur --preset deblurgan-gopro --gpus 1 --images 16 --batch 4"
   NO_RAY=""
 fi
@@ -217,7 +223,7 @@ stage models-512 15/120 optional "$M --model pix2pixhd --sizes $LABEL_MID --vari
 stage models-compile 60/120 optional "$A bench models $REPEATS --batch 1 --variants $COMPILE_VARIANT --model asapnet --model pix2pixhd --sizes $LABEL_BIG --json '$OUT/models-compile-label.json' && $A bench models $REPEATS --batch 1 --variants $COMPILE_VARIANT --model deblurgan --model hybrid --sizes $PHOTO_BIG --json '$OUT/models-compile.json'"
 stage predict 35/200 optional "$A bench predict $PREDICT --json '$OUT/predict.json'"
 stage sweep 60/360 optional "$A tune --preset hybrid-smoke --store '$STORE' --trials $SWEEP_TRIALS --steps $SWEEP_STEPS --name gpu-sweep \
-  --no-progress $([ "$DRY" = 1 ] && echo "--gpus-per-trial 0" || echo "--gpus-per-trial 1") \
+  --no-progress $SWEEP_SETS $([ "$DRY" = 1 ] && echo "--gpus-per-trial 0" || echo "--gpus-per-trial 1") \
   && cp '$STORE/sweeps/gpu-sweep/sweep.json' '$OUT/sweep.json'"
 
 # ---------------------------------------------------------------- summary

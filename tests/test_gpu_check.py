@@ -156,6 +156,9 @@ def test_cpu_rehearsal_runs_every_stage_and_writes_its_json(tmp_path):
     assert {r["precision"] for r in train} == set(typing.get_args(Precision))  # every precision offered
     assert len(train) == len(typing.get_args(Precision))  # one preset on the CPU
     assert json.loads((out / "ray.json").read_text())["data_wait_share"] is not None
+    # The sweep's DeblurGAN reference is the ray stage's run (one Ray Train run fewer on the CPU).
+    reference = json.loads((out / "sweep.json").read_text())["reference"]
+    assert reference["reused"] and reference["run"] == "gpu-ray" and reference["error"] is None, reference
     evaluation = json.loads((out / "evaluate.json").read_text())
     assert evaluation["images"] == 2 and evaluation["psnr"] is not None and evaluation["ssim"] is not None
     assert evaluation["fid"] is None and evaluation["fid_reason"] and "not requested" not in evaluation["fid_reason"]
