@@ -182,10 +182,17 @@ def test_perceptual_loss_with_random_weights_from_file_and_store(vgg_file, kind,
     assert not loss.training  # the frozen VGG stays in eval mode
 
 
-def test_perceptual_weights_from_an_s3_uri(vgg_file, s3_bucket, s3_endpoint):
-    """A URI is read by the one loader with the run store's endpoint: no callback into the loop."""
+def test_perceptual_weights_from_an_s3_uri(vgg_file, s3_bucket, s3_endpoint, tmp_path):
+    """A URI is read by the one loader with the run store's endpoint: no callback into the loop.
+
+    The file holds VGG19's keys and shapes, each tensor a view of one stored number: a few KB
+    through the loopback endpoint, where the real 80 MB cost the in-process S3 server about 17 s of CPU."""
+    state = torch.load(vgg_file, weights_only=True)
+    small = tmp_path / "vgg19-small.pth"
+    torch.save({k: torch.full((1,), 0.01).expand(v.shape) for k, v in state.items()}, small)
+    assert small.stat().st_size < 100_000
     store = Store.open(f"s3://{s3_bucket}/run-store", s3_endpoint)
-    Store.open(f"s3://{s3_bucket}/shared", s3_endpoint).put_file(str(vgg_file), "vgg.pth")
+    Store.open(f"s3://{s3_bucket}/shared", s3_endpoint).put_file(str(small), "vgg.pth")
     assert isinstance(build_perceptual(cfg(vgg_weights=f"s3://{s3_bucket}/shared/vgg.pth"), store), PerceptualLoss)
     with pytest.raises(WeightsError, match=f"s3://{s3_bucket}/shared/missing.pth"):
         build_perceptual(cfg(vgg_weights=f"s3://{s3_bucket}/shared/missing.pth"), store)
