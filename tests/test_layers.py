@@ -226,3 +226,19 @@ def test_config_reads_only_the_models_option_dataclasses():
             elif isinstance(node, ast.Import):
                 modules |= {a.name for a in node.names if a.name.startswith("asaptrain.models")}
     assert modules <= {"asaptrain.models.options", "asaptrain.models.hybrid"}, modules
+
+
+def test_the_command_line_starts_without_torch():
+    """``asaptrain --help``, ``config``, ``data`` and ``submit`` need no torch: loading the CLI
+    imports no torch (about 2 s of CPU); each command that runs a model imports it itself."""
+    import subprocess
+    import sys
+
+    code = ("import sys, asaptrain.cli\n"
+            "heavy = sorted(m for m in ('torch', 'ray', 'torchvision', 'torchmetrics') if m in sys.modules)\n"
+            "print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+    help_text = subprocess.run([sys.executable, "-m", "asaptrain", "tune", "--help"], capture_output=True, text=True,
+                               timeout=120, check=True).stdout
+    assert "deblurgan-smoke|deblurgan-gopro" in help_text  # the reference presets, from the presets module

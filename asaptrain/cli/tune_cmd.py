@@ -7,7 +7,7 @@ import json
 import click
 
 from asaptrain.cli.groups import friendly_errors, main, output_console, preset_options, store_options
-from asaptrain.sweep.speed import HYBRID_OF
+from asaptrain.config.presets import HYBRID_OF
 
 
 def print_sweep(summary: dict) -> None:

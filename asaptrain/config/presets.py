@@ -203,6 +203,9 @@ PRESETS: dict[str, Callable[[], Config]] = {
 
 SMOKE_PRESETS = tuple(name for name in PRESETS if name.endswith("-smoke"))
 
+HYBRID_OF = {"deblurgan-smoke": "hybrid-smoke", "deblurgan-gopro": "hybrid-deblur"}
+"""Each DeblurGAN preset and the hybrid preset of the same scale (a sweep's speed reference)."""
+
 
 def get_preset(name: str) -> Config:
     try:

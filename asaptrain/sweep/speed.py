@@ -27,7 +27,7 @@ import math
 from typing import Any
 
 from asaptrain.config.io import from_dict, to_dict
-from asaptrain.config.presets import get_preset
+from asaptrain.config.presets import HYBRID_OF, get_preset
 from asaptrain.config.schema import Config
 from asaptrain.errors import UserError
 from asaptrain.train.run_files import RUNS_PREFIX
@@ -35,8 +35,6 @@ from asaptrain.train.run_reader import RunReader
 
 REFERENCE_PREFIX = "sweeps/references"
 """Where a sweep trains the DeblurGAN reference it could not find."""
-HYBRID_OF = {"deblurgan-smoke": "hybrid-smoke", "deblurgan-gopro": "hybrid-deblur"}
-"""Each DeblurGAN reference preset and the hybrid preset of the same scale."""
 TIMING_TIMEOUT_S = 1800
 """Longest wait for the timing task (it queues behind anything still holding the trials' resources)."""
 # Fields that change neither what a run learns nor how it is scored: a run that differs only
