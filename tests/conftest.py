@@ -7,6 +7,7 @@ over HTTP exactly as they would to a user's MinIO.
 
 from __future__ import annotations
 
+import atexit
 import os
 import secrets
 import shutil
@@ -48,7 +49,9 @@ os.environ.setdefault("RAY_idle_worker_killing_time_threshold_ms", "60000")
 # process: Ray caches the mode per process, so a test that switched it and switched it back would
 # leave the next ray.init's driver and GCS disagreeing (InvalidAuthToken). The token file lives in a
 # temp dir, so the user's ~/.ray is never touched.
-_token_path = os.path.join(tempfile.mkdtemp(prefix="asaptrain-ray-auth-"), "auth_token")
+_token_dir = tempfile.mkdtemp(prefix="asaptrain-ray-auth-")
+atexit.register(shutil.rmtree, _token_dir, True)  # this process's Rays have ended by then
+_token_path = os.path.join(_token_dir, "auth_token")
 with open(os.open(_token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as _fh:
     _fh.write(secrets.token_hex(32))
 os.environ["RAY_AUTH_MODE"] = "token"
