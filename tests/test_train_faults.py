@@ -203,7 +203,10 @@ def test_s3_outage_is_ridden_out_or_ends_the_run_clearly_and_resume_loses_nothin
     host, port = s3_endpoint.rsplit("/", 1)[-1].split(":")
     proxy = FlakyProxy((host, int(port)))
     store = Store.open(f"s3://{s3_bucket}/flaky", proxy.url)
-    convert(synth_plan("photos", 16, (64, 64), seed=0, val_count=4), store.child("datasets", "synth-photos"))
+    # 64 rows: 16 steps an epoch, so the outages fall on the run's own writes (every step), not on
+    # an epoch's shard read, which Ray Data retries as a task: it rode out a 15 s outage with
+    # outage_s = 4 when the long outage began at an epoch's start.
+    convert(synth_plan("photos", 64, (64, 64), seed=0, val_count=4), store.child("datasets", "synth-photos"))
     # The default storage.outage_s (60 s): a 15 s outage mid-run, under Ray's controller and
     # workers (data reads, metrics, the step-10 checkpoint), costs no step and the run finishes.
     cfg = smoke_cfg(store, "train.steps=20", f"storage.s3_endpoint={json.dumps(proxy.url)}", "train.max_failures=0")
