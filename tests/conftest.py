@@ -95,11 +95,9 @@ def ray_cluster(request):
 
     if ray.is_initialized():
         ray.shutdown()
-    # address="local": a new Ray of its own, never one a stale /tmp/ray/ray_current_cluster names.
-    # No job runtime_env: Ray already puts the driver's working directory on its workers' sys.path,
-    # and a runtime_env starts every worker through a second Python process (setup_worker.py).
+    # address="local": a new Ray of its own, never one a stale /tmp/ray/ray_current_cluster names
     ray.init(address="local", num_cpus=2, include_dashboard=getattr(request.module, "RAY_DASHBOARD", True),
-             log_to_driver=False)
+             log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": os.getcwd()}})
     yield ray
     ray.shutdown()
 
