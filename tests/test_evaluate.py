@@ -160,6 +160,8 @@ def test_validation_psnr_and_ssim_equal_torchmetrics_per_image():
         assert (ours - theirs).abs().max() <= bound, (shape, ours, theirs)
     with pytest.raises(ValueError, match="10x12 image is smaller than SSIM's 11-pixel window"):
         ssim_per_image(torch.zeros(1, 3, 12, 10), torch.zeros(1, 3, 12, 10))
+    with pytest.raises(ValueError, match="border must be 'reflect' or 'valid', not 'same'"):
+        ssim_per_image(torch.zeros(1, 3, 16, 16), torch.zeros(1, 3, 16, 16), border="same")
 
 
 def test_local_evaluate_equals_numpy_on_infer_pngs_and_torchmetrics_fid(tmp_path):
