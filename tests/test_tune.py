@@ -121,3 +121,50 @@ def test_tune_cli_help():
 
     res = CliRunner().invoke(main, ["tune", "--help"])
     assert res.exit_code == 0 and "--gpus-per-trial" in res.output and "--resume" in res.output
+
+
+def test_a_placement_group_no_actor_uses_is_freed_at_the_second_look(ray_cluster):
+    """What a stopped trial's Train run left reserved once: the worker group's placement group that
+    its controller made while restarting the group, just before it was killed itself. The group
+    stays while the sweep's driver lives, and the next trial's data read (one whole CPU) waited
+    forever for its CPU. Removed at the second look; a group in use and one of the shape Tune
+    reserves for a trial's driver are kept."""
+    import ray
+    from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    from asaptrain.sweep.groups import StrayGroups
+    from asaptrain.sweep.tune import TRIAL_DRIVER_CPUS, dashboard_url
+
+    @ray.remote(num_cpus=0)
+    class Controller:
+        def make_group(self):
+            group = placement_group([{"CPU": 0.5}])
+            ray.get(group.ready(), timeout=60)
+            return group.id.hex()
+
+    @ray.remote(num_cpus=0)
+    class Worker:
+        def ping(self):
+            return True
+
+    controller = Controller.remote()
+    stray = ray.get(controller.make_group.remote(), timeout=120)
+    ray.kill(controller)  # killed with its group reserved; this driver (the group's job) lives on
+    busy, tunes = placement_group([{"CPU": 0.5}]), placement_group([{"CPU": TRIAL_DRIVER_CPUS}])
+    try:
+        ray.get([busy.ready(), tunes.ready()], timeout=60)
+        worker = Worker.options(scheduling_strategy=PlacementGroupSchedulingStrategy(busy)).remote()
+        assert ray.get(worker.ping.remote(), timeout=120)
+        groups = StrayGroups(ray.get_runtime_context().get_job_id(), dashboard_url(),
+                             keep=[{"CPU": TRIAL_DRIVER_CPUS}], confirm_s=5)
+        assert groups.free(now=100) == [] and set(groups.empty_since) == {stray}  # first look: only noted
+        assert groups.free(now=104) == []  # not yet confirm_s later
+        assert groups.free(now=105) == [stray]
+        table = placement_group_table()
+        assert table[stray]["state"] == "REMOVED"
+        assert table[busy.id.hex()]["state"] == table[tunes.id.hex()]["state"] == "CREATED"
+        assert groups.free(now=200) == []
+    finally:
+        for group in (busy, tunes):
+            remove_placement_group(group)

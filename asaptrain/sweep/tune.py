@@ -74,8 +74,9 @@ def this_cluster_state_api():
 def dashboard_ok() -> bool:
     """Whether the connected cluster's state API (served by its dashboard) answers.
 
-    On Ray 2.60 a finished trial's placement group is freed through it; without it the next
-    trial waits forever for the resources the first one held.
+    On Ray 2.60 what a stopped trial left reserved is found and freed through it
+    (``sweep/groups.py``); without it the next trial can wait forever for the resources the
+    first one held.
     """
     try:
         from ray.util.state import list_placement_groups
@@ -254,30 +255,19 @@ def _tuner(store, name: str, base: Config, space: dict[str, dict], runs_prefix: 
     )
 
 
-def free_placement_group(run: RunFiles) -> bool:
-    """Remove the placement group a killed run left behind; True if one was removed.
-
-    Tune stops an early-stopped trial by killing its driver; on Ray 2.60 the Train
-    controller's own cleaner often exits before it registers the worker group, so the
-    group's resources stay reserved and the next trial's input pipeline waits forever.
-    """
-    from ray._raylet import PlacementGroupID
-    from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
-
-    if not run.dir.exists("placement_group.json"):
-        return False
-    group = PlacementGroup(PlacementGroupID(bytes.fromhex(run.dir.read_json("placement_group.json")["id"])))
-    if placement_group_table(group).get("state") in (None, "REMOVED"):
-        return False
-    remove_placement_group(group)
-    return True
-
-
 def _trial_callback(store, runs_prefix: str):
     from ray import tune
 
-    class FreeStoppedTrials(tune.Callback):
-        """After each trial: free what a killed trial left reserved, and mark it in run.json."""
+    class TrialsEnd(tune.Callback):
+        """After each trial, mark a killed trial's run in run.json; from then on, every few seconds,
+        free the placement groups that a stopped trial's Train run left reserved (``sweep/groups.py``)."""
+
+        def __init__(self):
+            self.stray = None  # made in the driver that runs the sweep (a resumed one too), at the first look
+            self.next_look = math.inf
+
+        def __getstate__(self):  # saved with the Tuner: a resumed sweep is another job, with its own look
+            return {**self.__dict__, "stray": None, "next_look": math.inf}
 
         def _done(self, trial, status: str) -> None:
             run = RunFiles(store, f"trial-{trial.trial_id}", runs_prefix)
@@ -287,9 +277,33 @@ def _trial_callback(store, runs_prefix: str):
                     lines = [line for line in str(error or "").strip().splitlines() if line.strip()]
                     run.write_run(status=status, **({"error": (lines[-1] if lines else "the trial failed")[:2000]}
                                                     if status == "failed" else {}))
-                free_placement_group(run)
             except Exception as exc:  # cleanup must never stop the sweep
-                print(f"[asaptrain] cleanup after trial {trial.trial_id}: {exc}", flush=True)
+                print(f"[asaptrain] marking trial {trial.trial_id}'s run: {exc}", flush=True)
+            self._look()
+
+        def _look(self) -> None:
+            import ray
+
+            from asaptrain.sweep.groups import StrayGroups
+
+            try:
+                if self.stray is None:
+                    url = dashboard_url()
+                    if url is None:  # no state API: nothing to look with (sweep() says so where it matters)
+                        return
+                    self.stray = StrayGroups(ray.get_runtime_context().get_job_id(), url,
+                                             keep=[{"CPU": TRIAL_DRIVER_CPUS}])
+                self.next_look = time.monotonic() + self.stray.confirm_s
+                freed = self.stray.free()
+                if freed:
+                    print(f"[asaptrain] freed {len(freed)} placement group(s) that a stopped trial's Train run left "
+                          f"reserved: {', '.join(freed)}", flush=True)
+            except Exception as exc:  # cleanup must never stop the sweep
+                print(f"[asaptrain] looking for placement groups that stopped trials left: {exc}", flush=True)
+
+        def on_step_begin(self, iteration, trials, **info):
+            if time.monotonic() >= self.next_look:
+                self._look()
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self._done(trial, "stopped early")
@@ -297,7 +311,7 @@ def _trial_callback(store, runs_prefix: str):
         def on_trial_error(self, iteration, trials, trial, **info):
             self._done(trial, "failed")
 
-    return FreeStoppedTrials()
+    return TrialsEnd()
 
 
 def _search_alg(search: str, seed: int, parallel: int):

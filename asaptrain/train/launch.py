@@ -69,7 +69,6 @@ def _worker(config: dict[str, Any]) -> None:
     """The function every Ray Train worker runs."""
     import ray.train
     import ray.train.torch
-    import ray.util
 
     from asaptrain.data.pipeline import TrainBatches, to_model_batch, validation_set
     from asaptrain.data.store import resolve_dataset, store_from_config
@@ -82,10 +81,7 @@ def _worker(config: dict[str, Any]) -> None:
         torch.cuda.set_device(device)
     main = dist.is_main()
     run_files = RunFiles(store, config["name"], config["runs_prefix"]) if main else None
-    if main:  # so whoever outlives a killed run (the sweep) can free the group's resources
-        group = ray.util.get_current_placement_group()
-        if group is not None:
-            run_files.dir.write_json("placement_group.json", {"id": group.id.hex()})
+    if main:
         attach_curves(run_files, cfg, config["name"], MlflowTarget(**config["mlflow"]) if config.get("mlflow") else None)
     nodes = dist.gather_objects(ray.get_runtime_context().get_node_id())  # where each rank runs
     if main:
