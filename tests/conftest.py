@@ -8,6 +8,7 @@ over HTTP exactly as they would to a user's MinIO.
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import secrets
 import shutil
@@ -57,6 +58,25 @@ with open(os.open(_token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w"
 os.environ["RAY_AUTH_MODE"] = "token"
 os.environ["RAY_AUTH_TOKEN_PATH"] = _token_path
 os.environ.pop("RAY_AUTH_TOKEN", None)
+
+
+FILE_SECONDS = json.loads((Path(__file__).with_name("file_seconds.json")).read_text())["seconds"]
+"""Seconds each test file takes (tests/file_seconds.json): the longest start first."""
+
+
+def pytest_configure(config):
+    # pytest-xdist's --dist loadfile hands out files with the most tests first, which left the
+    # long files of few tests (the smoke study, the sweep, the GPU rehearsal) for the end: one
+    # worker ran on alone for two minutes. Files go out in collection order instead, which
+    # pytest_collection_modifyitems makes longest first.
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The longest files first (each file's tests keep their order): the order xdist hands them out."""
+    order = {item: i for i, item in enumerate(items)}
+    items.sort(key=lambda item: (-FILE_SECONDS.get(item.path.name, 0), order[item]))
 
 
 @pytest.fixture(scope="session")
