@@ -76,7 +76,7 @@ class CrashAfter(ListReporter):
 
 
 def test_resume_from_checkpoint_equals_uninterrupted_run():
-    cfg = smoke("hybrid-smoke", "train.steps=6")
+    cfg = smoke("hybrid-smoke", "train.steps=6", "data.crop_height=32", "data.crop_width=32", "train.batch_size=2")
     full = train_loop(cfg, tensors(cfg), passthrough, CPU, ListReporter())
     batches = tensors(cfg)
     rep = CrashAfter(4)
@@ -127,8 +127,10 @@ def test_gan_step_reads_the_device_once_per_step_not_once_per_phase(monkeypatch,
             return _original(self, *a, **k)
 
         monkeypatch.setattr(torch.Tensor, name, counted)
+    # 32x32, two images a batch: what is counted does not depend on the size (fp16 is emulated on a CPU).
     cfg = smoke("deblurgan-smoke", "train.steps=2", "optim.d_steps=5", "train.log_every=10", "train.checkpoint_every=10",
-                "eval.every=10", f"train.precision={precision}")
+                "eval.every=10", f"train.precision={precision}", "data.crop_height=32", "data.crop_width=32",
+                "train.batch_size=2")
     train_loop(cfg, tensors(cfg), passthrough, CPU, ListReporter())
     assert len(reads) == 2, f"host reads {reads} over 2 steps of 6 phases"
 
