@@ -127,13 +127,15 @@ def test_a_placement_group_no_actor_uses_is_freed_at_the_second_look(ray_cluster
     """What a stopped trial's Train run left reserved once: the worker group's placement group that
     its controller made while restarting the group, just before it was killed itself. The group
     stays while the sweep's driver lives, and the next trial's data read (one whole CPU) waited
-    forever for its CPU. Removed at the second look; a group in use and one of the shape Tune
-    reserves for a trial's driver are kept."""
+    forever for its CPU. Removed once found empty at two looks 5 s apart; kept: a group in use, one
+    of the shape Tune reserves for a trial's driver, and one there before the sweep began."""
+    import time
+
     import ray
     from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    from asaptrain.sweep.groups import StrayGroups
+    from asaptrain.sweep.groups import StrayGroups, groups_now
     from asaptrain.sweep.tune import TRIAL_DRIVER_CPUS, dashboard_url
 
     @ray.remote(num_cpus=0)
@@ -148,6 +150,9 @@ def test_a_placement_group_no_actor_uses_is_freed_at_the_second_look(ray_cluster
         def ping(self):
             return True
 
+    own = placement_group([{"CPU": 0.25}])  # the driver's own, from before the sweep
+    ray.get(own.ready(), timeout=60)
+    before = groups_now()
     controller = Controller.remote()
     stray = ray.get(controller.make_group.remote(), timeout=120)
     ray.kill(controller)  # killed with its group reserved; this driver (the group's job) lives on
@@ -157,14 +162,19 @@ def test_a_placement_group_no_actor_uses_is_freed_at_the_second_look(ray_cluster
         worker = Worker.options(scheduling_strategy=PlacementGroupSchedulingStrategy(busy)).remote()
         assert ray.get(worker.ping.remote(), timeout=120)
         groups = StrayGroups(ray.get_runtime_context().get_job_id(), dashboard_url(),
-                             keep=[{"CPU": TRIAL_DRIVER_CPUS}], confirm_s=5)
-        assert groups.free(now=100) == [] and set(groups.empty_since) == {stray}  # first look: only noted
-        assert groups.free(now=104) == []  # not yet confirm_s later
-        assert groups.free(now=105) == [stray]
+                             keep=[{"CPU": TRIAL_DRIVER_CPUS}], spare=before, confirm_s=5)
+        now, seen, freed = 100.0, None, {}
+        deadline = time.monotonic() + 90  # the state API's view may lag the cluster by seconds
+        while stray not in freed and time.monotonic() < deadline:
+            freed.update({g: now for g in groups.free(now=now)})
+            seen = now if seen is None and stray in groups.empty_since else seen
+            now += 1
+            time.sleep(0.5)
+        assert stray in freed, "a placement group no actor uses was never freed"
+        assert freed[stray] - seen >= 5  # only at a look 5 s after the first that found it empty
         table = placement_group_table()
         assert table[stray]["state"] == "REMOVED"
-        assert table[busy.id.hex()]["state"] == table[tunes.id.hex()]["state"] == "CREATED"
-        assert groups.free(now=200) == []
+        assert {table[g.id.hex()]["state"] for g in (busy, tunes, own)} == {"CREATED"}
     finally:
-        for group in (busy, tunes):
+        for group in (busy, tunes, own):
             remove_placement_group(group)

@@ -8,10 +8,12 @@ group just before it is killed itself. Nobody frees that group while the sweep's
 trial's input pipeline waits forever for the CPU the group holds: Ray Data's read tasks need
 one whole CPU beside the trial's workers.
 
-A group of the sweep's own job that holds no live or starting actor at two looks at least
-``confirm_s`` apart runs nothing: it is removed. Groups of the shape Tune reserves for a trial's
-driver (``keep``) are left to Tune, which reserves them before their trial starts. (Ray refuses a
-second group of the same name, so Tune's groups cannot be told apart by name.)
+A group of the sweep's own job, made after the sweep began, that holds no live or starting actor
+at two looks at least ``confirm_s`` apart runs nothing: it is removed. Left alone: the groups that
+existed before the sweep (``spare``: the driver may hold its own), groups of the shape Tune
+reserves for a trial's driver (``keep``: Tune reserves them before their trial starts; Ray refuses a
+second group of one name, so they cannot be told apart by name), and any group the GCS itself
+does not show as created at the moment of removal (the state API's view can lag by seconds).
 """
 
 from __future__ import annotations
@@ -21,13 +23,15 @@ import time
 class StrayGroups:
     """Finds and removes the placement groups of ``job_id`` that hold no actor (see the module doc)."""
 
-    def __init__(self, job_id: str, state_api_url: str, keep: list[dict[str, float]], confirm_s: float = 5.0):
-        self.job_id, self.url, self.keep, self.confirm_s = job_id, state_api_url, keep, confirm_s
+    def __init__(self, job_id: str, state_api_url: str, keep: list[dict[str, float]], spare: set[str],
+                 confirm_s: float = 5.0):
+        self.job_id, self.url, self.keep, self.spare, self.confirm_s = job_id, state_api_url, keep, spare, confirm_s
         self.empty_since: dict[str, float] = {}
         """Each group found empty at the last look, with the time it was first found so."""
 
     def empty(self) -> set[str]:
-        """The ids of the job's reserved groups, but those shaped as ``keep``, that no actor is in or waits for."""
+        """The ids of the job's reserved groups, but those spared or shaped as ``keep``, that no actor is in or
+        waits for."""
         from ray.util.state import list_actors, list_placement_groups
 
         groups = list_placement_groups(address=self.url, filters=[("state", "=", "CREATED")], detail=True,
@@ -37,21 +41,32 @@ class StrayGroups:
         used = {a.placement_group_id for a in actors if a.placement_group_id}
         return {g.placement_group_id for g in groups
                 if g.creator_job_id == self.job_id and not g.is_detached and g.placement_group_id not in used
-                and [b["unit_resources"] for b in g.bundles] != self.keep}
+                and g.placement_group_id not in self.spare and [b["unit_resources"] for b in g.bundles] != self.keep}
 
     def free(self, now: float | None = None) -> list[str]:
         """Look once; remove the groups found empty at this look and at one ``confirm_s`` or more
         before it. Returns the removed groups' ids."""
         from ray._raylet import PlacementGroupID
-        from ray.util.placement_group import PlacementGroup, remove_placement_group
+        from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
 
         now = time.monotonic() if now is None else now
         self.empty_since = {g: self.empty_since.get(g, now) for g in self.empty()}
-        stale = sorted(g for g, since in self.empty_since.items() if now - since >= self.confirm_s)
-        for group in stale:
-            remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(group))))
+        stale = [g for g, since in self.empty_since.items() if now - since >= self.confirm_s]
+        table = placement_group_table() if stale else {}
+        freed = []
+        for group in sorted(stale):
             del self.empty_since[group]
-        return stale
+            if table.get(group, {}).get("state") == "CREATED":
+                remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(group))))
+                freed.append(group)
+        return freed
 
 
-__all__ = ["StrayGroups"]
+def groups_now() -> set[str]:
+    """The ids of every placement group the cluster's GCS holds, whatever its state."""
+    from ray.util.placement_group import placement_group_table
+
+    return set(placement_group_table())
+
+
+__all__ = ["StrayGroups", "groups_now"]

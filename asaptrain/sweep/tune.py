@@ -264,10 +264,19 @@ def _trial_callback(store, runs_prefix: str):
 
         def __init__(self):
             self.stray = None  # made in the driver that runs the sweep (a resumed one too), at the first look
+            self.before: set[str] = set()  # the placement groups there before the sweep began: never touched
             self.next_look = math.inf
 
         def __getstate__(self):  # saved with the Tuner: a resumed sweep is another job, with its own look
-            return {**self.__dict__, "stray": None, "next_look": math.inf}
+            return {**self.__dict__, "stray": None, "before": set(), "next_look": math.inf}
+
+        def setup(self, **info):
+            from asaptrain.sweep.groups import groups_now
+
+            try:
+                self.before = groups_now()
+            except Exception as exc:  # cleanup must never stop the sweep
+                print(f"[asaptrain] listing the placement groups before the sweep: {exc}", flush=True)
 
         def _done(self, trial, status: str) -> None:
             run = RunFiles(store, f"trial-{trial.trial_id}", runs_prefix)
@@ -292,7 +301,7 @@ def _trial_callback(store, runs_prefix: str):
                     if url is None:  # no state API: nothing to look with (sweep() says so where it matters)
                         return
                     self.stray = StrayGroups(ray.get_runtime_context().get_job_id(), url,
-                                             keep=[{"CPU": TRIAL_DRIVER_CPUS}])
+                                             keep=[{"CPU": TRIAL_DRIVER_CPUS}], spare=self.before)
                 self.next_look = time.monotonic() + self.stray.confirm_s
                 freed = self.stray.free()
                 if freed:
