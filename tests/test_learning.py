@@ -4,7 +4,7 @@ The loop, the data pipeline and the run's files are the ones a Ray Train worker 
 reads and decodes the shards, ``to_model_batch`` blurs on the device, rank 0 writes
 ``metrics.jsonl``); the loop runs in this process. Ray Train around it (controller, worker
 group, checkpoints through Ray) is tested on short runs in test_e2e.py and test_train_ray.py:
-200 steps under it would add its start-up and one Ray worker's single thread, not a finding.
+150 steps under it would add its start-up and one Ray worker's single thread, not a finding.
 """
 
 from __future__ import annotations
@@ -35,12 +35,12 @@ def test_hybrid_smoke_deblurs_synthetic_photos(tmp_path, ray_cluster):
     # Train at the strength it is validated at, with the adversarial term small next to L1, and
     # decay the learning rate over the second half as the paper recipes do: the last evaluation
     # then reflects what was learned rather than the noise of the last few steps. Measured on
-    # 2 CPUs, last evaluation: +0.35, +0.36 and +0.42 dB over the blurred input for train.seed 0, 1
-    # and 2 (under one single-threaded Ray worker earlier: +0.19 to +0.22 dB over 4 runs and 3
-    # seeds; without the decay +0.09 to +0.18).
+    # 2 CPUs (Intel Xeon), last evaluation over the blurred input for train.seed 0, 1 and 2:
+    # +0.33, +0.20 and +0.28 dB after these 150 steps; +0.35, +0.36 and +0.42 dB after 200;
+    # after 100, +0.32, +0.09 and +0.14 (one seed under the 0.1 dB asked below), so not fewer.
     cfg = apply_overrides(get_preset("hybrid-smoke"), [
-        f"storage.store={json.dumps(store.uri)}", "train.steps=200", "train.log_every=50", "eval.every=50",
-        "train.checkpoint_every=200", "train.sample_every=200", "curriculum.kind=fixed", "curriculum.start=0.5",
+        f"storage.store={json.dumps(store.uri)}", "train.steps=150", "train.log_every=50", "eval.every=50",
+        "train.checkpoint_every=150", "train.sample_every=150", "curriculum.kind=fixed", "curriculum.start=0.5",
         "eval.blur_strength=0.5", "optim.g_lr=1e-3", "optim.d_lr=5e-4", "optim.decay_start=0.5", "loss.gan_weight=0.1",
     ])
     cpu, files = torch.device("cpu"), RunFiles(store, "learns")
@@ -50,10 +50,10 @@ def test_hybrid_smoke_deblurs_synthetic_photos(tmp_path, ray_cluster):
     reporter = ListReporter()
     state = train_loop(cfg, iter(batches), to_model_batch, cpu, reporter, run=files, val=validation_set(cfg, store, cpu),
                        weights_store=store)
-    assert state.step == 200 and reporter.last_state is not None
-    assert batches.epoch >= 10  # 200 batches of 4 from 48 images: the pipeline went round epoch after epoch
+    assert state.step == 150 and reporter.last_state is not None
+    assert batches.epoch >= 10  # 150 batches of 4 from 48 images: the pipeline went round epoch after epoch
     evals = files.read_metrics().evals()
-    assert [r["step"] for r in evals] == [0, 50, 100, 150, 200]
+    assert [r["step"] for r in evals] == [0, 50, 100, 150]
     first, last = evals[0], evals[-1]
     assert abs(first["psnr"] - first["input_psnr"]) < 0.1  # residual hybrid starts at the identity
     gain = last["psnr"] - last["input_psnr"]

@@ -135,13 +135,21 @@ def test_ctrl_c_marks_the_run_interrupted(local_store, ray_cluster):
     """The CLI in its own process (a driver of the test's cluster): SIGINT (Ctrl-C) mid-run leaves
     run.json 'interrupted' with how to resume."""
     env = {**os.environ, "PYTHONPATH": os.getcwd(), "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
+    # SIGINT as a terminal delivers it, even where this test runs with SIGINT ignored (a shell's
+    # background job), which the command would inherit and so never see its Ctrl-C.
     proc = subprocess.Popen([sys.executable, "-m", "asaptrain", "train", "--preset", "deblurgan-smoke", "--store",
                              local_store.uri, "--name", "ctrl-c", "--steps", "500", "--workers", "1",
                              "--gpus-per-worker", "0", "--no-progress", "--set", "train.log_every=1"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     files = RunFiles(local_store, "ctrl-c")
-    when_step(files, 2, lambda: proc.send_signal(signal.SIGINT), timeout_s=240).join()
-    out, _ = proc.communicate(timeout=120)
+    try:
+        when_step(files, 2, lambda: proc.send_signal(signal.SIGINT), timeout_s=240).join()
+        out, _ = proc.communicate(timeout=120)
+    finally:  # a command left running would hold this module's Ray CPUs, and the next test's run wait forever
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=60)
     run = files.read_run()
     assert run["status"] == "interrupted", (run, out[-3000:])
     assert "Ctrl-C" in run["error"] and "--resume ctrl-c" in run["error"]
