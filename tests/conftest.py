@@ -174,9 +174,20 @@ def _stop_nodes(dirs: list[str]) -> None:
             time.sleep(0.3)
 
 
-def _ray_start_node(args: list[str], env: dict[str, str]) -> None:
-    proc = subprocess.run([RAY, "start", *args], env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, f"ray start {' '.join(args)}:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+def _ray_start_node(args: list[str], env: dict[str, str], temp: str, attempts: int = 3) -> None:
+    """`ray start ARGS`; started again (its processes ended first) when the node timed out registering.
+
+    `ray start` waits a fixed 30 s for a new node's raylet to register with the GCS; on a loaded
+    2-core machine (a Ray Train run and the GPU rehearsal beside it) a second node once took longer.
+    """
+    for attempt in range(attempts):
+        proc = subprocess.run([RAY, "start", *args, *_node_ports()], env=env, capture_output=True, text=True,
+                              timeout=120)
+        said = f"ray start {' '.join(args)}:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+        if proc.returncode == 0:
+            return
+        assert "timed out during startup" in proc.stderr + proc.stdout and attempt + 1 < attempts, said
+        _stop_nodes([temp])
 
 
 def _wait_for_port(port: int, what: str, timeout_s: float = 120) -> None:
@@ -218,7 +229,7 @@ def ray_start():
             first = ["--head", f"--port={gcs}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
                      f"--dashboard-port={dash}", f"--ray-client-server-port={client}"] if i == 0 \
                 else [f"--address=127.0.0.1:{gcs}"]
-            _ray_start_node([*first, f"--temp-dir={temp}", *common, *_node_ports()], node_env)
+            _ray_start_node([*first, f"--temp-dir={temp}", *common], node_env, temp)
         _wait_for_port(dash, "the Ray head's dashboard")
         time.sleep(3)  # the job agent starts after the dashboard
         return RayNodes(f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dash}", dirs)
