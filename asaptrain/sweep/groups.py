@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 
+
 class StrayGroups:
     """Finds and removes the placement groups of ``job_id`` that hold no actor (see the module doc)."""
 
