@@ -1,6 +1,6 @@
 """Training under real Ray Train: 2 CPU workers (gloo DDP) with the default resources, faults, names.
 (Each smoke preset's run on two workers: test_e2e.py, which checks the runs of `asaptrain smoke`; a
-run's files on an S3 store: test_multinode.py, with no credential in them: test_secrets.py.)"""
+run's files on an S3 store, with no credential in them: test_multinode.py.)"""
 
 from __future__ import annotations
 
