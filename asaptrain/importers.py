@@ -303,9 +303,9 @@ def import_checkpoint(kind: str, path: str, cfg: Config, store, name: str, prese
 
 
 def _refuse_existing(files: RunFiles, name: str) -> None:
-    from asaptrain.data.claim import CLAIM_FILE
+    from asaptrain.data.claim import is_claim_object
 
-    if files.exists() or [p for p in files.dir.list(recursive=True) if p != CLAIM_FILE]:
+    if files.exists() or [p for p in files.dir.list(recursive=True) if not is_claim_object(p)]:
         raise ImportRefused(f"a run named {name!r} exists at {files.dir.uri_for('')}; choose another --name")
 
 

@@ -43,6 +43,14 @@ DEFAULT_STALE_S = 90.0
 _probed: dict[tuple[str | None, str], bool] = {}
 
 
+def is_claim_object(path: str, name: str = CLAIM_FILE) -> bool:
+    """Whether ``path`` is a claim object or one being made, not a file of its folder. On a local
+    store a claiming command writes its temp file into the folder before linking it, so the
+    command that holds the folder can meet another's there for a moment."""
+    base = path.rsplit("/", 1)[-1]
+    return base == name or (base.startswith("_tmp-") and base.endswith(f"-{name}"))
+
+
 class ClaimRefused(UserError):
     """The folder is claimed by another command that is alive (or not yet known to be dead)."""
 

@@ -18,7 +18,7 @@ import posixpath
 from collections import Counter
 from typing import Any
 
-from asaptrain.data.claim import CLAIM_FILE
+from asaptrain.data.claim import is_claim_object
 from asaptrain.data.store import Store
 from asaptrain.errors import UserError
 
@@ -77,7 +77,7 @@ def check_out_folder(out: Store, source: Store, job: dict[str, Any]) -> bool:
                               f"on {prior.get('input')}; this is run {job['run']} ({job['checkpoint']}) on "
                               f"{job['input']}: choose another --out")
         return True
-    foreign = [f for f in out.list(recursive=True) if posixpath.basename(f) != CLAIM_FILE]
+    foreign = [f for f in out.list(recursive=True) if not is_claim_object(f)]
     if foreign:
         raise OutputError(f"{out.uri_for()} is not empty ({len(foreign)} files, e.g. {foreign[0]}) and was not "
                           f"written by `asaptrain predict` (no {JOB_FILE}): choose an empty or new --out")

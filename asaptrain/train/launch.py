@@ -165,9 +165,9 @@ def choose_name(
 def _holds_files(store, rel: str) -> bool:
     """Whether the folder exists with more in it than a claim (one left by a command killed before
     it wrote anything is taken over, not a reason to refuse the name)."""
-    from asaptrain.data.claim import CLAIM_FILE
+    from asaptrain.data.claim import is_claim_object
 
-    return store.exists(rel) and store.list(rel) != [f"{rel}/{CLAIM_FILE}"]
+    return store.exists(rel) and any(not is_claim_object(p) for p in store.list(rel))
 
 
 def _finished_steps(files: RunFiles) -> int:
