@@ -91,13 +91,16 @@ def test_a_claim_taken_over_is_lost_to_its_old_holder(store):
     assert store.read_json(f"runs/e/{CLAIM_FILE}")["owner"]["host"] == "other"
 
 
-def _race(uri: str, endpoint: str | None, start_at: float, stale: bool, queue) -> None:
+def _race(uri: str, endpoint: str | None, go, start_at, done, queue) -> None:
     store = Store.open(uri, s3_endpoint=endpoint)
-    time.sleep(max(0.0, start_at - time.time()))
+    queue.put(("ready", os.getpid()))
+    go.wait(timeout=120)  # every process has imported and opened the store
+    time.sleep(max(0.0, start_at.value - time.time()))
     try:
-        claim(store, "runs/race", heartbeat_s=3600)  # held until this process ends
+        held = claim(store, "runs/race", heartbeat_s=3600)
         queue.put(("won", os.getpid()))
-        time.sleep(3)
+        done.wait(timeout=120)  # held until every other process has tried
+        held.release()
     except ClaimRefused as exc:
         queue.put(("refused", str(exc)))
 
@@ -108,14 +111,19 @@ def test_processes_claiming_at_the_same_moment_get_one_winner(store, stale):
     if stale:
         _plant(store, f"runs/race/{CLAIM_FILE}", {"host": "gone", "pid": 1}, age_s=3600)
     ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    start_at = time.time() + 8  # after every process has imported and opened the store
-    procs = [ctx.Process(target=_race, args=(store.uri, store.endpoint, start_at, stale, queue)) for _ in range(4)]
+    queue, go, done, start_at = ctx.Queue(), ctx.Event(), ctx.Event(), ctx.Value("d", 0.0)
+    procs = [ctx.Process(target=_race, args=(store.uri, store.endpoint, go, start_at, done, queue)) for _ in range(4)]
     for p in procs:
         p.start()
-    results = [queue.get(timeout=120) for _ in procs]
-    for p in procs:
-        p.join(timeout=60)
+    try:
+        assert [queue.get(timeout=120)[0] for _ in procs] == ["ready"] * 4
+        start_at.value = time.time() + 0.5  # one instant for all four
+        go.set()
+        results = [queue.get(timeout=120) for _ in procs]
+    finally:
+        done.set()
+        for p in procs:
+            p.join(timeout=60)
     won = [r for r in results if r[0] == "won"]
     assert len(won) == 1, results
     for kind, text in results:
@@ -141,3 +149,28 @@ def test_the_claim_record_is_json_with_owner_and_heartbeat(tmp_path):
         assert record["owner"]["host"] == socket.gethostname() and record["owner"]["pid"] == os.getpid()
         assert held.uri.endswith(f"o/{CLAIM_FILE}")
     assert not (tmp_path / "o").exists()  # the folder the claim made is gone again, being empty
+
+
+def test_another_commands_claim_in_the_making_is_not_the_folders_content(tmp_path):
+    """A claim on a local store is made by linking a finished temp file that the claiming command
+    writes into the folder first. The command that holds the folder's claim can meet another's
+    temp file there for a moment; it is no file of the folder's: two `train --name dup` started
+    together once ended with the claim's holder refusing its own new run ("a run named 'dup'
+    exists") and the other training it. Likewise for `import` and `predict --out`."""
+    from asaptrain.config.presets import get_preset
+    from asaptrain.data import claim as claim_mod
+    from asaptrain.data.outputs import check_out_folder
+    from asaptrain.importers import _refuse_existing
+    from asaptrain.train.launch import choose_name
+    from asaptrain.train.run_files import RunFiles
+
+    store = Store.open(str(tmp_path))
+    for folder in ("runs/dup", "runs/imported", "out"):
+        with claim(store, folder):
+            claim_mod._local_tmp(store, f"{folder}/{CLAIM_FILE}", {"owner": {"pid": 1}})  # the other command's
+            if folder == "runs/dup":
+                assert choose_name(store, get_preset("deblurgan-smoke"), None, "dup", None) == ("dup", 0)
+            elif folder == "runs/imported":
+                _refuse_existing(RunFiles(store, "imported"), "imported")  # raises when the folder holds files
+            else:
+                assert check_out_folder(store.child("out"), store.child("in"), {"run": "r"}) is False
