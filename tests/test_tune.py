@@ -65,7 +65,7 @@ def test_space_file_narrows_and_checks(tmp_path, store):
             load_space(str(path), base)
 
 
-def test_cpu_sweep_stops_early_and_best_config_trains(store):
+def test_cpu_sweep_stops_early_and_best_config_trains(store, capsys):
     base = tiny(store)
     space = {
         "optim.g_lr": {"choice": [1e-3, 3e-5]},
@@ -106,14 +106,15 @@ def test_cpu_sweep_stops_early_and_best_config_trains(store):
     assert train_loop(best, random_batches(best), lambda b, *_: b, torch.device("cpu"), reporter).step == 2
     assert [m["step"] for m, _ in reporter.reports] == [1, 2]
     assert all(isinstance(m["loss/g"], float) for m, _ in reporter.reports)
-    # An existing sweep name is refused unless resumed; resuming a finished sweep reruns nothing.
+    # An existing sweep name is refused unless resumed; resuming a finished sweep (a job restarted
+    # after its end) reruns nothing, times nothing again, and says so.
     with pytest.raises(SweepError, match="--resume cpu-sweep"):
         sweep(base, trials=4, name="cpu-sweep", space=space, progress=False)
+    capsys.readouterr()
     again = sweep(base, trials=4, resume="cpu-sweep", progress=False)
-    assert again["reference"]["reused"] and again["reference"]["run"] == ref["run"]  # not trained twice
-    assert sorted(t["trial"] for t in again["trials"]) == sorted(t["trial"] for t in trials)
-    assert [t["steps"] for t in sorted(again["trials"], key=lambda t: t["trial"])] == \
-        [t["steps"] for t in sorted(trials, key=lambda t: t["trial"])]
+    assert again == on_disk and sweep_dir.read_json("sweep.json") == on_disk
+    assert "sweep 'cpu-sweep' already finished 4 trials" in capsys.readouterr().out
+    assert len(store.child("sweeps", "references").list("")) == 1  # the reference: trained once
 
 
 def test_tune_cli_help():

@@ -159,6 +159,11 @@ def sweep(
             raise SweepError("--resume auto needs --name NAME: the sweep to continue if it exists, or to start")
         resume = name if store.child(SWEEPS_PREFIX, check_name(name, "sweep name")).exists("space.json") else None
     name = check_name(resume or name or new_run_name("sweep"), "sweep name")
+    if resume and (done := finished_sweep(store, name)) is not None:
+        # A job restarted after its sweep ended: nothing to train or time again.
+        print(f"[asaptrain] sweep {name!r} already finished {len(done['trials'])} trials: "
+              f"{store.uri_for(SWEEPS_PREFIX, name, 'sweep.json')}", flush=True)
+        return done
     shard_paths(resolve_dataset(base.data.dataset, store), "train")  # a missing dataset fails here, not per trial
     check_crop_and_batch(base, resolve_dataset(base.data.dataset, store))  # as a crop the images cannot give
     ensure_ray()
@@ -186,6 +191,19 @@ def sweep(
         raise SweepError(f"no trial of sweep {name} finished (first error: {first}); see "
                          f"{store.uri_for(SWEEPS_PREFIX, name, 'sweep.json')}")
     return summary
+
+
+def finished_sweep(store, name: str) -> dict | None:
+    """The stored ``sweep.json`` of sweep ``name`` once it has ended with no trial in error (a
+    resume would rerun those), else None."""
+    sweep_dir = store.child(SWEEPS_PREFIX, name)
+    if not sweep_dir.exists("sweep.json"):
+        return None
+    try:
+        summary = sweep_dir.read_json("sweep.json")
+    except ValueError:  # not whole: the resume writes it again
+        return None
+    return None if any(t.get("status") == "error" for t in summary.get("trials", [])) else summary
 
 
 def trial_scaling(base: Config, gpus_per_trial: float | None, workers_per_trial: int | None) -> dict[str, Any]:
