@@ -74,9 +74,18 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(session, config, items):
-    """The longest files first (each file's tests keep their order): the order xdist hands them out."""
+    """The longest files first (each file's tests keep their order): the order xdist hands them out.
+
+    The modules that share one Ray (``RAY_SHARED``) go out together, first, as if they were one
+    file: a worker then takes them one after another and starts that Ray once."""
     order = {item: i for i, item in enumerate(items)}
-    items.sort(key=lambda item: (-FILE_SECONDS.get(item.path.name, 0), order[item]))
+    shared = {item.path.name for item in items if getattr(item.module, "RAY_SHARED", False)}
+    together = sum(FILE_SECONDS.get(name, 0) for name in shared)
+
+    def seconds(item) -> float:
+        return together if item.path.name in shared else FILE_SECONDS.get(item.path.name, 0)
+
+    items.sort(key=lambda item: (-seconds(item), item.path.name not in shared, order[item]))
 
 
 @pytest.fixture(scope="session")
@@ -101,25 +110,65 @@ def s3_bucket(s3_endpoint):
     return name
 
 
-@pytest.fixture(scope="module")
-def ray_cluster(request):
-    """A real local Ray with 2 CPUs, shared by the tests of one module.
+_SHARED: dict[str, bool] = {"up": False}
+"""Whether the Ray of :func:`ray_cluster` that modules with ``RAY_SHARED = True`` share is up."""
 
-    Not by several modules: when one Ray outlived its module, a sweep in a later module waited for
-    CPUs that never came free, after a module that kills drivers and workers had run on it.
 
-    With Ray's dashboard (the state API: sweeps, actor counts) unless the module sets
-    ``RAY_DASHBOARD = False``: its head and nine module processes cost about 2 s of CPU to
-    start and more while they run."""
+def _ray_init(dashboard: bool) -> None:
     import ray
 
     if ray.is_initialized():
         ray.shutdown()
     # address="local": a new Ray of its own, never one a stale /tmp/ray/ray_current_cluster names
-    ray.init(address="local", num_cpus=2, include_dashboard=getattr(request.module, "RAY_DASHBOARD", True),
-             log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": os.getcwd()}})
+    ray.init(address="local", num_cpus=2, include_dashboard=dashboard, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": os.getcwd()}})
+
+
+def _end_shared() -> None:
+    if _SHARED["up"]:
+        import ray
+
+        _SHARED["up"] = False
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(request):
+    """A real local Ray with 2 CPUs, shared by the tests of one module, with Ray's dashboard (the
+    state API: sweeps, actor counts).
+
+    A module that sets ``RAY_SHARED = True`` instead gets one Ray without a dashboard that it
+    shares with the modules run right before and after it in this process that set it too: a
+    Ray's start and stop (about 10 s of CPU on 2 cores) and its first run's cold worker processes
+    (about 10 s more) are paid once for all of them. Such a module kills no Ray process, asks
+    nothing of the state API, and sets nothing in the environment that Ray's workers must inherit
+    (they inherit the environment of the module that started the Ray). The first test of a module
+    without it ends the shared Ray (``pytest_runtest_setup``).
+
+    A Ray of its own per module otherwise: when one Ray outlived its module, a sweep in a later
+    module waited for CPUs that never came free, after a module that kills drivers and workers had
+    run on it."""
+    import ray
+
+    if getattr(request.module, "RAY_SHARED", False):
+        if not (_SHARED["up"] and ray.is_initialized()):
+            _ray_init(dashboard=False)
+            _SHARED["up"] = True
+        yield ray
+        return
+    _end_shared()
+    _ray_init(dashboard=True)
     yield ray
     ray.shutdown()
+
+
+def pytest_runtest_setup(item):
+    if _SHARED["up"] and not getattr(item.module, "RAY_SHARED", False):
+        _end_shared()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    _end_shared()
 
 
 ROOT = Path(__file__).resolve().parents[1]

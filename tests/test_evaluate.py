@@ -28,7 +28,7 @@ from asaptrain.train.nets import generator_in_channels
 from asaptrain.train.run_files import RunFiles
 from asaptrain.train.state import to_bytes
 
-RAY_DASHBOARD = False  # ray_cluster: nothing here asks Ray's state API
+RAY_SHARED = True  # ray_cluster: one Ray with the modules beside it (no dashboard, kills, or env)
 
 VAL_SIZES = [(64, 96), (61, 93), (33, 47)]  # odd sizes: padded to the generator's multiple and cropped back
 

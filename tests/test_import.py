@@ -31,7 +31,7 @@ from asaptrain.data.store import Store
 from asaptrain.importers import ImportRefused, drop_running_stats, fit_official, import_checkpoint, read_official
 from asaptrain.infer import infer_files, load_generator, model_input
 
-RAY_DASHBOARD = False  # ray_cluster: nothing here asks Ray's state API
+RAY_SHARED = True  # ray_cluster: one Ray with the modules beside it (no dashboard, kills, or env)
 
 DATA = Path(__file__).parent / "data" / "official"
 FIXTURES = json.loads((DATA / "fixtures.json").read_text())

@@ -25,7 +25,7 @@ from asaptrain.train.state import to_bytes
 
 from test_train_loop import passthrough, tensors
 
-RAY_DASHBOARD = False  # ray_cluster: nothing here asks Ray's state API
+RAY_SHARED = True  # ray_cluster: one Ray with the modules beside it (no dashboard, kills, or env)
 
 CPU = torch.device("cpu")
 DATA = Path(__file__).parent / "data" / "official"

@@ -24,7 +24,7 @@ from asaptrain.data.synth import synth_plan
 from asaptrain.train.loop import train_loop
 from asaptrain.train.run_files import RunFiles
 
-RAY_DASHBOARD = False  # ray_cluster: nothing here asks Ray's state API
+RAY_SHARED = True  # ray_cluster: one Ray with the modules beside it (no dashboard, kills, or env)
 
 pytestmark = pytest.mark.slow
 

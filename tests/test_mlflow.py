@@ -26,8 +26,6 @@ from asaptrain.data.synth import synth_plan
 from asaptrain.train.curves import MlflowTarget, TrackingError, check_mlflow
 from asaptrain.train.run_files import RunFiles
 
-RAY_DASHBOARD = False  # ray_cluster: nothing here asks Ray's state API
-
 mlflow = pytest.importorskip("mlflow")
 
 

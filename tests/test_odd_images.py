@@ -18,7 +18,7 @@ from asaptrain.config.presets import get_preset
 from asaptrain.infer import generate, model_input, read_input, run_tiles
 from asaptrain.train.nets import build_generator, min_input_size, size_multiple
 
-RAY_DASHBOARD = False  # ray_cluster: nothing here asks Ray's state API
+RAY_SHARED = True  # ray_cluster: one Ray with the modules beside it (no dashboard, kills, or env)
 
 SIZES = [(1, 1), (1, 300), (300, 1), (3, 5), (7, 9)]  # (height, width)
 

@@ -25,7 +25,7 @@ from asaptrain.train.launch import fit
 from asaptrain.train.run_files import RunFiles
 from test_own_data import N, PALETTE, gradient, save
 
-RAY_DASHBOARD = False  # ray_cluster: nothing here asks Ray's state API
+RAY_SHARED = True  # ray_cluster: one Ray with the modules beside it (no dashboard, kills, or env)
 
 pytestmark = pytest.mark.slow
 

@@ -26,7 +26,7 @@ from asaptrain.data.shards import ShardError, ShardWriter
 from asaptrain.data.store import Store, StoreError
 
 H, W = 40, 64  # stored image size
-RAY_DASHBOARD = False  # ray_cluster: nothing here asks Ray's state API
+RAY_SHARED = True  # ray_cluster: one Ray with the modules beside it (no dashboard, kills, or env)
 
 CROP = (24, 32)
 

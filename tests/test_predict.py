@@ -24,7 +24,7 @@ from asaptrain.train.nets import build_generator, generator_in_channels
 from asaptrain.train.run_files import RunFiles
 from asaptrain.train.state import to_bytes
 
-RAY_DASHBOARD = False  # ray_cluster: nothing here asks Ray's state API
+RAY_SHARED = True  # ray_cluster: one Ray with the modules beside it (no dashboard, kills, or env)
 
 CKPT = "checkpoint_000001/state.pt"
 
