@@ -109,10 +109,7 @@ def when_step(files: RunFiles, step: int, action, timeout_s: float = 300) -> thr
     def watch() -> None:
         deadline = time.time() + timeout_s
         while time.time() < deadline:
-            try:
-                p = files.read_progress()
-            except Exception:  # the store is down (an outage of the test's own making): look again
-                p = None
+            p = files.read_progress()
             if p and p["step"] >= step:
                 action()
                 return
@@ -218,39 +215,36 @@ def test_s3_outage_is_ridden_out_or_ends_the_run_clearly_and_resume_loses_nothin
     # an epoch's shard read, which Ray Data retries as a task: it rode out a 15 s outage with
     # outage_s = 4 when the long outage began at an epoch's start.
     convert(synth_plan("photos", 64, (64, 64), seed=0, val_count=4), store.child("datasets", "synth-photos"))
-    # One run, two outages (the second starts once the first is over): 3 s mid-run, under Ray's
-    # controller and workers (data reads, metrics, checkpoints), is ridden out and costs no step;
-    # 20 s, longer than storage.outage_s (8 s), ends the run within the limit, with the first
-    # cause, and run.json says so.
-    steps = 30
-    cfg = smoke_cfg(store, f"train.steps={steps}", f"storage.s3_endpoint={json.dumps(proxy.url)}",
-                    "train.max_failures=0", "storage.outage_s=8")
+    # The default storage.outage_s (60 s): a 15 s outage mid-run, under Ray's controller and
+    # workers (data reads, metrics, the step-10 checkpoint), costs no step and the run finishes.
+    cfg = smoke_cfg(store, "train.steps=20", f"storage.s3_endpoint={json.dumps(proxy.url)}", "train.max_failures=0")
+    assert cfg.storage.outage_s == 60
     files = RunFiles(store, "outage")
     timeline: dict[str, float] = {}
-
-    def outages() -> None:
-        for step, seconds, name in ((8, 3, "short"), (24, 20, "long")):
-            reached = threading.Event()
-            when_step(files, step, reached.set).join()
-            if not reached.is_set():  # the run ended before this step: the asserts below say how
-                return
-            timeline[name] = time.time()
-            proxy.outage(seconds)
-            timeline[f"{name} over"] = time.time()
-
-    watcher = threading.Thread(target=outages, daemon=True)
-    watcher.start()
+    watcher = when_step(files, 8, lambda: (timeline.setdefault("15s", time.time()), proxy.outage(15)))
     result = fit(cfg, name="outage", progress=False)
+    watcher.join(timeout=60)
+    assert "15s" in timeline and result.status == "finished", result.error
+    assert time.time() - timeline["15s"] > 15  # the run was still going when the store came back
+    assert train_steps(files) == list(range(1, 21))
+
+    # Longer than outage_s: a 15 s outage with outage_s = 4 ends the resumed run within the
+    # limit, with the first cause, and run.json says so.
+    steps = 30
+    cfg = replace(cfg, {"train.steps": steps, "storage.outage_s": 4.0})
+    watcher = when_step(files, 24, lambda: (timeline.setdefault("long", time.time()), proxy.outage(15)))
+    result = fit(cfg, resume="outage", progress=False)
     ended = time.time()
     watcher.join(timeout=60)
-    assert "short over" in timeline and "long" in timeline, (timeline, result.error)
-    assert result.status == "failed" and ended - timeline["long"] < 300
+    assert "long" in timeline, f"the run ended before the long outage: {result.error}"
+    assert result.status == "failed"
+    assert ended - timeline["long"] < 300
     # The first cause: the endpoint could not be reached (not a follow-up error of the driver).
     assert "reach" in result.error and "127.0.0.1" in result.error, result.error
     run = files.read_run()
     assert run["status"] == "failed" and run["error"] == result.error
     done = train_steps(files)  # on S3 records are flushed with each checkpoint (every 5 steps)
-    assert len(done) >= 20 and done == list(range(1, len(done) + 1)), done  # the short outage cost no step
+    assert len(done) >= 20 and done == list(range(1, len(done) + 1)), done
 
     # Damage what a crash could leave behind: a newest checkpoint that does not load, a torn line.
     names = checkpoint_names(files.dir)  # Ray's checkpoint_manager_snapshot.json is not one
