@@ -19,6 +19,7 @@ import pytest
 
 from asaptrain.data.claim import CLAIM_FILE, ClaimRefused, claim
 from asaptrain.data.store import Store
+from asaptrain.errors import UserError
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -165,12 +166,15 @@ def test_another_commands_claim_in_the_making_is_not_the_folders_content(tmp_pat
     from asaptrain.train.run_files import RunFiles
 
     store = Store.open(str(tmp_path))
-    for folder in ("runs/dup", "runs/imported", "out"):
+    checks = {
+        "runs/dup": lambda: choose_name(store, get_preset("deblurgan-smoke"), None, "dup", None) == ("dup", 0),
+        "runs/imported": lambda: _refuse_existing(RunFiles(store, "imported"), "imported") is None,
+        "out": lambda: check_out_folder(store.child("out"), store.child("in"), {"run": "r"}) is False,
+    }
+    for folder, folder_is_free in checks.items():
         with claim(store, folder):
             claim_mod._local_tmp(store, f"{folder}/{CLAIM_FILE}", {"owner": {"pid": 1}})  # the other command's
-            if folder == "runs/dup":
-                assert choose_name(store, get_preset("deblurgan-smoke"), None, "dup", None) == ("dup", 0)
-            elif folder == "runs/imported":
-                _refuse_existing(RunFiles(store, "imported"), "imported")  # raises when the folder holds files
-            else:
-                assert check_out_folder(store.child("out"), store.child("in"), {"run": "r"}) is False
+            assert folder_is_free(), folder
+            (tmp_path / folder / "written.txt").write_text("x")  # a file of the folder's own is still one
+            with pytest.raises(UserError, match="exists|not empty"):
+                folder_is_free()

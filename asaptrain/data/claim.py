@@ -43,12 +43,16 @@ DEFAULT_STALE_S = 90.0
 _probed: dict[tuple[str | None, str], bool] = {}
 
 
+_TMP_PREFIX = "_tmp-"
+"""A local claim's temp file: ``_tmp-<12 hex>-<claim name>``, beside the claim it becomes."""
+
+
 def is_claim_object(path: str, name: str = CLAIM_FILE) -> bool:
     """Whether ``path`` is a claim object or one being made, not a file of its folder. On a local
     store a claiming command writes its temp file into the folder before linking it, so the
     command that holds the folder can meet another's there for a moment."""
     base = path.rsplit("/", 1)[-1]
-    return base == name or (base.startswith("_tmp-") and base.endswith(f"-{name}"))
+    return base == name or (base.startswith(_TMP_PREFIX) and base.endswith(f"-{name}"))
 
 
 class ClaimRefused(UserError):
@@ -234,7 +238,7 @@ def _body(record: dict[str, Any]) -> bytes:
 def _local_tmp(store: Store, rel: str, record: dict[str, Any]) -> str:
     final = store.path(rel)
     os.makedirs(os.path.dirname(final), exist_ok=True)
-    tmp = f"{os.path.dirname(final)}/_tmp-{uuid.uuid4().hex[:12]}-{os.path.basename(final)}"
+    tmp = f"{os.path.dirname(final)}/{_TMP_PREFIX}{uuid.uuid4().hex[:12]}-{os.path.basename(final)}"
     with open(tmp, "wb") as fh:
         fh.write(_body(record))
         fh.flush()

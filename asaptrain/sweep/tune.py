@@ -161,7 +161,7 @@ def sweep(
     name = check_name(resume or name or new_run_name("sweep"), "sweep name")
     if resume and (done := finished_sweep(store, name)) is not None:
         # A job restarted after its sweep ended: nothing to train or time again.
-        print(f"[asaptrain] sweep {name!r} already finished {len(done['trials'])} trials: "
+        print(f"[asaptrain] sweep {name!r} already finished {len(done.get('trials', []))} trials: "
               f"{store.uri_for(SWEEPS_PREFIX, name, 'sweep.json')}", flush=True)
         return done
     shard_paths(resolve_dataset(base.data.dataset, store), "train")  # a missing dataset fails here, not per trial
