@@ -36,6 +36,8 @@
 #   models-compile  60  the same, compiled: one row per model (each compile costs tens of seconds)
 #   predict         35  `bench predict` on one GPU worker: images/s at 720x1280, decode / model / encode
 #   sweep           60  a 2-trial hybrid sweep with one GPU per trial (Tune over Train on one GPU)
+# The ray, predict and sweep stages join one local Ray that bench/gpu_ray.py starts in the
+# background after setup (its log: ray-head.log), not one each.
 # summary.txt: one line per stage (status, seconds, budget) with its key numbers under it, written
 # by bench/gpu_summary.py after every stage. (`asaptrain smoke` is no stage: its GPU parts are the
 # ray and sweep stages, and tests/test_e2e.py runs it whole.)
@@ -186,6 +188,44 @@ printf '{"stage": "setup", "status": "%s", "rc": %d, "seconds": %d, "budget_s": 
 cat "$OUT/setup.json" 2>/dev/null
 checkpoint
 
+# ---------------------------------------------------------------- one Ray, started in the background
+# The ray, predict and sweep stages join one local Ray (bench/gpu_ray.py; dashboard included) that
+# starts here, beside the stages that need none, instead of each starting and stopping its own. If
+# it is not up by the ray stage, each stage starts its own as before (see ray-head.log).
+# Joining it takes its token (Ray's token auth, on by default for a local Ray): a fresh one in a
+# private temp dir, never under OUT, unless the environment names one already.
+RAY_HOLDER= TOKEN_DIR=
+if [ -z "${RAY_ADDRESS:-}" ]; then
+  if [ -z "${RAY_AUTH_TOKEN_PATH:-}${RAY_AUTH_TOKEN:-}" ] && [ "${RAY_AUTH_MODE:-token}" = token ]; then
+    TOKEN_DIR=$(mktemp -d)
+    (umask 077 && python3 -c "import secrets; print(secrets.token_hex(32), end='')" > "$TOKEN_DIR/auth_token")
+    export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$TOKEN_DIR/auth_token
+  fi
+  python3 "$ROOT/bench/gpu_ray.py" "$OUT/ray-address" > "$OUT/ray-head.log" 2>&1 &
+  RAY_HOLDER=$!
+fi
+join_ray() {  # export RAY_ADDRESS once the background Ray is up (waits at most 120 s)
+  [ -n "$RAY_HOLDER" ] || return 0
+  for _ in $(seq 240); do
+    [ -s "$OUT/ray-address" ] && { export RAY_ADDRESS=$(cat "$OUT/ray-address"); return 0; }
+    kill -0 "$RAY_HOLDER" 2>/dev/null || break
+    sleep 0.5
+  done
+  echo "   the background Ray did not come up: each stage starts its own"; end_ray
+}
+end_ray() {
+  [ -n "$RAY_HOLDER" ] || return 0
+  kill "$RAY_HOLDER" 2>/dev/null && for _ in $(seq 60); do kill -0 "$RAY_HOLDER" 2>/dev/null || break; sleep 0.5; done
+  kill -9 "$RAY_HOLDER" 2>/dev/null
+  RAY_HOLDER=
+  unset RAY_ADDRESS
+}
+end_all() {
+  end_ray
+  [ -z "$TOKEN_DIR" ] || rm -rf "$TOKEN_DIR"
+}
+trap end_all EXIT
+
 # ---------------------------------------------------------------- 1. correctness
 stage correct 90/300 required "python3 bench/gpu_correct.py '$OUT/correct.json' $DRYFLAG"
 stage import 15/120 required "$NO_RAY python3 bench/gpu_import.py '$OUT/import.json' $DRYFLAG"
@@ -206,6 +246,7 @@ stage train 60/240 required "$A bench train $TRAIN_PRESETS --steps $TRAIN_STEPS 
 stage profile 20/120 required "python3 bench/gpu_profile.py '$OUT/profile.json' $DRYFLAG"
 
 # ---------------------------------------------------------------- 4. one Ray Train run from shards, then its evaluation
+join_ray
 stage ray 65/480 required "$A data synth --kind photos $SYNTH --out '$STORE/datasets/synth-photos' \
   && $A train --preset $RAY_PRESET --store '$STORE' --name gpu-ray --steps $RAY_STEPS --workers 1 $RAY_GPU --no-progress \
      --set data.dataset=datasets/synth-photos --set loss.perceptual=none --set eval.fid=false $RAY_SETS \
@@ -227,5 +268,6 @@ stage sweep 60/360 optional "$A tune --preset hybrid-smoke --store '$STORE' --tr
   && cp '$STORE/sweeps/gpu-sweep/sweep.json' '$OUT/sweep.json'"
 
 # ---------------------------------------------------------------- summary
+end_ray
 checkpoint
 cat "$OUT/summary.txt" "$OUT/summary.log"
