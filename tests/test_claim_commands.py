@@ -2,8 +2,8 @@
 
 Two `asaptrain train --name dup`: exactly one trains, the other is refused before it starts Ray,
 naming the first (its pid and host); the run holds one command's files only. Two `asaptrain
-predict --out` into one S3 prefix on the loopback endpoint: likewise. Each process starts its
-own local Ray (RAY_ADDRESS=local), never one of another test's.
+predict --out` into one S3 prefix on the loopback endpoint: likewise. Both processes join this
+process's Ray (RAY_ADDRESS), as two users' commands join one cluster.
 """
 
 from __future__ import annotations
@@ -33,17 +33,20 @@ from asaptrain.train.run_files import RunFiles
 from asaptrain.train.state import to_bytes
 
 pytestmark = pytest.mark.slow
+RAY_SHARED = True  # conftest.ray_cluster: the commands join it and kill nothing of it
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(asaptrain.__file__)))  # the package under test
 CLAIM_FILE = "_claim.json"  # asaptrain.data.claim.CLAIM_FILE, spelled out so that this runs on any version
 
 
-def _env() -> dict[str, str]:
-    return dict(os.environ, RAY_ADDRESS="local", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+def _env(ray_cluster) -> dict[str, str]:
+    return dict(os.environ, RAY_ADDRESS=ray_cluster.get_runtime_context().gcs_address,
+                PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
 
-def _together(argv: list[str], timeout_s: float = 600) -> list[tuple[int, int, str]]:
+def _together(argv: list[str], ray_cluster, timeout_s: float = 600) -> list[tuple[int, int, str]]:
     """Start two identical commands at once; (pid, exit code, output) of each."""
-    procs = [subprocess.Popen([sys.executable, "-m", "asaptrain", *argv], env=_env(), stdout=subprocess.PIPE,
+    env = _env(ray_cluster)
+    procs = [subprocess.Popen([sys.executable, "-m", "asaptrain", *argv], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=timeout_s)[0] for p in procs]
     for p, out in zip(procs, outs):
@@ -61,14 +64,14 @@ def _one_proceeds(results, command: str) -> tuple[int, str]:
     return winner, refused
 
 
-def test_two_trains_with_one_name(tmp_path):
+def test_two_trains_with_one_name(tmp_path, ray_cluster):
     store = Store.open(str(tmp_path / "store"))
     convert(synth_plan("photos", 16, (64, 64), seed=0, val_count=4), store.child("datasets", "synth-photos"))
     argv = ["train", "--preset", "deblurgan-smoke", "--name", "dup", "--store", store.uri, "--steps", "2",
             "--workers", "1", "--no-progress", "--set", "scaling.resources_per_worker={CPU = 0.5}",
             "--set", "scaling.use_gpu=false", "--set", "train.log_every=1", "--set", "train.checkpoint_every=2",
             "--set", "eval.every=2", "--set", "train.sample_every=2"]
-    _one_proceeds(_together(argv), "train")
+    _one_proceeds(_together(argv, ray_cluster), "train")
     files = RunFiles(store, "dup")
     assert files.read_run()["status"] == "finished"
     steps = [json.loads(line)["step"] for line in files.dir.read_text("metrics.jsonl").splitlines()
@@ -91,7 +94,7 @@ def _make_run(store: Store) -> Store:
     return files.dir
 
 
-def test_two_predicts_into_one_s3_prefix(tmp_path, s3_endpoint, s3_bucket):
+def test_two_predicts_into_one_s3_prefix(tmp_path, s3_endpoint, s3_bucket, ray_cluster):
     run = _make_run(Store.open(str(tmp_path / "store")))
     images = tmp_path / "blurry"
     images.mkdir()
@@ -102,7 +105,7 @@ def test_two_predicts_into_one_s3_prefix(tmp_path, s3_endpoint, s3_bucket):
         (images / f"img{i}.png").write_bytes(buf.getvalue())
     out = f"s3://{s3_bucket}/sharp"
     argv = ["predict", "--run", run.uri_for(), "--images", str(images), "--out", out, "--s3-endpoint", s3_endpoint]
-    winner, _ = _one_proceeds(_together(argv), "predict")
+    winner, _ = _one_proceeds(_together(argv, ray_cluster), "predict")
     store = Store.open(out, s3_endpoint=s3_endpoint)
     manifest = store.read_json("predictions.json")
     assert manifest["counts"]["written"] == 6 and manifest["counts"]["bad"] == 0
