@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 
 import numpy as np
 import pytest
+import ray
 import torch
 from PIL import Image
 
@@ -215,6 +217,40 @@ def test_validation_subset_is_fixed(ray_cluster, tmp_path):
     make_dataset(store.child("train_only"), "deblur", 6)
     _, y4 = validation_set(cfg, store)
     assert ((y4[:, 2, 0, 0] + 1) * 127.5).round().tolist() == [20, 30, 40, 50]  # the last train rows
+
+
+def _ledger_up() -> bool:
+    from asaptrain.data.bad_images import LEDGER, NAMESPACE
+
+    return any(a["name"] == LEDGER and a["namespace"] == NAMESPACE
+               for a in ray.util.list_named_actors(all_namespaces=True))
+
+
+def test_clean_data_starts_no_bad_image_ledger_and_a_bad_image_starts_it(ray_cluster, tmp_path):
+    """The ledger is the cluster's, started by the first decode task that meets a bad image: a
+    dataset without one starts no process; a run's end drops its entries."""
+    from asaptrain.data.bad_images import LEDGER, NAMESPACE
+
+    if _ledger_up():  # an earlier test's, on this shared Ray
+        ray.kill(ray.get_actor(LEDGER, namespace=NAMESPACE))
+        deadline = time.monotonic() + 30
+        while _ledger_up():
+            assert time.monotonic() < deadline, "the ledger outlived ray.kill"
+            time.sleep(0.2)
+    store = Store.open(str(tmp_path))
+    make_dataset(store.child("clean"), "deblur", 8)
+    make_dataset(store.child("ds"), "deblur", 8, corrupt={"train-003"})
+    cfg = config(max_bad_images=2)
+    cfg.data.dataset = "clean"
+    clean = new_bad_image_log(cfg.data.max_bad_images)
+    assert len(list(TrainBatches(train_dataset(cfg, store, bad_log=clean), cfg, "cpu", batch_size=2, epochs=1))) == 4
+    assert bad_images(clean) == [] and not _ledger_up()
+    cfg.data.dataset = "ds"
+    log = new_bad_image_log(cfg.data.max_bad_images)
+    assert train_dataset(cfg, store, bad_log=log).count() == 7
+    assert _ledger_up() and [e["key"] for e in bad_images(log)] == ["train-003"]
+    log.close()
+    assert bad_images(log) == [] and _ledger_up()
 
 
 def test_corrupt_image_is_skipped_and_named(ray_cluster, tmp_path):

@@ -21,10 +21,11 @@ worker group re-executes the dataset, so its crops may differ from the lost run'
 
 Bad data: an image that does not decode (or is smaller than the crop, or whose input and
 target sizes differ) is logged as a warning naming its shard and key, and skipped. Counts
-meet in one small Ray actor (``BadImageLog``, 0 CPUs) that a decode task calls only when it
-meets a bad image: the common path costs nothing, and ``data.max_bad_images`` holds across
-tasks, workers and epochs (an image counts once however often it is read). Past the limit
-the task raises :class:`DataError` listing every bad image, and the run stops.
+meet in the cluster's small bad-image ledger (``bad_images.py``), which a decode task calls
+(and starts) only when it meets a bad image: the common path costs nothing, not even a
+process, and ``data.max_bad_images`` holds across tasks, workers and epochs (an image counts
+once however often it is read). Past the limit the task raises :class:`DataError` listing
+every bad image, and the run stops.
 """
 
 from __future__ import annotations
@@ -34,10 +35,10 @@ from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import pyarrow.parquet as pq
-import ray
 from ray.data import DataContext, FileShuffleConfig
 
 from asaptrain.config.schema import Config
+from asaptrain.data.bad_images import BadImageLog
 from asaptrain.data.decode import DataError, Decoder, decode_rows, key_id
 from asaptrain.data.shards import image_size_range, read_manifest, read_shards, shard_paths
 from asaptrain.data.store import resolve_dataset
@@ -93,31 +94,14 @@ def reads_stored_input(cfg: Config, ds_store, paths: list[str], validation: bool
 # ----------------------------------------------------------------------------- Ray Data
 
 
-@ray.remote(num_cpus=0)
-class BadImageLog:
-    """Distinct bad images (by shard and key) seen by every decode task of one dataset."""
-
-    def __init__(self, limit: int):
-        self.limit, self.seen = limit, {}
-
-    def add(self, entries: list[dict[str, str]]) -> list[dict[str, str]] | None:
-        """Record entries; returns all recorded ones once past the limit, else None."""
-        for e in entries:
-            self.seen.setdefault((e["shard"], e["key"]), e)
-        return list(self.seen.values()) if len(self.seen) > self.limit else None
-
-    def entries(self) -> list[dict[str, str]]:
-        return list(self.seen.values())
+def new_bad_image_log(limit: int) -> BadImageLog:
+    """A fresh bad-image count for one dataset, allowing ``limit`` distinct bad images."""
+    return BadImageLog.new(limit)
 
 
-def new_bad_image_log(limit: int):
-    """A fresh bad-image counter actor (0 CPUs) allowing ``limit`` distinct bad images."""
-    return BadImageLog.remote(limit)
-
-
-def bad_images(bad_log) -> list[dict[str, str]]:
+def bad_images(bad_log: BadImageLog) -> list[dict[str, str]]:
     """The bad images a log has recorded: dicts with shard, key, reason."""
-    return ray.get(bad_log.entries.remote())
+    return bad_log.entries()
 
 
 def _decode_batch(batch: dict[str, np.ndarray], decoder: Decoder, bad_log, limit: int, scheme: str):
@@ -125,7 +109,7 @@ def _decode_batch(batch: dict[str, np.ndarray], decoder: Decoder, bad_log, limit
     epoch = getattr(DataContext.get_current(), "_execution_idx", 0)  # counts this dataset's executions
     items = ((scheme + str(batch["path"][i]), {c: batch[c][i] for c in decoder.columns})
              for i in range(len(batch["key"])))
-    return decode_rows(decoder, items, epoch, lambda bad: ray.get(bad_log.add.remote(bad)), limit)
+    return decode_rows(decoder, items, epoch, bad_log.add, limit)
 
 
 def _resized(size: tuple[int, int], bound: tuple[int, int], load_w: int, load_h: int) -> tuple[int, int]:

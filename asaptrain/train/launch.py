@@ -254,7 +254,7 @@ def _fit_claimed(cfg: Config, store, name: str, start: int, preset: str | None, 
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from asaptrain.data.pipeline import train_dataset
+    from asaptrain.data.pipeline import new_bad_image_log, train_dataset
     from asaptrain.train.resources import worker_resources
 
     ensure_ray()
@@ -262,7 +262,8 @@ def _fit_claimed(cfg: Config, store, name: str, start: int, preset: str | None, 
     per_worker = worker_resources(cfg, use_gpu)  # leaves Ray Data a CPU, or says what to set
     # Before anything is written: a missing or damaged dataset fails here, naming it, and
     # leaves no half-started run behind.
-    dataset = train_dataset(cfg, store)
+    bad_log = new_bad_image_log(cfg.data.max_bad_images)
+    dataset = train_dataset(cfg, store, bad_log=bad_log)
     files = RunFiles(store, name, runs_prefix)
     files.write_config(cfg)
     meta = files.write_run(
@@ -297,6 +298,10 @@ def _fit_claimed(cfg: Config, store, name: str, start: int, preset: str | None, 
                 error = getattr(run_polling(trainer.fit, update, every_s=1.0), "error", None)
         except Exception as exc:  # reported below, with the run marked failed
             error = exc
+    try:
+        bad_log.close()  # the cluster's bad-image ledger forgets this run's entries
+    except Exception as exc:  # a cluster gone with the run: nothing is left to forget
+        print(f"[asaptrain] the bad-image ledger could not drop this run's entries: {exc}", flush=True)
     end = conclude(files, meta, start, error, patience_s=max(60.0, cfg.storage.outage_s))
     return RunResult(name=name, status=end.status, uri=files.dir.uri_for(""), steps=end.steps, error=end.error,
                      last_eval=end.last_eval)
