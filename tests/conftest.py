@@ -32,6 +32,9 @@ os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# MLflow 3 refuses its file backend (test_mlflow's tracking store) unless asked; set before any Ray
+# starts, so the workers of the Ray that test_mlflow shares with other modules have it.
+os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
 # Ray Train's controller polls its workers every 2 s (start, reports, the end) and starts a cloud
 # preemption watcher actor for every run; a test run is seconds long, and there is no cloud.
 # Measured on 2 cores: a 4-step two-worker run 24-25 s with the defaults, 20 s with these. The

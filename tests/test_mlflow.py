@@ -27,6 +27,7 @@ from asaptrain.train.curves import MlflowTarget, TrackingError, check_mlflow
 from asaptrain.train.run_files import RunFiles
 
 mlflow = pytest.importorskip("mlflow")
+RAY_SHARED = True  # conftest.ray_cluster
 
 
 @pytest.fixture(scope="module")
@@ -34,11 +35,10 @@ def tracking_uri(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow")
     server = os.environ.get("ASAPTRAIN_MLFLOW_SERVER")
     if not server:
-        # MLflow 3 refuses its file backend unless asked; set before Ray starts, so workers inherit it.
-        old = os.environ.get("MLFLOW_ALLOW_FILE_STORE")
-        os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
+        # MLflow 3 refuses its file backend unless asked: conftest sets MLFLOW_ALLOW_FILE_STORE
+        # before any Ray starts, so the shared Ray's workers have it.
+        assert os.environ.get("MLFLOW_ALLOW_FILE_STORE") == "true"
         yield f"file://{root}/mlruns"
-        os.environ.pop("MLFLOW_ALLOW_FILE_STORE") if old is None else os.environ.update(MLFLOW_ALLOW_FILE_STORE=old)
         return
     port = free_port()
     log = open(root / "server.log", "wb")
