@@ -291,6 +291,8 @@ def _fit_claimed(cfg: Config, store, name: str, start: int, preset: str | None, 
             callbacks=callbacks,
         ),
         datasets={"train": dataset},
+        # One worker reads the whole dataset itself: no split, so no coordinator actor to start.
+        dataset_config=ray.train.DataConfig(datasets_to_split="all" if sc.num_workers > 1 else []),
     )
     with marked_if_interrupted(files, meta):
         try:
