@@ -161,17 +161,18 @@ def test_nonfinite_loss_stops_the_run_without_retries(local_store):
 
     from asaptrain.sweep.tune import this_cluster_state_api
 
-    def workers() -> int:  # this test's own Ray's, asked through its own dashboard
+    def workers(class_name: str = "RayTrainWorker") -> int:  # this test's own Ray's, asked through its dashboard
         with this_cluster_state_api() as url:
-            return len(list_actors(address=url, filters=[("class_name", "=", "RayTrainWorker")], limit=10_000))
+            return len(list_actors(address=url, filters=[("class_name", "=", class_name)], limit=10_000))
 
-    before = workers()
+    before, splits = workers(), workers("SplitCoordinator")
     cfg = smoke_cfg(local_store, "train.steps=6", "optim.g_lr=1e30", "optim.d_lr=1e30", "train.max_failures=2")
     result = fit(cfg, name="nan", progress=False)
     assert result.status == "failed" and "non-finite" in result.error and "step 1" in result.error, result.error
     run = RunFiles(local_store, "nan").read_run()
     assert run["status"] == "failed" and "non-finite" in run["error"]
     assert workers() - before == 1  # one worker group: FailureConfig(max_failures=2) did not restart it
+    assert workers("SplitCoordinator") == splits  # one worker reads its dataset whole: nothing to split
 
 
 def _read_only(path: str, on: bool) -> None:

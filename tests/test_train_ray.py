@@ -46,6 +46,7 @@ def test_wgan_gp_preset_trains_in_fp16_on_two_workers(store):
     keep both replicas identical, and the scales' metrics reach the run's files."""
     cfg = smoke_cfg("deblurgan-smoke", store, *TWO_WORKERS, "train.precision=fp16")
     assert cfg.scaling.resources_per_worker == {}
+    splits = _started("SplitCoordinator")
     out = {}
     thread = threading.Thread(target=lambda: out.setdefault("r", fit(cfg, preset="deblurgan-smoke", progress=False)),
                               daemon=True)
@@ -54,6 +55,7 @@ def test_wgan_gp_preset_trains_in_fp16_on_two_workers(store):
     assert not thread.is_alive(), "a 4-step run of 2 workers with the default resources on 2 CPUs ran past 300 s"
     result = out["r"]
     assert result.status == "finished", result.error
+    assert _started("SplitCoordinator") - splits == 1  # two workers share one read of the dataset
     files = RunFiles(store, result.name)
     timing = files.dir.read_json("timing.json")
     assert timing["replica_checksums"][0] == pytest.approx(timing["replica_checksums"][1], rel=0, abs=1e-9)
@@ -113,15 +115,20 @@ def test_run_names_are_never_silently_reused(store):
     assert choose_name(store, apply_overrides(cfg, ["train.steps=8"]), None, None, "taken") == ("taken", 4)
 
 
-def _footer_readers() -> int:
-    """Ray Data's Parquet footer-reading actors ever started on this test's Ray (dead ones too)."""
+def _started(class_name: str) -> int:
+    """Actors of ``class_name`` ever started on this test's Ray (dead ones too)."""
     from ray.util.state import list_actors
 
     from asaptrain.sweep.tune import this_cluster_state_api
 
     with this_cluster_state_api() as url:
-        return len(list_actors(address=url, filters=[("class_name", "=", "FooterReader")], limit=10_000, timeout=10,
+        return len(list_actors(address=url, filters=[("class_name", "=", class_name)], limit=10_000, timeout=10,
                                raise_on_missing_output=False))
+
+
+def _footer_readers() -> int:
+    """Ray Data's Parquet footer-reading actors ever started on this test's Ray."""
+    return _started("FooterReader")
 
 
 def test_an_epoch_of_shards_starts_one_footer_reader_not_thirty_two(store, monkeypatch):
