@@ -22,8 +22,11 @@ from dataclasses import dataclass
 
 import ray
 
-LEDGER = "asaptrain-bad-images"
-"""The ledger actor's name (in :data:`NAMESPACE`)."""
+from asaptrain import __version__
+
+LEDGER = f"asaptrain-bad-images-{__version__}"
+"""The ledger actor's name (in :data:`NAMESPACE`). It names the package's version: a long-lived
+cluster may hold the ledger of another version, whose methods this one must not call."""
 NAMESPACE = "asaptrain"
 
 
