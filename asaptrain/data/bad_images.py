@@ -22,11 +22,10 @@ from dataclasses import dataclass
 
 import ray
 
-from asaptrain import __version__
-
-LEDGER = f"asaptrain-bad-images-{__version__}"
-"""The ledger actor's name (in :data:`NAMESPACE`). It names the package's version: a long-lived
-cluster may hold the ledger of another version, whose methods this one must not call."""
+LEDGER = "asaptrain-bad-images-v1"
+"""The ledger actor's name (in :data:`NAMESPACE`). Its last part is the ledger's own version: a
+long-lived cluster may hold a ledger started by another release, so a change to the ledger's
+methods takes a new name."""
 NAMESPACE = "asaptrain"
 
 
