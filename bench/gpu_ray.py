@@ -39,4 +39,6 @@ def main(address_file: str) -> int:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python3 bench/gpu_ray.py ADDRESS_FILE (the file to write the Ray's GCS address to)")
     sys.exit(main(sys.argv[1]))

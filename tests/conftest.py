@@ -74,10 +74,11 @@ def pytest_configure(config):
     # pytest_collection_modifyitems makes longest first.
     if hasattr(config.option, "loadscopereorder"):
         config.option.loadscopereorder = False
-    # Where PYTHONDONTWRITEBYTECODE is set (as on the CI machines), no process caches the
-    # package's bytecode, and every Ray worker, command and driver the tests start compiled the
-    # modules it imports anew (0.2-0.5 s of CPU each, hundreds of processes). Compiled once here,
-    # before any test; Python reads the cache with or without that variable.
+    # Where PYTHONDONTWRITEBYTECODE is set (it is on the 2-core machines these tests were timed
+    # on), no process caches the package's bytecode, and every Ray worker, command and driver the
+    # tests start compiled the modules it imports anew (0.2-0.5 s of CPU for a driver's imports,
+    # hundreds of processes). Compiled once here, before any test; Python reads the cache with or
+    # without that variable.
     if not hasattr(config, "workerinput"):  # the main process, before xdist's workers start
         import compileall
 

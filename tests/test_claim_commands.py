@@ -1,6 +1,6 @@
 """Two commands into one place, started together the way a user starts them (two processes).
 
-Two `asaptrain train --name dup`: exactly one trains, the other is refused before it starts Ray,
+Two `asaptrain train --name dup`: exactly one trains, the other is refused before it joins Ray,
 naming the first (its pid and host); the run holds one command's files only. Two `asaptrain
 predict --out` into one S3 prefix on the loopback endpoint: likewise. Both processes join this
 process's Ray (RAY_ADDRESS), as two users' commands join one cluster.

@@ -163,6 +163,11 @@ def test_cpu_rehearsal_runs_every_stage_and_writes_its_json(tmp_path):
     assert evaluation["images"] == 2 and evaluation["psnr"] is not None and evaluation["ssim"] is not None
     assert evaluation["fid"] is None and evaluation["fid_reason"] and "not requested" not in evaluation["fid_reason"]
     assert evaluation["images_per_s"] > 0 and evaluation["mode"] == "local"
+    # The ray, predict and sweep stages joined the one Ray that bench/gpu_ray.py held (none started its own).
+    address = (out / "ray-address").read_text()
+    for name in ("ray", "predict", "sweep"):
+        assert f"Connecting to existing Ray cluster at address: {address}" in (out / f"{name}.log").read_text(), name
+    assert "Ray shut down" in (out / "ray-head.log").read_text()
     with tarfile.open(pack) as tar:  # what comes back: every stage's JSON and log, the summary, no store
         packed = {Path(n).as_posix().removeprefix("./") for n in tar.getnames()}
     assert {f"{n}.json" for n in stages} | {f"{n}.log" for n in stages if n != "setup"} | {"summary.txt"} <= packed
