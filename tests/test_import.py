@@ -237,10 +237,11 @@ def test_predict_runs_an_imported_generator(tmp_path, ray_cluster):
     images = tmp_path / "images"
     images.mkdir()
     shutil.copy(DATA / "labels.png", images / "labels.png")
+    # fp32, as the official output was computed: "auto" is bf16 on a CPU with native bf16 units
     pc = PredictConfig(run=store.child("runs", name).uri, images=str(images), out=str(tmp_path / "pred"), workers=1,
-                       cpus_per_worker=1)
+                       cpus_per_worker=1, dtype="fp32")
     manifest = predict(pc)
-    assert manifest["counts"]["written"] == 1
+    assert manifest["counts"]["written"] == 1 and manifest["dtype"] == "fp32"
     got = np.array(Image.open(tmp_path / "pred" / "labels.png"))
     want = to_8bit(torch.load(DATA / "asapnet.out.pt", weights_only=True)["out"])
     diff = np.abs(got.astype(int) - want.astype(int))

@@ -152,6 +152,7 @@ def test_a_failure_of_the_model_on_one_image_is_that_images_bad_input():
 
 def test_predict_on_s3_takes_odd_sizes_and_names_the_too_large_one(ray_cluster, s3_endpoint, s3_bucket, tmp_path):
     from asaptrain.data.store import Store
+    from asaptrain.precision import resolve_dtype
     from asaptrain.predict import MANIFEST, PredictConfig, PredictError, predict
     from test_predict import make_run
 
@@ -170,6 +171,8 @@ def test_predict_on_s3_takes_odd_sizes_and_names_the_too_large_one(ray_cluster, 
     sizes = {n: Image.open(io.BytesIO(out.read_bytes(n))).size for n in ("dot.png", "line.png", "column.png", "ok.png")}
     assert sizes == {"dot.png": (1, 1), "line.png": (300, 1), "column.png": (1, 300), "ok.png": (40, 30)}
     assert out.exists(MANIFEST)
+    # the default precision: "auto", resolved by the worker on this machine and recorded
+    assert manifest["settings"]["dtype"] == "auto" and manifest["dtype"] == resolve_dtype("auto", "cpu")
     pc.out, pc.max_bad = f"s3://{s3_bucket}/odd-strict", 0
     with pytest.raises(PredictError, match=r"big.png: image is 200x200 = 40000 pixels, over the limit"):
         predict(pc)

@@ -124,7 +124,7 @@ def test_images_on_s3_corrupt_file_then_resume(ray_cluster, s3_endpoint, s3_buck
         photos.write_bytes(rel, png(rng.integers(0, 255, (h, w, 3), dtype=np.uint8), "JPEG" if rel.endswith("jpg") else "PNG"))
     photos.write_bytes("broken.png", b"\x89PNG\r\n\x1a\n not really a png")
     pc = PredictConfig(run=run.uri, images=photos.uri, out=f"s3://{s3_bucket}/pred", workers=2, cpus_per_worker=0.5,
-                       batch=2, tile=64, max_bad=1, s3_endpoint=s3_endpoint)
+                       batch=2, tile=64, max_bad=1, s3_endpoint=s3_endpoint, dtype="fp32")  # compared with fp32 below
     out = Store.open(pc.out, s3_endpoint=s3_endpoint)
     manifest = predict(pc)
     outputs = {"a.png.png": "a.png", "a.jpg.png": "a.jpg", "sub/b.png": "sub/b.jpg", "c.png": "c.png",
@@ -177,7 +177,8 @@ def test_dataset_label_maps_use_their_instance_edges(ray_cluster, tmp_path):
     data = store.child("datasets", "scenes")
     convert(synth_plan("scenes", 3, (64, 128), seed=0, val_count=1), data)
     res = CliRunner().invoke(main, ["predict", "--run", run.uri, "--dataset", data.uri, "--out",
-                                    str(tmp_path / "pred"), "--workers", "2", "--cpus-per-worker", "0.5"])
+                                    str(tmp_path / "pred"), "--workers", "2", "--cpus-per-worker", "0.5",
+                                    "--dtype", "fp32"])  # compared with fp32 below ("auto" may be bf16)
     assert res.exit_code == 0, res.output
     assert "images/s" in res.output and "4 written, 0 already there, 0 bad" in res.output
     manifest = json.loads((tmp_path / "pred" / MANIFEST).read_text())
