@@ -18,6 +18,7 @@ import threading
 import time
 
 import pytest
+from ray_actors import actors_started
 
 from asaptrain.config.io import apply_overrides, replace
 from asaptrain.config.presets import get_preset
@@ -157,22 +158,15 @@ def test_ctrl_c_marks_the_run_interrupted(local_store, ray_cluster):
 
 
 def test_nonfinite_loss_stops_the_run_without_retries(local_store):
-    from ray.util.state import list_actors
-
-    from asaptrain.sweep.tune import this_cluster_state_api
-
-    def workers(class_name: str = "RayTrainWorker") -> int:  # this test's own Ray's, asked through its dashboard
-        with this_cluster_state_api() as url:
-            return len(list_actors(address=url, filters=[("class_name", "=", class_name)], limit=10_000))
-
-    before, splits = workers(), workers("SplitCoordinator")
+    before, splits = actors_started("RayTrainWorker"), actors_started("SplitCoordinator")
     cfg = smoke_cfg(local_store, "train.steps=6", "optim.g_lr=1e30", "optim.d_lr=1e30", "train.max_failures=2")
     result = fit(cfg, name="nan", progress=False)
     assert result.status == "failed" and "non-finite" in result.error and "step 1" in result.error, result.error
     run = RunFiles(local_store, "nan").read_run()
     assert run["status"] == "failed" and "non-finite" in run["error"]
-    assert workers() - before == 1  # one worker group: FailureConfig(max_failures=2) did not restart it
-    assert workers("SplitCoordinator") == splits  # one worker reads its dataset whole: nothing to split
+    # one worker group: FailureConfig(max_failures=2) did not restart it
+    assert actors_started("RayTrainWorker") - before == 1
+    assert actors_started("SplitCoordinator") == splits  # one worker reads its dataset whole: nothing to split
 
 
 def _read_only(path: str, on: bool) -> None:

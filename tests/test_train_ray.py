@@ -11,6 +11,7 @@ import threading
 import time
 
 import pytest
+from ray_actors import actors, actors_started
 
 from asaptrain.config.io import apply_overrides
 from asaptrain.data.convert import convert
@@ -46,7 +47,7 @@ def test_wgan_gp_preset_trains_in_fp16_on_two_workers(store):
     keep both replicas identical, and the scales' metrics reach the run's files."""
     cfg = smoke_cfg("deblurgan-smoke", store, *TWO_WORKERS, "train.precision=fp16")
     assert cfg.scaling.resources_per_worker == {}
-    splits = _started("SplitCoordinator")
+    splits = actors_started("SplitCoordinator")
     out = {}
     thread = threading.Thread(target=lambda: out.setdefault("r", fit(cfg, preset="deblurgan-smoke", progress=False)),
                               daemon=True)
@@ -55,7 +56,7 @@ def test_wgan_gp_preset_trains_in_fp16_on_two_workers(store):
     assert not thread.is_alive(), "a 4-step run of 2 workers with the default resources on 2 CPUs ran past 300 s"
     result = out["r"]
     assert result.status == "finished", result.error
-    assert _started("SplitCoordinator") - splits == 1  # two workers share one read of the dataset
+    assert actors_started("SplitCoordinator") - splits == 1  # two workers share one read of the dataset
     files = RunFiles(store, result.name)
     timing = files.dir.read_json("timing.json")
     assert timing["replica_checksums"][0] == pytest.approx(timing["replica_checksums"][1], rel=0, abs=1e-9)
@@ -115,22 +116,6 @@ def test_run_names_are_never_silently_reused(store):
     assert choose_name(store, apply_overrides(cfg, ["train.steps=8"]), None, None, "taken") == ("taken", 4)
 
 
-def _started(class_name: str) -> int:
-    """Actors of ``class_name`` ever started on this test's Ray (dead ones too)."""
-    from ray.util.state import list_actors
-
-    from asaptrain.sweep.tune import this_cluster_state_api
-
-    with this_cluster_state_api() as url:
-        return len(list_actors(address=url, filters=[("class_name", "=", class_name)], limit=10_000, timeout=10,
-                               raise_on_missing_output=False))
-
-
-def _footer_readers() -> int:
-    """Ray Data's Parquet footer-reading actors ever started on this test's Ray."""
-    return _started("FooterReader")
-
-
 def test_an_epoch_of_shards_starts_one_footer_reader_not_thirty_two(store, monkeypatch):
     """Ray Data lists Parquet files through a pool of FooterReader actors, 32 by default, started
     again for every execution (every epoch of every worker): a Python process each, on a 2-core
@@ -140,11 +125,11 @@ def test_an_epoch_of_shards_starts_one_footer_reader_not_thirty_two(store, monke
     from asaptrain.data.shards import FOOTER_READERS_ENV
 
     def started_by_epochs(epochs: int) -> int:
-        before = _footer_readers()
+        before = actors_started("FooterReader")
         ds = train_dataset(smoke_cfg("hybrid-smoke", store), store)
         for epoch in range(epochs):
             assert sum(len(next(iter(b.values()))) for b in ds.iter_batches(batch_size=4)) == 24, epoch
-        return _footer_readers() - before
+        return actors_started("FooterReader") - before
 
     monkeypatch.delenv(FOOTER_READERS_ENV, raising=False)
     started = started_by_epochs(2)
@@ -156,16 +141,8 @@ def test_an_epoch_of_shards_starts_one_footer_reader_not_thirty_two(store, monke
 
 
 def _train_worker_pids() -> list[int]:
-    """The Train workers of this test's own Ray (asked through its own dashboard), never another
-    Ray's on this machine: looking for processes by name would find (and kill) those too."""
-    from ray.util.state import list_actors
-
-    from asaptrain.sweep.tune import this_cluster_state_api
-
-    with this_cluster_state_api() as url:
-        actors = list_actors(address=url, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")],
-                             timeout=10, raise_on_missing_output=False)
-    return sorted(a.pid for a in actors if a.pid)
+    """The live Train workers of this test's own Ray."""
+    return sorted(a.pid for a in actors("RayTrainWorker", alive=True) if a.pid)
 
 
 def test_killed_worker_resumes_from_checkpoint_without_gaps(store):
