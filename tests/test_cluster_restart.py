@@ -15,10 +15,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from ray_actors import cluster_snapshot
 
 from asaptrain.data.convert import convert
 from asaptrain.data.store import Store
 from asaptrain.data.synth import synth_plan
+from asaptrain.train.orphan_groups import orphaned_groups
 from asaptrain.train.run_reader import newest_loadable
 from asaptrain.train.run_files import RunFiles
 
@@ -43,6 +45,19 @@ def _driver(script: str, args: list[str], log: Path) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True)
 
 
+def _wait(proc: subprocess.Popen, log: Path, timeout_s: float) -> int:
+    """The driver's exit code; a driver still running after ``timeout_s`` is killed (its whole
+    session) and the test fails with its log's end and what the cluster held then."""
+    try:
+        return proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        held = cluster_snapshot()
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        pytest.fail(f"the driver did not end within {timeout_s:.0f} s; the cluster held:\n{held}\n"
+                    f"its log ends:\n{log.read_text()[-4000:]}")
+
+
 def _train_steps(run: RunFiles) -> list[int]:
     try:
         return [r["step"] for r in run.read_metrics() if r.get("kind") == "train"]
@@ -58,7 +73,26 @@ def _kill_when(proc: subprocess.Popen, ready, log: Path, timeout_s: float = 400.
         time.sleep(0.2)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
-    time.sleep(8)  # Ray ends a dead driver's actors (the Train workers) within seconds
+    _wait_ended(proc, log)
+
+
+def _wait_ended(proc: subprocess.Popen, log: Path, timeout_s: float = 120.0) -> None:
+    """Wait until Ray has marked the killed driver's job ended and ended its actors (but the
+    detached ones: Ray Train's placement group cleaner outlives its job by design)."""
+    from ray._private.state import state
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        jobs = [job for job in state.job_table() if job["DriverPid"] == proc.pid]
+        if jobs and jobs[-1]["IsDead"]:
+            live = [a["ActorClassName"] for a in state.actor_table(None).values()
+                    if a["JobID"] == jobs[-1]["JobID"] and a["State"] != "DEAD" and not a["IsDetached"]]
+            if not live:
+                return
+        if time.monotonic() > deadline:
+            pytest.fail(f"{timeout_s:.0f} s after the driver was killed, Ray has not ended its job:\n"
+                        f"{cluster_snapshot()}\nits log ends:\n{log.read_text()[-3000:]}")
+        time.sleep(0.5)
 
 
 def _check_once_each(run: RunFiles, steps: int) -> None:
@@ -90,16 +124,89 @@ def test_killed_train_driver_rerun_continues_from_its_checkpoint(store, tmp_path
     assert found.state["step"] == 6 and at_kill > 6, (found.rel, at_kill)  # lines past the checkpoint exist
 
     second = _driver("train.py", args, tmp_path / "second.log")  # the same command, as a restarted job
-    assert second.wait(timeout=400) == 0, (tmp_path / "second.log").read_text()[-3000:]
+    assert _wait(second, tmp_path / "second.log", 400) == 0, (tmp_path / "second.log").read_text()[-3000:]
     out = (tmp_path / "second.log").read_text()
     assert "continuing run 'restarted' from step 6" in out, out[-3000:]
     _check_once_each(run, 10)
     meta = run.read_run()
     assert meta["status"] == "finished" and meta["steps_done"] == 10 and meta["error"] is None
+    assert orphaned_groups() == []  # what the killed job may have left, the rerun's driver freed
     # Once more after the end: a job restarted after its run finished has nothing to do, and says so.
     third = _driver("train.py", args, tmp_path / "third.log")
-    assert third.wait(timeout=200) == 0 and "already finished 10 steps" in (tmp_path / "third.log").read_text()
+    assert _wait(third, tmp_path / "third.log", 200) == 0 and "already finished 10 steps" in (tmp_path / "third.log").read_text()
     _check_once_each(run, 10)
+
+
+# A driver whose actor keeps reserving placement groups (as Ray Train's controller does when it
+# restarts its worker group) while the driver is killed; a detached actor of the same job keeps
+# one group that outlives the job by Ray's rule.
+RESERVER = """
+import os, threading, time
+import ray
+from ray.util.placement_group import placement_group
+ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
+
+@ray.remote(num_cpus=0)
+class Reserver:
+    def keep_one(self):
+        return placement_group([{"CPU": 0.02}]).id.hex()
+
+    def keep_reserving(self):
+        def reserve():
+            while True:
+                placement_group([{"CPU": 0.01}])
+                time.sleep(0.005)
+        threading.Thread(target=reserve, daemon=True).start()
+
+kept = ray.get(Reserver.options(name="kept-reserver", namespace="reservers", lifetime="detached").remote().keep_one.remote())
+ray.get(Reserver.remote().keep_reserving.remote())
+print("kept", kept, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_driver_frees_the_groups_that_a_killed_job_left(ray_cluster, tmp_path):
+    import ray
+    from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    ours = placement_group([{"CPU": 0.03}])  # this live job's own group: never an orphan
+    ray.get(ours.ready(), timeout=60)
+    left, kept = [], None
+    for attempt in range(3):  # each kill has left one or more so far; a few tries in case one does not
+        log = tmp_path / f"reserver{attempt}.log"
+        proc = subprocess.Popen([sys.executable, "-c", RESERVER], stdout=log.open("w"), stderr=subprocess.STDOUT,
+                                env=env, start_new_session=True)
+        deadline = time.monotonic() + 120
+        while "kept " not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        kept = log.read_text().split("kept ")[1].split()[0]
+        time.sleep(1)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        _wait_ended(proc, log)
+        left = orphaned_groups()
+        if left:
+            break
+    assert left, "every kill let Ray free the job's groups: the orphans this test needs were not made"
+    total = ray.cluster_resources()["CPU"]
+    assert ray.available_resources().get("CPU", 0) < total - 0.03 - 0.02 - 1e-6  # the orphans hold CPU
+
+    # The next driver that connects frees them, and says so; a live job's and a detached actor's stay.
+    out = subprocess.run([sys.executable, "-c", "from asaptrain.train.driver import ensure_ray; ensure_ray()"],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"freed {len(left)} placement group(s) that ended jobs left reserved" in out.stdout, out.stdout
+    assert orphaned_groups() == []
+    states = {g: placement_group_table().get(g, {}).get("state") for g in (ours.id.hex(), kept)}
+    assert states == {ours.id.hex(): "CREATED", kept: "CREATED"}, states
+    ray.kill(ray.get_actor("kept-reserver", namespace="reservers"))
+    remove_placement_group(ours)
+    deadline = time.monotonic() + 60
+    while ray.available_resources().get("CPU", 0) < total - 1e-6:  # every CPU free again
+        assert time.monotonic() < deadline, cluster_snapshot()
+        time.sleep(0.5)
 
 
 def test_resume_auto_needs_a_name(store):
@@ -134,7 +241,7 @@ def test_killed_sweep_resumes_the_trial_that_was_running(store, tmp_path):
     assert checkpoint in (4, 8) and max(_train_steps(run)) < 10, (checkpoint, _train_steps(run))
 
     second = _driver("tune_hybrid.py", args, tmp_path / "second.log")
-    assert second.wait(timeout=900) == 0, (tmp_path / "second.log").read_text()[-4000:]
+    assert _wait(second, tmp_path / "second.log", 900) == 0, (tmp_path / "second.log").read_text()[-4000:]
     assert f"continuing run '{run.name}' from step {checkpoint}" in (tmp_path / "second.log").read_text()
     summary = store.child("sweeps", "killed-sweep").read_json("sweep.json")
     (row,) = summary["trials"]
@@ -143,3 +250,4 @@ def test_killed_sweep_resumes_the_trial_that_was_running(store, tmp_path):
     meta = run.read_run()
     assert meta["status"] == "finished" and meta["steps_done"] == 10 and meta["error"] is None, meta
     _check_once_each(run, 10)
+    assert orphaned_groups() == []

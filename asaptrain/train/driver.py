@@ -51,6 +51,21 @@ def ensure_ray(address: str | None = None) -> None:
         # The local cluster went away between the check and the connect: start our own.
         print(f"[asaptrain] the Ray cluster at {found} did not answer; starting a local one", flush=True)
         ray.init(address="local", log_to_driver=True)
+    _free_orphaned_groups()
+
+
+def _free_orphaned_groups() -> None:
+    """Free what ended jobs left reserved (``train/orphan_groups.py``), and say so; never fails the command."""
+    from asaptrain.train.orphan_groups import free_orphaned_groups
+
+    try:
+        freed = free_orphaned_groups()
+    except Exception as exc:  # a cleanup must never stop the command it runs for
+        print(f"[asaptrain] looking for placement groups that ended jobs left reserved: {exc}", flush=True)
+        return
+    if freed:
+        print(f"[asaptrain] freed {len(freed)} placement group(s) that ended jobs left reserved (Ray had not): "
+              + ", ".join(f"{group} {bundles}" for group, bundles in freed), flush=True)
 
 
 T = TypeVar("T")
