@@ -6,7 +6,8 @@ controller then restarts the worker group (``train.max_failures``) and creates a
 group just before it is killed itself. Nobody frees that group while the sweep's driver lives
 (Ray frees a group once both its job and the actor that created it are gone), and the next
 trial's input pipeline waits forever for the CPU the group holds: Ray Data's read tasks need
-one whole CPU beside the trial's workers.
+one whole CPU beside the trial's workers. (A group that a job's actor reserves as that job
+ends is Ray's to free and never is: the next driver frees it, ``train/orphan_groups.py``.)
 
 A group of the sweep's own job, made after the sweep began, that holds no live or starting actor
 at two looks at least ``confirm_s`` apart runs nothing: it is removed. Left alone: the groups that
