@@ -65,6 +65,12 @@ class FlakyProxy:
         listener.close()
         with self._lock:
             for s in list(self._open):
+                # shutdown() first: close() alone neither wakes a pump blocked in recv() on the socket
+                # nor sends the client anything, so a request in flight waited for its read timeout.
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:  # already closed by its pump
+                    pass
                 s.close()
             self._open.clear()
 
@@ -96,6 +102,30 @@ class FlakyProxy:
                 s.close()
             with self._lock:
                 self._open -= {src, dst}
+
+
+def test_the_flaky_proxy_cuts_a_request_in_flight():
+    """An outage must end a request that is waiting for its answer at once, as a server that went
+    away does: a client left waiting until its own read timeout (60 s) sees no outage at all."""
+    upstream = socket.socket()
+    upstream.bind(("127.0.0.1", 0))
+    upstream.listen(1)
+    proxy = FlakyProxy(upstream.getsockname())
+    client = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+    try:
+        client.sendall(b"GET / HTTP/1.1\r\n\r\n")
+        held, _ = upstream.accept()  # the request arrived; no answer comes
+        time.sleep(0.2)  # both of the proxy's pumps are now waiting in recv()
+        started = time.monotonic()
+        proxy.down()
+        try:
+            answer = client.recv(1)
+        except ConnectionResetError:
+            answer = b""
+        assert answer == b"" and time.monotonic() - started < 5
+    finally:
+        client.close()
+        upstream.close()
 
 
 def smoke_cfg(store: Store, *extra: str):
