@@ -50,10 +50,15 @@ def _actor_gone(actor_id: str) -> bool:
 def free_orphaned_groups() -> list[tuple[str, list[dict[str, float]]]]:
     """Remove the groups :func:`orphaned_groups` finds; returns those removed (id, bundles)."""
     from ray._raylet import PlacementGroupID
-    from ray.util.placement_group import PlacementGroup, remove_placement_group
+    from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
 
     freed = []
     for group_id, bundles in orphaned_groups():
-        remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(group_id))))
+        try:
+            remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(group_id))))
+        except Exception:
+            if placement_group_table().get(group_id, {}).get("state", "REMOVED") != "REMOVED":
+                raise
+            continue  # removed meanwhile (Ray Train's own cleaner, another driver): not ours to report
         freed.append((group_id, bundles))
     return freed
