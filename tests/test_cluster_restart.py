@@ -6,6 +6,7 @@ The drivers are real subprocesses (the jobs/ entrypoints) joined to this module'
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -189,11 +190,12 @@ def _leave_orphans(tmp_path: Path, cpu: float, keep: bool = False) -> tuple[list
     pytest.fail("every kill let Ray free the job's groups: the orphans this test needs were not made")
 
 
-def _wait_all_cpus_free(timeout_s: float = 60.0) -> None:
+def _wait_free_cpus(at_least: float = 0.0, at_most: float = math.inf, timeout_s: float = 60.0) -> None:
+    """Wait until the CPUs this module's Ray has free are within [at_least, at_most]."""
     import ray
 
     deadline = time.monotonic() + timeout_s
-    while ray.available_resources().get("CPU", 0) < ray.cluster_resources()["CPU"] - 1e-6:
+    while not at_least - 1e-6 <= ray.available_resources().get("CPU", 0) <= at_most + 1e-6:
         assert time.monotonic() < deadline, cluster_snapshot()
         time.sleep(0.5)
 
@@ -219,7 +221,7 @@ def test_a_driver_frees_the_groups_that_a_killed_job_left(ray_cluster, tmp_path)
     assert states == {ours.id.hex(): "CREATED", kept: "CREATED"}, states
     ray.kill(ray.get_actor("kept", namespace="reservers"))
     remove_placement_group(ours)
-    _wait_all_cpus_free()
+    _wait_free_cpus(at_least=ray.cluster_resources()["CPU"])  # every CPU free again
 
 
 def test_resume_auto_needs_a_name(store):
@@ -257,10 +259,8 @@ def test_killed_sweep_resumes_the_trial_that_was_running(store, tmp_path, ray_cl
     # driver's job ends (about one kill in ten here); make sure groups are left, holding enough CPU
     # that the trial's reads could never start beside them: the rerun frees them first.
     _leave_orphans(tmp_path, cpu=0.5)
-    deadline = time.monotonic() + 60  # a group left pending is placed once Ray has removed the others
-    while ray_cluster.available_resources().get("CPU", 0) > ray_cluster.cluster_resources()["CPU"] - 0.5:
-        assert time.monotonic() < deadline, cluster_snapshot()
-        time.sleep(0.5)
+    # A group left pending is placed once Ray has removed the others.
+    _wait_free_cpus(at_most=ray_cluster.cluster_resources()["CPU"] - 0.5)
     second = _driver("tune_hybrid.py", args, tmp_path / "second.log")
     assert _wait(second, tmp_path / "second.log", 900) == 0, (tmp_path / "second.log").read_text()[-4000:]
     assert f"continuing run '{run.name}' from step {checkpoint}" in (tmp_path / "second.log").read_text()

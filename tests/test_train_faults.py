@@ -112,6 +112,7 @@ def test_the_flaky_proxy_cuts_a_request_in_flight():
     upstream.listen(1)
     proxy = FlakyProxy(upstream.getsockname())
     client = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+    held = None
     try:
         client.sendall(b"GET / HTTP/1.1\r\n\r\n")
         held, _ = upstream.accept()  # the request arrived; no answer comes
@@ -124,8 +125,9 @@ def test_the_flaky_proxy_cuts_a_request_in_flight():
             answer = b""
         assert answer == b"" and time.monotonic() - started < 5
     finally:
-        client.close()
-        upstream.close()
+        for s in (client, held, upstream):
+            if s is not None:
+                s.close()
 
 
 def smoke_cfg(store: Store, *extra: str):
